@@ -1,0 +1,611 @@
+//! Mémoire's configuration and process bootstrap (tracing, shutdown signal): one typed struct, every setting named once in [`SETTINGS`] with its
+//! default and its `MEMOIRE_*` variable, layered defaults → TOML file → environment → flags, and
+//! validated at start-up with a message that names the setting and how to fix it.
+//!
+//! Tests build a [`Config`] value directly; nothing here reads the environment except
+//! [`Config::load`].
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+/// The prefix of every environment variable.
+pub const ENV_PREFIX: &str = "MEMOIRE_";
+
+/// Every setting, with what it does. The environment variable is `MEMOIRE_` + the key in upper
+/// case; the file key is the key itself. (A test checks this table against [`Config`].)
+pub const SETTINGS: &[(&str, &str)] = &[
+    ("grpc_addr", "address the gRPC server listens on"),
+    (
+        "http_addr",
+        "address of the HTTP server for /metrics, /healthz and /readyz",
+    ),
+    (
+        "database_url",
+        "PostgreSQL connection URL (the source of truth)",
+    ),
+    (
+        "database_max_connections",
+        "size of the Postgres connection pool",
+    ),
+    (
+        "database_acquire_timeout_ms",
+        "how long a request waits for a pooled connection before UNAVAILABLE",
+    ),
+    (
+        "redis_url",
+        "Redis URL (working memory and caches; losing it loses nothing)",
+    ),
+    (
+        "admin_key",
+        "bootstrap admin API key (secret; at least 16 characters); unset closes the admin service",
+    ),
+    (
+        "dev_mode",
+        "accept requests without an API key, as the admin of a single tenant named 'dev' (local use only)",
+    ),
+    (
+        "migrate_on_start",
+        "apply database migrations when the server starts",
+    ),
+    (
+        "embedding_model",
+        "id of the embedding model; stored with every vector",
+    ),
+    (
+        "embedding_dims",
+        "dimension of the embedding model's vectors",
+    ),
+    (
+        "log",
+        "log filter, in tracing's EnvFilter syntax (e.g. 'info,memoire_server=debug'); RUST_LOG overrides it",
+    ),
+    ("log_format", "'text' or 'json'"),
+    (
+        "max_request_bytes",
+        "largest gRPC request message, in bytes",
+    ),
+    (
+        "max_content_bytes",
+        "largest memory or message content, in bytes",
+    ),
+    ("max_batch_ids", "most memory ids in one Forget"),
+    ("max_batch_messages", "most messages in one Ingest"),
+    ("max_page_size", "largest page of ListMemories"),
+    ("max_query_bytes", "largest Recall query, in bytes"),
+    ("max_k", "most items one Recall returns"),
+    (
+        "max_token_budget",
+        "largest token budget of a packed context",
+    ),
+    ("request_timeout_ms", "server-side deadline of one RPC"),
+    ("max_concurrent_requests", "RPCs served at once; more wait"),
+    (
+        "worker_embedded",
+        "run the background worker inside the server process",
+    ),
+    (
+        "expiry_sweep_interval_secs",
+        "how often the worker marks memories past their expiry as expired",
+    ),
+    (
+        "shutdown_grace_secs",
+        "how long shutdown waits for in-flight requests and jobs",
+    ),
+];
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The configuration. See [`SETTINGS`] for what each field does.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub database_url: String,
+    pub database_max_connections: u32,
+    pub database_acquire_timeout_ms: u64,
+    pub redis_url: String,
+    pub admin_key: Option<String>,
+    pub dev_mode: bool,
+    pub migrate_on_start: bool,
+    pub embedding_model: String,
+    pub embedding_dims: u32,
+    pub log: String,
+    pub log_format: LogFormat,
+    pub max_request_bytes: usize,
+    pub max_content_bytes: usize,
+    pub max_batch_ids: usize,
+    pub max_batch_messages: usize,
+    pub max_page_size: usize,
+    pub max_query_bytes: usize,
+    pub max_k: usize,
+    pub max_token_budget: usize,
+    pub request_timeout_ms: u64,
+    pub max_concurrent_requests: usize,
+    pub worker_embedded: bool,
+    pub expiry_sweep_interval_secs: u64,
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            database_url: "postgres://memoire:memoire@127.0.0.1:5432/memoire".into(),
+            database_max_connections: 16,
+            database_acquire_timeout_ms: 5_000,
+            redis_url: "redis://127.0.0.1:6379".into(),
+            admin_key: None,
+            dev_mode: false,
+            migrate_on_start: true,
+            embedding_model: "all-MiniLM-L6-v2".into(),
+            embedding_dims: 384,
+            log: "info,sqlx=warn".into(),
+            log_format: LogFormat::Text,
+            max_request_bytes: 4 * 1024 * 1024,
+            max_content_bytes: 16 * 1024,
+            max_batch_ids: 1000,
+            max_batch_messages: 100,
+            max_page_size: 500,
+            max_query_bytes: 4096,
+            max_k: 100,
+            max_token_budget: 32_000,
+            request_timeout_ms: 30_000,
+            max_concurrent_requests: 512,
+            worker_embedded: true,
+            expiry_sweep_interval_secs: 60,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+/// Hides the password of a URL (`scheme://user:***@host/...`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+// Secrets never reach logs: Debug redacts them.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// A configuration problem, naming the setting, its variable, and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub Vec<String>);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid configuration:")?;
+        for p in &self.0 {
+            write!(f, "\n  - {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn setting(key: &str) -> String {
+    format!("`{key}` ({ENV_PREFIX}{})", key.to_uppercase())
+}
+
+/// Flags shared by `memoire-server` and `memoire-worker`. A flag beats the environment, which
+/// beats the file, which beats the defaults.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct Flags {
+    /// TOML file with settings (keys as in the configuration reference).
+    #[arg(long, env = "MEMOIRE_CONFIG", value_name = "FILE", global = true)]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address.
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub grpc_addr: Option<String>,
+    /// HTTP (metrics, health) listen address.
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub http_addr: Option<String>,
+    /// PostgreSQL URL.
+    #[arg(long, value_name = "URL", global = true)]
+    pub database_url: Option<String>,
+    /// Redis URL.
+    #[arg(long, value_name = "URL", global = true)]
+    pub redis_url: Option<String>,
+    /// Log filter.
+    #[arg(long, value_name = "FILTER", global = true)]
+    pub log: Option<String>,
+    /// Any setting, as KEY=VALUE (repeatable), e.g. `--set max_k=50`.
+    #[arg(long = "set", value_name = "KEY=VALUE", global = true)]
+    pub set: Vec<String>,
+}
+
+impl Config {
+    /// Loads defaults, then `flags.config` (a TOML file), then `MEMOIRE_*` variables, then flags;
+    /// and validates the result.
+    pub fn load(flags: &Flags) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = &flags.config {
+            fig = fig.merge(Toml::file_exact(path));
+            if !path.exists() {
+                return Err(ConfigError(vec![format!(
+                    "the configuration file {} does not exist (from --config or {ENV_PREFIX}CONFIG)",
+                    path.display()
+                )]));
+            }
+        }
+        let keys: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
+        fig = fig.merge(Env::prefixed(ENV_PREFIX).only(&keys));
+        for (key, value) in [
+            ("grpc_addr", &flags.grpc_addr),
+            ("http_addr", &flags.http_addr),
+            ("database_url", &flags.database_url),
+            ("redis_url", &flags.redis_url),
+            ("log", &flags.log),
+        ] {
+            if let Some(v) = value {
+                fig = fig.merge(Serialized::default(key, v));
+            }
+        }
+        for kv in &flags.set {
+            let Some((key, value)) = kv.split_once('=') else {
+                return Err(ConfigError(vec![format!("--set '{kv}' is not KEY=VALUE")]));
+            };
+            let key = key.trim();
+            if !keys.contains(&key) {
+                return Err(ConfigError(vec![format!("--set: unknown setting '{key}'")]));
+            }
+            // A TOML value when it parses as one (numbers, booleans), else a string.
+            let doc = format!("{key} = {value}");
+            let doc = if doc.parse::<toml_probe::Doc>().is_ok() {
+                doc
+            } else {
+                format!("{key} = {}", toml_probe::quote(value))
+            };
+            fig = fig.merge(Toml::string(&doc));
+        }
+        let config: Config = fig.extract().map_err(|e| {
+            ConfigError(
+                e.into_iter()
+                    .map(|e| match e.path.last() {
+                        Some(key) => format!("{}: {}", setting(key), e.kind),
+                        None => e.to_string(),
+                    })
+                    .collect(),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every setting; reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = Vec::new();
+        let mut bad = |key: &str, why: String| problems.push(format!("{}: {why}", setting(key)));
+        if !(self.database_url.starts_with("postgres://")
+            || self.database_url.starts_with("postgresql://"))
+        {
+            bad(
+                "database_url",
+                format!(
+                    "'{}' is not a postgres:// URL",
+                    redact_url(&self.database_url)
+                ),
+            );
+        }
+        if !["redis://", "rediss://", "unix://"]
+            .iter()
+            .any(|s| self.redis_url.starts_with(s))
+        {
+            bad(
+                "redis_url",
+                format!("'{}' is not a redis:// URL", redact_url(&self.redis_url)),
+            );
+        }
+        if let Some(key) = &self.admin_key
+            && (key.len() < 16 || key.chars().any(char::is_whitespace))
+        {
+            bad(
+                    "admin_key",
+                    "must be at least 16 characters without spaces; generate one with `openssl rand -hex 24`".into(),
+                );
+        }
+        if self.grpc_addr == self.http_addr && self.grpc_addr.port() != 0 {
+            bad(
+                "http_addr",
+                format!("is the same address as grpc_addr ({})", self.grpc_addr),
+            );
+        }
+        if self.embedding_model.is_empty()
+            || !self
+                .embedding_model
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | ':'))
+        {
+            bad(
+                "embedding_model",
+                "may contain only ASCII letters, digits, '-', '_', '.', '/' and ':'".into(),
+            );
+        }
+        let ranges: [(&str, u64, u64, u64); 16] = [
+            ("embedding_dims", self.embedding_dims.into(), 1, 16_000),
+            (
+                "database_max_connections",
+                self.database_max_connections.into(),
+                1,
+                1_000,
+            ),
+            (
+                "database_acquire_timeout_ms",
+                self.database_acquire_timeout_ms,
+                1,
+                600_000,
+            ),
+            (
+                "max_request_bytes",
+                self.max_request_bytes as u64,
+                1024,
+                256 * 1024 * 1024,
+            ),
+            (
+                "max_content_bytes",
+                self.max_content_bytes as u64,
+                1,
+                16 * 1024 * 1024,
+            ),
+            ("max_batch_ids", self.max_batch_ids as u64, 1, 100_000),
+            (
+                "max_batch_messages",
+                self.max_batch_messages as u64,
+                1,
+                10_000,
+            ),
+            ("max_page_size", self.max_page_size as u64, 1, 10_000),
+            (
+                "max_query_bytes",
+                self.max_query_bytes as u64,
+                1,
+                1024 * 1024,
+            ),
+            ("max_k", self.max_k as u64, 1, 10_000),
+            (
+                "max_token_budget",
+                self.max_token_budget as u64,
+                1,
+                1_000_000,
+            ),
+            ("request_timeout_ms", self.request_timeout_ms, 1, 3_600_000),
+            (
+                "max_concurrent_requests",
+                self.max_concurrent_requests as u64,
+                1,
+                1_000_000,
+            ),
+            (
+                "expiry_sweep_interval_secs",
+                self.expiry_sweep_interval_secs,
+                1,
+                86_400,
+            ),
+            ("shutdown_grace_secs", self.shutdown_grace_secs, 0, 3_600),
+            (
+                "max_content_bytes",
+                self.max_content_bytes as u64,
+                1,
+                self.max_request_bytes as u64,
+            ),
+        ];
+        for (key, value, min, max) in ranges {
+            if !(min..=max).contains(&value) {
+                bad(
+                    key,
+                    format!("is {value}; it must be between {min} and {max}"),
+                );
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(problems))
+        }
+    }
+
+    /// Every setting as `key = value` lines, secrets hidden: safe to print and log.
+    pub fn redacted(&self) -> String {
+        let mut shown = self.clone();
+        shown.admin_key = shown.admin_key.map(|_| "***".into());
+        shown.database_url = redact_url(&shown.database_url);
+        shown.redis_url = redact_url(&shown.redis_url);
+        let data = serde_json::to_value(&shown).unwrap_or_default();
+        SETTINGS
+            .iter()
+            .map(|(key, _)| match data.get(key) {
+                Some(serde_json::Value::Null) | None => format!("{key} = (unset)"),
+                Some(value) => format!("{key} = {value}"),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// Just enough TOML to tell whether `--set` got a typed value.
+mod toml_probe {
+    /// A one-line TOML document `key = value`.
+    pub struct Doc;
+
+    impl std::str::FromStr for Doc {
+        type Err = ();
+
+        fn from_str(s: &str) -> Result<Self, ()> {
+            let value = s.split_once('=').map(|(_, v)| v.trim()).ok_or(())?;
+            let typed = value == "true"
+                || value == "false"
+                || value.parse::<i64>().is_ok()
+                || value.parse::<f64>().is_ok()
+                || (value.starts_with('"') && value.ends_with('"') && value.len() >= 2);
+            if typed { Ok(Doc) } else { Err(()) }
+        }
+    }
+
+    /// A TOML basic string.
+    pub fn quote(s: &str) -> String {
+        let mut out = String::from("\"");
+        for c in s.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+        out
+    }
+}
+
+/// Installs the global `tracing` subscriber: the `log` filter (overridden by `RUST_LOG` when set),
+/// text or JSON lines on stderr. Call once per process.
+pub fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.log).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // try_init: a second call (tests) keeps the first subscriber instead of panicking.
+    let _ = match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM: the graceful-shutdown trigger of both binaries.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} },
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+mod tests {
+    use super::*;
+    use figment::Provider as _;
+
+    #[test]
+    fn settings_table_names_every_field_once() {
+        let data = Figment::from(Serialized::defaults(Config::default()));
+        let dict = data.data().expect("data");
+        let fields: std::collections::BTreeSet<String> =
+            dict.values().flat_map(|d| d.keys().cloned()).collect();
+        let listed: std::collections::BTreeSet<String> =
+            SETTINGS.iter().map(|(k, _)| k.to_string()).collect();
+        // admin_key is None by default and so absent from the serialized defaults.
+        let mut expected = fields.clone();
+        expected.insert("admin_key".into());
+        assert_eq!(listed, expected);
+        assert_eq!(listed.len(), SETTINGS.len(), "a setting is listed twice");
+    }
+
+    #[test]
+    fn defaults_are_valid_and_use_the_fixed_ports() {
+        let c = Config::default();
+        c.validate().expect("defaults validate");
+        assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:50051");
+        assert_eq!(c.http_addr.to_string(), "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn layers_file_then_env_then_flags_and_names_bad_settings() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "max_k = 7\nlog = \"debug\"\nembedding_dims = 8")?;
+            jail.set_env("MEMOIRE_MAX_K", "9");
+            jail.set_env("MEMOIRE_UNRELATED_THING", "ignored");
+            let flags = Flags {
+                config: Some("m.toml".into()),
+                set: vec!["embedding_dims=16".into()],
+                ..Flags::default()
+            };
+            let c = Config::load(&flags).expect("loads");
+            assert_eq!(c.max_k, 9, "env beats file");
+            assert_eq!(c.log, "debug", "file beats default");
+            assert_eq!(c.embedding_dims, 16, "flag beats file");
+
+            jail.set_env("MEMOIRE_MAX_K", "lots");
+            let err = Config::load(&flags).unwrap_err().to_string();
+            assert!(err.contains("`max_k` (MEMOIRE_MAX_K)"), "{err}");
+
+            jail.set_env("MEMOIRE_MAX_K", "0");
+            jail.set_env("MEMOIRE_ADMIN_KEY", "short");
+            let err = Config::load(&flags).unwrap_err().to_string();
+            assert!(err.contains("`max_k` (MEMOIRE_MAX_K): is 0"), "{err}");
+            assert!(err.contains("`admin_key` (MEMOIRE_ADMIN_KEY)"), "{err}");
+            assert!(!err.contains("short"), "the secret is not echoed: {err}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn secrets_are_redacted() {
+        let c = Config {
+            admin_key: Some("super-secret-admin-key".into()),
+            database_url: "postgres://u:hunter2@db:5432/m".into(),
+            ..Config::default()
+        };
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("super-secret") && !shown.contains("hunter2"),
+            "{shown}"
+        );
+        assert!(shown.contains("postgres://u:***@db:5432/m"), "{shown}");
+    }
+
+    #[test]
+    fn unknown_file_keys_are_rejected() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "max_kk = 7")?;
+            let flags = Flags {
+                config: Some("m.toml".into()),
+                ..Flags::default()
+            };
+            let err = Config::load(&flags).unwrap_err().to_string();
+            assert!(err.contains("max_kk"), "{err}");
+            Ok(())
+        });
+    }
+}

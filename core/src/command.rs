@@ -1,0 +1,223 @@
+//! Validated domain commands: what the server builds from a request after validation, and what the
+//! store executes. A command that exists is well-formed.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::model::{Basis, ForgetMode, KeyRole, Memory, MemoryKind, Scope, WriteOutcome};
+
+/// Who is acting: resolved from the API key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// The tenant acted for; `None` for the bootstrap admin key, which acts across tenants.
+    pub tenant_id: Option<Uuid>,
+    /// What it may do.
+    pub role: KeyRole,
+    /// Recorded as the actor of every version it writes.
+    pub actor: String,
+}
+
+/// A new memory's fields.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewMemory {
+    /// Kind.
+    pub kind: MemoryKind,
+    /// Content.
+    pub content: String,
+    /// Normalized slot.
+    pub slot: Option<String>,
+    /// Subject.
+    pub subject: Option<String>,
+    /// Normalized tags.
+    pub tags: Vec<String>,
+    /// 0..1.
+    pub importance: f32,
+    /// 0..1.
+    pub confidence: f32,
+    /// Pinned.
+    pub pinned: bool,
+    /// Expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Episodes it came from.
+    pub source_episode_ids: Vec<Uuid>,
+}
+
+/// A correction: fields left `None` keep their value.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemoryPatch {
+    /// New kind.
+    pub kind: Option<MemoryKind>,
+    /// New content.
+    pub content: Option<String>,
+    /// New slot.
+    pub slot: Option<String>,
+    /// New subject.
+    pub subject: Option<String>,
+    /// New tags (replace).
+    pub tags: Option<Vec<String>>,
+    /// New importance.
+    pub importance: Option<f32>,
+    /// New confidence.
+    pub confidence: Option<f32>,
+    /// New pinned flag.
+    pub pinned: Option<bool>,
+    /// New expiry.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl MemoryPatch {
+    /// True when the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == MemoryPatch::default()
+    }
+}
+
+/// Teach: create (through the resolver) or correct.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Teach {
+    /// A new memory in `scope`.
+    Create {
+        /// Where.
+        scope: Scope,
+        /// What.
+        memory: NewMemory,
+        /// Skip duplicate detection.
+        force_create: bool,
+        /// History note.
+        reason: Option<String>,
+        /// Recorded basis (teach, import, rule, llm).
+        basis: Basis,
+    },
+    /// A correction of `memory_id`, which must belong to `scope`'s tenant and user.
+    Correct {
+        /// Whose memory.
+        scope: Scope,
+        /// Which memory.
+        memory_id: Uuid,
+        /// What changes.
+        patch: MemoryPatch,
+        /// History note.
+        reason: Option<String>,
+    },
+}
+
+/// The result of a Teach.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TeachResult {
+    /// What happened.
+    pub outcome: WriteOutcome,
+    /// The memory now (for a duplicate: the existing one).
+    pub memory: Memory,
+    /// For a supersession: the superseded memory.
+    pub superseded: Option<Uuid>,
+    /// For a duplicate: the existing memory.
+    pub duplicate_of: Option<Uuid>,
+    /// The basis of the decision.
+    pub basis: Basis,
+    /// Its score.
+    pub score: Option<f32>,
+    /// Why.
+    pub reason: String,
+}
+
+/// Which memories a selector-based Forget removes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ForgetSelector {
+    /// The user.
+    pub user_id: String,
+    /// Only this namespace.
+    pub namespace: Option<String>,
+    /// Only this slot.
+    pub slot: Option<String>,
+    /// Only this kind.
+    pub kind: Option<MemoryKind>,
+    /// Only what came from this session.
+    pub session_id: Option<String>,
+    /// Only what was created before this time.
+    pub before: Option<DateTime<Utc>>,
+}
+
+/// What Forget targets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ForgetTarget {
+    /// These memories.
+    Ids(Vec<Uuid>),
+    /// The memories (and, in purge mode, episodes) a selector matches.
+    Selector(ForgetSelector),
+}
+
+/// A Forget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Forget {
+    /// The caller's tenant.
+    pub tenant_id: Uuid,
+    /// What.
+    pub target: ForgetTarget,
+    /// Tombstone or purge.
+    pub mode: ForgetMode,
+    /// Report only.
+    pub dry_run: bool,
+    /// History note.
+    pub reason: Option<String>,
+}
+
+/// What a Forget did (or would do).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ForgetResult {
+    /// Memories forgotten, at most [`ForgetResult::MAX_IDS`].
+    pub memory_ids: Vec<Uuid>,
+    /// More were forgotten than listed.
+    pub memory_ids_truncated: bool,
+    /// Requested ids that matched nothing.
+    pub not_found_ids: Vec<Uuid>,
+    /// Memories forgotten.
+    pub memories: u64,
+    /// Versions erased.
+    pub versions: u64,
+    /// Episodes erased.
+    pub episodes: u64,
+    /// Edges erased.
+    pub edges: u64,
+}
+
+impl ForgetResult {
+    /// The most ids a result lists.
+    pub const MAX_IDS: usize = 1000;
+}
+
+/// A cursor into a ListMemories listing: the last row of the previous page, and a fingerprint of
+/// the filters it belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListCursor {
+    /// The last row's creation time.
+    pub created_at: DateTime<Utc>,
+    /// The last row's id.
+    pub id: Uuid,
+}
+
+/// ListMemories.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListMemories {
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// User.
+    pub user_id: String,
+    /// Namespaces (at least one).
+    pub namespaces: Vec<String>,
+    /// Only these kinds.
+    pub kinds: Vec<MemoryKind>,
+    /// Only memories with all these tags.
+    pub tags: Vec<String>,
+    /// Only this slot.
+    pub slot: Option<String>,
+    /// Also superseded memories.
+    pub include_superseded: bool,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Page size.
+    pub page_size: usize,
+    /// Where the previous page ended.
+    pub after: Option<ListCursor>,
+}

@@ -1,0 +1,17 @@
+//! Mémoire's domain: the memory model, input validation, errors, and the pure decisions that
+//! deserve the most tests (the resolver). No database, network or gRPC types live here.
+//!
+//! - [`model`]: kinds, statuses, versions, tenants, keys — the records the stores hold.
+//! - [`command`]: validated domain commands the services execute.
+//! - [`validate`]: edge validation that names the offending field.
+//! - [`resolve`]: what a new memory does to the existing ones (create, supersede, duplicate).
+//! - [`clock`]: the time source, so that time-dependent logic can be tested without sleeping.
+
+pub mod clock;
+pub mod command;
+pub mod error;
+pub mod model;
+pub mod resolve;
+pub mod validate;
+
+pub use error::{Error, Result};

@@ -1,0 +1,68 @@
+//! `memoire-server`: parse configuration, initialise tracing, run the server (or a subcommand).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use memoire_server::{Config, Flags, Listeners};
+
+/// Mémoire: long-term memory for LLM applications, as a gRPC sidecar.
+#[derive(Debug, Parser)]
+#[command(name = "memoire-server", version, about)]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve gRPC and HTTP (the default).
+    Serve,
+    /// Apply database migrations and create the vector indexes, then exit.
+    Migrate,
+    /// Print the effective configuration (secrets hidden) and exit.
+    CheckConfig,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("memoire-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    memoire_config::init_tracing(&config);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => {
+            println!("{}", config.redacted());
+            Ok(())
+        }
+        Command::Migrate => {
+            let config = Config {
+                migrate_on_start: true,
+                ..config
+            };
+            memoire_server::connect(&config)
+                .await
+                .map(|_| tracing::info!("migrations applied"))
+        }
+        Command::Serve => match Listeners::bind(&config).await {
+            Ok(listeners) => {
+                memoire_server::run(config, listeners, memoire_config::shutdown_signal()).await
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("memoire-server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

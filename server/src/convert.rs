@@ -1,0 +1,356 @@
+//! Proto ⇄ domain conversions. Request conversions validate and name the offending field; the
+//! domain never sees a proto type.
+
+use base64::Engine as _;
+use chrono::{DateTime, Utc};
+use memoire_core::command::ListCursor;
+use memoire_core::model::{
+    ApiKey, Basis, ForgetMode, KeyRole, Memory, MemoryKind, MemoryStatus, MemoryVersion, PiiMode,
+    Tenant, VersionOp, WriteOutcome,
+};
+use memoire_core::{Error, Result};
+use memoire_proto::v1 as pb;
+use prost_types::Timestamp;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// A timestamp for the wire.
+pub fn ts(t: DateTime<Utc>) -> Timestamp {
+    Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+/// A timestamp from the wire, checked.
+pub fn time(field: &str, t: &Timestamp) -> Result<DateTime<Utc>> {
+    u32::try_from(t.nanos)
+        .ok()
+        .and_then(|n| DateTime::from_timestamp(t.seconds, n))
+        .map(memoire_core::clock::to_micros)
+        .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+}
+
+/// An optional timestamp from the wire.
+pub fn opt_time(field: &str, t: Option<&Timestamp>) -> Result<Option<DateTime<Utc>>> {
+    t.map(|t| time(field, t)).transpose()
+}
+
+/// A memory kind from the wire: `None` when unspecified.
+pub fn kind(field: &str, v: i32) -> Result<Option<MemoryKind>> {
+    let k = pb::MemoryKind::try_from(v)
+        .map_err(|_| Error::invalid(field, format!("{v} is not a known memory kind")))?;
+    Ok(match k {
+        pb::MemoryKind::Unspecified => None,
+        pb::MemoryKind::Fact => Some(MemoryKind::Fact),
+        pb::MemoryKind::Preference => Some(MemoryKind::Preference),
+        pb::MemoryKind::Event => Some(MemoryKind::Event),
+        pb::MemoryKind::Goal => Some(MemoryKind::Goal),
+        pb::MemoryKind::Rule => Some(MemoryKind::Rule),
+        pb::MemoryKind::Trait => Some(MemoryKind::Trait),
+        pb::MemoryKind::Signal => Some(MemoryKind::Signal),
+        pb::MemoryKind::Summary => Some(MemoryKind::Summary),
+        pb::MemoryKind::Document => Some(MemoryKind::Document),
+    })
+}
+
+/// A list of kinds from the wire; unspecified entries are an error.
+pub fn kinds(field: &str, values: &[i32]) -> Result<Vec<MemoryKind>> {
+    let mut out = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let f = format!("{field}[{i}]");
+            kind(&f, *v)?.ok_or_else(|| Error::invalid(f, "is MEMORY_KIND_UNSPECIFIED"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn kind_pb(k: MemoryKind) -> pb::MemoryKind {
+    match k {
+        MemoryKind::Fact => pb::MemoryKind::Fact,
+        MemoryKind::Preference => pb::MemoryKind::Preference,
+        MemoryKind::Event => pb::MemoryKind::Event,
+        MemoryKind::Goal => pb::MemoryKind::Goal,
+        MemoryKind::Rule => pb::MemoryKind::Rule,
+        MemoryKind::Trait => pb::MemoryKind::Trait,
+        MemoryKind::Signal => pb::MemoryKind::Signal,
+        MemoryKind::Summary => pb::MemoryKind::Summary,
+        MemoryKind::Document => pb::MemoryKind::Document,
+    }
+}
+
+fn status_pb(s: MemoryStatus) -> pb::MemoryStatus {
+    match s {
+        MemoryStatus::Active => pb::MemoryStatus::Active,
+        MemoryStatus::Superseded => pb::MemoryStatus::Superseded,
+        MemoryStatus::Tombstoned => pb::MemoryStatus::Tombstoned,
+        MemoryStatus::Expired => pb::MemoryStatus::Expired,
+    }
+}
+
+fn op_pb(o: VersionOp) -> pb::VersionOp {
+    match o {
+        VersionOp::Create => pb::VersionOp::Create,
+        VersionOp::Update => pb::VersionOp::Update,
+        VersionOp::Correct => pb::VersionOp::Correct,
+        VersionOp::Supersede => pb::VersionOp::Supersede,
+        VersionOp::Tombstone => pb::VersionOp::Tombstone,
+        VersionOp::Expire => pb::VersionOp::Expire,
+    }
+}
+
+/// A basis for the wire.
+pub fn basis_pb(b: Basis) -> pb::Basis {
+    match b {
+        Basis::Teach => pb::Basis::Teach,
+        Basis::Correction => pb::Basis::Correction,
+        Basis::Llm => pb::Basis::Llm,
+        Basis::Rule => pb::Basis::Rule,
+        Basis::Resolver => pb::Basis::Resolver,
+        Basis::Forget => pb::Basis::Forget,
+        Basis::Retention => pb::Basis::Retention,
+        Basis::Import => pb::Basis::Import,
+    }
+}
+
+/// A write outcome for the wire.
+pub fn outcome_pb(o: WriteOutcome) -> pb::WriteOutcome {
+    match o {
+        WriteOutcome::Created => pb::WriteOutcome::Created,
+        WriteOutcome::Corrected => pb::WriteOutcome::Corrected,
+        WriteOutcome::Superseded => pb::WriteOutcome::Superseded,
+        WriteOutcome::Duplicate => pb::WriteOutcome::Duplicate,
+        WriteOutcome::Updated => pb::WriteOutcome::Updated,
+    }
+}
+
+/// A forget mode from the wire (unspecified means tombstone).
+pub fn forget_mode(field: &str, v: i32) -> Result<ForgetMode> {
+    match pb::ForgetMode::try_from(v) {
+        Ok(pb::ForgetMode::Unspecified | pb::ForgetMode::Tombstone) => Ok(ForgetMode::Tombstone),
+        Ok(pb::ForgetMode::Purge) => Ok(ForgetMode::Purge),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{v} is not a known forget mode"),
+        )),
+    }
+}
+
+/// A forget mode for the wire.
+pub fn forget_mode_pb(m: ForgetMode) -> pb::ForgetMode {
+    match m {
+        ForgetMode::Tombstone => pb::ForgetMode::Tombstone,
+        ForgetMode::Purge => pb::ForgetMode::Purge,
+    }
+}
+
+/// A key role from the wire (required).
+pub fn key_role(field: &str, v: i32) -> Result<KeyRole> {
+    match pb::KeyRole::try_from(v) {
+        Ok(pb::KeyRole::Reader) => Ok(KeyRole::Reader),
+        Ok(pb::KeyRole::Writer) => Ok(KeyRole::Writer),
+        Ok(pb::KeyRole::Admin) => Ok(KeyRole::Admin),
+        Ok(pb::KeyRole::Unspecified) => Err(Error::invalid(
+            field,
+            "is required (KEY_ROLE_READER, KEY_ROLE_WRITER or KEY_ROLE_ADMIN)",
+        )),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{v} is not a known key role"),
+        )),
+    }
+}
+
+fn key_role_pb(r: KeyRole) -> pb::KeyRole {
+    match r {
+        KeyRole::Reader => pb::KeyRole::Reader,
+        KeyRole::Writer => pb::KeyRole::Writer,
+        KeyRole::Admin => pb::KeyRole::Admin,
+    }
+}
+
+fn pii_pb(p: PiiMode) -> pb::PiiMode {
+    match p {
+        PiiMode::Redact => pb::PiiMode::Redact,
+        PiiMode::Mask => pb::PiiMode::Mask,
+        PiiMode::Off => pb::PiiMode::Off,
+    }
+}
+
+/// A memory for the wire.
+pub fn memory_pb(m: Memory) -> pb::Memory {
+    pb::Memory {
+        id: m.id.to_string(),
+        user_id: m.user_id,
+        namespace: m.namespace,
+        kind: kind_pb(m.kind) as i32,
+        content: m.content,
+        slot: m.slot.unwrap_or_default(),
+        subject: m.subject.unwrap_or_default(),
+        tags: m.tags,
+        importance: m.importance,
+        confidence: m.confidence,
+        pinned: m.pinned,
+        essential: m.essential,
+        expires_at: m.expires_at.map(ts),
+        status: status_pb(m.status) as i32,
+        superseded_by: m.superseded_by.map(|u| u.to_string()).unwrap_or_default(),
+        version: m.version.max(0) as u32,
+        created_at: Some(ts(m.created_at)),
+        updated_at: Some(ts(m.updated_at)),
+        last_accessed_at: m.last_accessed_at.map(ts),
+        access_count: m.access_count.max(0) as u64,
+        embedding_model: m.embedding_model.unwrap_or_default(),
+        source_episode_ids: m.source_episode_ids.iter().map(Uuid::to_string).collect(),
+    }
+}
+
+/// A version for the wire.
+pub fn version_pb(v: MemoryVersion) -> pb::MemoryVersion {
+    pb::MemoryVersion {
+        memory_id: v.memory_id.to_string(),
+        version: v.version.max(0) as u32,
+        op: op_pb(v.op) as i32,
+        basis: basis_pb(v.basis) as i32,
+        score: v.score,
+        reason: v.reason,
+        actor: v.actor,
+        created_at: Some(ts(v.created_at)),
+        kind: kind_pb(v.kind) as i32,
+        content: v.content,
+        slot: v.slot.unwrap_or_default(),
+        subject: v.subject.unwrap_or_default(),
+        tags: v.tags,
+        importance: v.importance,
+        confidence: v.confidence,
+        pinned: v.pinned,
+        expires_at: v.expires_at.map(ts),
+        status: status_pb(v.status) as i32,
+        superseded_by: v.superseded_by.map(|u| u.to_string()).unwrap_or_default(),
+    }
+}
+
+/// A tenant for the wire.
+pub fn tenant_pb(t: Tenant) -> pb::Tenant {
+    pb::Tenant {
+        id: t.id.to_string(),
+        name: t.name,
+        created_at: Some(ts(t.created_at)),
+        pii_mode: pii_pb(t.pii_mode) as i32,
+        extraction_create_only: t.extraction_create_only,
+        rate_limit_rps: t.rate_limit_rps.max(0) as u32,
+        max_memories: t.max_memories.max(0) as u64,
+    }
+}
+
+/// An API key for the wire.
+pub fn key_pb(k: ApiKey) -> pb::ApiKey {
+    pb::ApiKey {
+        id: k.id.to_string(),
+        tenant_id: k.tenant_id.to_string(),
+        name: k.name,
+        role: key_role_pb(k.role) as i32,
+        prefix: k.prefix,
+        created_at: Some(ts(k.created_at)),
+        revoked_at: k.revoked_at.map(ts),
+    }
+}
+
+/// Opaque page tokens: the cursor plus a fingerprint of the filters it was issued for, so that a
+/// token reused with other filters is rejected instead of silently skipping rows.
+pub mod page_token {
+    use super::*;
+
+    /// The fingerprint of a listing's filters.
+    pub fn fingerprint(filters: &str) -> String {
+        hex_prefix(&Sha256::digest(filters.as_bytes()))
+    }
+
+    fn hex_prefix(bytes: &[u8]) -> String {
+        bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Encodes a cursor.
+    pub fn encode(cursor: ListCursor, fingerprint: &str) -> String {
+        let raw = format!(
+            "v1|{}|{}|{fingerprint}",
+            cursor.created_at.timestamp_micros(),
+            cursor.id
+        );
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// Decodes a cursor issued for the same filters.
+    pub fn decode(field: &str, token: &str, fingerprint: &str) -> Result<ListCursor> {
+        let bad = || Error::invalid(field, "is not a page token issued by this server");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| bad())?;
+        let raw = String::from_utf8(raw).map_err(|_| bad())?;
+        let parts: Vec<&str> = raw.split('|').collect();
+        let [version, micros, id, fp] = parts.as_slice() else {
+            return Err(bad());
+        };
+        if *version != "v1" {
+            return Err(bad());
+        }
+        if *fp != fingerprint {
+            return Err(Error::invalid(
+                field,
+                "was issued for different filters; start again without a page token",
+            ));
+        }
+        let micros: i64 = micros.parse().map_err(|_| bad())?;
+        Ok(ListCursor {
+            created_at: DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+            id: Uuid::parse_str(id).map_err(|_| bad())?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_bind_to_filters() {
+        let c = ListCursor {
+            created_at: memoire_core::clock::to_micros(Utc::now()),
+            id: Uuid::now_v7(),
+        };
+        let fp = page_token::fingerprint("a");
+        let token = page_token::encode(c, &fp);
+        assert_eq!(page_token::decode("page_token", &token, &fp).unwrap(), c);
+        assert!(page_token::decode("page_token", &token, &page_token::fingerprint("b")).is_err());
+        assert!(page_token::decode("page_token", "garbage!", &fp).is_err());
+    }
+
+    #[test]
+    fn timestamps_round_trip_at_microsecond_precision() {
+        let t = memoire_core::clock::to_micros(Utc::now());
+        assert_eq!(time("t", &ts(t)).unwrap(), t);
+        assert!(
+            time(
+                "t",
+                &Timestamp {
+                    seconds: 0,
+                    nanos: -1
+                }
+            )
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn unknown_enum_numbers_are_invalid_arguments() {
+        assert!(kind("kind", 99).is_err());
+        assert_eq!(kind("kind", 0).unwrap(), None);
+        assert!(kinds("kinds", &[1, 0]).is_err());
+        assert!(key_role("role", 0).is_err());
+        assert!(forget_mode("mode", 7).is_err());
+    }
+}

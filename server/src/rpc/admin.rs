@@ -1,0 +1,259 @@
+//! `memoire.v1.AdminService`: tenants, API keys, stats. Admin keys only; a tenant's admin key
+//! acts on its own tenant, the bootstrap key on any.
+
+use std::pin::Pin;
+
+use futures::Stream;
+use memoire_core::command::Principal;
+use memoire_core::model::KeyRole;
+use memoire_core::validate as v;
+use memoire_core::{Error, Result};
+use memoire_proto::v1 as pb;
+use memoire_proto::v1::admin_service_server::AdminService;
+use tonic::{Request, Response, Status, Streaming};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::convert;
+use crate::error::{status, unimplemented};
+
+/// The admin service.
+#[derive(Debug, Clone)]
+pub struct AdminSvc {
+    state: AppState,
+}
+
+impl AdminSvc {
+    /// An admin service over `state`.
+    pub fn new(state: AppState) -> Self {
+        AdminSvc { state }
+    }
+}
+
+/// The tenant an admin call acts on: the one named (which a tenant admin may only name if it is
+/// its own), or the caller's own when none is named.
+fn target_tenant(who: &Principal, requested: &str) -> Result<Uuid> {
+    let requested = if requested.is_empty() {
+        None
+    } else {
+        Some(v::uuid("tenant_id", requested)?)
+    };
+    match (who.tenant_id, requested) {
+        (Some(own), Some(t)) if own != t => Err(Error::PermissionDenied(
+            "a tenant's admin key can only manage its own tenant".into(),
+        )),
+        (Some(own), _) => Ok(own),
+        (None, Some(t)) => Ok(t),
+        (None, None) => Err(Error::invalid(
+            "tenant_id",
+            "is required with the bootstrap admin key",
+        )),
+    }
+}
+
+fn tenant_name(name: &str) -> Result<String> {
+    if name.is_empty() || name.len() > 64 {
+        return Err(Error::invalid("name", "must be 1 to 64 characters"));
+    }
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(Error::invalid(
+            "name",
+            "may contain only ASCII letters, digits, '-', '_' and '.'",
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportRecord, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AdminService for AdminSvc {
+    async fn create_tenant(
+        &self,
+        req: Request<pb::CreateTenantRequest>,
+    ) -> Result<Response<pb::CreateTenantResponse>, Status> {
+        let s = &self.state;
+        let who = s
+            .auth
+            .authorize(req.metadata(), KeyRole::Admin)
+            .await
+            .map_err(status)?;
+        if who.tenant_id.is_some() {
+            return Err(status(Error::PermissionDenied(
+                "only the bootstrap admin key may create tenants".into(),
+            )));
+        }
+        let name = tenant_name(&req.get_ref().name).map_err(status)?;
+        let tenant = s.store.create_tenant(&name).await.map_err(status)?;
+        tracing::info!(tenant_id = %tenant.id, name = %tenant.name, actor = %who.actor, "tenant created");
+        Ok(Response::new(pb::CreateTenantResponse {
+            tenant: Some(convert::tenant_pb(tenant)),
+        }))
+    }
+
+    async fn list_tenants(
+        &self,
+        req: Request<pb::ListTenantsRequest>,
+    ) -> Result<Response<pb::ListTenantsResponse>, Status> {
+        let s = &self.state;
+        let who = s
+            .auth
+            .authorize(req.metadata(), KeyRole::Admin)
+            .await
+            .map_err(status)?;
+        let tenants = s.store.list_tenants(who.tenant_id).await.map_err(status)?;
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: tenants.into_iter().map(convert::tenant_pb).collect(),
+        }))
+    }
+
+    async fn update_tenant(
+        &self,
+        _req: Request<pb::UpdateTenantRequest>,
+    ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
+        Err(unimplemented(
+            "UpdateTenant (quotas, PII policy, extraction kill switch)",
+        ))
+    }
+
+    async fn create_api_key(
+        &self,
+        req: Request<pb::CreateApiKeyRequest>,
+    ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
+        let s = &self.state;
+        let who = s
+            .auth
+            .authorize(req.metadata(), KeyRole::Admin)
+            .await
+            .map_err(status)?;
+        let r = req.into_inner();
+        let (tenant, name, role) = (|| {
+            if r.tenant_id.is_empty() {
+                return Err(Error::invalid("tenant_id", "is required"));
+            }
+            let tenant = target_tenant(&who, &r.tenant_id)?;
+            let name = v::optional_text("name", Some(&r.name), 128)?.unwrap_or_default();
+            Ok((tenant, name, convert::key_role("role", r.role)?))
+        })()
+        .map_err(status)?;
+        let created = s
+            .store
+            .create_api_key(tenant, &name, role)
+            .await
+            .map_err(status)?;
+        tracing::info!(key_id = %created.key.id, tenant_id = %tenant, role = %role, actor = %who.actor, "api key created");
+        Ok(Response::new(pb::CreateApiKeyResponse {
+            key: Some(convert::key_pb(created.key)),
+            secret: created.secret,
+        }))
+    }
+
+    async fn list_api_keys(
+        &self,
+        req: Request<pb::ListApiKeysRequest>,
+    ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
+        let s = &self.state;
+        let who = s
+            .auth
+            .authorize(req.metadata(), KeyRole::Admin)
+            .await
+            .map_err(status)?;
+        let tenant = target_tenant(&who, &req.get_ref().tenant_id).map_err(status)?;
+        let keys = s.store.list_api_keys(tenant).await.map_err(status)?;
+        Ok(Response::new(pb::ListApiKeysResponse {
+            keys: keys.into_iter().map(convert::key_pb).collect(),
+        }))
+    }
+
+    async fn revoke_api_key(
+        &self,
+        req: Request<pb::RevokeApiKeyRequest>,
+    ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
+        let s = &self.state;
+        let who = s
+            .auth
+            .authorize(req.metadata(), KeyRole::Admin)
+            .await
+            .map_err(status)?;
+        let key_id = v::uuid("key_id", &req.get_ref().key_id).map_err(status)?;
+        let key = s
+            .store
+            .revoke_api_key(key_id, who.tenant_id)
+            .await
+            .map_err(status)?;
+        tracing::info!(key_id = %key.id, actor = %who.actor, "api key revoked");
+        Ok(Response::new(pb::RevokeApiKeyResponse {
+            key: Some(convert::key_pb(key)),
+        }))
+    }
+
+    async fn get_stats(
+        &self,
+        req: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let s = &self.state;
+        let who = s
+            .auth
+            .authorize(req.metadata(), KeyRole::Admin)
+            .await
+            .map_err(status)?;
+        let tenant = target_tenant(&who, &req.get_ref().tenant_id).map_err(status)?;
+        s.store.tenant(tenant).await.map_err(status)?;
+        let st = s.store.stats(tenant).await.map_err(status)?;
+        let n = |x: i64| x.max(0) as u64;
+        Ok(Response::new(pb::GetStatsResponse {
+            users: n(st.users),
+            active_memories: n(st.active_memories),
+            superseded_memories: n(st.superseded_memories),
+            forgotten_memories: n(st.forgotten_memories),
+            versions: n(st.versions),
+            episodes: n(st.episodes),
+        }))
+    }
+
+    async fn run_maintenance(
+        &self,
+        _req: Request<pb::RunMaintenanceRequest>,
+    ) -> Result<Response<pb::RunMaintenanceResponse>, Status> {
+        Err(unimplemented(
+            "RunMaintenance (optimize, decay, reflect, retention, re-embed jobs)",
+        ))
+    }
+
+    async fn list_dead_letters(
+        &self,
+        _req: Request<pb::ListDeadLettersRequest>,
+    ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
+        Err(unimplemented(
+            "ListDeadLetters (the extraction worker's dead-letter queue)",
+        ))
+    }
+
+    async fn replay_dead_letters(
+        &self,
+        _req: Request<pb::ReplayDeadLettersRequest>,
+    ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
+        Err(unimplemented(
+            "ReplayDeadLetters (the extraction worker's dead-letter queue)",
+        ))
+    }
+
+    type ExportMemoriesStream = ExportStream;
+
+    async fn export_memories(
+        &self,
+        _req: Request<pb::ExportMemoriesRequest>,
+    ) -> Result<Response<Self::ExportMemoriesStream>, Status> {
+        Err(unimplemented("ExportMemories"))
+    }
+
+    async fn import_memories(
+        &self,
+        _req: Request<Streaming<pb::ExportRecord>>,
+    ) -> Result<Response<pb::ImportMemoriesResponse>, Status> {
+        Err(unimplemented("ImportMemories"))
+    }
+}

@@ -1,0 +1,533 @@
+//! `memoire.v1.MemoryService`: one small adapter per RPC — authorize, validate and convert the
+//! request into a domain command, call the store, convert the result back.
+
+use chrono::{DateTime, Utc};
+use memoire_core::command::{
+    Forget, ForgetSelector, ForgetTarget, ListMemories, MemoryPatch, NewMemory, Teach, TeachResult,
+};
+use memoire_core::model::{Basis, KeyRole, Scope};
+use memoire_core::validate::{self as v, Limits, MAX_ID_BYTES, MAX_REASON_BYTES};
+use memoire_core::{Error, Result};
+use memoire_proto::v1 as pb;
+use memoire_proto::v1::memory_service_server::MemoryService;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+
+use crate::AppState;
+use crate::convert::{self, page_token};
+use crate::error::{status, unimplemented};
+
+/// The memory service.
+#[derive(Debug, Clone)]
+pub struct MemorySvc {
+    state: AppState,
+}
+
+impl MemorySvc {
+    /// A memory service over `state`.
+    pub fn new(state: AppState) -> Self {
+        MemorySvc { state }
+    }
+}
+
+/// An optional string field where the empty string (what JSON clients often send) means unset.
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+fn teach_command(
+    r: pb::TeachRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Teach> {
+    let scope = Scope {
+        tenant_id,
+        user_id: v::required_id("user_id", &r.user_id)?,
+        namespace: v::namespace("namespace", &r.namespace)?,
+    };
+    let kind = convert::kind("kind", r.kind)?;
+    let slot = non_empty(r.slot).map(|s| v::slot("slot", &s)).transpose()?;
+    let subject = v::optional_text("subject", r.subject.as_deref(), MAX_ID_BYTES)?;
+    let tags = v::tags("tags", &r.tags)?;
+    let importance = r
+        .importance
+        .map(|x| v::unit_interval("importance", x))
+        .transpose()?;
+    let confidence = r
+        .confidence
+        .map(|x| v::unit_interval("confidence", x))
+        .transpose()?;
+    let expires_at = convert::opt_time("expires_at", r.expires_at.as_ref())?
+        .map(|t| v::future_time("expires_at", t, now))
+        .transpose()?;
+    let reason = v::optional_text("reason", r.reason.as_deref(), MAX_REASON_BYTES)?;
+    match non_empty(r.memory_id) {
+        Some(id) => {
+            let memory_id = v::uuid("memory_id", &id)?;
+            if r.force_create {
+                return Err(Error::invalid(
+                    "force_create",
+                    "does not apply to a correction",
+                ));
+            }
+            let content = if r.content.is_empty() {
+                None
+            } else {
+                Some(v::content("content", &r.content, limits.max_content_bytes)?)
+            };
+            let patch = MemoryPatch {
+                kind,
+                content,
+                slot,
+                subject,
+                tags: (!tags.is_empty()).then_some(tags),
+                importance,
+                confidence,
+                pinned: r.pinned,
+                expires_at,
+            };
+            if patch.is_empty() {
+                return Err(Error::invalid(
+                    "memory_id",
+                    "a correction must set at least one field to change",
+                ));
+            }
+            Ok(Teach::Correct {
+                scope,
+                memory_id,
+                patch,
+                reason,
+            })
+        }
+        None => {
+            let kind =
+                kind.ok_or_else(|| Error::invalid("kind", "is required for a new memory"))?;
+            let content = v::content("content", &r.content, limits.max_content_bytes)?;
+            Ok(Teach::Create {
+                scope,
+                memory: NewMemory {
+                    kind,
+                    content,
+                    slot,
+                    subject,
+                    tags,
+                    importance: importance.unwrap_or(0.5),
+                    confidence: confidence.unwrap_or(1.0),
+                    pinned: r.pinned.unwrap_or(false),
+                    expires_at,
+                    source_episode_ids: Vec::new(),
+                },
+                force_create: r.force_create,
+                reason,
+                basis: Basis::Teach,
+            })
+        }
+    }
+}
+
+fn teach_response(r: TeachResult) -> pb::TeachResponse {
+    pb::TeachResponse {
+        outcome: convert::outcome_pb(r.outcome) as i32,
+        memory: Some(convert::memory_pb(r.memory)),
+        superseded_memory_id: r.superseded.map(|u| u.to_string()).unwrap_or_default(),
+        duplicate_of: r.duplicate_of.map(|u| u.to_string()).unwrap_or_default(),
+        decision: Some(pb::Decision {
+            basis: convert::basis_pb(r.basis) as i32,
+            score: r.score,
+            reason: r.reason,
+        }),
+    }
+}
+
+fn forget_command(r: pb::ForgetRequest, tenant_id: Uuid, limits: &Limits) -> Result<Forget> {
+    let mode = convert::forget_mode("mode", r.mode)?;
+    let reason = v::optional_text("reason", r.reason.as_deref(), MAX_REASON_BYTES)?;
+    let target = match (r.memory_ids.is_empty(), r.selector) {
+        (false, Some(_)) => {
+            return Err(Error::invalid(
+                "selector",
+                "give either memory_ids or selector, not both",
+            ));
+        }
+        (true, None) => {
+            return Err(Error::invalid(
+                "memory_ids",
+                "give memory_ids or a selector",
+            ));
+        }
+        (false, None) => {
+            if r.memory_ids.len() > limits.max_batch_ids {
+                return Err(Error::invalid(
+                    "memory_ids",
+                    format!(
+                        "has {} ids; the limit is {}",
+                        r.memory_ids.len(),
+                        limits.max_batch_ids
+                    ),
+                ));
+            }
+            let mut ids = r
+                .memory_ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| v::uuid(&format!("memory_ids[{i}]"), id))
+                .collect::<Result<Vec<_>>>()?;
+            ids.sort();
+            ids.dedup();
+            ForgetTarget::Ids(ids)
+        }
+        (true, Some(s)) => ForgetTarget::Selector(ForgetSelector {
+            user_id: v::required_id("selector.user_id", &s.user_id)?,
+            namespace: non_empty(s.namespace)
+                .map(|n| v::namespace("selector.namespace", &n))
+                .transpose()?,
+            slot: non_empty(s.slot)
+                .map(|n| v::slot("selector.slot", &n))
+                .transpose()?,
+            kind: convert::kind("selector.kind", s.kind)?,
+            session_id: non_empty(s.session_id)
+                .map(|n| v::required_id("selector.session_id", &n))
+                .transpose()?,
+            before: convert::opt_time("selector.before", s.before.as_ref())?,
+        }),
+    };
+    Ok(Forget {
+        tenant_id,
+        target,
+        mode,
+        dry_run: r.dry_run,
+        reason,
+    })
+}
+
+fn list_query(
+    r: pb::ListMemoriesRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+) -> Result<ListMemories> {
+    let mut q = ListMemories {
+        tenant_id,
+        user_id: v::required_id("user_id", &r.user_id)?,
+        namespaces: v::namespaces("namespaces", &r.namespaces)?,
+        kinds: convert::kinds("kinds", &r.kinds)?,
+        tags: v::tags("tags", &r.tags)?,
+        slot: non_empty(r.slot).map(|s| v::slot("slot", &s)).transpose()?,
+        include_superseded: r.include_superseded,
+        created_after: convert::opt_time("created_after", r.created_after.as_ref())?,
+        created_before: convert::opt_time("created_before", r.created_before.as_ref())?,
+        page_size: v::page_size("page_size", r.page_size, limits.max_page_size)?,
+        after: None,
+    };
+    if !r.page_token.is_empty() {
+        q.after = Some(page_token::decode(
+            "page_token",
+            &r.page_token,
+            &list_fingerprint(&q),
+        )?);
+    }
+    Ok(q)
+}
+
+/// What a page token is bound to: the filters, not the page size or position.
+fn list_fingerprint(q: &ListMemories) -> String {
+    page_token::fingerprint(&format!(
+        "{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}",
+        q.tenant_id,
+        q.user_id,
+        q.namespaces,
+        q.kinds,
+        q.tags,
+        q.slot,
+        q.include_superseded,
+        q.created_after,
+        q.created_before
+    ))
+}
+
+#[tonic::async_trait]
+impl MemoryService for MemorySvc {
+    async fn ingest(
+        &self,
+        _req: Request<pb::IngestRequest>,
+    ) -> Result<Response<pb::IngestResponse>, Status> {
+        Err(unimplemented("Ingest (episodes and background extraction)"))
+    }
+
+    async fn recall(
+        &self,
+        _req: Request<pb::RecallRequest>,
+    ) -> Result<Response<pb::RecallResponse>, Status> {
+        Err(unimplemented("Recall (embeddings and hybrid retrieval)"))
+    }
+
+    async fn conscious(
+        &self,
+        _req: Request<pb::ConsciousRequest>,
+    ) -> Result<Response<pb::ConsciousResponse>, Status> {
+        Err(unimplemented("Conscious (working memory in Redis)"))
+    }
+
+    async fn teach(
+        &self,
+        req: Request<pb::TeachRequest>,
+    ) -> Result<Response<pb::TeachResponse>, Status> {
+        let s = &self.state;
+        let (tenant, who) = s
+            .auth
+            .tenant(req.metadata(), KeyRole::Writer)
+            .await
+            .map_err(status)?;
+        let cmd =
+            teach_command(req.into_inner(), tenant, &s.limits, s.store.now()).map_err(status)?;
+        let result = s.store.teach(cmd, &who.actor).await.map_err(status)?;
+        metrics::counter!("memoire_teach_outcomes_total", "outcome" => format!("{:?}", result.outcome).to_lowercase()).increment(1);
+        Ok(Response::new(teach_response(result)))
+    }
+
+    async fn forget(
+        &self,
+        req: Request<pb::ForgetRequest>,
+    ) -> Result<Response<pb::ForgetResponse>, Status> {
+        let s = &self.state;
+        let (tenant, who) = s
+            .auth
+            .tenant(req.metadata(), KeyRole::Writer)
+            .await
+            .map_err(status)?;
+        let cmd = forget_command(req.into_inner(), tenant, &s.limits).map_err(status)?;
+        let (mode, dry_run) = (cmd.mode, cmd.dry_run);
+        let r = s.store.forget(cmd, &who.actor).await.map_err(status)?;
+        Ok(Response::new(pb::ForgetResponse {
+            outcome: pb::WriteOutcome::Forgotten as i32,
+            mode: convert::forget_mode_pb(mode) as i32,
+            dry_run,
+            memory_ids: r.memory_ids.iter().map(Uuid::to_string).collect(),
+            memory_ids_truncated: r.memory_ids_truncated,
+            not_found_ids: r.not_found_ids.iter().map(Uuid::to_string).collect(),
+            memories: r.memories,
+            versions: r.versions,
+            episodes: r.episodes,
+            edges: r.edges,
+        }))
+    }
+
+    async fn get_memory(
+        &self,
+        req: Request<pb::GetMemoryRequest>,
+    ) -> Result<Response<pb::GetMemoryResponse>, Status> {
+        let s = &self.state;
+        let (tenant, _) = s
+            .auth
+            .tenant(req.metadata(), KeyRole::Reader)
+            .await
+            .map_err(status)?;
+        let id = v::uuid("memory_id", &req.get_ref().memory_id).map_err(status)?;
+        let memory = s.store.get_memory(tenant, id).await.map_err(status)?;
+        Ok(Response::new(pb::GetMemoryResponse {
+            memory: Some(convert::memory_pb(memory)),
+        }))
+    }
+
+    async fn list_memories(
+        &self,
+        req: Request<pb::ListMemoriesRequest>,
+    ) -> Result<Response<pb::ListMemoriesResponse>, Status> {
+        let s = &self.state;
+        let (tenant, _) = s
+            .auth
+            .tenant(req.metadata(), KeyRole::Reader)
+            .await
+            .map_err(status)?;
+        let q = list_query(req.into_inner(), tenant, &s.limits).map_err(status)?;
+        let (memories, next) = s.store.list_memories(&q).await.map_err(status)?;
+        Ok(Response::new(pb::ListMemoriesResponse {
+            memories: memories.into_iter().map(convert::memory_pb).collect(),
+            next_page_token: next
+                .map(|c| page_token::encode(c, &list_fingerprint(&q)))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let s = &self.state;
+        let (tenant, _) = s
+            .auth
+            .tenant(req.metadata(), KeyRole::Reader)
+            .await
+            .map_err(status)?;
+        let id = v::uuid("memory_id", &req.get_ref().memory_id).map_err(status)?;
+        let versions = s.store.history(tenant, id).await.map_err(status)?;
+        Ok(Response::new(pb::HistoryResponse {
+            versions: versions.into_iter().map(convert::version_pb).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn field(e: Error) -> String {
+        match e {
+            Error::InvalidArgument { field, .. } => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    fn teach(r: pb::TeachRequest) -> Result<Teach> {
+        teach_command(r, Uuid::nil(), &Limits::default(), Utc::now())
+    }
+
+    fn valid() -> pb::TeachRequest {
+        pb::TeachRequest {
+            user_id: "u".into(),
+            kind: pb::MemoryKind::Fact as i32,
+            content: "likes tea".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn teach_validation_names_the_field() {
+        assert!(teach(valid()).is_ok());
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    user_id: "".into(),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "user_id"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    content: " ".into(),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "content"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    content: "x".repeat(16 * 1024 + 1),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "content"
+        );
+        assert_eq!(
+            field(teach(pb::TeachRequest { kind: 0, ..valid() }).unwrap_err()),
+            "kind"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    kind: 42,
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "kind"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    memory_id: Some("x".into()),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "memory_id"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    importance: Some(2.0),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "importance"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    slot: Some("home".into()),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "slot"
+        );
+        let past = Some(convert::ts(Utc::now() - chrono::TimeDelta::hours(1)));
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    expires_at: past,
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "expires_at"
+        );
+    }
+
+    #[test]
+    fn forget_needs_exactly_one_target() {
+        let limits = Limits::default();
+        let both = pb::ForgetRequest {
+            memory_ids: vec![Uuid::nil().to_string()],
+            selector: Some(pb::ForgetSelector {
+                user_id: "u".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            field(forget_command(both, Uuid::nil(), &limits).unwrap_err()),
+            "selector"
+        );
+        assert_eq!(
+            field(forget_command(pb::ForgetRequest::default(), Uuid::nil(), &limits).unwrap_err()),
+            "memory_ids"
+        );
+        let bad_id = pb::ForgetRequest {
+            memory_ids: vec![Uuid::nil().to_string(), "x".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            field(forget_command(bad_id, Uuid::nil(), &limits).unwrap_err()),
+            "memory_ids[1]"
+        );
+        let no_user = pb::ForgetRequest {
+            selector: Some(pb::ForgetSelector::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            field(forget_command(no_user, Uuid::nil(), &limits).unwrap_err()),
+            "selector.user_id"
+        );
+    }
+
+    #[test]
+    fn list_rejects_negative_page_size() {
+        let r = pb::ListMemoriesRequest {
+            user_id: "u".into(),
+            page_size: -1,
+            ..Default::default()
+        };
+        assert_eq!(
+            field(list_query(r, Uuid::nil(), &Limits::default()).unwrap_err()),
+            "page_size"
+        );
+    }
+}

@@ -1,0 +1,93 @@
+//! Postgres storage for Mémoire (sqlx + pgvector).
+//!
+//! - [`PgStore`]: the handle the server and worker share (a connection pool and a clock).
+//! - `memories`: Teach (through the resolver), corrections, Forget, reads and history — every
+//!   write in one transaction, every query filtered by tenant.
+//! - `tenants`: tenants, API keys (hashed), stats.
+//! - `schema`: migrations and the per-model vector indexes.
+//! - `error`: sqlx errors classified by SQLSTATE into the domain error.
+
+mod error;
+mod memories;
+mod rows;
+mod schema;
+mod tenants;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use memoire_core::clock::{Clock, SystemClock};
+use sqlx::PgPool;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+
+pub use error::db_error;
+pub use schema::vector_index_name;
+pub use tenants::{NewApiKey, hash_secret};
+
+/// Connection settings for [`PgStore::connect`].
+#[derive(Debug, Clone)]
+pub struct PgSettings {
+    /// `postgres://user:password@host:port/database`.
+    pub url: String,
+    /// Pool size.
+    pub max_connections: u32,
+    /// How long a request waits for a pooled connection before failing with `UNAVAILABLE`.
+    pub acquire_timeout: Duration,
+}
+
+/// The Postgres store.
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+    clock: Arc<dyn Clock>,
+}
+
+impl PgStore {
+    /// Connects a pool. Fails (with the server's address, never its password) when Postgres is
+    /// unreachable.
+    pub async fn connect(settings: &PgSettings) -> memoire_core::Result<Self> {
+        let options: PgConnectOptions = settings.url.parse().map_err(|e| {
+            memoire_core::Error::invalid("database_url", format!("cannot be parsed: {e}"))
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            .acquire_timeout(settings.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(db_error)?;
+        Ok(Self::from_pool(pool))
+    }
+
+    /// Wraps an existing pool, with the system clock.
+    pub fn from_pool(pool: PgPool) -> Self {
+        PgStore {
+            pool,
+            clock: Arc::new(SystemClock),
+        }
+    }
+
+    /// The same store with another clock (tests move time with [`memoire_core::clock::ManualClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Now, by the store's clock.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.clock.now()
+    }
+
+    /// The pool, for health checks and tests.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether Postgres answers.
+    pub async fn ping(&self) -> memoire_core::Result<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+}

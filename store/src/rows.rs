@@ -1,0 +1,202 @@
+//! Database rows and their conversion into domain records.
+
+use chrono::{DateTime, Utc};
+use memoire_core::Error;
+use memoire_core::model::{
+    ApiKey, Basis, KeyRole, Memory, MemoryKind, MemoryStatus, MemoryVersion, PiiMode, Tenant,
+    VersionOp,
+};
+use uuid::Uuid;
+
+/// The columns of `memories` that [`MemoryRow`] reads, in order.
+pub(crate) const MEMORY_COLUMNS: &str = "id, tenant_id, user_id, namespace, kind, content, \
+    content_key, slot, subject, tags, importance, confidence, pinned, essential, expires_at, \
+    status, superseded_by, version, created_at, updated_at, last_accessed_at, access_count, \
+    embedding_model, source_episode_ids";
+
+fn parse<T>(what: &str, s: &str, f: impl Fn(&str) -> Option<T>) -> Result<T, Error> {
+    f(s).ok_or_else(|| Error::Internal(format!("unknown {what} '{s}' in the database")))
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct MemoryRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub user_id: String,
+    pub namespace: String,
+    pub kind: String,
+    pub content: String,
+    pub content_key: String,
+    pub slot: Option<String>,
+    pub subject: Option<String>,
+    pub tags: Vec<String>,
+    pub importance: f32,
+    pub confidence: f32,
+    pub pinned: bool,
+    pub essential: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub superseded_by: Option<Uuid>,
+    pub version: i32,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub last_accessed_at: Option<DateTime<Utc>>,
+    pub access_count: i64,
+    pub embedding_model: Option<String>,
+    pub source_episode_ids: Vec<Uuid>,
+}
+
+impl TryFrom<MemoryRow> for Memory {
+    type Error = Error;
+
+    fn try_from(r: MemoryRow) -> Result<Self, Error> {
+        Ok(Memory {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            user_id: r.user_id,
+            namespace: r.namespace,
+            kind: parse("kind", &r.kind, MemoryKind::parse)?,
+            content: r.content,
+            slot: r.slot,
+            subject: r.subject,
+            tags: r.tags,
+            importance: r.importance,
+            confidence: r.confidence,
+            pinned: r.pinned,
+            essential: r.essential,
+            expires_at: r.expires_at,
+            status: parse("status", &r.status, MemoryStatus::parse)?,
+            superseded_by: r.superseded_by,
+            version: r.version,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            last_accessed_at: r.last_accessed_at,
+            access_count: r.access_count,
+            embedding_model: r.embedding_model,
+            source_episode_ids: r.source_episode_ids,
+        })
+    }
+}
+
+/// The columns of `memory_versions` that [`VersionRow`] reads, in order.
+pub(crate) const VERSION_COLUMNS: &str = "memory_id, version, op, basis, score, reason, actor, \
+    created_at, kind, content, slot, subject, tags, importance, confidence, pinned, expires_at, \
+    status, superseded_by";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct VersionRow {
+    pub memory_id: Uuid,
+    pub version: i32,
+    pub op: String,
+    pub basis: String,
+    pub score: Option<f32>,
+    pub reason: String,
+    pub actor: String,
+    pub created_at: DateTime<Utc>,
+    pub kind: String,
+    pub content: String,
+    pub slot: Option<String>,
+    pub subject: Option<String>,
+    pub tags: Vec<String>,
+    pub importance: f32,
+    pub confidence: f32,
+    pub pinned: bool,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub superseded_by: Option<Uuid>,
+}
+
+impl TryFrom<VersionRow> for MemoryVersion {
+    type Error = Error;
+
+    fn try_from(r: VersionRow) -> Result<Self, Error> {
+        Ok(MemoryVersion {
+            memory_id: r.memory_id,
+            version: r.version,
+            op: parse("op", &r.op, VersionOp::parse)?,
+            basis: parse("basis", &r.basis, Basis::parse)?,
+            score: r.score,
+            reason: r.reason,
+            actor: r.actor,
+            created_at: r.created_at,
+            kind: parse("kind", &r.kind, MemoryKind::parse)?,
+            content: r.content,
+            slot: r.slot,
+            subject: r.subject,
+            tags: r.tags,
+            importance: r.importance,
+            confidence: r.confidence,
+            pinned: r.pinned,
+            expires_at: r.expires_at,
+            status: parse("status", &r.status, MemoryStatus::parse)?,
+            superseded_by: r.superseded_by,
+        })
+    }
+}
+
+pub(crate) const TENANT_COLUMNS: &str =
+    "id, name, pii_mode, extraction_create_only, rate_limit_rps, max_memories, created_at";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct TenantRow {
+    pub id: Uuid,
+    pub name: String,
+    pub pii_mode: String,
+    pub extraction_create_only: bool,
+    pub rate_limit_rps: i32,
+    pub max_memories: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<TenantRow> for Tenant {
+    type Error = Error;
+
+    fn try_from(r: TenantRow) -> Result<Self, Error> {
+        Ok(Tenant {
+            id: r.id,
+            name: r.name,
+            pii_mode: parse("pii_mode", &r.pii_mode, PiiMode::parse)?,
+            extraction_create_only: r.extraction_create_only,
+            rate_limit_rps: r.rate_limit_rps,
+            max_memories: r.max_memories,
+            created_at: r.created_at,
+        })
+    }
+}
+
+pub(crate) const KEY_COLUMNS: &str = "id, tenant_id, name, role, prefix, created_at, revoked_at";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct KeyRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub name: String,
+    pub role: String,
+    pub prefix: String,
+    pub created_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<KeyRow> for ApiKey {
+    type Error = Error;
+
+    fn try_from(r: KeyRow) -> Result<Self, Error> {
+        Ok(ApiKey {
+            id: r.id,
+            tenant_id: r.tenant_id,
+            name: r.name,
+            role: parse("role", &r.role, KeyRole::parse)?,
+            prefix: r.prefix,
+            created_at: r.created_at,
+            revoked_at: r.revoked_at,
+        })
+    }
+}
+
+/// Converts every row, failing on the first that does not convert.
+pub(crate) fn convert_all<R, T>(rows: Vec<R>) -> Result<Vec<T>, Error>
+where
+    T: TryFrom<R, Error = Error>,
+{
+    rows.into_iter().map(T::try_from).collect()
+}

@@ -1,0 +1,216 @@
+//! Tenants, API keys and stats.
+
+use base64::Engine as _;
+use memoire_core::command::Principal;
+use memoire_core::model::{ApiKey, KeyRole, Stats, Tenant};
+use memoire_core::{Error, Result};
+use rand::RngCore as _;
+use sha2::{Digest, Sha256};
+use sqlx::AssertSqlSafe;
+use uuid::Uuid;
+
+use crate::rows::{KEY_COLUMNS, KeyRow, TENANT_COLUMNS, TenantRow, convert_all};
+use crate::{PgStore, db_error};
+
+/// The prefix every Mémoire API key secret starts with, so that leaked keys are recognisable.
+const SECRET_PREFIX: &str = "mem_";
+
+/// SHA-256 of an API key secret: what is stored and looked up.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    Sha256::digest(secret.as_bytes()).into()
+}
+
+/// A newly created API key: its record and its secret (shown once).
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    /// The record.
+    pub key: ApiKey,
+    /// The secret.
+    pub secret: String,
+}
+
+impl PgStore {
+    /// Creates a tenant. `AlreadyExists` when the name is taken.
+    pub async fn create_tenant(&self, name: &str) -> Result<Tenant> {
+        let sql = format!(
+            "INSERT INTO tenants (id, name, created_at) VALUES ($1, $2, $3) RETURNING {TENANT_COLUMNS}"
+        );
+        let row: TenantRow = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(Uuid::now_v7())
+            .bind(name)
+            .bind(self.clock.now())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| match db_error(e) {
+                Error::AlreadyExists(_) => {
+                    Error::AlreadyExists(format!("a tenant named '{name}' already exists"))
+                }
+                other => other,
+            })?;
+        row.try_into()
+    }
+
+    /// The tenant named `name`, creating it when missing (dev mode's default tenant).
+    pub async fn ensure_tenant(&self, name: &str) -> Result<Tenant> {
+        match self.create_tenant(name).await {
+            Err(Error::AlreadyExists(_)) => {
+                let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = $1");
+                let row: TenantRow = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(name)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(db_error)?;
+                row.try_into()
+            }
+            other => other,
+        }
+    }
+
+    /// A tenant by id.
+    pub async fn tenant(&self, id: Uuid) -> Result<Tenant> {
+        let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1");
+        let row: Option<TenantRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.ok_or_else(|| Error::NotFound {
+            what: "tenant",
+            id: id.to_string(),
+        })?
+        .try_into()
+    }
+
+    /// All tenants (or only `only`), by name.
+    pub async fn list_tenants(&self, only: Option<Uuid>) -> Result<Vec<Tenant>> {
+        let sql = format!(
+            "SELECT {TENANT_COLUMNS} FROM tenants WHERE ($1::uuid IS NULL OR id = $1) ORDER BY name"
+        );
+        let rows: Vec<TenantRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(only)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        convert_all(rows)
+    }
+
+    /// Creates an API key for `tenant_id`.
+    pub async fn create_api_key(
+        &self,
+        tenant_id: Uuid,
+        name: &str,
+        role: KeyRole,
+    ) -> Result<NewApiKey> {
+        self.tenant(tenant_id).await?;
+        let mut raw = [0u8; 24];
+        rand::rng().fill_bytes(&mut raw);
+        let secret = format!(
+            "{SECRET_PREFIX}{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        );
+        let prefix: String = secret.chars().take(SECRET_PREFIX.len() + 6).collect();
+        let sql = format!(
+            "INSERT INTO api_keys (id, tenant_id, name, role, prefix, secret_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
+        );
+        let row: KeyRow = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(Uuid::now_v7())
+            .bind(tenant_id)
+            .bind(name)
+            .bind(role.as_str())
+            .bind(&prefix)
+            .bind(hash_secret(&secret).as_slice())
+            .bind(self.clock.now())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(NewApiKey {
+            key: row.try_into()?,
+            secret,
+        })
+    }
+
+    /// A tenant's keys, oldest first.
+    pub async fn list_api_keys(&self, tenant_id: Uuid) -> Result<Vec<ApiKey>> {
+        let sql = format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE tenant_id = $1 ORDER BY created_at, id"
+        );
+        let rows: Vec<KeyRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
+        convert_all(rows)
+    }
+
+    /// Revokes a key (idempotent). With `tenant_id`, only a key of that tenant.
+    pub async fn revoke_api_key(&self, key_id: Uuid, tenant_id: Option<Uuid>) -> Result<ApiKey> {
+        let sql = format!(
+            "UPDATE api_keys SET revoked_at = coalesce(revoked_at, $3) \
+             WHERE id = $1 AND ($2::uuid IS NULL OR tenant_id = $2) RETURNING {KEY_COLUMNS}"
+        );
+        let row: Option<KeyRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(key_id)
+            .bind(tenant_id)
+            .bind(self.clock.now())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.ok_or_else(|| Error::NotFound {
+            what: "api key",
+            id: key_id.to_string(),
+        })?
+        .try_into()
+    }
+
+    /// Resolves a presented secret to the principal of a live key, or `None`.
+    pub async fn principal_for_secret(&self, secret: &str) -> Result<Option<Principal>> {
+        if !secret.starts_with(SECRET_PREFIX) {
+            return Ok(None);
+        }
+        let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(
+            "SELECT id, tenant_id, role FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+        )
+        .bind(hash_secret(secret).as_slice())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(db_error)?;
+        row.map(|(id, tenant_id, role)| {
+            Ok(Principal {
+                tenant_id: Some(tenant_id),
+                role: KeyRole::parse(&role)
+                    .ok_or_else(|| Error::Internal(format!("unknown key role '{role}'")))?,
+                actor: format!("key:{id}"),
+            })
+        })
+        .transpose()
+    }
+
+    /// Counts of what a tenant stores.
+    pub async fn stats(&self, tenant_id: Uuid) -> Result<Stats> {
+        let (users, active, superseded, forgotten, versions, episodes): (i64, i64, i64, i64, i64, i64) =
+            sqlx::query_as(
+                "SELECT \
+                   (SELECT count(*) FROM (SELECT user_id FROM memories WHERE tenant_id = $1 \
+                                          UNION SELECT user_id FROM episodes WHERE tenant_id = $1) u), \
+                   (SELECT count(*) FROM memories WHERE tenant_id = $1 AND status = 'active'), \
+                   (SELECT count(*) FROM memories WHERE tenant_id = $1 AND status = 'superseded'), \
+                   (SELECT count(*) FROM memories WHERE tenant_id = $1 \
+                                                   AND status IN ('tombstoned', 'expired')), \
+                   (SELECT count(*) FROM memory_versions WHERE tenant_id = $1), \
+                   (SELECT count(*) FROM episodes WHERE tenant_id = $1)",
+            )
+            .bind(tenant_id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(Stats {
+            users,
+            active_memories: active,
+            superseded_memories: superseded,
+            forgotten_memories: forgotten,
+            versions,
+            episodes,
+        })
+    }
+}

@@ -1,0 +1,247 @@
+//! The end-to-end test harness: [`TestServer`] starts the real server in-process on
+//! `127.0.0.1:0`, against a fresh Postgres database of its own (so tests run in parallel), and
+//! hands out real gRPC clients. Dropping it stops the server and drops the database.
+//!
+//! The database server comes from `MEMOIRE_TEST_DATABASE_URL` (default: the one
+//! `scripts/setup.sh` prepares, `postgres://memoire:memoire@127.0.0.1:5432/memoire`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use memoire_config::Config;
+use memoire_core::clock::Clock;
+use memoire_sdk::{Client, pb};
+use memoire_server::Listeners;
+use memoire_store::PgStore;
+use sqlx::{Connection as _, PgConnection, PgPool};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+pub use memoire_sdk::pb as proto;
+
+/// The Postgres server tests create their databases on.
+pub fn base_database_url() -> String {
+    std::env::var("MEMOIRE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://memoire:memoire@127.0.0.1:5432/memoire".into())
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (server, _) = url.rsplit_once('/').unwrap_or((url, ""));
+    format!("{server}/{db}")
+}
+
+/// A running server with its own database.
+pub struct TestServer {
+    /// gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// HTTP address.
+    pub http_addr: SocketAddr,
+    /// The bootstrap admin key.
+    pub admin_key: String,
+    /// The database's URL.
+    pub database_url: String,
+    /// A store on the same database (same clock as the server).
+    pub store: PgStore,
+    db_name: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server with the default test configuration.
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}, None).await
+    }
+
+    /// Starts a server after `configure` adjusts the configuration, with `clock` when given.
+    pub async fn start_with(
+        configure: impl FnOnce(&mut Config),
+        clock: Option<Arc<dyn Clock>>,
+    ) -> Self {
+        let base = base_database_url();
+        let db_name = format!("memoire_test_{}", Uuid::new_v4().simple());
+        let mut admin = PgConnection::connect(&base).await.expect(
+            "cannot reach the test Postgres; run scripts/setup.sh (or set MEMOIRE_TEST_DATABASE_URL)",
+        );
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&mut admin)
+            .await
+            .expect("create test database");
+        admin.close().await.ok();
+        let database_url = with_database(&base, &db_name);
+
+        let admin_key = format!("test-admin-{}", Uuid::new_v4().simple());
+        let mut config = Config {
+            database_url: database_url.clone(),
+            database_max_connections: 8,
+            admin_key: Some(admin_key.clone()),
+            grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+            http_addr: "127.0.0.1:0".parse().expect("addr"),
+            expiry_sweep_interval_secs: 3600,
+            shutdown_grace_secs: 5,
+            ..Config::default()
+        };
+        configure(&mut config);
+        let mut store = memoire_server::connect(&config)
+            .await
+            .expect("connect and migrate");
+        if let Some(clock) = clock {
+            store = store.with_clock(clock);
+        }
+        let listeners = Listeners {
+            grpc: TcpListener::bind("127.0.0.1:0").await.expect("bind grpc"),
+            http: TcpListener::bind("127.0.0.1:0").await.expect("bind http"),
+        };
+        let grpc_addr = listeners.grpc.local_addr().expect("addr");
+        let http_addr = listeners.http.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(memoire_server::serve(
+            config,
+            store.clone(),
+            listeners,
+            async {
+                let _ = rx.await;
+            },
+        ));
+        let server = TestServer {
+            grpc_addr,
+            http_addr,
+            admin_key,
+            database_url,
+            store,
+            db_name,
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        server.wait_serving().await;
+        server
+    }
+
+    async fn wait_serving(&self) {
+        let mut health =
+            tonic_health::pb::health_client::HealthClient::new(self.client(None).channel());
+        for _ in 0..100 {
+            let ok = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(|r| {
+                    r.into_inner().status
+                        == tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+                })
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the server did not report SERVING within 5 s");
+    }
+
+    /// A client with `key` (or none).
+    pub fn client(&self, key: Option<&str>) -> Client {
+        let mut b =
+            Client::builder(format!("http://{}", self.grpc_addr)).timeout(Duration::from_secs(30));
+        if let Some(k) = key {
+            b = b.api_key(k);
+        }
+        b.build().expect("client")
+    }
+
+    /// A client with the bootstrap admin key.
+    pub fn admin(&self) -> Client {
+        self.client(Some(&self.admin_key))
+    }
+
+    /// Creates a tenant and a key of `role` for it; returns the tenant id and a client using the key.
+    pub async fn tenant(&self, name: &str, role: pb::KeyRole) -> (String, Client) {
+        let tenant = self
+            .admin()
+            .admin()
+            .create_tenant(pb::CreateTenantRequest { name: name.into() })
+            .await
+            .expect("create tenant")
+            .into_inner()
+            .tenant
+            .expect("tenant");
+        let key = self.key(&tenant.id, role).await;
+        (tenant.id, self.client(Some(&key)))
+    }
+
+    /// Creates a key of `role` for `tenant_id`; returns its secret.
+    pub async fn key(&self, tenant_id: &str, role: pb::KeyRole) -> String {
+        self.admin()
+            .admin()
+            .create_api_key(pb::CreateApiKeyRequest {
+                tenant_id: tenant_id.into(),
+                name: "test".into(),
+                role: role as i32,
+            })
+            .await
+            .expect("create key")
+            .into_inner()
+            .secret
+    }
+
+    /// The test database's pool, for looking at tables directly.
+    pub fn pool(&self) -> &PgPool {
+        self.store.pool()
+    }
+
+    /// Stops the server gracefully and returns how it ended.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        // Drop the database from a thread of its own: Drop cannot await, and the test's runtime
+        // may be single-threaded.
+        let (base, db) = (base_database_url(), self.db_name.clone());
+        let pool = self.store.pool().clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                pool.close().await;
+                if let Ok(mut conn) = PgConnection::connect(&base).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+                    )))
+                    .execute(&mut conn)
+                    .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The field named by an `INVALID_ARGUMENT` status's `BadRequest` detail.
+pub fn violated_field(status: &tonic::Status) -> Option<String> {
+    use tonic_types::StatusExt as _;
+    status
+        .get_details_bad_request()
+        .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
+}

@@ -1,0 +1,49 @@
+//! `memoire-worker`: the background worker on its own, for scaling it apart from the server
+//! (which runs one in-process by default, `worker_embedded`).
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use memoire_config::{Config, Flags};
+use memoire_store::{PgSettings, PgStore};
+use memoire_worker::WorkerSettings;
+
+/// Mémoire's background worker.
+#[derive(Debug, Parser)]
+#[command(name = "memoire-worker", version, about)]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("memoire-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    memoire_config::init_tracing(&config);
+    let store = match PgStore::connect(&PgSettings {
+        url: config.database_url.clone(),
+        max_connections: 4,
+        acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
+    })
+    .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, database = %memoire_config::redact_url(&config.database_url), "cannot connect to postgres");
+            return ExitCode::FAILURE;
+        }
+    };
+    let settings = WorkerSettings {
+        expiry_sweep_interval: Duration::from_secs(config.expiry_sweep_interval_secs),
+    };
+    memoire_worker::run(store, settings, memoire_config::shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
