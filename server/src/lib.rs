@@ -121,6 +121,36 @@ pub async fn migrate(config: &Config, store: &PgStore) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Checks the gRPC health of the server at `config.grpc_addr` (an unspecified listen address is
+/// probed on loopback). Ok when it reports SERVING.
+pub async fn probe(config: &Config) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut addr = config.grpc_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .context("health check failed")?
+        .into_inner()
+        .status;
+    anyhow::ensure!(
+        status == ServingStatus::Serving as i32,
+        "not serving (status {status})"
+    );
+    Ok(())
+}
+
 /// Connects, migrates, and serves until `shutdown` completes.
 pub async fn run(
     config: Config,

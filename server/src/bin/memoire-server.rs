@@ -23,6 +23,9 @@ enum Command {
     Migrate,
     /// Print the effective configuration (secrets hidden) and exit.
     CheckConfig,
+    /// Ask the server at `grpc_addr` for its gRPC health; exit 0 when SERVING (for container
+    /// health checks).
+    Probe,
 }
 
 #[tokio::main]
@@ -41,6 +44,7 @@ async fn main() -> ExitCode {
             println!("{}", config.redacted());
             Ok(())
         }
+        Command::Probe => memoire_server::probe(&config).await,
         Command::Migrate => {
             let config = Config {
                 migrate_on_start: true,
@@ -61,7 +65,6 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            eprintln!("memoire-server: {e:#}");
             ExitCode::FAILURE
         }
     }

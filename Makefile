@@ -1,0 +1,34 @@
+# The commands the README and CI use. `make run` and `make test` set up what is missing first.
+.PHONY: setup run test build release lint fmt migrate check-config
+
+MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
+export MEMOIRE_ADMIN_KEY
+export SQLX_OFFLINE = true
+
+setup:
+	@scripts/setup.sh --no-python
+
+run: setup release
+	./target/release/memoire-server
+
+test:
+	@scripts/test.sh
+
+build:
+	cargo build --workspace --locked
+
+release:
+	cargo build --release --locked -p memoire-server -p memoire-worker
+
+lint:
+	cargo fmt --all -- --check
+	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+fmt:
+	cargo fmt --all
+
+migrate: setup release
+	./target/release/memoire-server migrate
+
+check-config: release
+	./target/release/memoire-server check-config

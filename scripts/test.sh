@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The whole test suite (what `make test` and CI run): set-up, formatting and lints, the Rust
+# tests (unit and end-to-end against real Postgres), then the Python tests against the built
+# server binary.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# apalis-postgres and sqlx macros must never try a database at build time.
+export SQLX_OFFLINE=true
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+scripts/setup.sh
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+echo "== cargo test"
+cargo test --workspace --locked
+echo "== python tests"
+cargo build --locked --quiet -p memoire-server
+set +e
+.venv/bin/python -m pytest tests/python -q -p no:cacheprovider
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: that is a failure, not a pass" >&2
+  exit 1
+fi
+exit "$rc"
