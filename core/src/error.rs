@@ -38,6 +38,9 @@ pub enum Error {
     /// Postgres is unreachable (or shutting down).
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// An embedding or LLM provider failed (the message is safe to show: no secrets).
+    #[error("provider error: {0}")]
+    Provider(String),
     /// A feature a later release implements.
     #[error("{0}")]
     Unimplemented(String),

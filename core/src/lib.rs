@@ -5,10 +5,12 @@
 //! - [`command`]: validated domain commands the services execute.
 //! - [`validate`]: edge validation that names the offending field.
 //! - [`resolve`]: what a new memory does to the existing ones (create, supersede, duplicate).
+//! - [`embed`]: the embedding boundary (trait) and what a memory is embedded from.
 //! - [`clock`]: the time source, so that time-dependent logic can be tested without sleeping.
 
 pub mod clock;
 pub mod command;
+pub mod embed;
 pub mod error;
 pub mod model;
 pub mod resolve;

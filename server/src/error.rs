@@ -24,6 +24,10 @@ pub fn status(e: Error) -> Status {
             Status::unavailable("the database is unavailable; retry with backoff")
         }
         Error::Unimplemented(m) => Status::unimplemented(m),
+        Error::Provider(m) => {
+            tracing::warn!(error = %m, "provider failed");
+            Status::internal(format!("provider error: {m}"))
+        }
         Error::Internal(m) => {
             tracing::error!(error = %m, "internal error");
             Status::internal("internal error (logged on the server)")

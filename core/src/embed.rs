@@ -1,0 +1,89 @@
+//! The embedding boundary: what turns text into vectors. Implementations live in
+//! `memoire-providers` (a local model, OpenAI-compatible endpoints); the server wraps one in a
+//! cache. Vectors are L2-normalized, so cosine similarity is a dot product.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::Result;
+
+/// A boxed, sendable future (for a dyn-compatible async trait).
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Turns texts into vectors.
+pub trait Embedder: Send + Sync + std::fmt::Debug {
+    /// The model id stored with every vector; vectors of different ids are never compared.
+    fn model_id(&self) -> &str;
+
+    /// The vectors' dimension.
+    fn dims(&self) -> usize;
+
+    /// One vector per text, in order. Implementations batch and keep blocking work off the
+    /// async runtime.
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>>>;
+}
+
+/// The text a memory is embedded from: its content, its subject, and the words of its slot
+/// (`user.home_city` → "home city"), so that "where does the user live?" meets a memory whose
+/// content only says "Dallas".
+pub fn memory_text(content: &str, subject: Option<&str>, slot: Option<&str>) -> String {
+    let mut text = content.trim().to_owned();
+    if let Some(subject) = subject.filter(|s| !s.is_empty()) {
+        text.push_str(". ");
+        text.push_str(subject);
+    }
+    if let Some(slot) = slot {
+        let words: Vec<&str> = slot
+            .split(['.', '_'])
+            .filter(|w| !w.is_empty() && *w != "user")
+            .collect();
+        if !words.is_empty() {
+            text.push_str(". ");
+            text.push_str(&words.join(" "));
+        }
+    }
+    text
+}
+
+/// Cosine similarity of two vectors (0 when either is zero or lengths differ).
+pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
+    if a.len() != b.len() {
+        return 0.0;
+    }
+    let (mut dot, mut na, mut nb) = (0f32, 0f32, 0f32);
+    for (x, y) in a.iter().zip(b) {
+        dot += x * y;
+        na += x * x;
+        nb += y * y;
+    }
+    if na == 0.0 || nb == 0.0 {
+        0.0
+    } else {
+        dot / (na.sqrt() * nb.sqrt())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_text_adds_subject_and_slot_words() {
+        assert_eq!(
+            memory_text("Dallas", None, Some("user.home_city")),
+            "Dallas. home city"
+        );
+        assert_eq!(
+            memory_text(" Likes tea ", Some("Dana"), None),
+            "Likes tea. Dana"
+        );
+        assert_eq!(memory_text("x", None, None), "x");
+    }
+
+    #[test]
+    fn cosine_of_parallel_and_orthogonal_vectors() {
+        assert!((cosine(&[1.0, 0.0], &[2.0, 0.0]) - 1.0).abs() < 1e-6);
+        assert!(cosine(&[1.0, 0.0], &[0.0, 1.0]).abs() < 1e-6);
+        assert_eq!(cosine(&[1.0], &[1.0, 2.0]), 0.0);
+    }
+}

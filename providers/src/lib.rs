@@ -1,0 +1,11 @@
+//! Providers behind `memoire-core`'s traits: the heavy dependencies (candle, tokenizers, an HTTP
+//! client) live here so that edits elsewhere do not rebuild them.
+//!
+//! - [`local::LocalEmbedder`]: all-MiniLM-L6-v2 in-process on CPU (the default; no API key).
+//! - [`openai::OpenAiEmbedder`]: any OpenAI-compatible embeddings endpoint.
+
+pub mod local;
+pub mod openai;
+
+pub use local::LocalEmbedder;
+pub use openai::{OpenAiEmbedder, OpenAiSettings};

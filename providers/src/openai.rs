@@ -1,0 +1,201 @@
+//! Any OpenAI-compatible embeddings endpoint (`POST {base_url}/embeddings`): OpenAI, Azure-style
+//! gateways, OpenRouter, Ollama, vLLM, …
+
+use std::time::Duration;
+
+use memoire_core::embed::{BoxFuture, Embedder};
+use memoire_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Settings of an OpenAI-compatible embedder.
+#[derive(Clone)]
+pub struct OpenAiSettings {
+    /// e.g. `https://api.openai.com/v1` or `http://127.0.0.1:11434/v1`.
+    pub base_url: String,
+    /// The model name the endpoint knows (also the model id stored with vectors).
+    pub model: String,
+    /// Bearer key; `None` for endpoints that need none.
+    pub api_key: Option<String>,
+    /// Requested (and checked) dimension.
+    pub dims: usize,
+    /// Send `dimensions` in the request (OpenAI's text-embedding-3 models accept it; many
+    /// servers reject it).
+    pub send_dimensions: bool,
+    /// Per-request timeout.
+    pub timeout: Duration,
+    /// Retries on 429 and 5xx (honouring `Retry-After`, capped at 10 s).
+    pub max_retries: u32,
+}
+
+impl std::fmt::Debug for OpenAiSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenAiSettings")
+            .field("base_url", &self.base_url)
+            .field("model", &self.model)
+            .field("api_key", &self.api_key.as_ref().map(|_| "***"))
+            .field("dims", &self.dims)
+            .finish()
+    }
+}
+
+/// The OpenAI-compatible embedder.
+#[derive(Debug, Clone)]
+pub struct OpenAiEmbedder {
+    settings: OpenAiSettings,
+    http: reqwest::Client,
+}
+
+#[derive(Serialize)]
+struct Request<'a> {
+    model: &'a str,
+    input: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dimensions: Option<usize>,
+    encoding_format: &'static str,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    data: Vec<Datum>,
+}
+
+#[derive(Deserialize)]
+struct Datum {
+    index: usize,
+    embedding: Vec<f32>,
+}
+
+/// Texts per request: OpenAI accepts 2048; smaller requests fail and retry cheaper.
+const BATCH: usize = 256;
+
+impl OpenAiEmbedder {
+    /// An embedder for `settings`.
+    pub fn new(settings: OpenAiSettings) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.timeout)
+            .build()
+            .map_err(|e| Error::Provider(format!("http client: {e}")))?;
+        Ok(OpenAiEmbedder { settings, http })
+    }
+
+    async fn request(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
+        let s = &self.settings;
+        let url = format!("{}/embeddings", s.base_url.trim_end_matches('/'));
+        let body = Request {
+            model: &s.model,
+            input: texts,
+            dimensions: s.send_dimensions.then_some(s.dims),
+            encoding_format: "float",
+        };
+        let mut attempt = 0;
+        loop {
+            let mut req = self.http.post(&url).json(&body);
+            if let Some(key) = &s.api_key {
+                req = req.bearer_auth(key);
+            }
+            let outcome = req.send().await;
+            let retry_after = match &outcome {
+                Ok(r)
+                    if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
+                        || r.status().is_server_error() =>
+                {
+                    Some(
+                        r.headers()
+                            .get(reqwest::header::RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 10.0)))
+                            .unwrap_or_else(|| Duration::from_millis(200 * 2u64.pow(attempt))),
+                    )
+                }
+                Err(e) if e.is_timeout() || e.is_connect() => {
+                    Some(Duration::from_millis(200 * 2u64.pow(attempt)))
+                }
+                _ => None,
+            };
+            if let (Some(wait), true) = (retry_after, attempt < s.max_retries) {
+                attempt += 1;
+                tracing::warn!(
+                    attempt,
+                    wait_ms = wait.as_millis() as u64,
+                    "embeddings endpoint asked to retry"
+                );
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            let resp = outcome
+                .map_err(|e| Error::Provider(format!("embeddings request to {url} failed: {e}")))?;
+            let status = resp.status();
+            if !status.is_success() {
+                let text = resp.text().await.unwrap_or_default();
+                let snippet: String = text.chars().take(300).collect();
+                return Err(Error::Provider(format!(
+                    "embeddings endpoint answered {status}: {snippet}"
+                )));
+            }
+            let parsed: Response = resp.json().await.map_err(|e| {
+                Error::Provider(format!("embeddings endpoint sent an unreadable reply: {e}"))
+            })?;
+            return self.check(parsed, texts.len());
+        }
+    }
+
+    fn check(&self, mut parsed: Response, expected: usize) -> Result<Vec<Vec<f32>>> {
+        if parsed.data.len() != expected {
+            return Err(Error::Provider(format!(
+                "embeddings endpoint returned {} vectors for {expected} inputs",
+                parsed.data.len()
+            )));
+        }
+        parsed.data.sort_by_key(|d| d.index);
+        parsed
+            .data
+            .into_iter()
+            .enumerate()
+            .map(|(i, d)| {
+                if d.index != i {
+                    return Err(Error::Provider(
+                        "embeddings endpoint returned duplicate indexes".into(),
+                    ));
+                }
+                if d.embedding.len() != self.settings.dims {
+                    return Err(Error::Provider(format!(
+                        "embeddings endpoint returned {} dimensions; embedding_dims is {}",
+                        d.embedding.len(),
+                        self.settings.dims
+                    )));
+                }
+                Ok(normalize(d.embedding))
+            })
+            .collect()
+    }
+}
+
+/// Unit length, so that cosine similarity and pgvector's cosine distance agree with local vectors.
+fn normalize(mut v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if n > 0.0 {
+        v.iter_mut().for_each(|x| *x /= n);
+    }
+    v
+}
+
+impl Embedder for OpenAiEmbedder {
+    fn model_id(&self) -> &str {
+        &self.settings.model
+    }
+
+    fn dims(&self) -> usize {
+        self.settings.dims
+    }
+
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(texts.len());
+            for chunk in texts.chunks(BATCH) {
+                out.extend(self.request(chunk).await?);
+            }
+            Ok(out)
+        })
+    }
+}

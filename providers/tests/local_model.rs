@@ -1,0 +1,100 @@
+//! The local embedder against sentence-transformers' own vectors (committed; made by
+//! scripts/reference_embeddings.py). Needs the model files that scripts/setup.sh installs.
+
+use std::path::PathBuf;
+
+use memoire_core::embed::{Embedder, cosine};
+use memoire_providers::LocalEmbedder;
+
+fn model_dir() -> PathBuf {
+    std::env::var_os("MEMOIRE_EMBEDDING_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.models/all-MiniLM-L6-v2")
+        })
+}
+
+fn reference() -> Vec<(String, Vec<f32>)> {
+    let raw = include_str!("data/minilm_reference.json");
+    let doc: serde_json::Value = serde_json::from_str(raw).expect("reference json");
+    doc["sentences"]
+        .as_array()
+        .expect("sentences")
+        .iter()
+        .map(|s| {
+            let v = s["embedding"]
+                .as_array()
+                .expect("embedding")
+                .iter()
+                .map(|x| x.as_f64().expect("f64") as f32)
+                .collect();
+            (s["text"].as_str().expect("text").to_owned(), v)
+        })
+        .collect()
+}
+
+fn load() -> LocalEmbedder {
+    let dir = model_dir();
+    LocalEmbedder::load(&dir, "all-MiniLM-L6-v2").unwrap_or_else(|e| {
+        panic!(
+            "cannot load the model from {} ({e}); run scripts/setup.sh",
+            dir.display()
+        )
+    })
+}
+
+#[tokio::test]
+async fn matches_sentence_transformers_in_a_padded_batch_and_one_by_one() {
+    let model = load();
+    assert_eq!(model.dims(), 384);
+    let reference = reference();
+    let texts: Vec<String> = reference.iter().map(|(t, _)| t.clone()).collect();
+    let batch = model.embed(&texts).await.expect("embed batch");
+    for ((text, want), got) in reference.iter().zip(&batch) {
+        let c = cosine(want, got);
+        assert!(c >= 0.999, "batch: cosine {c} for {text:?}");
+        let norm: f32 = got.iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-4, "unit length: {norm}");
+    }
+    for (text, want) in reference.iter().take(3) {
+        let one = model
+            .embed(std::slice::from_ref(text))
+            .await
+            .expect("embed one");
+        let c = cosine(want, &one[0]);
+        assert!(c >= 0.999, "single: cosine {c} for {text:?}");
+    }
+}
+
+#[tokio::test]
+async fn similar_meanings_are_closer_than_unrelated_ones() {
+    let model = load();
+    let texts: Vec<String> = [
+        "Where does the user live?",
+        "Lives in Dallas. home city",
+        "Allergic to peanuts",
+    ]
+    .map(String::from)
+    .to_vec();
+    let v = model.embed(&texts).await.expect("embed");
+    assert!(cosine(&v[0], &v[1]) > cosine(&v[0], &v[2]));
+}
+
+#[tokio::test]
+async fn long_inputs_are_truncated_not_rejected() {
+    let model = load();
+    let long = "memory ".repeat(2000);
+    let v = model.embed(&[long]).await.expect("embed");
+    assert_eq!(v[0].len(), 384);
+}
+
+#[test]
+fn a_missing_model_directory_names_the_setting_and_the_fix() {
+    let err =
+        LocalEmbedder::load(std::path::Path::new("/nonexistent/model"), "m").expect_err("no model");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("embedding_model_dir") && msg.contains("setup.sh"),
+        "{msg}"
+    );
+}
