@@ -23,11 +23,14 @@ enum Mode {
     Slow,
 }
 
+/// What the fake server saw: the authorization header and the JSON body of each request.
+type Seen = Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>>;
+
 #[derive(Clone)]
 struct Fake {
     mode: Mode,
     calls: Arc<AtomicUsize>,
-    seen: Arc<std::sync::Mutex<Vec<(Option<String>, Value)>>>,
+    seen: Seen,
 }
 
 async fn embeddings(
