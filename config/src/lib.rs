@@ -53,12 +53,93 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "apply database migrations when the server starts",
     ),
     (
+        "embedding_provider",
+        "'local' (in-process model, no API key) or 'openai' (any OpenAI-compatible endpoint)",
+    ),
+    (
         "embedding_model",
-        "id of the embedding model; stored with every vector",
+        "id of the embedding model; stored with every vector (for 'openai': the model name)",
     ),
     (
         "embedding_dims",
         "dimension of the embedding model's vectors",
+    ),
+    (
+        "embedding_model_dir",
+        "directory of the local model (config.json, tokenizer.json, model.safetensors)",
+    ),
+    (
+        "embedding_base_url",
+        "base URL of the OpenAI-compatible embeddings endpoint (e.g. https://api.openai.com/v1)",
+    ),
+    (
+        "embedding_api_key",
+        "API key of the embeddings endpoint (secret)",
+    ),
+    (
+        "embedding_send_dimensions",
+        "send `dimensions` in embedding requests (OpenAI text-embedding-3 models)",
+    ),
+    ("embedding_timeout_ms", "timeout of one embeddings request"),
+    (
+        "query_cache_ttl_secs",
+        "how long a query's embedding stays cached in Redis (0: no cache)",
+    ),
+    (
+        "recall_default_k",
+        "items Recall returns when the request does not say",
+    ),
+    (
+        "recall_default_token_budget",
+        "token budget of the packed context when the request does not say",
+    ),
+    (
+        "recall_candidates",
+        "candidates taken from each of full-text and vector search before fusion",
+    ),
+    (
+        "recall_fusion",
+        "'weighted' (normalized BM25 and cosine scores) or 'rrf' (reciprocal rank fusion)",
+    ),
+    (
+        "recall_subject_weight",
+        "penalty for memories about someone (their subject) the query does not name",
+    ),
+    (
+        "recall_text_weight",
+        "weight of full-text (BM25) relevance in fusion",
+    ),
+    (
+        "recall_vector_weight",
+        "weight of vector (cosine) relevance in fusion",
+    ),
+    (
+        "recall_rrf_k",
+        "the k of reciprocal rank fusion, 1/(k + rank)",
+    ),
+    (
+        "recall_importance_weight",
+        "how much importance scales relevance: x(1 + w(importance - 0.5))",
+    ),
+    (
+        "recall_confidence_weight",
+        "exponent of confidence applied to relevance (0: ignore confidence)",
+    ),
+    (
+        "recall_recency_weight",
+        "additive weight of recency (a gentle tie-breaker)",
+    ),
+    (
+        "recall_recency_half_life_days",
+        "age at which recency counts half",
+    ),
+    (
+        "recall_exact_search_max_scope",
+        "scopes with at most this many vectors are searched exactly; larger ones use HNSW",
+    ),
+    (
+        "recall_hnsw_ef_search",
+        "hnsw.ef_search for approximate vector search (iterative scans on)",
     ),
     (
         "log",
@@ -108,6 +189,26 @@ pub enum LogFormat {
     Json,
 }
 
+/// Where embeddings come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EmbeddingProvider {
+    /// The in-process model in `embedding_model_dir`.
+    Local,
+    /// An OpenAI-compatible endpoint at `embedding_base_url`.
+    Openai,
+}
+
+/// How Recall fuses full-text and vector results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fusion {
+    /// Normalized weighted sum of scores.
+    Weighted,
+    /// Reciprocal rank fusion.
+    Rrf,
+}
+
 /// The configuration. See [`SETTINGS`] for what each field does.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -122,8 +223,29 @@ pub struct Config {
     pub admin_key: Option<String>,
     pub dev_mode: bool,
     pub migrate_on_start: bool,
+    pub embedding_provider: EmbeddingProvider,
     pub embedding_model: String,
     pub embedding_dims: u32,
+    pub embedding_model_dir: PathBuf,
+    pub embedding_base_url: String,
+    pub embedding_api_key: Option<String>,
+    pub embedding_send_dimensions: bool,
+    pub embedding_timeout_ms: u64,
+    pub query_cache_ttl_secs: u64,
+    pub recall_default_k: usize,
+    pub recall_default_token_budget: usize,
+    pub recall_candidates: usize,
+    pub recall_fusion: Fusion,
+    pub recall_subject_weight: f32,
+    pub recall_text_weight: f32,
+    pub recall_vector_weight: f32,
+    pub recall_rrf_k: f32,
+    pub recall_importance_weight: f32,
+    pub recall_confidence_weight: f32,
+    pub recall_recency_weight: f32,
+    pub recall_recency_half_life_days: f32,
+    pub recall_exact_search_max_scope: u64,
+    pub recall_hnsw_ef_search: u32,
     pub log: String,
     pub log_format: LogFormat,
     pub max_request_bytes: usize,
@@ -153,8 +275,29 @@ impl Default for Config {
             admin_key: None,
             dev_mode: false,
             migrate_on_start: true,
+            embedding_provider: EmbeddingProvider::Local,
             embedding_model: "all-MiniLM-L6-v2".into(),
             embedding_dims: 384,
+            embedding_model_dir: PathBuf::from(".models/all-MiniLM-L6-v2"),
+            embedding_base_url: "https://api.openai.com/v1".into(),
+            embedding_api_key: None,
+            embedding_send_dimensions: false,
+            embedding_timeout_ms: 10_000,
+            query_cache_ttl_secs: 7 * 24 * 3600,
+            recall_default_k: 10,
+            recall_default_token_budget: 512,
+            recall_candidates: 50,
+            recall_fusion: Fusion::Weighted,
+            recall_subject_weight: 0.3,
+            recall_text_weight: 0.5,
+            recall_vector_weight: 0.5,
+            recall_rrf_k: 60.0,
+            recall_importance_weight: 0.2,
+            recall_confidence_weight: 1.0,
+            recall_recency_weight: 0.01,
+            recall_recency_half_life_days: 30.0,
+            recall_exact_search_max_scope: 10_000,
+            recall_hnsw_ef_search: 100,
             log: "info,sqlx=warn".into(),
             log_format: LogFormat::Text,
             max_request_bytes: 4 * 1024 * 1024,
@@ -349,7 +492,78 @@ impl Config {
                 "may contain only ASCII letters, digits, '-', '_', '.', '/' and ':'".into(),
             );
         }
-        let ranges: [(&str, u64, u64, u64); 16] = [
+        if self.embedding_provider == EmbeddingProvider::Openai
+            && !(self.embedding_base_url.starts_with("http://")
+                || self.embedding_base_url.starts_with("https://"))
+        {
+            bad(
+                "embedding_base_url",
+                "must be an http:// or https:// URL".into(),
+            );
+        }
+        for (key, w) in [
+            ("recall_text_weight", self.recall_text_weight),
+            ("recall_vector_weight", self.recall_vector_weight),
+            ("recall_importance_weight", self.recall_importance_weight),
+            ("recall_confidence_weight", self.recall_confidence_weight),
+            ("recall_recency_weight", self.recall_recency_weight),
+            ("recall_subject_weight", self.recall_subject_weight.min(1.0)),
+        ] {
+            if !(w.is_finite() && (0.0..=10.0).contains(&w)) {
+                bad(key, format!("is {w}; it must be between 0 and 10"));
+            }
+        }
+        if self.recall_text_weight + self.recall_vector_weight <= 0.0 {
+            bad(
+                "recall_vector_weight",
+                "recall_text_weight + recall_vector_weight must be positive".into(),
+            );
+        }
+        if !(self.recall_rrf_k.is_finite() && self.recall_rrf_k >= 0.0) {
+            bad("recall_rrf_k", "must be a non-negative number".into());
+        }
+        if !(self.recall_recency_half_life_days.is_finite()
+            && self.recall_recency_half_life_days > 0.0)
+        {
+            bad("recall_recency_half_life_days", "must be positive".into());
+        }
+        let ranges: [(&str, u64, u64, u64); 22] = [
+            (
+                "embedding_timeout_ms",
+                self.embedding_timeout_ms,
+                1,
+                600_000,
+            ),
+            (
+                "recall_default_k",
+                self.recall_default_k as u64,
+                1,
+                self.max_k as u64,
+            ),
+            (
+                "recall_default_token_budget",
+                self.recall_default_token_budget as u64,
+                1,
+                self.max_token_budget as u64,
+            ),
+            (
+                "recall_candidates",
+                self.recall_candidates as u64,
+                1,
+                10_000,
+            ),
+            (
+                "recall_hnsw_ef_search",
+                self.recall_hnsw_ef_search.into(),
+                1,
+                1_000,
+            ),
+            (
+                "query_cache_ttl_secs",
+                self.query_cache_ttl_secs,
+                0,
+                365 * 24 * 3600,
+            ),
             ("embedding_dims", self.embedding_dims.into(), 1, 16_000),
             (
                 "database_max_connections",
@@ -436,6 +650,7 @@ impl Config {
     pub fn redacted(&self) -> String {
         let mut shown = self.clone();
         shown.admin_key = shown.admin_key.map(|_| "***".into());
+        shown.embedding_api_key = shown.embedding_api_key.map(|_| "***".into());
         shown.database_url = redact_url(&shown.database_url);
         shown.redis_url = redact_url(&shown.redis_url);
         let data = serde_json::to_value(&shown).unwrap_or_default();
@@ -535,9 +750,10 @@ mod tests {
             dict.values().flat_map(|d| d.keys().cloned()).collect();
         let listed: std::collections::BTreeSet<String> =
             SETTINGS.iter().map(|(k, _)| k.to_string()).collect();
-        // admin_key is None by default and so absent from the serialized defaults.
+        // Secrets are None by default and so absent from the serialized defaults.
         let mut expected = fields.clone();
         expected.insert("admin_key".into());
+        expected.insert("embedding_api_key".into());
         assert_eq!(listed, expected);
         assert_eq!(listed.len(), SETTINGS.len(), "a setting is listed twice");
     }
@@ -553,8 +769,8 @@ mod tests {
     #[test]
     fn layers_file_then_env_then_flags_and_names_bad_settings() {
         figment::Jail::expect_with(|jail| {
-            jail.create_file("m.toml", "max_k = 7\nlog = \"debug\"\nembedding_dims = 8")?;
-            jail.set_env("MEMOIRE_MAX_K", "9");
+            jail.create_file("m.toml", "max_k = 17\nlog = \"debug\"\nembedding_dims = 8")?;
+            jail.set_env("MEMOIRE_MAX_K", "19");
             jail.set_env("MEMOIRE_UNRELATED_THING", "ignored");
             let flags = Flags {
                 config: Some("m.toml".into()),
@@ -562,7 +778,7 @@ mod tests {
                 ..Flags::default()
             };
             let c = Config::load(&flags).expect("loads");
-            assert_eq!(c.max_k, 9, "env beats file");
+            assert_eq!(c.max_k, 19, "env beats file");
             assert_eq!(c.log, "debug", "file beats default");
             assert_eq!(c.embedding_dims, 16, "flag beats file");
 

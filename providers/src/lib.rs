@@ -3,9 +3,12 @@
 //!
 //! - [`local::LocalEmbedder`]: all-MiniLM-L6-v2 in-process on CPU (the default; no API key).
 //! - [`openai::OpenAiEmbedder`]: any OpenAI-compatible embeddings endpoint.
+//! - [`tokens::Tiktoken`]: tiktoken-compatible token counting for context packing.
 
 pub mod local;
 pub mod openai;
+pub mod tokens;
 
 pub use local::LocalEmbedder;
 pub use openai::{OpenAiEmbedder, OpenAiSettings};
+pub use tokens::Tiktoken;

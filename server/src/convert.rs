@@ -209,6 +209,32 @@ pub fn memory_pb(m: Memory) -> pb::Memory {
     }
 }
 
+fn role_pb(r: memoire_core::model::MessageRole) -> pb::MessageRole {
+    use memoire_core::model::MessageRole as R;
+    match r {
+        R::User => pb::MessageRole::User,
+        R::Assistant => pb::MessageRole::Assistant,
+        R::System => pb::MessageRole::System,
+        R::Tool => pb::MessageRole::Tool,
+    }
+}
+
+/// An episode for the wire.
+pub fn episode_pb(e: memoire_core::recall::EpisodeHit) -> pb::Episode {
+    pb::Episode {
+        id: e.id.to_string(),
+        user_id: e.user_id,
+        namespace: e.namespace,
+        session_id: e.session_id,
+        role: role_pb(e.role) as i32,
+        name: e.name.unwrap_or_default(),
+        content: e.content,
+        message_id: e.message_id.unwrap_or_default(),
+        occurred_at: Some(ts(e.occurred_at)),
+        created_at: Some(ts(e.created_at)),
+    }
+}
+
 /// A version for the wire.
 pub fn version_pb(v: MemoryVersion) -> pb::MemoryVersion {
     pb::MemoryVersion {

@@ -9,6 +9,7 @@
 
 mod auth;
 mod convert;
+mod embedding;
 mod error;
 mod http;
 mod layers;
@@ -19,13 +20,15 @@ mod rpc {
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use memoire_core::recall::Weights;
 use memoire_core::validate::Limits;
 use memoire_proto::v1::admin_service_server::AdminServiceServer;
 use memoire_proto::v1::memory_service_server::MemoryServiceServer;
-use memoire_store::{PgSettings, PgStore};
+use memoire_store::{PgSettings, PgStore, RedisCache, VectorSettings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -33,9 +36,27 @@ use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 pub use auth::Authenticator;
+pub use embedding::QueryEmbedder;
 pub use memoire_config::{Config, Flags};
 pub use rpc::admin::AdminSvc;
 pub use rpc::memory::MemorySvc;
+
+/// What Recall needs besides the store.
+#[derive(Debug)]
+pub struct RecallSettings {
+    /// Embeds queries (through the Redis cache).
+    pub embedder: QueryEmbedder,
+    /// Fusion weights.
+    pub weights: Weights,
+    /// Vector search settings.
+    pub vectors: VectorSettings,
+    /// Items when the request does not say.
+    pub default_k: usize,
+    /// Token budget when the request does not say.
+    pub default_token_budget: usize,
+    /// Candidates per search side.
+    pub candidates: usize,
+}
 
 /// What every RPC adapter shares.
 #[derive(Debug, Clone)]
@@ -46,6 +67,8 @@ pub struct AppState {
     pub auth: Authenticator,
     /// Input limits.
     pub limits: Limits,
+    /// Recall.
+    pub recall: Arc<RecallSettings>,
 }
 
 /// The two listening sockets.
@@ -94,6 +117,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<PgStore> {
         url: config.database_url.clone(),
         max_connections: config.database_max_connections,
         acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
+        hnsw_ef_search: config.recall_hnsw_ef_search,
     })
     .await
     .with_context(|| {
@@ -184,11 +208,51 @@ pub async fn serve(
             "no bootstrap admin key (MEMOIRE_ADMIN_KEY): tenants cannot be created through the admin service"
         );
     }
+    let embedder = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            memoire_providers::Tiktoken::warm_up();
+            embedding::build(&config)
+        })
+        .await??
+    };
+    let store = store.with_embedder(embedder.clone());
+    let cache = RedisCache::connect(&config.redis_url, Duration::from_secs(1)).await?;
     let state = AppState {
         auth: Authenticator::new(store.clone(), config.admin_key.as_deref(), dev_tenant),
         store: store.clone(),
         limits: limits(&config),
+        recall: Arc::new(RecallSettings {
+            embedder: QueryEmbedder::new(
+                embedder.clone(),
+                Some(cache),
+                Duration::from_secs(config.query_cache_ttl_secs),
+            ),
+            weights: Weights {
+                fusion: match config.recall_fusion {
+                    memoire_config::Fusion::Weighted => memoire_core::recall::Fusion::Weighted,
+                    memoire_config::Fusion::Rrf => memoire_core::recall::Fusion::Rrf,
+                },
+                subject: config.recall_subject_weight,
+                text: config.recall_text_weight,
+                vector: config.recall_vector_weight,
+                rrf_k: config.recall_rrf_k,
+                importance: config.recall_importance_weight,
+                confidence: config.recall_confidence_weight,
+                recency: config.recall_recency_weight,
+                half_life_days: config.recall_recency_half_life_days,
+            },
+            vectors: VectorSettings {
+                model: embedder.model_id().to_owned(),
+                dims: config.embedding_dims,
+                exact_search_max_scope: config.recall_exact_search_max_scope,
+            },
+            default_k: config.recall_default_k,
+            default_token_budget: config.recall_default_token_budget,
+            candidates: config.recall_candidates,
+        }),
     };
+    tracing::info!(embedding_model = %embedder.model_id(), dims = embedder.dims(), "embedding model ready");
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<MemoryServiceServer<MemorySvc>>().await;

@@ -5,10 +5,14 @@
 //!   write in one transaction, every query filtered by tenant.
 //! - `tenants`: tenants, API keys (hashed), stats.
 //! - `schema`: migrations and the per-model vector indexes.
+//! - `recall`: BM25 and vector candidates for Recall, hydrated as of a time.
+//! - `cache`: Redis (fred) as a best-effort cache.
 //! - `error`: sqlx errors classified by SQLSTATE into the domain error.
 
+mod cache;
 mod error;
 mod memories;
+mod recall;
 mod rows;
 mod schema;
 mod tenants;
@@ -17,10 +21,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memoire_core::clock::{Clock, SystemClock};
+use memoire_core::embed::Embedder;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
+pub use cache::RedisCache;
 pub use error::db_error;
+pub use recall::{RecallQuery, VectorSettings};
 pub use schema::vector_index_name;
 pub use tenants::{NewApiKey, hash_secret};
 
@@ -33,6 +40,8 @@ pub struct PgSettings {
     pub max_connections: u32,
     /// How long a request waits for a pooled connection before failing with `UNAVAILABLE`.
     pub acquire_timeout: Duration,
+    /// `hnsw.ef_search` for every connection (approximate vector search).
+    pub hnsw_ef_search: u32,
 }
 
 /// The Postgres store.
@@ -40,6 +49,8 @@ pub struct PgSettings {
 pub struct PgStore {
     pool: PgPool,
     clock: Arc<dyn Clock>,
+    embedder: Option<Arc<dyn Embedder>>,
+    stats_cache: Arc<recall::StatsCache>,
 }
 
 impl PgStore {
@@ -49,6 +60,12 @@ impl PgStore {
         let options: PgConnectOptions = settings.url.parse().map_err(|e| {
             memoire_core::Error::invalid("database_url", format!("cannot be parsed: {e}"))
         })?;
+        // Iterative index scans (pgvector >= 0.8) keep scanning the HNSW graph until enough rows
+        // pass the tenant/user filter, instead of returning fewer than asked.
+        let options = options.options([
+            ("hnsw.iterative_scan", "relaxed_order".to_owned()),
+            ("hnsw.ef_search", settings.hnsw_ef_search.to_string()),
+        ]);
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
@@ -63,6 +80,8 @@ impl PgStore {
         PgStore {
             pool,
             clock: Arc::new(SystemClock),
+            embedder: None,
+            stats_cache: Arc::default(),
         }
     }
 
@@ -70,6 +89,17 @@ impl PgStore {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
+    }
+
+    /// The same store embedding what it writes with `embedder` (Teach, corrections).
+    pub fn with_embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
+        self.embedder = Some(embedder);
+        self
+    }
+
+    /// The embedder, when one is set.
+    pub fn embedder(&self) -> Option<&Arc<dyn Embedder>> {
+        self.embedder.as_ref()
     }
 
     /// Now, by the store's clock.

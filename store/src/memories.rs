@@ -9,12 +9,14 @@ use memoire_core::command::{
     Forget, ForgetResult, ForgetSelector, ForgetTarget, ListCursor, ListMemories, MemoryPatch,
     Teach, TeachResult,
 };
+use memoire_core::embed::memory_text;
 use memoire_core::model::{
     Basis, ForgetMode, Memory, MemoryStatus, MemoryVersion, Scope, VersionOp, WriteOutcome,
 };
 use memoire_core::resolve::{self, Candidate, Decision};
 use memoire_core::validate::content_key;
 use memoire_core::{Error, Result};
+use pgvector::Vector;
 use serde_json::json;
 use sqlx::AssertSqlSafe;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
@@ -189,6 +191,25 @@ async fn expire_one(conn: &mut PgConnection, id: Uuid, now: DateTime<Utc>) -> Re
 }
 
 impl PgStore {
+    /// The vector of a memory's text with the configured embedder (`None` without one).
+    async fn embed_memory(
+        &self,
+        content: &str,
+        subject: Option<&str>,
+        slot: Option<&str>,
+    ) -> Result<Option<(Vector, String)>> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(None);
+        };
+        let text = [memory_text(content, subject, slot)];
+        let vector = embedder
+            .embed(&text)
+            .await?
+            .pop()
+            .ok_or_else(|| Error::Provider("the embedder returned no vector".into()))?;
+        Ok(Some((Vector::from(vector), embedder.model_id().to_owned())))
+    }
+
     /// Teach: a new memory through the resolver, or a correction.
     pub async fn teach(&self, cmd: Teach, actor: &str) -> Result<TeachResult> {
         match cmd {
@@ -222,6 +243,11 @@ impl PgStore {
     ) -> Result<TeachResult> {
         let now = self.clock.now();
         let key = content_key(&new.content);
+        // Embedded before the transaction: no lock is held while the model runs.
+        let embedding = self
+            .embed_memory(&new.content, new.subject.as_deref(), new.slot.as_deref())
+            .await?;
+        let (vector, model) = embedding.unzip();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         lock_user(&mut tx, scope.tenant_id, &scope.user_id, &scope.namespace).await?;
 
@@ -303,8 +329,8 @@ impl PgStore {
         sqlx::query(
             "INSERT INTO memories (id, tenant_id, user_id, namespace, kind, content, content_key, slot, \
                subject, tags, importance, confidence, pinned, expires_at, version, created_at, updated_at, \
-               source_episode_ids) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15, $15, $16)",
+               source_episode_ids, embedding, embedding_model) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15, $15, $16, $17, $18)",
         )
         .bind(id)
         .bind(scope.tenant_id)
@@ -322,6 +348,8 @@ impl PgStore {
         .bind(new.expires_at)
         .bind(now)
         .bind(&new.source_episode_ids)
+        .bind(&vector)
+        .bind(&model)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -501,13 +529,25 @@ impl PgStore {
             .await?;
             superseded = Some(other.id);
         }
-        let content_changed = next.content != current.content;
+        // Re-embed when the embedded text changed, or the vector is of another model.
+        let text_of = |m: &Memory| memory_text(&m.content, m.subject.as_deref(), m.slot.as_deref());
+        let text_changed = text_of(&next) != text_of(&current);
+        let stale_model =
+            self.embedder.as_ref().map(|e| e.model_id()) != current.embedding_model.as_deref();
+        let embedding = if text_changed || stale_model {
+            self.embed_memory(&next.content, next.subject.as_deref(), next.slot.as_deref())
+                .await?
+        } else {
+            None
+        };
+        let replace_embedding = text_changed || embedding.is_some();
+        let (vector, model) = embedding.unzip();
         sqlx::query(
             "UPDATE memories SET kind = $2, content = $3, content_key = $4, slot = $5, subject = $6, tags = $7, \
                importance = $8, confidence = $9, pinned = $10, expires_at = $11, version = version + 1, \
                updated_at = $12, \
-               embedding = CASE WHEN $13 THEN NULL ELSE embedding END, \
-               embedding_model = CASE WHEN $13 THEN NULL ELSE embedding_model END \
+               embedding = CASE WHEN $13 THEN $14 ELSE embedding END, \
+               embedding_model = CASE WHEN $13 THEN $15 ELSE embedding_model END \
              WHERE id = $1",
         )
         .bind(memory_id)
@@ -522,7 +562,9 @@ impl PgStore {
         .bind(next.pinned)
         .bind(next.expires_at)
         .bind(now)
-        .bind(content_changed)
+        .bind(replace_embedding)
+        .bind(&vector)
+        .bind(&model)
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;

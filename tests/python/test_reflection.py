@@ -71,8 +71,8 @@ def test_json_calls_and_field_named_errors(server):
             client.call("memoire.v1.MemoryService/ListMemories", {"user_id": "u", "page_size": -1})
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_size" in e.value.details()
         with pytest.raises(grpc.RpcError) as e:
-            client.call("memoire.v1.MemoryService/Recall", {"user_id": "u", "query": "seats"})
-        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and "Recall" in e.value.details()
+            client.call("memoire.v1.MemoryService/Conscious", {"user_id": "u"})
+        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and "Conscious" in e.value.details()
     finally:
         client.close()
     with pytest.raises(grpc.RpcError) as e:

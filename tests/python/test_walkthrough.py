@@ -185,7 +185,7 @@ def test_the_readme_walkthrough_runs_as_written(server):
         client.close()
     # Every RPC implemented so far appears in the walkthrough.
     implemented = {
-        "memoire.v1.MemoryService/" + m for m in ["Teach", "Forget", "GetMemory", "ListMemories", "History"]
+        "memoire.v1.MemoryService/" + m for m in ["Teach", "Forget", "GetMemory", "ListMemories", "History", "Recall"]
     } | {
         "memoire.v1.AdminService/" + m
         for m in ["CreateTenant", "ListTenants", "CreateApiKey", "ListApiKeys", "RevokeApiKey", "GetStats"]

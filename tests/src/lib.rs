@@ -22,6 +22,15 @@ use uuid::Uuid;
 
 pub use memoire_sdk::pb as proto;
 
+/// The local embedding model's directory (what scripts/setup.sh installs).
+pub fn model_dir() -> std::path::PathBuf {
+    std::env::var_os("MEMOIRE_EMBEDDING_MODEL_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models/all-MiniLM-L6-v2")
+        })
+}
+
 /// The Postgres server tests create their databases on.
 pub fn base_database_url() -> String {
     std::env::var("MEMOIRE_TEST_DATABASE_URL")
@@ -82,6 +91,7 @@ impl TestServer {
             http_addr: "127.0.0.1:0".parse().expect("addr"),
             expiry_sweep_interval_secs: 3600,
             shutdown_grace_secs: 5,
+            embedding_model_dir: model_dir(),
             ..Config::default()
         };
         configure(&mut config);

@@ -1116,11 +1116,11 @@ async fn health_metrics_and_unimplemented_rpcs() {
     let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
     let err = client
         .memory()
-        .recall(pb::RecallRequest::default())
+        .conscious(pb::ConsciousRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
-    assert!(err.message().contains("Recall"), "{}", err.message());
+    assert!(err.message().contains("Conscious"), "{}", err.message());
     let err = client
         .memory()
         .ingest(pb::IngestRequest::default())

@@ -6,16 +6,19 @@ use memoire_core::command::{
     Forget, ForgetSelector, ForgetTarget, ListMemories, MemoryPatch, NewMemory, Teach, TeachResult,
 };
 use memoire_core::model::{Basis, KeyRole, Scope};
+use memoire_core::recall::{self as recall, Item};
 use memoire_core::validate::{self as v, Limits, MAX_ID_BYTES, MAX_REASON_BYTES};
 use memoire_core::{Error, Result};
 use memoire_proto::v1 as pb;
 use memoire_proto::v1::memory_service_server::MemoryService;
+use memoire_providers::Tiktoken;
+use memoire_store::RecallQuery;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
-use crate::AppState;
 use crate::convert::{self, page_token};
 use crate::error::{status, unimplemented};
+use crate::{AppState, RecallSettings};
 
 /// The memory service.
 #[derive(Debug, Clone)]
@@ -245,6 +248,99 @@ fn list_fingerprint(q: &ListMemories) -> String {
     ))
 }
 
+/// A validated Recall request.
+struct RecallRequest {
+    query: RecallQuery,
+    k: usize,
+    budget: usize,
+    counter: Tiktoken,
+    min_score: Option<f32>,
+    explain: bool,
+}
+
+fn recall_request(
+    r: pb::RecallRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+    settings: &RecallSettings,
+) -> Result<RecallRequest> {
+    let f = r.filter.unwrap_or_default();
+    let k = match r.k as usize {
+        0 => settings.default_k,
+        k if k > limits.max_k => {
+            return Err(Error::invalid(
+                "k",
+                format!("is {k}; the limit is {}", limits.max_k),
+            ));
+        }
+        k => k,
+    };
+    let budget = match r.token_budget as usize {
+        0 => settings.default_token_budget,
+        b if b > limits.max_token_budget => {
+            return Err(Error::invalid(
+                "token_budget",
+                format!("is {b}; the limit is {}", limits.max_token_budget),
+            ));
+        }
+        b => b,
+    };
+    let min_score = match f.min_score {
+        Some(m) if !m.is_finite() => {
+            return Err(Error::invalid("filter.min_score", "must be a number"));
+        }
+        other => other,
+    };
+    Ok(RecallRequest {
+        query: RecallQuery {
+            tenant_id,
+            user_id: v::required_id("user_id", &r.user_id)?,
+            namespaces: v::namespaces("namespaces", &r.namespaces)?,
+            text: v::content("query", &r.query, limits.max_query_bytes)?,
+            kinds: convert::kinds("filter.kinds", &f.kinds)?,
+            tags: v::tags("filter.tags", &f.tags)?,
+            slot: non_empty(f.slot)
+                .map(|s| v::slot("filter.slot", &s))
+                .transpose()?,
+            created_after: convert::opt_time("filter.created_after", f.created_after.as_ref())?,
+            created_before: convert::opt_time("filter.created_before", f.created_before.as_ref())?,
+            as_of: convert::opt_time("filter.as_of", f.as_of.as_ref())?,
+            include_superseded: f.include_superseded,
+            include_episodes: r.include_episodes,
+            // Enough candidates for k even when fusion reorders them.
+            candidates: settings.candidates.max(k * 2),
+        },
+        k,
+        budget,
+        counter: Tiktoken::named("tokenizer", &r.tokenizer)?,
+        min_score,
+        explain: r.explain,
+    })
+}
+
+fn recall_item(s: recall::Scored, explain: bool) -> pb::RecallItem {
+    let e = s.explain;
+    let item = match s.item {
+        Item::Memory(m) => pb::recall_item::Item::Memory(convert::memory_pb(*m)),
+        Item::Episode(e) => pb::recall_item::Item::Episode(convert::episode_pb(*e)),
+    };
+    pb::RecallItem {
+        item: Some(item),
+        score: e.final_score,
+        explain: explain.then_some(pb::ScoreExplain {
+            text_score: e.text_score,
+            text_rank: e.text_rank,
+            vector_score: e.vector_score,
+            vector_rank: e.vector_rank,
+            fused: e.fused,
+            importance: e.importance,
+            recency: e.recency,
+            confidence: e.confidence,
+            r#final: e.final_score,
+        }),
+    }
+}
+
 #[tonic::async_trait]
 impl MemoryService for MemorySvc {
     async fn ingest(
@@ -256,9 +352,61 @@ impl MemoryService for MemorySvc {
 
     async fn recall(
         &self,
-        _req: Request<pb::RecallRequest>,
+        req: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
-        Err(unimplemented("Recall (embeddings and hybrid retrieval)"))
+        let s = &self.state;
+        let (tenant, _) = s
+            .auth
+            .tenant(req.metadata(), KeyRole::Reader)
+            .await
+            .map_err(status)?;
+        let r = recall_request(req.into_inner(), tenant, &s.limits, &s.recall).map_err(status)?;
+        let (vector, _cached) = s
+            .recall
+            .embedder
+            .embed(tenant, &r.query.text)
+            .await
+            .map_err(status)?;
+        let candidates = s
+            .store
+            .recall_candidates(&r.query, Some(&vector), &s.recall.vectors)
+            .await
+            .map_err(status)?;
+        let ranked = recall::rank(
+            candidates,
+            &r.query.text,
+            &s.recall.weights,
+            s.store.now(),
+            r.min_score,
+            r.k,
+        );
+        let packed = recall::pack(&ranked, r.budget, &r.counter);
+        let touched: Vec<Uuid> = ranked
+            .iter()
+            .filter_map(|x| match &x.item {
+                Item::Memory(m) => Some(m.id),
+                Item::Episode(_) => None,
+            })
+            .collect();
+        if !touched.is_empty() {
+            // Access statistics are written after the reply, never on its path.
+            let store = s.store.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_memories(tenant, &touched).await {
+                    tracing::warn!(error = %e, "updating access statistics failed");
+                }
+            });
+        }
+        Ok(Response::new(pb::RecallResponse {
+            items: ranked
+                .into_iter()
+                .map(|x| recall_item(x, r.explain))
+                .collect(),
+            context: packed.text,
+            context_tokens: packed.tokens as u32,
+            truncated: packed.truncated,
+            embedding_model: s.recall.embedder.model_id().to_owned(),
+        }))
     }
 
     async fn conscious(

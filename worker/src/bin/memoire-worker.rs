@@ -32,6 +32,7 @@ async fn main() -> ExitCode {
         url: config.database_url.clone(),
         max_connections: 4,
         acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
+        hnsw_ef_search: config.recall_hnsw_ef_search,
     })
     .await
     {

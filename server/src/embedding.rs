@@ -1,0 +1,105 @@
+//! The embedder the server uses, built from configuration, and the query-embedding cache.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use memoire_config::{Config, EmbeddingProvider};
+use memoire_core::Result;
+use memoire_core::embed::Embedder;
+use memoire_providers::{LocalEmbedder, OpenAiEmbedder, OpenAiSettings};
+use memoire_store::RedisCache;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// Builds the configured embedder (loading the local model takes a fraction of a second).
+pub fn build(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
+    let embedder: Arc<dyn Embedder> = match config.embedding_provider {
+        EmbeddingProvider::Local => {
+            let e = LocalEmbedder::load(&config.embedding_model_dir, &config.embedding_model).with_context(|| {
+                format!(
+                    "loading the local embedding model from {} (`embedding_model_dir`, MEMOIRE_EMBEDDING_MODEL_DIR)",
+                    config.embedding_model_dir.display()
+                )
+            })?;
+            Arc::new(e)
+        }
+        EmbeddingProvider::Openai => Arc::new(OpenAiEmbedder::new(OpenAiSettings {
+            base_url: config.embedding_base_url.clone(),
+            model: config.embedding_model.clone(),
+            api_key: config.embedding_api_key.clone(),
+            dims: config.embedding_dims as usize,
+            send_dimensions: config.embedding_send_dimensions,
+            timeout: Duration::from_millis(config.embedding_timeout_ms),
+            max_retries: 2,
+        })?),
+    };
+    anyhow::ensure!(
+        embedder.dims() == config.embedding_dims as usize,
+        "the embedding model has {} dimensions but `embedding_dims` (MEMOIRE_EMBEDDING_DIMS) is {}",
+        embedder.dims(),
+        config.embedding_dims
+    );
+    Ok(embedder)
+}
+
+/// Embeds recall queries, through a Redis cache keyed by tenant, model and the text's hash.
+/// Redis being cold, slow or down only means computing the embedding.
+#[derive(Debug, Clone)]
+pub struct QueryEmbedder {
+    inner: Arc<dyn Embedder>,
+    cache: Option<RedisCache>,
+    ttl: Duration,
+}
+
+impl QueryEmbedder {
+    /// A query embedder; `cache: None` (or a zero TTL) disables caching.
+    pub fn new(inner: Arc<dyn Embedder>, cache: Option<RedisCache>, ttl: Duration) -> Self {
+        let cache = cache.filter(|_| !ttl.is_zero());
+        QueryEmbedder { inner, cache, ttl }
+    }
+
+    /// The model.
+    pub fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+
+    /// The vector of `text`, and whether it came from the cache.
+    pub async fn embed(&self, tenant: Uuid, text: &str) -> Result<(Vec<f32>, bool)> {
+        let key = format!(
+            "memoire:{tenant}:qemb:{}:{}",
+            self.inner.model_id(),
+            hex_digest(text.as_bytes())
+        );
+        let dims = self.inner.dims();
+        if let Some(cache) = &self.cache {
+            match cache.get(&key).await {
+                Some(bytes) if bytes.len() == dims * 4 => {
+                    metrics::counter!("memoire_cache_requests_total", "cache" => "query_embedding", "result" => "hit").increment(1);
+                    let v = bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                    return Ok((v, true));
+                }
+                _ => metrics::counter!("memoire_cache_requests_total", "cache" => "query_embedding", "result" => "miss").increment(1),
+            }
+        }
+        let text = [text.to_owned()];
+        let started = std::time::Instant::now();
+        let vector = self.inner.embed(&text).await?.pop().unwrap_or_default();
+        metrics::histogram!("memoire_embedding_duration_seconds", "kind" => "query")
+            .record(started.elapsed().as_secs_f64());
+        if let Some(cache) = self.cache.clone() {
+            let bytes: Vec<u8> = vector.iter().flat_map(|x| x.to_le_bytes()).collect();
+            let ttl = self.ttl;
+            // After the reply: the cache write never slows a recall.
+            tokio::spawn(async move { cache.set(&key, bytes, ttl).await });
+        }
+        Ok((vector, false))
+    }
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,497 @@
+//! Recall's candidates: BM25 full-text search and vector search over one user's scope, run
+//! concurrently, then hydrated (as of a time, when asked). Fusion and packing are `core::recall`.
+//!
+//! BM25 (k1 = 1.2, b = 0.75) uses real statistics: document frequencies are counted over the
+//! documents of the scope that contain the query's terms, N and the average document length
+//! (in distinct lexemes) over the whole scope (cached per scope for 30 s).
+//!
+//! Vector search returns the true top-k of the caller's scope: scopes with at most
+//! `exact_search_max_scope` vectors are searched exactly (the per-user index, then distances);
+//! larger ones use the model's partial HNSW index with pgvector's iterative scan, so that the
+//! tenant/user filter does not starve the result.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use memoire_core::model::{Memory, MemoryKind, MessageRole};
+use memoire_core::recall::{Candidate, EpisodeHit, Item};
+use memoire_core::{Error, Result};
+use pgvector::Vector;
+use sqlx::{PgPool, Postgres, QueryBuilder};
+use uuid::Uuid;
+
+use crate::rows::{MEMORY_COLUMNS, MemoryRow};
+use crate::{PgStore, db_error};
+
+/// BM25's k1 and b.
+const K1: f64 = 1.2;
+const B: f64 = 0.75;
+/// How long scope statistics are reused.
+const STATS_TTL: Duration = Duration::from_secs(30);
+
+/// What to search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecallQuery {
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// User.
+    pub user_id: String,
+    /// Namespaces (at least one).
+    pub namespaces: Vec<String>,
+    /// Query text.
+    pub text: String,
+    /// Only these kinds.
+    pub kinds: Vec<MemoryKind>,
+    /// Only memories with all these tags.
+    pub tags: Vec<String>,
+    /// Only this slot.
+    pub slot: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Time travel.
+    pub as_of: Option<DateTime<Utc>>,
+    /// Also superseded memories.
+    pub include_superseded: bool,
+    /// Also episodes.
+    pub include_episodes: bool,
+    /// Candidates per search side.
+    pub candidates: usize,
+}
+
+/// Vector search settings.
+#[derive(Debug, Clone)]
+pub struct VectorSettings {
+    /// The model id (vectors of other models are never compared).
+    pub model: String,
+    /// Its dimension.
+    pub dims: u32,
+    /// Scopes up to this size are searched exactly.
+    pub exact_search_max_scope: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ScopeStats {
+    docs: f64,
+    avg_len: f64,
+    vectors: u64,
+}
+
+/// Per-scope statistics, cached briefly (BM25's N and average length; the exact/HNSW choice).
+#[derive(Debug, Default)]
+pub struct StatsCache(Mutex<HashMap<String, (Instant, ScopeStats)>>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Table {
+    Memories,
+    Episodes,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Memories => "memories",
+            Table::Episodes => "episodes",
+        }
+    }
+}
+
+/// Pushes `FROM <table> m [version join] WHERE <scope and filters>` for `q`.
+fn push_scope(b: &mut QueryBuilder<Postgres>, table: Table, q: &RecallQuery, now: DateTime<Utc>) {
+    b.push(format!(" FROM {} m", table.name()));
+    let statuses: &[&str] = if q.include_superseded {
+        &["active", "superseded"]
+    } else {
+        &["active"]
+    };
+    if let (Table::Memories, Some(as_of)) = (table, q.as_of) {
+        // The memory as it was at `as_of`: its latest version written by then.
+        b.push(
+            " JOIN LATERAL (SELECT v.kind, v.tags, v.slot, v.status, v.expires_at FROM memory_versions v \
+             WHERE v.memory_id = m.id AND v.created_at <= ",
+        )
+        .push_bind(as_of)
+        .push(" ORDER BY v.version DESC LIMIT 1) v ON true");
+    }
+    b.push(" WHERE m.tenant_id = ")
+        .push_bind(q.tenant_id)
+        .push(" AND m.user_id = ")
+        .push_bind(q.user_id.clone())
+        .push(" AND m.namespace = ANY(")
+        .push_bind(q.namespaces.clone())
+        .push(")");
+    match table {
+        Table::Memories => {
+            let (alias, at) = match q.as_of {
+                // Forgotten memories stay forgotten in the past too.
+                Some(as_of) => {
+                    b.push(" AND m.status <> 'tombstoned'");
+                    ("v", as_of)
+                }
+                None => ("m", now),
+            };
+            b.push(format!(" AND {alias}.status = ANY("))
+                .push_bind(statuses)
+                .push(")");
+            b.push(format!(
+                " AND ({alias}.expires_at IS NULL OR {alias}.expires_at > "
+            ))
+            .push_bind(at)
+            .push(")");
+            if !q.kinds.is_empty() {
+                let kinds: Vec<&str> = q.kinds.iter().map(|k| k.as_str()).collect();
+                b.push(format!(" AND {alias}.kind = ANY("))
+                    .push_bind(kinds)
+                    .push(")");
+            }
+            if !q.tags.is_empty() {
+                b.push(format!(" AND {alias}.tags @> "))
+                    .push_bind(q.tags.clone());
+            }
+            if let Some(slot) = &q.slot {
+                b.push(format!(" AND {alias}.slot = "))
+                    .push_bind(slot.clone());
+            }
+            if let Some(t) = q.created_after {
+                b.push(" AND m.created_at >= ").push_bind(t);
+            }
+            if let Some(t) = q.created_before {
+                b.push(" AND m.created_at < ").push_bind(t);
+            }
+        }
+        Table::Episodes => {
+            if let Some(as_of) = q.as_of {
+                b.push(" AND m.created_at <= ").push_bind(as_of);
+            }
+            if let Some(t) = q.created_after {
+                b.push(" AND m.occurred_at >= ").push_bind(t);
+            }
+            if let Some(t) = q.created_before {
+                b.push(" AND m.occurred_at < ").push_bind(t);
+            }
+        }
+    }
+}
+
+fn scope_key(table: Table, q: &RecallQuery, model: &str) -> String {
+    format!(
+        "{}|{}|{}|{}|{model}",
+        table.name(),
+        q.tenant_id,
+        q.user_id,
+        q.namespaces.join(",")
+    )
+}
+
+impl StatsCache {
+    async fn get(
+        &self,
+        pool: &PgPool,
+        table: Table,
+        q: &RecallQuery,
+        model: &str,
+    ) -> Result<ScopeStats> {
+        let key = scope_key(table, q, model);
+        if let Ok(map) = self.0.lock()
+            && let Some((at, stats)) = map.get(&key)
+            && at.elapsed() < STATS_TTL
+        {
+            return Ok(*stats);
+        }
+        let sql = format!(
+            "SELECT count(*)::float8, coalesce(avg(length(tsv)), 0)::float8, \
+                    count(*) FILTER (WHERE embedding_model = $4) \
+             FROM {} WHERE tenant_id = $1 AND user_id = $2 AND namespace = ANY($3)",
+            table.name()
+        );
+        let (docs, avg_len, vectors): (f64, f64, i64) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(q.tenant_id)
+            .bind(&q.user_id)
+            .bind(&q.namespaces)
+            .bind(model)
+            .fetch_one(pool)
+            .await
+            .map_err(db_error)?;
+        let stats = ScopeStats {
+            docs,
+            avg_len,
+            vectors: vectors.max(0) as u64,
+        };
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() > 10_000 {
+                map.retain(|_, (at, _)| at.elapsed() < STATS_TTL);
+            }
+            map.insert(key, (Instant::now(), stats));
+        }
+        Ok(stats)
+    }
+}
+
+async fn bm25(
+    pool: &PgPool,
+    table: Table,
+    q: &RecallQuery,
+    stats: ScopeStats,
+    now: DateTime<Utc>,
+) -> Result<Vec<(Uuid, f32)>> {
+    if stats.docs == 0.0 || q.text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut b = QueryBuilder::<Postgres>::new(
+        "WITH terms AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', ",
+    );
+    b.push_bind(q.text.clone());
+    // Lexemes are quoted for to_tsquery: quotes doubled, backslashes dropped.
+    b.push(
+        "))), tq AS (SELECT to_tsquery('simple', string_agg('''' || replace(replace(lexeme, '\\', ''), '''', '''''') || '''', ' | ')) AS q FROM terms), \
+         matched AS (SELECT m.id, m.tsv",
+    );
+    push_scope(&mut b, table, q, now);
+    b.push(
+        " AND m.tsv @@ (SELECT q FROM tq)), \
+         dterms AS (SELECT x.id, u.lexeme, coalesce(array_length(u.positions, 1), 1)::float8 AS tf, length(x.tsv)::float8 AS dl \
+                    FROM matched x CROSS JOIN LATERAL unnest(x.tsv) u WHERE u.lexeme IN (SELECT lexeme FROM terms)), \
+         df AS (SELECT lexeme, count(*)::float8 AS df FROM dterms GROUP BY lexeme) \
+         SELECT d.id, sum(ln(1 + (greatest(",
+    );
+    b.push_bind(stats.docs)
+        .push(", df.df) - df.df + 0.5) / (df.df + 0.5)) * d.tf * ")
+        .push_bind(K1 + 1.0)
+        .push(" / (d.tf + ")
+        .push_bind(K1)
+        .push(" * (1 - ")
+        .push_bind(B)
+        .push(" + ")
+        .push_bind(B)
+        .push(" * d.dl / ")
+        .push_bind(stats.avg_len.max(1.0))
+        .push(")))::float4 AS score FROM dterms d JOIN df USING (lexeme) GROUP BY d.id ORDER BY score DESC, d.id LIMIT ")
+        .push_bind(q.candidates as i64);
+    b.build_query_as().fetch_all(pool).await.map_err(db_error)
+}
+
+async fn nearest(
+    pool: &PgPool,
+    table: Table,
+    q: &RecallQuery,
+    vector: &[f32],
+    settings: &VectorSettings,
+    stats: ScopeStats,
+    now: DateTime<Utc>,
+) -> Result<Vec<(Uuid, f32)>> {
+    if stats.vectors == 0 || vector.len() != settings.dims as usize {
+        return Ok(Vec::new());
+    }
+    let dims = settings.dims;
+    // The model id and dimension are literals so that the planner can match the partial
+    // expression index (they were validated at start-up: no quotes).
+    let model = settings.model.replace('\'', "");
+    let exact = stats.vectors <= settings.exact_search_max_scope || q.as_of.is_some();
+    let distance = if exact {
+        // Not the indexed expression: the per-user index narrows, then every distance is computed.
+        "m.embedding <=> ".to_owned()
+    } else {
+        format!("m.embedding::vector({dims}) <=> ")
+    };
+    let mut b = QueryBuilder::<Postgres>::new("SELECT id, sim FROM (SELECT m.id, (1 - (");
+    b.push(&distance)
+        .push_bind(Vector::from(vector.to_vec()))
+        .push(format!("::vector({dims})))::float4 AS sim"));
+    push_scope(&mut b, table, q, now);
+    b.push(format!(" AND m.embedding_model = '{model}' ORDER BY "));
+    b.push(&distance)
+        .push_bind(Vector::from(vector.to_vec()))
+        .push(format!("::vector({dims}) LIMIT "));
+    b.push_bind(q.candidates as i64);
+    // Iterative scans may return neighbours slightly out of order: order them here.
+    b.push(") x ORDER BY sim DESC, id");
+    b.build_query_as().fetch_all(pool).await.map_err(db_error)
+}
+
+fn ranked(hits: &[(Uuid, f32)]) -> HashMap<Uuid, (u32, f32)> {
+    hits.iter()
+        .enumerate()
+        .map(|(i, (id, s))| (*id, (i as u32 + 1, *s)))
+        .collect()
+}
+
+impl PgStore {
+    /// Candidates for `q`: memories (and episodes when asked) found by full text or by vector,
+    /// with their ranks and scores, hydrated as of `q.as_of` when given.
+    pub async fn recall_candidates(
+        &self,
+        q: &RecallQuery,
+        vector: Option<&[f32]>,
+        vs: &VectorSettings,
+    ) -> Result<Vec<Candidate>> {
+        let now = self.clock.now();
+        let mut out = self
+            .candidates_in(Table::Memories, q, vector, vs, now)
+            .await?;
+        if q.include_episodes {
+            out.extend(
+                self.candidates_in(Table::Episodes, q, vector, vs, now)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    async fn candidates_in(
+        &self,
+        table: Table,
+        q: &RecallQuery,
+        vector: Option<&[f32]>,
+        vs: &VectorSettings,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Candidate>> {
+        let stats = self
+            .stats_cache
+            .get(&self.pool, table, q, &vs.model)
+            .await?;
+        let (text, near) = tokio::join!(bm25(&self.pool, table, q, stats, now), async {
+            match vector {
+                Some(v) => nearest(&self.pool, table, q, v, vs, stats, now).await,
+                None => Ok(Vec::new()),
+            }
+        });
+        let (text, near) = (ranked(&text?), ranked(&near?));
+        let mut ids: Vec<Uuid> = text.keys().chain(near.keys()).copied().collect();
+        ids.sort();
+        ids.dedup();
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let items = match table {
+            Table::Memories => self.hydrate_memories(q, &ids).await?,
+            Table::Episodes => self.hydrate_episodes(q.tenant_id, &ids).await?,
+        };
+        Ok(items
+            .into_iter()
+            .map(|item| {
+                let id = item.id();
+                let (text_rank, text_score) = text
+                    .get(&id)
+                    .map(|(r, s)| (Some(*r), *s))
+                    .unwrap_or((None, 0.0));
+                let (vector_rank, vector_score) = near
+                    .get(&id)
+                    .map(|(r, s)| (Some(*r), *s))
+                    .unwrap_or((None, 0.0));
+                Candidate {
+                    item,
+                    text_rank,
+                    text_score,
+                    vector_rank,
+                    vector_score,
+                }
+            })
+            .collect())
+    }
+
+    async fn hydrate_memories(&self, q: &RecallQuery, ids: &[Uuid]) -> Result<Vec<Item>> {
+        let rows: Vec<MemoryRow> = match q.as_of {
+            None => {
+                let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant_id = $1 AND id = ANY($2)");
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(q.tenant_id).bind(ids).fetch_all(&self.pool).await
+            }
+            Some(as_of) => {
+                // Every field a version records comes from the version in force at `as_of`.
+                sqlx::query_as(
+                    "SELECT m.id, m.tenant_id, m.user_id, m.namespace, v.kind, v.content, m.content_key, v.slot, \
+                       v.subject, v.tags, v.importance, v.confidence, v.pinned, m.essential, v.expires_at, v.status, \
+                       v.superseded_by, v.version, m.created_at, v.created_at AS updated_at, m.last_accessed_at, \
+                       m.access_count, m.embedding_model, m.source_episode_ids \
+                     FROM memories m JOIN LATERAL (SELECT * FROM memory_versions v WHERE v.memory_id = m.id \
+                       AND v.created_at <= $3 ORDER BY v.version DESC LIMIT 1) v ON true \
+                     WHERE m.tenant_id = $1 AND m.id = ANY($2)",
+                )
+                .bind(q.tenant_id)
+                .bind(ids)
+                .bind(as_of)
+                .fetch_all(&self.pool)
+                .await
+            }
+        }
+        .map_err(db_error)?;
+        rows.into_iter()
+            .map(|r| Ok(Item::Memory(Box::new(Memory::try_from(r)?))))
+            .collect()
+    }
+
+    async fn hydrate_episodes(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<Item>> {
+        type Row = (
+            Uuid,
+            String,
+            String,
+            String,
+            String,
+            Option<String>,
+            String,
+            Option<String>,
+            DateTime<Utc>,
+            DateTime<Utc>,
+        );
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, user_id, namespace, session_id, role, name, content, message_id, occurred_at, created_at \
+             FROM episodes WHERE tenant_id = $1 AND id = ANY($2)",
+        )
+        .bind(tenant_id)
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    user_id,
+                    namespace,
+                    session_id,
+                    role,
+                    name,
+                    content,
+                    message_id,
+                    occurred_at,
+                    created_at,
+                )| {
+                    Ok(Item::Episode(Box::new(EpisodeHit {
+                        id,
+                        user_id,
+                        namespace,
+                        session_id,
+                        role: MessageRole::parse(&role)
+                            .ok_or_else(|| Error::Internal(format!("unknown role '{role}'")))?,
+                        name,
+                        content,
+                        message_id,
+                        occurred_at,
+                        created_at,
+                    })))
+                },
+            )
+            .collect()
+    }
+
+    /// Records that recall returned these memories (last access time, count). Meant to run in
+    /// the background, after the reply.
+    pub async fn touch_memories(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        sqlx::query(
+            "UPDATE memories SET last_accessed_at = $3, access_count = access_count + 1 \
+             WHERE tenant_id = $1 AND id = ANY($2)",
+        )
+        .bind(tenant_id)
+        .bind(ids)
+        .bind(self.clock.now())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+}

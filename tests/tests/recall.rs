@@ -1,0 +1,577 @@
+//! Recall end to end over gRPC with the local model: the golden set (tests/golden/recall.yaml),
+//! determinism, explain, packing under the budget, time travel, access statistics, validation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use memoire_tests::{TestServer, proto as pb, violated_field};
+use serde::Deserialize;
+use tonic::Code;
+
+#[derive(Debug, Deserialize)]
+struct Golden {
+    memories: Vec<Entry>,
+    queries: Vec<Query>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Entry {
+    key: Option<String>,
+    checkpoint: Option<String>,
+    user: Option<String>,
+    namespace: Option<String>,
+    kind: Option<String>,
+    content: Option<String>,
+    slot: Option<String>,
+    subject: Option<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    importance: Option<f32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Query {
+    name: String,
+    category: String,
+    user: String,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    query: String,
+    k: u32,
+    #[serde(default)]
+    expect: Vec<String>,
+    #[serde(default)]
+    forbid: Vec<String>,
+    #[serde(default)]
+    kinds: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    include_superseded: bool,
+    as_of: Option<String>,
+}
+
+fn kind(name: &str) -> i32 {
+    let k = match name {
+        "fact" => pb::MemoryKind::Fact,
+        "preference" => pb::MemoryKind::Preference,
+        "event" => pb::MemoryKind::Event,
+        "goal" => pb::MemoryKind::Goal,
+        "rule" => pb::MemoryKind::Rule,
+        other => panic!("unknown kind {other} in the golden set"),
+    };
+    k as i32
+}
+
+fn ts(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+fn memory_id(item: &pb::RecallItem) -> String {
+    match &item.item {
+        Some(pb::recall_item::Item::Memory(m)) => m.id.clone(),
+        Some(pb::recall_item::Item::Episode(e)) => e.id.clone(),
+        None => String::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn golden_set_meets_its_floors() {
+    let golden: Golden =
+        serde_yaml::from_str(include_str!("../golden/recall.yaml")).expect("golden yaml");
+    let server = TestServer::start().await;
+    let (_, client) = server.tenant("golden", pb::KeyRole::Writer).await;
+    let mut m = client.memory();
+
+    let mut ids: BTreeMap<String, String> = BTreeMap::new();
+    let mut checkpoints = BTreeMap::new();
+    for e in &golden.memories {
+        if let Some(name) = &e.checkpoint {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            checkpoints.insert(name.clone(), chrono::Utc::now());
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
+        }
+        let r = m
+            .teach(pb::TeachRequest {
+                user_id: e.user.clone().expect("user"),
+                namespace: e.namespace.clone().unwrap_or_default(),
+                kind: kind(e.kind.as_deref().expect("kind")),
+                content: e.content.clone().expect("content"),
+                slot: e.slot.clone(),
+                subject: e.subject.clone(),
+                tags: e.tags.clone(),
+                importance: e.importance,
+                ..Default::default()
+            })
+            .await
+            .expect("teach")
+            .into_inner();
+        let memory = r.memory.expect("memory");
+        assert!(
+            !memory.embedding_model.is_empty(),
+            "taught memories are embedded at once"
+        );
+        ids.insert(e.key.clone().expect("key"), memory.id);
+    }
+    let key_of: BTreeMap<String, String> =
+        ids.iter().map(|(k, v)| (v.clone(), k.clone())).collect();
+
+    let (mut recall_sum, mut precision_sum, mut scored_queries) = (0.0, 0.0, 0);
+    let mut report = Vec::new();
+    for q in &golden.queries {
+        let reply = m
+            .recall(pb::RecallRequest {
+                user_id: q.user.clone(),
+                namespaces: q.namespaces.clone(),
+                query: q.query.clone(),
+                k: q.k,
+                explain: true,
+                filter: Some(pb::RecallFilter {
+                    kinds: q.kinds.iter().map(|k| kind(k)).collect(),
+                    tags: q.tags.clone(),
+                    include_superseded: q.include_superseded,
+                    as_of: q.as_of.as_ref().map(|c| ts(checkpoints[c])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", q.name))
+            .into_inner();
+        let got: Vec<String> = reply
+            .items
+            .iter()
+            .map(|i| {
+                key_of
+                    .get(&memory_id(i))
+                    .cloned()
+                    .unwrap_or_else(|| "?".into())
+            })
+            .collect();
+        report.push(format!("{:<22} {:<12} {:?}", q.name, q.category, got));
+        for f in &q.forbid {
+            assert!(
+                !got.contains(f),
+                "{}: {f} must not be recalled, got {got:?}",
+                q.name
+            );
+        }
+        if q.expect.is_empty() {
+            continue;
+        }
+        let expected: BTreeSet<&String> = q.expect.iter().collect();
+        let hits = got.iter().filter(|g| expected.contains(g)).count();
+        recall_sum += hits as f64 / expected.len() as f64;
+        // R-precision: of the first |expected| items, how many are expected.
+        let top = got
+            .iter()
+            .take(expected.len())
+            .filter(|g| expected.contains(g))
+            .count();
+        precision_sum += top as f64 / expected.len() as f64;
+        scored_queries += 1;
+
+        for (i, key) in got.iter().enumerate() {
+            let explain = reply.items[i].explain.expect("explain");
+            if !expected.contains(key) {
+                continue;
+            }
+            match q.category.as_str() {
+                "paraphrase" => {
+                    assert_eq!(
+                        explain.text_rank, 0,
+                        "{}: full text shares no term with {key}",
+                        q.name
+                    );
+                    assert!(explain.vector_rank > 0, "{}: found by meaning", q.name);
+                }
+                "exact" => {
+                    assert_eq!(
+                        (i, explain.text_rank),
+                        (0, 1),
+                        "{}: full text ranks {key} first",
+                        q.name
+                    );
+                }
+                _ => {}
+            }
+        }
+        if [
+            "supersession",
+            "as_of",
+            "filters",
+            "namespaces",
+            "isolation",
+            "exact",
+        ]
+        .contains(&q.category.as_str())
+        {
+            assert_eq!(
+                hits,
+                expected.len(),
+                "{}: every expected memory is recalled, got {got:?}",
+                q.name
+            );
+        }
+    }
+    let recall_at_k = recall_sum / scored_queries as f64;
+    let r_precision = precision_sum / scored_queries as f64;
+    println!(
+        "golden set: {scored_queries} scored queries, recall@k {recall_at_k:.3}, R-precision {r_precision:.3}"
+    );
+    for line in &report {
+        println!("  {line}");
+    }
+    // Floors: every hard category must be perfect (asserted above); over the whole set at most
+    // one expected memory in ten may be missed from the top k, and the expected memory should lead.
+    assert!(recall_at_k >= 0.9, "recall@k {recall_at_k:.3} < 0.9");
+    assert!(r_precision >= 0.8, "R-precision {r_precision:.3} < 0.8");
+}
+
+async fn seeded() -> (TestServer, memoire_sdk::MemoryClient, Vec<String>) {
+    let server = TestServer::start().await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let mut m = client.memory();
+    let mut ids = Vec::new();
+    for (i, c) in [
+        "Lives in Lisbon near the river",
+        "Loves grilled sardines",
+        "Works as a data engineer",
+        "Has a bicycle for commuting",
+        "Is allergic to shellfish",
+        "Speaks Portuguese at home",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let kind = if i % 2 == 0 {
+            pb::MemoryKind::Fact
+        } else {
+            pb::MemoryKind::Preference
+        };
+        let r = m
+            .teach(pb::TeachRequest {
+                user_id: "u".into(),
+                kind: kind as i32,
+                content: (*c).into(),
+                ..Default::default()
+            })
+            .await
+            .expect("teach");
+        ids.push(r.into_inner().memory.expect("m").id);
+    }
+    (server, m, ids)
+}
+
+fn ask(query: &str) -> pb::RecallRequest {
+    pb::RecallRequest {
+        user_id: "u".into(),
+        query: query.into(),
+        k: 6,
+        explain: true,
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_request_gives_byte_identical_context_within_the_budget() {
+    let (_server, mut m, _) = seeded().await;
+    let first = m
+        .recall(ask("what food does the user eat in Lisbon?"))
+        .await
+        .expect("recall")
+        .into_inner();
+    let second = m
+        .recall(ask("what food does the user eat in Lisbon?"))
+        .await
+        .expect("recall")
+        .into_inner();
+    assert!(!first.context.is_empty());
+    assert_eq!(first.context, second.context);
+    assert_eq!(
+        first.items.iter().map(memory_id).collect::<Vec<_>>(),
+        second.items.iter().map(memory_id).collect::<Vec<_>>()
+    );
+    assert!(first.context_tokens as usize <= 512);
+    assert_eq!(first.embedding_model, "all-MiniLM-L6-v2");
+    // Every line carries its memory id; groups are headed by kind.
+    for item in &first.items {
+        assert!(
+            first.context.contains(&memory_id(item)),
+            "{}",
+            first.context
+        );
+    }
+    assert!(first.context.starts_with("## "));
+
+    for budget in [1u32, 8, 20, 40] {
+        let small = m
+            .recall(pb::RecallRequest {
+                token_budget: budget,
+                ..ask("what food does the user eat in Lisbon?")
+            })
+            .await
+            .expect("recall")
+            .into_inner();
+        assert!(
+            small.context_tokens <= budget,
+            "{} > {budget}",
+            small.context_tokens
+        );
+        assert!(small.truncated, "budget {budget} cuts something");
+        assert_eq!(
+            small.items.len(),
+            first.items.len(),
+            "the budget limits the context, not the items"
+        );
+    }
+    let o200k = m
+        .recall(pb::RecallRequest {
+            tokenizer: "o200k_base".into(),
+            ..ask("sardines")
+        })
+        .await
+        .expect("recall")
+        .into_inner();
+    assert!(o200k.context_tokens > 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn explain_shows_each_component_and_scores_are_ordered() {
+    let (_server, mut m, ids) = seeded().await;
+    let r = m
+        .recall(ask("shellfish allergy"))
+        .await
+        .expect("recall")
+        .into_inner();
+    assert_eq!(memory_id(&r.items[0]), ids[4]);
+    let e = r.items[0].explain.expect("explain");
+    assert_eq!(e.text_rank, 1);
+    assert!(e.vector_rank >= 1 && e.vector_score > 0.3, "{e:?}");
+    assert!(e.fused > 0.0 && e.fused <= 1.0 && (e.r#final - r.items[0].score).abs() < 1e-6);
+    assert!(r.items.windows(2).all(|w| w[0].score >= w[1].score));
+    let plain = m
+        .recall(pb::RecallRequest {
+            explain: false,
+            ..ask("shellfish allergy")
+        })
+        .await
+        .expect("recall")
+        .into_inner();
+    assert!(plain.items.iter().all(|i| i.explain.is_none()));
+    let strict = m
+        .recall(pb::RecallRequest {
+            filter: Some(pb::RecallFilter {
+                min_score: Some(r.items[0].score),
+                ..Default::default()
+            }),
+            ..ask("shellfish allergy")
+        })
+        .await
+        .expect("recall")
+        .into_inner();
+    assert_eq!(strict.items.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrections_are_re_embedded_and_access_is_counted() {
+    let (_server, mut m, ids) = seeded().await;
+    m.teach(pb::TeachRequest {
+        user_id: "u".into(),
+        memory_id: Some(ids[3].clone()),
+        content: "Rides an electric scooter to work".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("correct");
+    // The vector is the new text's: the same sentence as a query is (nearly) identical to it.
+    let r = m
+        .recall(ask("Rides an electric scooter to work"))
+        .await
+        .expect("recall")
+        .into_inner();
+    assert_eq!(memory_id(&r.items[0]), ids[3]);
+    let e = r.items[0].explain.expect("explain");
+    assert!(e.vector_rank == 1 && e.vector_score > 0.9, "{e:?}");
+    let old = m
+        .recall(ask("Has a bicycle for commuting"))
+        .await
+        .expect("recall")
+        .into_inner();
+    let old_e = old
+        .items
+        .iter()
+        .find(|i| memory_id(i) == ids[3])
+        .and_then(|i| i.explain);
+    assert!(
+        old_e.is_none_or(|e| e.vector_score < 0.9),
+        "the old vector is gone: {old_e:?}"
+    );
+
+    // Access statistics are written after the reply.
+    let mut count = 0;
+    for _ in 0..50 {
+        let got = m
+            .get_memory(pb::GetMemoryRequest {
+                memory_id: ids[3].clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .memory
+            .expect("m");
+        count = got.access_count;
+        if count >= 1 && got.last_accessed_at.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(count >= 1, "access_count {count}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgotten_memories_are_never_recalled_even_in_the_past() {
+    let (_server, mut m, ids) = seeded().await;
+    let before = ts(chrono::Utc::now());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    m.forget(pb::ForgetRequest {
+        memory_ids: vec![ids[4].clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("forget");
+    for as_of in [None, Some(before)] {
+        let r = m
+            .recall(pb::RecallRequest {
+                filter: Some(pb::RecallFilter {
+                    as_of,
+                    include_superseded: true,
+                    ..Default::default()
+                }),
+                ..ask("shellfish allergy")
+            })
+            .await
+            .expect("recall")
+            .into_inner();
+        assert!(r.items.iter().all(|i| memory_id(i) != ids[4]));
+        assert!(!r.context.contains("shellfish"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn episodes_are_searched_when_asked() {
+    let (server, mut m, _) = seeded().await;
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 't'")
+        .fetch_one(server.pool())
+        .await
+        .expect("tenant");
+    sqlx::query(
+        "INSERT INTO episodes (id, tenant_id, user_id, namespace, session_id, role, content, message_id, occurred_at, created_at) \
+         VALUES (gen_random_uuid(), $1, 'u', 'default', 's-9', 'user', 'My flight number is TP1337 tomorrow', 'm-1', now(), now())",
+    )
+    .bind(tenant)
+    .execute(server.pool())
+    .await
+    .expect("episode");
+    let without = m.recall(ask("TP1337")).await.expect("recall").into_inner();
+    assert!(
+        without
+            .items
+            .iter()
+            .all(|i| matches!(i.item, Some(pb::recall_item::Item::Memory(_))))
+    );
+    let with = m
+        .recall(pb::RecallRequest {
+            include_episodes: true,
+            ..ask("TP1337")
+        })
+        .await
+        .expect("recall")
+        .into_inner();
+    let Some(pb::recall_item::Item::Episode(e)) = &with.items[0].item else {
+        panic!("the episode comes first: {:?}", with.items[0]);
+    };
+    assert_eq!(
+        (e.session_id.as_str(), e.message_id.as_str()),
+        ("s-9", "m-1")
+    );
+    assert!(with.context.contains("## Conversation") && with.context.contains(&e.id));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_recall_requests_name_the_field() {
+    let (_server, mut m, _) = seeded().await;
+    let cases = [
+        (
+            pb::RecallRequest {
+                query: String::new(),
+                ..ask("")
+            },
+            "query",
+        ),
+        (
+            pb::RecallRequest {
+                query: "x".repeat(5000),
+                ..ask("")
+            },
+            "query",
+        ),
+        (
+            pb::RecallRequest {
+                user_id: String::new(),
+                ..ask("x")
+            },
+            "user_id",
+        ),
+        (
+            pb::RecallRequest {
+                k: 1000,
+                ..ask("x")
+            },
+            "k",
+        ),
+        (
+            pb::RecallRequest {
+                token_budget: 1_000_000,
+                ..ask("x")
+            },
+            "token_budget",
+        ),
+        (
+            pb::RecallRequest {
+                tokenizer: "gpt2".into(),
+                ..ask("x")
+            },
+            "tokenizer",
+        ),
+        (
+            pb::RecallRequest {
+                filter: Some(pb::RecallFilter {
+                    kinds: vec![77],
+                    ..Default::default()
+                }),
+                ..ask("x")
+            },
+            "filter.kinds[0]",
+        ),
+        (
+            pb::RecallRequest {
+                filter: Some(pb::RecallFilter {
+                    slot: Some("bad".into()),
+                    ..Default::default()
+                }),
+                ..ask("x")
+            },
+            "filter.slot",
+        ),
+    ];
+    for (req, field) in cases {
+        let err = m.recall(req).await.expect_err(field);
+        assert_eq!(err.code(), Code::InvalidArgument, "{field}");
+        assert_eq!(violated_field(&err).as_deref(), Some(field));
+    }
+}
