@@ -575,3 +575,72 @@ async fn bad_recall_requests_name_the_field() {
         assert_eq!(violated_field(&err).as_deref(), Some(field));
     }
 }
+
+async fn metric(server: &TestServer, name_and_labels: &str) -> f64 {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .expect("connect");
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read");
+    body.lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn query_embeddings_are_cached_in_redis() {
+    let (server, mut m, _) = seeded().await;
+    let hits = r#"memoire_cache_requests_total{cache="query_embedding",result="hit"}"#;
+    // A query text no other test uses, so that the first call must miss.
+    let text = format!(
+        "which shellfish is she allergic to {}",
+        uuid::Uuid::new_v4()
+    );
+    let first = m.recall(ask(&text)).await.expect("recall").into_inner();
+    // The cache is written after the reply; give it a moment.
+    let before = metric(&server, hits).await;
+    let mut second = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let r = m.recall(ask(&text)).await.expect("recall").into_inner();
+        if metric(&server, hits).await > before {
+            second = Some(r);
+            break;
+        }
+    }
+    let second = second.expect("a repeated query is served from the cache");
+    assert_eq!(
+        first.context, second.context,
+        "cached and computed embeddings give the same answer"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_works_when_redis_is_down() {
+    // Nothing listens on port 1: the cache is unreachable from the start.
+    let server = TestServer::start_with(|c| c.redis_url = "redis://127.0.0.1:1".into(), None).await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let mut m = client.memory();
+    m.teach(pb::TeachRequest {
+        user_id: "u".into(),
+        kind: pb::MemoryKind::Fact as i32,
+        content: "Is allergic to shellfish".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("teach");
+    for _ in 0..3 {
+        let r = m
+            .recall(ask("shellfish allergy"))
+            .await
+            .expect("recall without redis")
+            .into_inner();
+        assert!(r.context.contains("shellfish"));
+    }
+}
