@@ -84,7 +84,9 @@ impl QueryEmbedder {
         }
         let text = [text.to_owned()];
         let started = std::time::Instant::now();
-        let vector = self.inner.embed(&text).await?.pop().unwrap_or_default();
+        let vector = self.inner.embed(&text).await?.pop().ok_or_else(|| {
+            memoire_core::Error::Provider("the embedder returned no vector".into())
+        })?;
         metrics::histogram!("memoire_embedding_duration_seconds", "kind" => "query")
             .record(started.elapsed().as_secs_f64());
         if let Some(cache) = self.cache.clone() {

@@ -265,26 +265,13 @@ fn recall_request(
     settings: &RecallSettings,
 ) -> Result<RecallRequest> {
     let f = r.filter.unwrap_or_default();
-    let k = match r.k as usize {
-        0 => settings.default_k,
-        k if k > limits.max_k => {
-            return Err(Error::invalid(
-                "k",
-                format!("is {k}; the limit is {}", limits.max_k),
-            ));
-        }
-        k => k,
-    };
-    let budget = match r.token_budget as usize {
-        0 => settings.default_token_budget,
-        b if b > limits.max_token_budget => {
-            return Err(Error::invalid(
-                "token_budget",
-                format!("is {b}; the limit is {}", limits.max_token_budget),
-            ));
-        }
-        b => b,
-    };
+    let k = v::count_or_default("k", r.k as usize, settings.default_k, limits.max_k)?;
+    let budget = v::count_or_default(
+        "token_budget",
+        r.token_budget as usize,
+        settings.default_token_budget,
+        limits.max_token_budget,
+    )?;
     let min_score = match f.min_score {
         Some(m) if !m.is_finite() => {
             return Err(Error::invalid("filter.min_score", "must be a number"));

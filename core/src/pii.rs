@@ -1,0 +1,287 @@
+//! PII scrubbing, applied to every message before it is stored or sent to an LLM.
+//!
+//! Finds e-mail addresses, phone numbers, payment card numbers (only those that pass the Luhn
+//! check), national ids (US social security numbers), IP addresses and secrets (API keys, tokens,
+//! private keys, `password = …` assignments). Two modes: **redact** replaces each finding with a
+//! typed placeholder (`[EMAIL]`), **mask** keeps a recognisable hint (`d***@example.com`,
+//! `**** 4242`). Findings never overlap; the earliest, longest wins.
+//!
+//! Built for precision on ordinary conversation: dates, times, version numbers, order numbers and
+//! card-length numbers that fail Luhn are left alone (the tests hold near-misses for each kind).
+
+use std::sync::OnceLock;
+
+use regex::Regex;
+
+use crate::model::PiiMode;
+
+/// What a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PiiKind {
+    /// An e-mail address.
+    Email,
+    /// A phone number.
+    Phone,
+    /// A payment card number (Luhn-valid).
+    Card,
+    /// A national id number.
+    NationalId,
+    /// An IPv4 or IPv6 address.
+    Ip,
+    /// An API key, token, private key or password.
+    Secret,
+}
+
+impl PiiKind {
+    fn placeholder(self) -> &'static str {
+        match self {
+            PiiKind::Email => "[EMAIL]",
+            PiiKind::Phone => "[PHONE]",
+            PiiKind::Card => "[CARD]",
+            PiiKind::NationalId => "[NATIONAL_ID]",
+            PiiKind::Ip => "[IP]",
+            PiiKind::Secret => "[SECRET]",
+        }
+    }
+
+    /// The name used in metrics and audit rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PiiKind::Email => "email",
+            PiiKind::Phone => "phone",
+            PiiKind::Card => "card",
+            PiiKind::NationalId => "national_id",
+            PiiKind::Ip => "ip",
+            PiiKind::Secret => "secret",
+        }
+    }
+}
+
+/// A scrubbed text and what was found in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scrubbed {
+    /// The text after scrubbing.
+    pub text: String,
+    /// The kinds found, one entry per finding, in order.
+    pub found: Vec<PiiKind>,
+}
+
+struct Patterns {
+    list: Vec<(PiiKind, Regex)>,
+}
+
+fn patterns() -> &'static Patterns {
+    static P: OnceLock<Patterns> = OnceLock::new();
+    P.get_or_init(|| {
+        let compile = |s: &str| Regex::new(s).unwrap_or_else(|e| panic!("built-in PII pattern {s}: {e}"));
+        Patterns {
+            // Order matters only for ties at the same start: secrets first (they may contain
+            // digits and dots), then the rest.
+            list: vec![
+                (
+                    PiiKind::Secret,
+                    compile(
+                        r"-----BEGIN [A-Z ]*PRIVATE KEY-----[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----|\b(?:sk|rk|pk)-(?:live_|test_|proj-)?[A-Za-z0-9_\-]{20,}|\bAKIA[0-9A-Z]{16}\b|\bgh[pousr]_[A-Za-z0-9]{30,}\b|\bxox[abprs]-[A-Za-z0-9\-]{10,}|\beyJ[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}\.[A-Za-z0-9_\-]{10,}|(?i:\b(?:api[_\-]?key|secret|token|passw(?:or)?d|pwd)\b\s*[:=]\s*)[^\s,;]{6,}",
+                    ),
+                ),
+                (PiiKind::Email, compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*\.[A-Za-z]{2,}\b")),
+                // 13–19 digits, optionally grouped by single spaces or dashes; Luhn checked below.
+                (PiiKind::Card, compile(r"\b\d(?:[ \-]?\d){12,18}\b")),
+                // US SSN: area not 000, 666 or 9xx; group not 00; serial not 0000.
+                (PiiKind::NationalId, compile(r"\b(?:00[1-9]|0[1-9]\d|[1-5]\d{2}|6[0-57-9]\d|66[0-57-9]|7\d{2}|8\d{2})-(?:0[1-9]|[1-9]\d)-(?:000[1-9]|00[1-9]\d|0[1-9]\d{2}|[1-9]\d{3})\b")),
+                (PiiKind::Ip, compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b|\b(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}\b|\b(?:[0-9a-fA-F]{1,4}:){1,6}:(?:[0-9a-fA-F]{1,4}:?){1,6}\b")),
+                // Phones: a leading + and country code, or a (area) code, or 3-3-4 digits with
+                // separators. Bare runs of digits are not phones (order numbers, amounts).
+                (PiiKind::Phone, compile(r"(?:\+\d{1,3}[\s.\-]?)(?:\(?\d{1,4}\)?[\s.\-]?){2,4}\d{2,4}\b|\(\d{3}\)\s?\d{3}[\s.\-]\d{4}\b|\b\d{3}[.\-\s]\d{3}[.\-\s]\d{4}\b")),
+            ],
+        }
+    })
+}
+
+/// The Luhn checksum over the digits of `s`.
+pub fn luhn_valid(s: &str) -> bool {
+    let digits: Vec<u32> = s.chars().filter_map(|c| c.to_digit(10)).collect();
+    if digits.len() < 13 {
+        return false;
+    }
+    let sum: u32 = digits
+        .iter()
+        .rev()
+        .enumerate()
+        .map(|(i, &d)| {
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 { x - 9 } else { x }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
+fn mask(kind: PiiKind, s: &str) -> String {
+    let digits: String = s.chars().filter(char::is_ascii_digit).collect();
+    let tail = |n: usize| {
+        digits
+            .chars()
+            .skip(digits.len().saturating_sub(n))
+            .collect::<String>()
+    };
+    match kind {
+        PiiKind::Email => match s.split_once('@') {
+            Some((local, domain)) => format!("{}***@{domain}", local.chars().next().unwrap_or('*')),
+            None => "[EMAIL]".into(),
+        },
+        PiiKind::Phone => format!("***-***-{}", tail(4)),
+        PiiKind::Card => format!("**** {}", tail(4)),
+        PiiKind::NationalId => format!("***-**-{}", tail(4)),
+        PiiKind::Ip => match s.split_once('.') {
+            Some((first, _)) if !s.contains(':') => format!("{first}.x.x.x"),
+            _ => "[IP]".into(),
+        },
+        PiiKind::Secret => "[SECRET]".into(),
+    }
+}
+
+/// Scrubs `text` according to `mode` (`Off` returns it unchanged).
+pub fn scrub(text: &str, mode: PiiMode) -> Scrubbed {
+    if mode == PiiMode::Off {
+        return Scrubbed {
+            text: text.to_owned(),
+            found: Vec::new(),
+        };
+    }
+    // Every candidate span of every kind, then the earliest (longest on ties) non-overlapping ones.
+    let mut spans: Vec<(usize, usize, PiiKind)> = Vec::new();
+    for (kind, re) in &patterns().list {
+        for m in re.find_iter(text) {
+            let s = m.as_str();
+            let keep = match kind {
+                PiiKind::Card => luhn_valid(s),
+                PiiKind::Phone => {
+                    let n = s.chars().filter(char::is_ascii_digit).count();
+                    (10..=15).contains(&n)
+                }
+                _ => true,
+            };
+            if keep {
+                spans.push((m.start(), m.end(), *kind));
+            }
+        }
+    }
+    spans.sort_by(|a, b| a.0.cmp(&b.0).then((b.1 - b.0).cmp(&(a.1 - a.0))));
+    let mut out = String::with_capacity(text.len());
+    let mut found = Vec::new();
+    let mut at = 0;
+    for (start, end, kind) in spans {
+        if start < at {
+            continue;
+        }
+        out.push_str(&text[at..start]);
+        match mode {
+            PiiMode::Redact => out.push_str(kind.placeholder()),
+            PiiMode::Mask => out.push_str(&mask(kind, &text[start..end])),
+            PiiMode::Off => out.push_str(&text[start..end]),
+        }
+        found.push(kind);
+        at = end;
+    }
+    out.push_str(&text[at..]);
+    Scrubbed { text: out, found }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn redact(s: &str) -> String {
+        scrub(s, PiiMode::Redact).text
+    }
+
+    #[test]
+    fn realistic_samples_are_redacted() {
+        let cases = [
+            (
+                "mail me at dana.lee+work@example.co.uk tomorrow",
+                "mail me at [EMAIL] tomorrow",
+            ),
+            ("call +1 (415) 555-0123 after 6", "call [PHONE] after 6"),
+            ("my cell is 415-555-0123.", "my cell is [PHONE]."),
+            ("or (212) 555 0199", "or [PHONE]"),
+            ("UK: +44 20 7946 0958", "UK: [PHONE]"),
+            (
+                "card 4111 1111 1111 1111 exp 12/27",
+                "card [CARD] exp 12/27",
+            ),
+            ("amex 378282246310005", "amex [CARD]"),
+            ("SSN 123-45-6789 please", "SSN [NATIONAL_ID] please"),
+            ("server at 192.168.1.20 is down", "server at [IP] is down"),
+            (
+                "v6 2001:0db8:85a3:0000:0000:8a2e:0370:7334 ok",
+                "v6 [IP] ok",
+            ),
+            (
+                "key sk-proj-abcDEF1234567890ghijKLMNOP here",
+                "key [SECRET] here",
+            ),
+            ("aws AKIAIOSFODNN7EXAMPLE", "aws [SECRET]"),
+            (
+                "token ghp_aBcDeFgHiJkLmNoPqRsTuVwXyZ0123456789",
+                "token [SECRET]",
+            ),
+            ("password: hunter2hunter2", "[SECRET]"),
+            ("my api_key=abcd1234efgh5678", "my [SECRET]"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(redact(input), want, "{input}");
+        }
+        let pem = "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\nabc\n-----END RSA PRIVATE KEY-----";
+        assert_eq!(redact(&format!("here {pem} done")), "here [SECRET] done");
+    }
+
+    #[test]
+    fn near_misses_are_left_alone() {
+        for s in [
+            "card-like 4111 1111 1111 1112 fails Luhn",
+            "order number 1234567890123 shipped",
+            "invoice 88231 is unpaid",
+            "meet on 2026-03-31 at 10:30",
+            "version 10.2.3 and build 4.5",
+            "the score was 3-2 and 1999-2004 were good years",
+            "SSN-looking 000-12-3456 and 666-12-3456 are invalid",
+            "call extension 5123",
+            "paid $1,234,567.89",
+            "ratio 16:9 and 3:45pm",
+            "my password is safe",
+            "email me at dana at example dot com",
+            "ip 999.1.1.1 is not an address",
+        ] {
+            assert_eq!(redact(s), s, "{s}");
+        }
+    }
+
+    #[test]
+    fn mask_keeps_a_hint_and_off_changes_nothing() {
+        let s = "dana@example.com, 415-555-0123, 4242 4242 4242 4242, 10.0.0.7";
+        assert_eq!(
+            scrub(s, PiiMode::Mask).text,
+            "d***@example.com, ***-***-0123, **** 4242, 10.x.x.x"
+        );
+        let off = scrub(s, PiiMode::Off);
+        assert_eq!((off.text.as_str(), off.found.len()), (s, 0));
+        let found = scrub(s, PiiMode::Redact).found;
+        assert_eq!(
+            found,
+            vec![PiiKind::Email, PiiKind::Phone, PiiKind::Card, PiiKind::Ip]
+        );
+    }
+
+    #[test]
+    fn luhn() {
+        assert!(luhn_valid("4111111111111111"));
+        assert!(luhn_valid("5500 0000 0000 0004"));
+        assert!(!luhn_valid("4111111111111112"));
+        assert!(!luhn_valid("123"));
+    }
+}
