@@ -275,14 +275,17 @@ pub fn future_time(field: &str, t: DateTime<Utc>, now: DateTime<Utc>) -> Result<
 
 /// A page size: 0 means the default; negative or above `max` is an error.
 pub fn page_size(field: &str, v: i32, max: usize) -> Result<usize> {
-    match usize::try_from(v) {
-        Err(_) => Err(Error::invalid(
-            field,
-            format!("is {v}; it must not be negative"),
-        )),
-        Ok(0) => Ok(DEFAULT_PAGE_SIZE.min(max)),
-        Ok(n) if n > max => Err(Error::invalid(field, format!("is {n}; the limit is {max}"))),
-        Ok(n) => Ok(n),
+    let v = usize::try_from(v)
+        .map_err(|_| Error::invalid(field, format!("is {v}; it must not be negative")))?;
+    count_or_default(field, v, DEFAULT_PAGE_SIZE, max)
+}
+
+/// A count where 0 means `default`; above `max` is an error.
+pub fn count_or_default(field: &str, v: usize, default: usize, max: usize) -> Result<usize> {
+    match v {
+        0 => Ok(default.min(max)),
+        n if n > max => Err(Error::invalid(field, format!("is {n}; the limit is {max}"))),
+        n => Ok(n),
     }
 }
 
