@@ -6,6 +6,7 @@
 //! - [`validate`]: edge validation that names the offending field.
 //! - [`resolve`]: what a new memory does to the existing ones (create, supersede, duplicate).
 //! - [`embed`]: the embedding boundary (trait) and what a memory is embedded from.
+//! - [`extract`]: candidate memories from conversation turns (the built-in rule extractor).
 //! - [`pii`]: PII scrubbing (redact / mask) before anything is stored or sent to an LLM.
 //! - [`recall`]: fusion, deterministic ordering and token-budget packing.
 //! - [`clock`]: the time source, so that time-dependent logic can be tested without sleeping.
@@ -14,6 +15,7 @@ pub mod clock;
 pub mod command;
 pub mod embed;
 pub mod error;
+pub mod extract;
 pub mod model;
 pub mod pii;
 pub mod recall;
