@@ -31,7 +31,6 @@ use memoire_proto::v1::memory_service_server::MemoryServiceServer;
 use memoire_store::{PgSettings, PgStore, RedisCache, VectorSettings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tokio_stream::wrappers::TcpListenerStream;
 use tower::ServiceBuilder;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
@@ -96,6 +95,14 @@ impl Listeners {
             http: one(config.http_addr, "http_addr").await?,
         })
     }
+}
+
+/// Accepted gRPC connections with TCP_NODELAY: without it, a response's small HTTP/2 frames wait
+/// for the peer's delayed ACK (~40 ms per call on Linux). Keepalive finds dead peers.
+fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
+    tonic::transport::server::TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
 }
 
 /// The input limits of a configuration.
@@ -326,7 +333,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(memory)
         .add_service(admin)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listeners.grpc), drain)
+        .serve_with_incoming_shutdown(incoming(listeners.grpc), drain)
         .await;
 
     let _ = stop_tx.send(true);

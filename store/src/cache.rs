@@ -32,6 +32,10 @@ impl RedisCache {
         let client = Builder::from_config(config)
             .with_config(|c| c.fail_fast = false)
             .with_connection_config(|c| {
+                c.tcp = TcpConfig {
+                    nodelay: Some(true),
+                    ..TcpConfig::default()
+                };
                 c.connection_timeout = Duration::from_millis(500);
                 c.internal_command_timeout = Duration::from_millis(500);
                 c.max_command_attempts = 1;

@@ -3,7 +3,7 @@
 //!
 //! BM25 (k1 = 1.2, b = 0.75) uses real statistics: document frequencies are counted over the
 //! documents of the scope that contain the query's terms, N and the average document length
-//! (in distinct lexemes) over the whole scope (cached per scope for 30 s).
+//! (in distinct lexemes) over the whole scope (cached per scope for 5 minutes).
 //!
 //! Vector search returns the true top-k of the caller's scope: scopes with at most
 //! `exact_search_max_scope` vectors are searched exactly (the per-user index, then distances);
@@ -25,11 +25,15 @@ use uuid::Uuid;
 use crate::rows::{MEMORY_COLUMNS, MemoryRow};
 use crate::{PgStore, db_error};
 
+/// Query words that carry no information in a memory store (stemmed, as in the index).
+const QUERY_STOP_WORDS: &[&str] = &["user", "memori", "rememb", "know"];
+
 /// BM25's k1 and b.
 const K1: f64 = 1.2;
 const B: f64 = 0.75;
-/// How long scope statistics are reused.
-const STATS_TTL: Duration = Duration::from_secs(30);
+/// How long scope statistics are reused. They move slowly (BM25's N and average length, and the
+/// exact-or-HNSW choice), and recomputing them scans the scope, so they are not refreshed often.
+const STATS_TTL: Duration = Duration::from_secs(300);
 
 /// What to search.
 #[derive(Debug, Clone, PartialEq)]
@@ -244,9 +248,14 @@ async fn bm25(
         "WITH terms AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', ",
     );
     b.push_bind(q.text.clone());
+    // Every memory is about the user: in a query, "user" names no topic, yet it matches every
+    // memory that mentions "the user's …" — thousands of rows to score for nothing.
+    b.push(")) WHERE lexeme <> ALL(")
+        .push_bind(QUERY_STOP_WORDS)
+        .push("))");
     // Lexemes are quoted for to_tsquery: quotes doubled, backslashes dropped.
     b.push(
-        "))), tq AS (SELECT to_tsquery('simple', string_agg('''' || replace(replace(lexeme, '\\', ''), '''', '''''') || '''', ' | ')) AS q FROM terms), \
+        ", tq AS (SELECT to_tsquery('simple', string_agg('''' || replace(replace(lexeme, '\\', ''), '''', '''''') || '''', ' | ')) AS q FROM terms), \
          matched AS (SELECT m.id, m.tsv",
     );
     push_scope(&mut b, table, q, now);

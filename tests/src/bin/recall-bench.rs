@@ -4,6 +4,7 @@
 //! ```sh
 //! cargo run --release -p memoire-tests --bin recall-bench            # 10k and 100k scopes
 //! cargo run --release -p memoire-tests --bin recall-bench -- --quick # 2k and 10k, fewer queries
+//! # --keep-db keeps the seeded database for EXPLAIN ANALYZE
 //! ```
 //!
 //! It generates realistic user memories (no downloads), embeds them with the local model (cached
@@ -691,7 +692,7 @@ async fn main() -> anyhow::Result<()> {
         queries.len().min(100)
     );
     println!(
-        "{:<8} {:<34} {:>10} {:>11} {:>9}",
+        "{:<8} {:<40} {:>10} {:>11} {:>9}",
         "scope", "method", "results", "overlap@10", "p50 ms"
     );
     let qvecs = {
@@ -754,7 +755,7 @@ async fn main() -> anyhow::Result<()> {
             lat.sort();
             let q = qvecs.len() as f64;
             println!(
-                "{:<8} {:<34} {:>10.1} {:>10.0}% {:>9.2}",
+                "{:<8} {:<40} {:>10.1} {:>10.0}% {:>9.2}",
                 format!("{}k", n / 1000),
                 label,
                 results as f64 / q,
