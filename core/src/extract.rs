@@ -224,7 +224,7 @@ fn clauses(s: &str) -> Vec<String> {
         .map(|w| {
             s[w[0]..w[1]]
                 .trim()
-                .trim_end_matches(|c: char| c == ',')
+                .trim_end_matches(',')
                 .trim_end_matches(" and")
                 .trim()
                 .to_owned()
@@ -236,7 +236,7 @@ fn clauses(s: &str) -> Vec<String> {
 /// The object of a statement: up to the first clause break, trimmed of filler, at most 8 words.
 fn object(rest: &str) -> Option<String> {
     let cut = rest
-        .split(|c: char| c == ',' || c == '(' || c == ')')
+        .split([',', '(', ')'])
         .next()
         .unwrap_or("")
         .split(" but ")
@@ -390,20 +390,19 @@ impl RuleExtractor {
             &["my name is ", "call me ", "i'm called ", "i am called "],
         )
         .or_else(|| strip_prefix_ci(c, &["i'm ", "i am ", "im "]))
+            && let Some(n) = name(rest)
         {
-            if let Some(n) = name(rest) {
-                // "I'm Dana" but not "I'm Allergic" (handled below) nor "I'm from ..." (NOT_NAMES).
-                let next_word = rest
-                    .split_whitespace()
-                    .nth(n.split_whitespace().count())
-                    .unwrap_or("");
-                if next_word.is_empty()
-                    || !next_word.chars().next().is_some_and(char::is_lowercase)
-                    || lower.starts_with("my name")
-                    || lower.starts_with("call me")
-                {
-                    return Some(fact(format!("Name is {n}"), Some("user.name".into()), 0.9));
-                }
+            // "I'm Dana" but not "I'm Allergic" (handled below) nor "I'm from ..." (NOT_NAMES).
+            let next_word = rest
+                .split_whitespace()
+                .nth(n.split_whitespace().count())
+                .unwrap_or("");
+            if next_word.is_empty()
+                || !next_word.chars().next().is_some_and(char::is_lowercase)
+                || lower.starts_with("my name")
+                || lower.starts_with("call me")
+            {
+                return Some(fact(format!("Name is {n}"), Some("user.name".into()), 0.9));
             }
         }
         if let Some(rest) = strip_prefix_ci(
@@ -520,17 +519,17 @@ impl RuleExtractor {
                 0.8,
             ));
         }
-        if let Some((rel, rest)) = relation(c) {
-            if let Some(n) = name(rest) {
-                return Some(CandidateMemory {
-                    subject: Some(n.clone()),
-                    ..fact(
-                        format!("{} is named {n}", capitalize(rel)),
-                        Some(format!("user.relation.{}", slot_key(rel))),
-                        0.7,
-                    )
-                });
-            }
+        if let Some((rel, rest)) = relation(c)
+            && let Some(n) = name(rest)
+        {
+            return Some(CandidateMemory {
+                subject: Some(n.clone()),
+                ..fact(
+                    format!("{} is named {n}", capitalize(rel)),
+                    Some(format!("user.relation.{}", slot_key(rel))),
+                    0.7,
+                )
+            });
         }
         if let Some(rest) = strip_prefix_ci(
             c,
