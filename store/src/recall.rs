@@ -1,9 +1,10 @@
 //! Recall's candidates: BM25 full-text search and vector search over one user's scope, run
 //! concurrently, then hydrated (as of a time, when asked). Fusion and packing are `core::recall`.
 //!
-//! BM25 (k1 = 1.2, b = 0.75) uses real statistics: document frequencies are counted over the
-//! documents of the scope that contain the query's terms, N and the average document length
-//! (in distinct lexemes) over the whole scope (cached per scope for 5 minutes).
+//! BM25 (k1 = 1.2, b = 0.75) uses real statistics, read from the postings tables of migration
+//! 0003 (scope, lexeme → document, tf, length) with index-only scans: document frequencies are the
+//! query terms' postings in the scope, N and the average document length (in distinct lexemes)
+//! cover the whole scope (cached per scope for 5 minutes).
 //!
 //! Vector search returns the true top-k of the caller's scope: scopes with at most
 //! `exact_search_max_scope` vectors are searched exactly (the per-user index, then distances);
@@ -101,11 +102,33 @@ impl Table {
             Table::Episodes => "episodes",
         }
     }
+
+    /// Its BM25 postings table (migration 0003).
+    fn terms(self) -> &'static str {
+        match self {
+            Table::Memories => "memory_terms",
+            Table::Episodes => "episode_terms",
+        }
+    }
 }
 
-/// Pushes `FROM <table> m [version join] WHERE <scope and filters>` for `q`.
-fn push_scope(b: &mut QueryBuilder<Postgres>, table: Table, q: &RecallQuery, now: DateTime<Utc>) {
-    b.push(format!(" FROM {} m", table.name()));
+/// Pushes `FROM <table> m [version join] WHERE <scope and filters>` for `q`; with `scored`, the
+/// documents come from the `scored` CTE (`s.doc_id`).
+fn push_scope(
+    b: &mut QueryBuilder<Postgres>,
+    table: Table,
+    q: &RecallQuery,
+    now: DateTime<Utc>,
+    scored: bool,
+) {
+    if scored {
+        b.push(format!(
+            " FROM scored s JOIN {} m ON m.id = s.doc_id",
+            table.name()
+        ));
+    } else {
+        b.push(format!(" FROM {} m", table.name()));
+    }
     let statuses: &[&str] = if q.include_superseded {
         &["active", "superseded"]
     } else {
@@ -234,6 +257,17 @@ impl StatsCache {
     }
 }
 
+/// Whether a query narrows memories by more than scope and status (then every scored document
+/// must be checked, not only the best few).
+fn has_filters(q: &RecallQuery) -> bool {
+    !q.kinds.is_empty()
+        || !q.tags.is_empty()
+        || q.slot.is_some()
+        || q.created_after.is_some()
+        || q.created_before.is_some()
+        || q.as_of.is_some()
+}
+
 async fn bm25(
     pool: &PgPool,
     table: Table,
@@ -249,35 +283,52 @@ async fn bm25(
     );
     b.push_bind(q.text.clone());
     // Every memory is about the user: in a query, "user" names no topic, yet it matches every
-    // memory that mentions "the user's …" — thousands of rows to score for nothing.
+    // memory that mentions "the user's …" — thousands of postings to score for nothing.
     b.push(")) WHERE lexeme <> ALL(")
         .push_bind(QUERY_STOP_WORDS)
-        .push("))");
-    // Lexemes are quoted for to_tsquery: quotes doubled, backslashes dropped.
+        .push(format!(
+            ")), postings AS (SELECT p.lexeme, p.doc_id, p.tf, p.dl FROM terms t JOIN {} p \
+             ON p.lexeme = t.lexeme AND p.tenant_id = ",
+            table.terms()
+        ))
+        .push_bind(q.tenant_id)
+        .push(" AND p.user_id = ")
+        .push_bind(q.user_id.clone())
+        .push(" AND p.namespace = ANY(")
+        .push_bind(q.namespaces.clone())
+        .push(")");
+    if table == Table::Memories && q.as_of.is_none() {
+        // The current view is scored without touching memories: postings carry the status.
+        let statuses: &[&str] = if q.include_superseded {
+            &["active", "superseded"]
+        } else {
+            &["active"]
+        };
+        b.push(" AND p.status = ANY(").push_bind(statuses).push(")");
+    }
     b.push(
-        ", tq AS (SELECT to_tsquery('simple', string_agg('''' || replace(replace(lexeme, '\\', ''), '''', '''''') || '''', ' | ')) AS q FROM terms), \
-         matched AS (SELECT m.id, m.tsv",
-    );
-    push_scope(&mut b, table, q, now);
-    b.push(
-        " AND m.tsv @@ (SELECT q FROM tq)), \
-         dterms AS (SELECT x.id, u.lexeme, coalesce(array_length(u.positions, 1), 1)::float8 AS tf, length(x.tsv)::float8 AS dl \
-                    FROM matched x CROSS JOIN LATERAL unnest(x.tsv) u WHERE u.lexeme IN (SELECT lexeme FROM terms)), \
-         df AS (SELECT lexeme, count(*)::float8 AS df FROM dterms GROUP BY lexeme) \
-         SELECT d.id, sum(ln(1 + (greatest(",
+        "), df AS (SELECT lexeme, count(*)::float8 AS df FROM postings GROUP BY lexeme), \
+         scored AS (SELECT p.doc_id, sum(ln(1 + (greatest(",
     );
     b.push_bind(stats.docs)
-        .push(", df.df) - df.df + 0.5) / (df.df + 0.5)) * d.tf * ")
+        .push("::float8, df.df) - df.df + 0.5) / (df.df + 0.5)) * p.tf * ")
         .push_bind(K1 + 1.0)
-        .push(" / (d.tf + ")
+        .push(" / (p.tf + ")
         .push_bind(K1)
         .push(" * (1 - ")
         .push_bind(B)
         .push(" + ")
         .push_bind(B)
-        .push(" * d.dl / ")
+        .push(" * p.dl / ")
         .push_bind(stats.avg_len.max(1.0))
-        .push(")))::float4 AS score FROM dterms d JOIN df USING (lexeme) GROUP BY d.id ORDER BY score DESC, d.id LIMIT ")
+        .push(")))::float4 AS score FROM postings p JOIN df USING (lexeme) GROUP BY p.doc_id ORDER BY score DESC, p.doc_id");
+    // Without filters only expiry can still drop a document: the best few suffice.
+    if !has_filters(q) {
+        b.push(" LIMIT ").push_bind((q.candidates * 4) as i64);
+    }
+    b.push(") SELECT m.id, s.score");
+    push_scope(&mut b, table, q, now, true);
+    b.push(" ORDER BY s.score DESC, m.id LIMIT ")
         .push_bind(q.candidates as i64);
     b.build_query_as().fetch_all(pool).await.map_err(db_error)
 }
@@ -309,7 +360,7 @@ async fn nearest(
     b.push(&distance)
         .push_bind(Vector::from(vector.to_vec()))
         .push(format!("::vector({dims})))::float4 AS sim"));
-    push_scope(&mut b, table, q, now);
+    push_scope(&mut b, table, q, now, false);
     b.push(format!(" AND m.embedding_model = '{model}' ORDER BY "));
     b.push(&distance)
         .push_bind(Vector::from(vector.to_vec()))

@@ -608,10 +608,17 @@ async fn purge_erases_every_trace_and_dry_run_changes_nothing() {
             "SELECT count(*) FROM memory_versions WHERE memory_id = $1",
             "SELECT count(*) FROM edges WHERE src_id = $1 OR dst_id = $1",
             "SELECT count(*) FROM audit_log WHERE target_id = $1",
+            "SELECT count(*) FROM memory_terms WHERE doc_id = $1",
         ] {
             assert_eq!(count(&server, table, id).await, 0, "{table}");
         }
     }
+    let postings: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM episode_terms WHERE user_id = 'erin'")
+            .fetch_one(server.pool())
+            .await
+            .expect("count");
+    assert_eq!(postings, 0, "the purged episode's postings are gone too");
     let leftover: i64 = sqlx::query_scalar("SELECT count(*) FROM episodes WHERE user_id = 'erin'")
         .fetch_one(server.pool())
         .await

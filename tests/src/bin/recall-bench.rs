@@ -718,18 +718,48 @@ async fn main() -> anyhow::Result<()> {
             .await?;
             exact_ids.push(ids);
         }
+        let hnsw_default = n as u64 > config.recall_exact_search_max_scope;
+        let ef = config.recall_hnsw_ef_search;
+        let choice = if hnsw_default {
+            format!("hnsw, ef_search {ef}")
+        } else {
+            "exact".to_owned()
+        };
         let methods = [
-            ("hnsw, ef_search 100, no iterative scan", "off", true),
-            ("hnsw, ef_search 100, iterative scan", "relaxed_order", true),
             (
-                "Recall's choice",
+                "hnsw, ef_search 100, no iterative scan".to_owned(),
+                "off",
+                true,
+                100,
+            ),
+            (
+                "hnsw, ef_search 100, iterative scan".to_owned(),
                 "relaxed_order",
-                n as u64 > config.recall_exact_search_max_scope,
+                true,
+                100,
+            ),
+            (
+                "hnsw, ef_search 200, iterative scan".to_owned(),
+                "relaxed_order",
+                true,
+                200,
+            ),
+            (
+                "hnsw, ef_search 400, iterative scan".to_owned(),
+                "relaxed_order",
+                true,
+                400,
+            ),
+            (
+                format!("Recall's choice: {choice}"),
+                "relaxed_order",
+                hnsw_default,
+                ef,
             ),
         ];
-        for (label, iterative, use_hnsw) in methods {
+        for (label, iterative, use_hnsw, ef) in methods {
             sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-                "SET hnsw.iterative_scan = {iterative}; SET hnsw.ef_search = 100"
+                "SET hnsw.iterative_scan = {iterative}; SET hnsw.ef_search = {ef}"
             )))
             .execute(&mut conn)
             .await?;
@@ -765,10 +795,14 @@ async fn main() -> anyhow::Result<()> {
         }
     }
     drop(conn);
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
-    )))
-    .execute(&mut admin)
-    .await?;
+    if std::env::args().any(|a| a == "--keep-db") {
+        println!("kept database {db}");
+    } else {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {db} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await?;
+    }
     Ok(())
 }
