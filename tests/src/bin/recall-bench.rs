@@ -621,9 +621,7 @@ async fn main() -> anyhow::Result<()> {
         .execute(&mut conn)
         .await?;
     store.ensure_vector_indexes("all-MiniLM-L6-v2", 384).await?;
-    sqlx::raw_sql("VACUUM ANALYZE memories")
-        .execute(&mut conn)
-        .await?;
+    sqlx::raw_sql("VACUUM ANALYZE").execute(&mut conn).await?;
     println!(
         "index seed set: COPY + versions {:.1} s, HNSW build + analyze {:.1} s",
         load_secs,
