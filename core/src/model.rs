@@ -236,6 +236,38 @@ pub struct Memory {
     pub source_episode_ids: Vec<Uuid>,
 }
 
+impl Memory {
+    /// A current, version-1 memory of the nil tenant, user "u", namespace "default", with
+    /// defaults for every other field: for tests and examples.
+    pub fn sample(id: Uuid, kind: MemoryKind, content: &str, at: DateTime<Utc>) -> Memory {
+        Memory {
+            id,
+            tenant_id: Uuid::nil(),
+            user_id: "u".into(),
+            namespace: "default".into(),
+            kind,
+            content: content.into(),
+            slot: None,
+            subject: None,
+            tags: vec![],
+            importance: 0.5,
+            confidence: 1.0,
+            pinned: false,
+            essential: false,
+            expires_at: None,
+            status: MemoryStatus::Active,
+            superseded_by: None,
+            version: 1,
+            created_at: at,
+            updated_at: at,
+            last_accessed_at: None,
+            access_count: 0,
+            embedding_model: None,
+            source_episode_ids: vec![],
+        }
+    }
+}
+
 /// One entry of a memory's append-only history: the memory as this version left it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryVersion {

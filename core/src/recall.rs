@@ -404,7 +404,6 @@ pub fn pack(items: &[Scored], budget: usize, counter: &dyn TokenCounter) -> Pack
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::MemoryStatus;
 
     /// Counts whitespace-separated words plus one per line: stands in for a BPE in unit tests.
     struct Words;
@@ -417,29 +416,8 @@ mod tests {
     fn memory(id: u128, kind: MemoryKind, content: &str, importance: f32) -> Memory {
         let t = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
         Memory {
-            id: Uuid::from_u128(id),
-            tenant_id: Uuid::nil(),
-            user_id: "u".into(),
-            namespace: "default".into(),
-            kind,
-            content: content.into(),
-            slot: None,
-            subject: None,
-            tags: vec![],
             importance,
-            confidence: 1.0,
-            pinned: false,
-            essential: false,
-            expires_at: None,
-            status: MemoryStatus::Active,
-            superseded_by: None,
-            version: 1,
-            created_at: t,
-            updated_at: t,
-            last_accessed_at: None,
-            access_count: 0,
-            embedding_model: None,
-            source_episode_ids: vec![],
+            ..Memory::sample(Uuid::from_u128(id), kind, content, t)
         }
     }
 

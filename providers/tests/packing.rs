@@ -1,7 +1,7 @@
 //! Context packing with the real BPE: never over budget, exact count, deterministic.
 
 use chrono::DateTime;
-use memoire_core::model::{Memory, MemoryKind, MemoryStatus};
+use memoire_core::model::{Memory, MemoryKind};
 use memoire_core::recall::{Candidate, Item, TokenCounter, Weights, pack, rank};
 use memoire_providers::Tiktoken;
 use proptest::prelude::*;
@@ -9,31 +9,7 @@ use uuid::Uuid;
 
 fn memory(i: u128, kind: MemoryKind, content: String) -> Memory {
     let t = DateTime::from_timestamp(1_700_000_000 + i as i64, 0).expect("time");
-    Memory {
-        id: Uuid::from_u128(i),
-        tenant_id: Uuid::nil(),
-        user_id: "u".into(),
-        namespace: "default".into(),
-        kind,
-        content,
-        slot: None,
-        subject: None,
-        tags: vec![],
-        importance: 0.5,
-        confidence: 1.0,
-        pinned: false,
-        essential: false,
-        expires_at: None,
-        status: MemoryStatus::Active,
-        superseded_by: None,
-        version: 1,
-        created_at: t,
-        updated_at: t,
-        last_accessed_at: None,
-        access_count: 0,
-        embedding_model: None,
-        source_episode_ids: vec![],
-    }
+    Memory::sample(Uuid::from_u128(i), kind, &content, t)
 }
 
 proptest! {
