@@ -132,6 +132,13 @@ const HOBBIES: &[&str] = &[
     "sailing",
     "board games",
 ];
+const ITEMS: &[&str] = &[
+    "standing desk",
+    "bicycle",
+    "laptop",
+    "espresso machine",
+    "tent",
+];
 const DAYS: &[&str] = &[
     "Monday",
     "Tuesday",
@@ -235,16 +242,7 @@ fn memory(rng: &mut StdRng) -> (&'static str, String) {
             format!(
                 "Order {} for a {} was delayed in shipping",
                 code(rng),
-                pick(
-                    rng,
-                    &[
-                        "standing desk",
-                        "bicycle",
-                        "laptop",
-                        "espresso machine",
-                        "tent"
-                    ]
-                )
+                pick(rng, ITEMS)
             ),
         ),
         10 => (
@@ -324,19 +322,7 @@ fn query(rng: &mut StdRng) -> String {
         ),
         9 => format!("which hobbies does the user do on {}?", pick(rng, DAYS)),
         10 => format!("when is {}'s birthday?", pick(rng, NAMES)),
-        _ => format!(
-            "status of the order of a {}",
-            pick(
-                rng,
-                &[
-                    "standing desk",
-                    "bicycle",
-                    "laptop",
-                    "espresso machine",
-                    "tent"
-                ]
-            )
-        ),
+        _ => format!("status of the order of a {}", pick(rng, ITEMS)),
     }
 }
 
