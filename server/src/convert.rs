@@ -293,11 +293,7 @@ pub mod page_token {
 
     /// The fingerprint of a listing's filters.
     pub fn fingerprint(filters: &str) -> String {
-        hex_prefix(&Sha256::digest(filters.as_bytes()))
-    }
-
-    fn hex_prefix(bytes: &[u8]) -> String {
-        bytes.iter().take(8).map(|b| format!("{b:02x}")).collect()
+        hex::encode(&Sha256::digest(filters.as_bytes())[..8])
     }
 
     /// Encodes a cursor.

@@ -69,7 +69,7 @@ impl QueryEmbedder {
         let key = format!(
             "memoire:{tenant}:qemb:{}:{}",
             self.inner.model_id(),
-            hex_digest(text.as_bytes())
+            hex::encode(Sha256::digest(text.as_bytes()))
         );
         let dims = self.inner.dims();
         if let Some(cache) = &self.cache {
@@ -97,11 +97,4 @@ impl QueryEmbedder {
         }
         Ok((vector, false))
     }
-}
-
-fn hex_digest(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }

@@ -37,7 +37,8 @@ pub fn base_database_url() -> String {
         .unwrap_or_else(|_| "postgres://memoire:memoire@127.0.0.1:5432/memoire".into())
 }
 
-fn with_database(url: &str, db: &str) -> String {
+/// `url` with its database name replaced by `db`.
+pub fn with_database(url: &str, db: &str) -> String {
     let (server, _) = url.rsplit_once('/').unwrap_or((url, ""));
     format!("{server}/{db}")
 }
@@ -246,6 +247,19 @@ impl Drop for TestServer {
         })
         .join();
     }
+}
+
+/// A minimal HTTP/1.0 GET of `path` on `addr`: the whole response, headers included (no client
+/// library needed for /metrics, /healthz and /readyz).
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read");
+    out
 }
 
 /// The field named by an `INVALID_ARGUMENT` status's `BadRequest` detail.

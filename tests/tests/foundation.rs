@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use chrono::{TimeDelta, Utc};
 use memoire_core::clock::{Clock, ManualClock};
-use memoire_tests::{TestServer, proto as pb, violated_field};
+use memoire_tests::{TestServer, http_get, proto as pb, violated_field};
 use tonic::Code;
 
 type Mem = memoire_sdk::MemoryClient;
@@ -1147,16 +1147,4 @@ async fn health_metrics_and_unimplemented_rpcs() {
 
     // Graceful stop: the server returns cleanly.
     server.stop().await.expect("clean shutdown");
-}
-
-/// A minimal HTTP/1.0 GET (no client library needed for two endpoints).
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await
-        .expect("write");
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.expect("read");
-    out
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use memoire_tests::{TestServer, proto as pb, violated_field};
+use memoire_tests::{TestServer, http_get, proto as pb, violated_field};
 use serde::Deserialize;
 use tonic::Code;
 
@@ -577,16 +577,9 @@ async fn bad_recall_requests_name_the_field() {
 }
 
 async fn metric(server: &TestServer, name_and_labels: &str) -> f64 {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(server.http_addr)
+    http_get(server.http_addr, "/metrics")
         .await
-        .expect("connect");
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
-        .await
-        .expect("write");
-    let mut body = String::new();
-    s.read_to_string(&mut body).await.expect("read");
-    body.lines()
+        .lines()
         .find(|l| l.starts_with(name_and_labels))
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse().ok())

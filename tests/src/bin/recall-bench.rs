@@ -546,10 +546,7 @@ async fn main() -> anyhow::Result<()> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
         .execute(&mut admin)
         .await?;
-    let url = format!(
-        "{}/{db}",
-        base.rsplit_once('/').map(|(s, _)| s).unwrap_or(&base)
-    );
+    let url = memoire_tests::with_database(&base, &db);
     let config = Config {
         database_url: url.clone(),
         embedding_model_dir: model_dir(),
