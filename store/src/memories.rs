@@ -43,10 +43,11 @@ async fn lock_user(
     Ok(())
 }
 
-/// Appends the version row that records the memory's current state (after the write).
-async fn record_version(
+/// Appends, for each of `ids`, the version row that records the memory's current state (after
+/// the write). One statement however many memories.
+async fn record_versions(
     conn: &mut PgConnection,
-    memory_id: Uuid,
+    ids: &[Uuid],
     op: VersionOp,
     basis: Basis,
     score: Option<f32>,
@@ -59,9 +60,9 @@ async fn record_version(
            status, superseded_by) \
          SELECT tenant_id, id, version, $2, $3, $4, $5, $6, updated_at, kind, content, slot, subject, \
            tags, importance, confidence, pinned, expires_at, status, superseded_by \
-         FROM memories WHERE id = $1",
+         FROM memories WHERE id = ANY($1)",
     )
-    .bind(memory_id)
+    .bind(ids)
     .bind(op.as_str())
     .bind(basis.as_str())
     .bind(score)
@@ -158,9 +159,9 @@ async fn supersede(
     .execute(&mut *conn)
     .await
     .map_err(db_error)?;
-    record_version(
+    record_versions(
         conn,
-        old,
+        &[old],
         VersionOp::Supersede,
         Basis::Resolver,
         Some(1.0),
@@ -170,17 +171,17 @@ async fn supersede(
     .await
 }
 
-/// Marks an active memory whose expiry has passed as expired and records the version.
-async fn expire_one(conn: &mut PgConnection, id: Uuid, now: DateTime<Utc>) -> Result<()> {
-    sqlx::query("UPDATE memories SET status = 'expired', version = version + 1, updated_at = $2 WHERE id = $1")
-        .bind(id)
+/// Marks active memories whose expiry has passed as expired and records their versions.
+async fn expire(conn: &mut PgConnection, ids: &[Uuid], now: DateTime<Utc>) -> Result<()> {
+    sqlx::query("UPDATE memories SET status = 'expired', version = version + 1, updated_at = $2 WHERE id = ANY($1)")
+        .bind(ids)
         .bind(now)
         .execute(&mut *conn)
         .await
         .map_err(db_error)?;
-    record_version(
+    record_versions(
         conn,
-        id,
+        ids,
         VersionOp::Expire,
         Basis::Retention,
         None,
@@ -256,7 +257,7 @@ impl PgStore {
             && let Some(row) = slot_holder(&mut tx, &scope, slot, None).await?
         {
             if row.expires_at.is_some_and(|t| t <= now) {
-                expire_one(&mut tx, row.id, now).await?;
+                expire(&mut tx, &[row.id], now).await?;
             } else {
                 holder = Some(Candidate {
                     id: row.id,
@@ -354,9 +355,9 @@ impl PgStore {
         .await
         .map_err(db_error)?;
         let history_reason = note.clone().unwrap_or_else(|| reason.clone());
-        record_version(
+        record_versions(
             &mut tx,
-            id,
+            &[id],
             VersionOp::Create,
             basis,
             None,
@@ -569,9 +570,9 @@ impl PgStore {
         .await
         .map_err(db_error)?;
         let reason = note.unwrap_or_else(|| "corrected by the client".into());
-        record_version(
+        record_versions(
             &mut tx,
-            memory_id,
+            &[memory_id],
             VersionOp::Correct,
             Basis::Correction,
             None,
@@ -672,24 +673,22 @@ impl PgStore {
             (ForgetMode::Tombstone, true) => {}
             (ForgetMode::Tombstone, false) => {
                 let reason = cmd.reason.clone().unwrap_or_else(|| "forgotten".into());
-                for id in &ids {
-                    sqlx::query("UPDATE memories SET status = 'tombstoned', version = version + 1, updated_at = $2 WHERE id = $1")
-                        .bind(id)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                    record_version(
-                        &mut tx,
-                        *id,
-                        VersionOp::Tombstone,
-                        Basis::Forget,
-                        None,
-                        &reason,
-                        actor,
-                    )
-                    .await?;
-                }
+                sqlx::query("UPDATE memories SET status = 'tombstoned', version = version + 1, updated_at = $2 WHERE id = ANY($1)")
+                    .bind(&ids)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+                record_versions(
+                    &mut tx,
+                    &ids,
+                    VersionOp::Tombstone,
+                    Basis::Forget,
+                    None,
+                    &reason,
+                    actor,
+                )
+                .await?;
             }
             (ForgetMode::Purge, dry_run) => {
                 let episode_ids: Vec<Uuid> = match episode_selector {
@@ -926,9 +925,7 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
-        for id in &ids {
-            expire_one(&mut tx, *id, now).await?;
-        }
+        expire(&mut tx, &ids, now).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(ids.len() as u64)
     }
