@@ -177,6 +177,62 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "shutdown_grace_secs",
         "how long shutdown waits for in-flight requests and jobs",
     ),
+    (
+        "extractor",
+        "'rules' (built-in, offline) or 'llm' (an OpenAI-compatible chat model)",
+    ),
+    (
+        "llm_base_url",
+        "base URL of the OpenAI-compatible chat endpoint (e.g. http://127.0.0.1:11434/v1)",
+    ),
+    (
+        "llm_model",
+        "the chat model extraction asks (required with extractor = 'llm')",
+    ),
+    ("llm_api_key", "API key of the chat endpoint (secret)"),
+    (
+        "llm_json_mode",
+        "'schema' (structured outputs, strict JSON schema) or 'object' (plain JSON mode)",
+    ),
+    ("llm_timeout_ms", "timeout of one chat request"),
+    (
+        "llm_max_retries",
+        "retries of one chat request on 429 / 5xx / timeouts (honouring Retry-After)",
+    ),
+    (
+        "extraction_context_turns",
+        "earlier turns of the session the LLM extractor sees",
+    ),
+    (
+        "extraction_known_memories",
+        "related current memories the LLM extractor sees (so it can update or delete them)",
+    ),
+    (
+        "extraction_max_attempts",
+        "attempts before an extraction or embedding job goes to the dead-letter queue",
+    ),
+    (
+        "extraction_retry_base_ms",
+        "delay before the first retry; each next retry doubles it",
+    ),
+    ("extraction_retry_max_ms", "longest delay between retries"),
+    (
+        "resolver_update_threshold",
+        "similarity at or above which an extracted memory updates an existing one",
+    ),
+    (
+        "resolver_merge_threshold",
+        "similarity at or above which it merges into one with partial identity overlap",
+    ),
+    (
+        "worker_concurrency",
+        "users whose episodes one worker extracts at once",
+    ),
+    (
+        "worker_poll_interval_ms",
+        "how often the worker's reconciler scans for pending episodes (notifications wake it sooner)",
+    ),
+    ("embed_batch_size", "episodes embedded in one model call"),
 ];
 
 /// Log output format.
@@ -207,6 +263,26 @@ pub enum Fusion {
     Weighted,
     /// Reciprocal rank fusion.
     Rrf,
+}
+
+/// Which extractor turns episodes into memories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExtractorKind {
+    /// The built-in deterministic rules.
+    Rules,
+    /// An OpenAI-compatible chat model.
+    Llm,
+}
+
+/// How the LLM's JSON reply is asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmJsonMode {
+    /// Structured outputs with a strict JSON schema.
+    Schema,
+    /// Plain JSON mode; the schema is described in the prompt.
+    Object,
 }
 
 /// The configuration. See [`SETTINGS`] for what each field does.
@@ -261,6 +337,23 @@ pub struct Config {
     pub worker_embedded: bool,
     pub expiry_sweep_interval_secs: u64,
     pub shutdown_grace_secs: u64,
+    pub extractor: ExtractorKind,
+    pub llm_base_url: String,
+    pub llm_model: String,
+    pub llm_api_key: Option<String>,
+    pub llm_json_mode: LlmJsonMode,
+    pub llm_timeout_ms: u64,
+    pub llm_max_retries: u32,
+    pub extraction_context_turns: u32,
+    pub extraction_known_memories: u32,
+    pub extraction_max_attempts: u32,
+    pub extraction_retry_base_ms: u64,
+    pub extraction_retry_max_ms: u64,
+    pub resolver_update_threshold: f32,
+    pub resolver_merge_threshold: f32,
+    pub worker_concurrency: usize,
+    pub worker_poll_interval_ms: u64,
+    pub embed_batch_size: u32,
 }
 
 impl Default for Config {
@@ -313,6 +406,23 @@ impl Default for Config {
             worker_embedded: true,
             expiry_sweep_interval_secs: 60,
             shutdown_grace_secs: 30,
+            extractor: ExtractorKind::Rules,
+            llm_base_url: "https://api.openai.com/v1".into(),
+            llm_model: String::new(),
+            llm_api_key: None,
+            llm_json_mode: LlmJsonMode::Schema,
+            llm_timeout_ms: 30_000,
+            llm_max_retries: 2,
+            extraction_context_turns: 6,
+            extraction_known_memories: 20,
+            extraction_max_attempts: 5,
+            extraction_retry_base_ms: 1_000,
+            extraction_retry_max_ms: 300_000,
+            resolver_update_threshold: 0.80,
+            resolver_merge_threshold: 0.55,
+            worker_concurrency: 2,
+            worker_poll_interval_ms: 1_000,
+            embed_batch_size: 64,
         }
     }
 }
@@ -501,6 +611,43 @@ impl Config {
                 "must be an http:// or https:// URL".into(),
             );
         }
+        if self.extractor == ExtractorKind::Llm {
+            if self.llm_model.trim().is_empty() {
+                bad(
+                    "llm_model",
+                    "is required when extractor = 'llm' (e.g. gpt-4o-mini, llama3.1)".into(),
+                );
+            }
+            if !(self.llm_base_url.starts_with("http://")
+                || self.llm_base_url.starts_with("https://"))
+            {
+                bad("llm_base_url", "must be an http:// or https:// URL".into());
+            }
+        }
+        let (update, merge) = (
+            self.resolver_update_threshold,
+            self.resolver_merge_threshold,
+        );
+        if !(update.is_finite() && (0.0..=1.0).contains(&update)) {
+            bad(
+                "resolver_update_threshold",
+                format!("is {update}; it must be between 0 and 1"),
+            );
+        }
+        if !(merge.is_finite() && (0.0..=1.0).contains(&merge) && merge <= update) {
+            bad(
+                "resolver_merge_threshold",
+                format!(
+                    "is {merge}; it must be between 0 and resolver_update_threshold ({update})"
+                ),
+            );
+        }
+        if self.extraction_retry_base_ms > self.extraction_retry_max_ms {
+            bad(
+                "extraction_retry_base_ms",
+                "must not exceed extraction_retry_max_ms".into(),
+            );
+        }
         for (key, w) in [
             ("recall_text_weight", self.recall_text_weight),
             ("recall_vector_weight", self.recall_vector_weight),
@@ -527,7 +674,7 @@ impl Config {
         {
             bad("recall_recency_half_life_days", "must be positive".into());
         }
-        let ranges: [(&str, u64, u64, u64); 22] = [
+        let ranges: [(&str, u64, u64, u64); 32] = [
             (
                 "embedding_timeout_ms",
                 self.embedding_timeout_ms,
@@ -624,6 +771,46 @@ impl Config {
                 86_400,
             ),
             ("shutdown_grace_secs", self.shutdown_grace_secs, 0, 3_600),
+            ("llm_timeout_ms", self.llm_timeout_ms, 100, 600_000),
+            ("llm_max_retries", self.llm_max_retries as u64, 0, 10),
+            (
+                "extraction_context_turns",
+                self.extraction_context_turns as u64,
+                0,
+                100,
+            ),
+            (
+                "extraction_known_memories",
+                self.extraction_known_memories as u64,
+                0,
+                200,
+            ),
+            (
+                "extraction_max_attempts",
+                self.extraction_max_attempts as u64,
+                1,
+                100,
+            ),
+            (
+                "extraction_retry_base_ms",
+                self.extraction_retry_base_ms,
+                1,
+                86_400_000,
+            ),
+            (
+                "extraction_retry_max_ms",
+                self.extraction_retry_max_ms,
+                1,
+                86_400_000,
+            ),
+            ("worker_concurrency", self.worker_concurrency as u64, 1, 256),
+            (
+                "worker_poll_interval_ms",
+                self.worker_poll_interval_ms,
+                10,
+                3_600_000,
+            ),
+            ("embed_batch_size", self.embed_batch_size as u64, 1, 1_024),
             (
                 "max_content_bytes",
                 self.max_content_bytes as u64,
@@ -651,6 +838,7 @@ impl Config {
         let mut shown = self.clone();
         shown.admin_key = shown.admin_key.map(|_| "***".into());
         shown.embedding_api_key = shown.embedding_api_key.map(|_| "***".into());
+        shown.llm_api_key = shown.llm_api_key.map(|_| "***".into());
         shown.database_url = redact_url(&shown.database_url);
         shown.redis_url = redact_url(&shown.redis_url);
         let data = serde_json::to_value(&shown).unwrap_or_default();
@@ -754,6 +942,7 @@ mod tests {
         let mut expected = fields.clone();
         expected.insert("admin_key".into());
         expected.insert("embedding_api_key".into());
+        expected.insert("llm_api_key".into());
         assert_eq!(listed, expected);
         assert_eq!(listed.len(), SETTINGS.len(), "a setting is listed twice");
     }

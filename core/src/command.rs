@@ -221,3 +221,41 @@ pub struct ListMemories {
     /// Where the previous page ended.
     pub after: Option<ListCursor>,
 }
+
+/// One message to store as an episode (validated; not yet scrubbed of PII — the store applies
+/// the tenant's policy in the same step that writes it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEpisode {
+    /// Who said it.
+    pub role: crate::model::MessageRole,
+    /// The speaker's name.
+    pub name: Option<String>,
+    /// What was said.
+    pub content: String,
+    /// The client's id, for idempotency.
+    pub message_id: Option<String>,
+    /// When it was said; `None` means now.
+    pub occurred_at: Option<DateTime<Utc>>,
+}
+
+/// Ingest: messages of one session, in the order they were said.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ingest {
+    /// The user and namespace.
+    pub scope: Scope,
+    /// The session.
+    pub session_id: String,
+    /// At least one message.
+    pub messages: Vec<NewEpisode>,
+}
+
+/// What Ingest did with one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ingested {
+    /// The episode (the existing one, for a duplicate).
+    pub episode_id: Uuid,
+    /// The client's message id.
+    pub message_id: Option<String>,
+    /// A message with this id was already stored; nothing was written.
+    pub duplicate: bool,
+}

@@ -7,13 +7,17 @@
 //! moved to Dallas" supersedes "I live in San Francisco". It prefers missing a statement to
 //! inventing one: every pattern is anchored on first-person wording and a bounded object.
 
-use crate::model::MemoryKind;
+use crate::embed::BoxFuture;
+use crate::model::{Basis, MemoryKind, MessageRole};
 
 /// What a candidate asks the resolver to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Intent {
     /// Remember it (create, or update / supersede what has the same identity).
     Add,
+    /// It changes a known memory (LLM extraction, with `target`); resolved like `Add`, but a
+    /// similar target is updated even without a shared subject.
+    Update,
     /// It is no longer true: tombstone what has the same identity, if anything does.
     Delete,
 }
@@ -35,6 +39,9 @@ pub struct CandidateMemory {
     pub confidence: f32,
     /// Add or delete.
     pub intent: Intent,
+    /// The existing memory the extractor says this is about (LLM extraction only); the resolver
+    /// still checks the identity before acting on it.
+    pub target: Option<uuid::Uuid>,
 }
 
 /// A slot key from free text: lowercase ASCII words joined by `_` ("Green Tea" → "green_tea").
@@ -307,6 +314,7 @@ fn fact(content: String, slot: Option<String>, importance: f32) -> CandidateMemo
         importance,
         confidence: 0.9,
         intent: Intent::Add,
+        target: None,
     }
 }
 
@@ -696,6 +704,111 @@ fn with_article(job: &str) -> String {
         format!("an {job}")
     } else {
         format!("a {job}")
+    }
+}
+
+/// One turn of a conversation as an extractor sees it (already scrubbed of PII).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Turn {
+    /// Who said it.
+    pub role: MessageRole,
+    /// The speaker's name, when known.
+    pub name: Option<String>,
+    /// What was said.
+    pub content: String,
+}
+
+/// A current memory shown to an extractor, so that it can say "update" or "delete" about it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KnownMemory {
+    /// Its id.
+    pub id: uuid::Uuid,
+    /// Kind.
+    pub kind: MemoryKind,
+    /// Slot.
+    pub slot: Option<String>,
+    /// Content.
+    pub content: String,
+}
+
+/// What an extractor reads: the turn to extract from, the turns before it (oldest first), and
+/// the user's current memories most related to it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtractionInput {
+    /// The turn.
+    pub turn: Turn,
+    /// Earlier turns of the same session, oldest first.
+    pub context: Vec<Turn>,
+    /// Related current memories.
+    pub known: Vec<KnownMemory>,
+}
+
+/// What an extractor found.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Extraction {
+    /// Valid candidates.
+    pub candidates: Vec<CandidateMemory>,
+    /// Candidates the extractor proposed that failed validation, with the reason.
+    pub rejected: Vec<String>,
+    /// Prompt and completion tokens, when a model was asked.
+    pub tokens: Option<(u64, u64)>,
+}
+
+/// Why extraction of a turn failed. Never "no memories": a reply that cannot be read is an error,
+/// kept with the raw reply for the dead-letter queue.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ExtractError {
+    /// What went wrong.
+    pub message: String,
+    /// The model's raw reply, when there was one.
+    pub raw_reply: Option<String>,
+}
+
+impl ExtractError {
+    /// An error without a reply (network, timeout, HTTP status).
+    pub fn new(message: impl Into<String>) -> Self {
+        ExtractError {
+            message: message.into(),
+            raw_reply: None,
+        }
+    }
+}
+
+/// Turns a conversation turn into candidate memories.
+pub trait Extractor: Send + Sync + std::fmt::Debug {
+    /// The basis recorded on the versions its candidates write (`rule` or `llm`).
+    fn basis(&self) -> Basis;
+
+    /// Candidates from `input.turn`.
+    fn extract<'a>(
+        &'a self,
+        input: &'a ExtractionInput,
+    ) -> BoxFuture<'a, Result<Extraction, ExtractError>>;
+}
+
+impl Extractor for RuleExtractor {
+    fn basis(&self) -> Basis {
+        Basis::Rule
+    }
+
+    /// Only the user's own messages: the rules read first-person statements, and an assistant
+    /// saying "I live in the cloud" is not about the user.
+    fn extract<'a>(
+        &'a self,
+        input: &'a ExtractionInput,
+    ) -> BoxFuture<'a, Result<Extraction, ExtractError>> {
+        let candidates = if input.turn.role == MessageRole::User {
+            RuleExtractor::extract(self, &input.turn.content)
+        } else {
+            Vec::new()
+        };
+        Box::pin(async move {
+            Ok(Extraction {
+                candidates,
+                ..Extraction::default()
+            })
+        })
     }
 }
 

@@ -16,6 +16,7 @@ pub mod command;
 pub mod embed;
 pub mod error;
 pub mod extract;
+pub mod llm;
 pub mod model;
 pub mod pii;
 pub mod recall;

@@ -387,3 +387,26 @@ mod tests {
         assert!(KeyRole::Writer < KeyRole::Admin);
     }
 }
+
+/// A job set aside after too many failures (PRODUCT.md §3), kept for inspection and replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// Id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// The job: `extract` or `embed`.
+    pub job: String,
+    /// The episode it was about.
+    pub episode_id: Uuid,
+    /// The job's arguments, as JSON text.
+    pub payload_json: String,
+    /// The last error.
+    pub error: String,
+    /// How many times it was tried.
+    pub attempts: u32,
+    /// The model's raw reply that could not be used, when there was one.
+    pub raw_reply: Option<String>,
+    /// When it was set aside.
+    pub created_at: DateTime<Utc>,
+}

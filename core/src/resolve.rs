@@ -7,7 +7,8 @@
 
 use uuid::Uuid;
 
-use crate::model::Basis;
+use crate::extract::{CandidateMemory, Intent};
+use crate::model::{Basis, MemoryKind};
 
 /// An existing current memory the resolver may match.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +87,316 @@ pub fn decide(
     }
 }
 
+/// The similarity thresholds of extraction (PRODUCT.md §3).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    /// At or above: the candidate updates the similar memory.
+    pub update: f32,
+    /// At or above (and below `update`): it updates the similar memory only when their identities
+    /// partly overlap (same kind and subject, a shared content word); else a new memory.
+    pub merge: f32,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            update: 0.80,
+            merge: 0.55,
+        }
+    }
+}
+
+/// A current memory as the extraction resolver sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Existing {
+    /// Its id.
+    pub id: Uuid,
+    /// Kind.
+    pub kind: MemoryKind,
+    /// Slot.
+    pub slot: Option<String>,
+    /// Subject.
+    pub subject: Option<String>,
+    /// Content.
+    pub content: String,
+    /// Content key (see [`crate::validate::content_key`]).
+    pub content_key: String,
+}
+
+/// A current memory and its hybrid similarity to the candidate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Similar {
+    /// The memory.
+    pub memory: Existing,
+    /// The hybrid score (see [`hybrid_score`]).
+    pub score: f32,
+    /// The cosine part, for the explanation.
+    pub cosine: f32,
+}
+
+/// What an extracted candidate does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// A new memory. `drop_slot` when create-only mode stores a candidate whose slot is taken.
+    Create {
+        /// Store it without its slot.
+        drop_slot: bool,
+        /// Why.
+        reason: String,
+    },
+    /// A new memory that supersedes the slot's current one.
+    Supersede {
+        /// The slot's current memory.
+        old: Uuid,
+        /// Why.
+        reason: String,
+    },
+    /// A new version of `target` with the candidate's content.
+    Update {
+        /// The memory updated.
+        target: Uuid,
+        /// The hybrid score.
+        score: f32,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing to write: `of` already says it.
+    Duplicate {
+        /// The memory.
+        of: Uuid,
+        /// The score (1.0 for identical content).
+        score: f32,
+        /// Why.
+        reason: String,
+    },
+    /// Tombstone `target`: the candidate says it is no longer true.
+    Tombstone {
+        /// The memory.
+        target: Uuid,
+        /// The score.
+        score: f32,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing to do (a deletion that matches nothing, or one create-only mode does not apply).
+    Ignore {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Resolution {
+    /// The name used in metrics and audit rows.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Resolution::Create { .. } => "create",
+            Resolution::Supersede { .. } => "supersede",
+            Resolution::Update { .. } => "update",
+            Resolution::Duplicate { .. } => "duplicate",
+            Resolution::Tombstone { .. } => "tombstone",
+            Resolution::Ignore { .. } => "ignore",
+        }
+    }
+}
+
+/// Words that carry no identity ("lives in the …").
+const FILLER: &[&str] = &[
+    "a", "an", "the", "in", "at", "of", "to", "for", "and", "or", "on", "with", "is", "are", "was",
+    "be", "user", "user's", "their", "they", "has", "have", "does", "not", "very", "really",
+];
+
+/// The identity-bearing words of a statement: lowercase, without filler.
+pub fn significant_words(s: &str) -> Vec<String> {
+    let mut words: Vec<String> = s
+        .split(|c: char| !(c.is_alphanumeric() || c == '\''))
+        .map(str::to_lowercase)
+        .filter(|w| !w.is_empty() && !FILLER.contains(&w.as_str()))
+        .collect();
+    words.sort();
+    words.dedup();
+    words
+}
+
+/// Jaccard overlap of two statements' significant words.
+pub fn word_overlap(a: &str, b: &str) -> f32 {
+    let (a, b) = (significant_words(a), significant_words(b));
+    if a.is_empty() || b.is_empty() {
+        return 0.0;
+    }
+    let shared = a.iter().filter(|w| b.contains(w)).count();
+    shared as f32 / (a.len() + b.len() - shared) as f32
+}
+
+/// The resolver's hybrid similarity: mostly the embeddings' cosine, with word overlap so that
+/// two statements about different objects ("Likes tea" / "Likes coffee"), which embeddings place
+/// close together, score lower than a paraphrase of the same one.
+pub fn hybrid_score(cosine: f32, a: &str, b: &str) -> f32 {
+    (0.8 * cosine + 0.2 * word_overlap(a, b)).clamp(0.0, 1.0)
+}
+
+/// Every significant word of `candidate` appears in `existing`: "Lives in Boston" is about
+/// "Lives in Boston, MA", not about "Lives in Dallas".
+fn names_the_same(candidate: &str, existing: &str) -> bool {
+    let theirs = significant_words(existing);
+    let ours = significant_words(candidate);
+    !ours.is_empty() && ours.iter().all(|w| theirs.contains(w))
+}
+
+/// Same kind, same subject, and at least one shared significant word.
+fn identity_overlap(c: &CandidateMemory, e: &Existing) -> Option<String> {
+    let same_subject =
+        c.subject.as_deref().map(str::to_lowercase) == e.subject.as_deref().map(str::to_lowercase);
+    if c.kind != e.kind || !same_subject {
+        return None;
+    }
+    let theirs = significant_words(&e.content);
+    let shared: Vec<String> = significant_words(&c.content)
+        .into_iter()
+        .filter(|w| theirs.contains(w))
+        .collect();
+    (!shared.is_empty()).then(|| shared.join(", "))
+}
+
+/// Decides what an extracted candidate does (PRODUCT.md §3): identity first (the slot's current
+/// memory, identical content, a target the extractor named), then similarity with `thresholds`.
+/// `similar` is ordered best first. `create_only` (a tenant's kill switch) never modifies or
+/// tombstones an existing memory.
+pub fn resolve_candidate(
+    c: &CandidateMemory,
+    key: &str,
+    slot_holder: Option<&Existing>,
+    identical: Option<&Existing>,
+    similar: &[Similar],
+    thresholds: Thresholds,
+    create_only: bool,
+) -> Resolution {
+    if c.intent == Intent::Delete {
+        if create_only {
+            return Resolution::Ignore {
+                reason: "create-only mode: deletions are not applied".into(),
+            };
+        }
+        if let Some(h) = slot_holder
+            && (h.content_key == key || names_the_same(&c.content, &h.content))
+        {
+            return Resolution::Tombstone {
+                target: h.id,
+                score: 1.0,
+                reason: format!(
+                    "slot {} holds what the message says is no longer true",
+                    h.slot.as_deref().unwrap_or_default()
+                ),
+            };
+        }
+        if let Some(e) = identical {
+            return Resolution::Tombstone {
+                target: e.id,
+                score: 1.0,
+                reason: "identical content is no longer true".into(),
+            };
+        }
+        if c.slot.is_none()
+            && let Some(s) = similar.iter().find(|s| {
+                (s.score >= thresholds.update || Some(s.memory.id) == c.target)
+                    && names_the_same(&c.content, &s.memory.content)
+            })
+        {
+            return Resolution::Tombstone {
+                target: s.memory.id,
+                score: s.score,
+                reason: format!(
+                    "similar ({:.2}, cosine {:.2}) and names the same thing",
+                    s.score, s.cosine
+                ),
+            };
+        }
+        return Resolution::Ignore {
+            reason: "no current memory has the identity this deletion names".into(),
+        };
+    }
+
+    if let (Some(h), Some(slot)) = (slot_holder, c.slot.as_deref()) {
+        if h.content_key == key {
+            return Resolution::Duplicate {
+                of: h.id,
+                score: 1.0,
+                reason: format!("slot {slot} already holds this content"),
+            };
+        }
+        if create_only {
+            return Resolution::Create {
+                drop_slot: true,
+                reason: format!("create-only mode: slot {slot} is taken, stored without the slot"),
+            };
+        }
+        return Resolution::Supersede {
+            old: h.id,
+            reason: format!("slot {slot} had another current memory"),
+        };
+    }
+    if let Some(e) = identical {
+        return Resolution::Duplicate {
+            of: e.id,
+            score: 1.0,
+            reason: "identical content to a current memory".into(),
+        };
+    }
+    if create_only {
+        return Resolution::Create {
+            drop_slot: false,
+            reason: "create-only mode".into(),
+        };
+    }
+    // A slotted candidate with a free slot is a new identity; similarity would only blur it.
+    if c.slot.is_some() {
+        return Resolution::Create {
+            drop_slot: false,
+            reason: "its slot has no current memory".into(),
+        };
+    }
+    let Some(best) = similar.iter().find(|s| s.memory.slot.is_none()) else {
+        return Resolution::Create {
+            drop_slot: false,
+            reason: "no similar current memory".into(),
+        };
+    };
+    let explain = format!("score {:.2} (cosine {:.2})", best.score, best.cosine);
+    if best.score >= thresholds.update {
+        return Resolution::Update {
+            target: best.memory.id,
+            score: best.score,
+            reason: format!("{explain} ≥ update threshold {:.2}", thresholds.update),
+        };
+    }
+    if best.score >= thresholds.merge {
+        if let Some(shared) = identity_overlap(c, &best.memory) {
+            return Resolution::Update {
+                target: best.memory.id,
+                score: best.score,
+                reason: format!(
+                    "merged: {explain} ≥ merge threshold {:.2}, same kind and subject, shared: {shared}",
+                    thresholds.merge
+                ),
+            };
+        }
+        if c.intent == Intent::Update && c.target == Some(best.memory.id) {
+            return Resolution::Update {
+                target: best.memory.id,
+                score: best.score,
+                reason: format!("the extractor named it as updated; {explain}"),
+            };
+        }
+        return Resolution::Create {
+            drop_slot: false,
+            reason: format!("{explain} but no identity overlap"),
+        };
+    }
+    Resolution::Create {
+        drop_slot: false,
+        reason: format!("{explain} < merge threshold {:.2}", thresholds.merge),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,5 +460,203 @@ mod tests {
             decide("likes tea", None, None, None, false),
             Decision::Create { .. }
         ));
+    }
+
+    fn existing(id: u128, kind: MemoryKind, slot: Option<&str>, content: &str) -> Existing {
+        Existing {
+            id: Uuid::from_u128(id),
+            kind,
+            slot: slot.map(str::to_owned),
+            subject: None,
+            content: content.to_owned(),
+            content_key: crate::validate::content_key(content),
+        }
+    }
+
+    fn candidate(content: &str, slot: Option<&str>, intent: Intent) -> CandidateMemory {
+        CandidateMemory {
+            kind: MemoryKind::Fact,
+            content: content.to_owned(),
+            slot: slot.map(str::to_owned),
+            subject: None,
+            importance: 0.5,
+            confidence: 0.9,
+            intent,
+            target: None,
+        }
+    }
+
+    fn similar(e: Existing, score: f32) -> Similar {
+        Similar {
+            memory: e,
+            score,
+            cosine: score,
+        }
+    }
+
+    fn run(
+        c: &CandidateMemory,
+        holder: Option<&Existing>,
+        similar: &[Similar],
+        create_only: bool,
+    ) -> Resolution {
+        let key = crate::validate::content_key(&c.content);
+        resolve_candidate(
+            c,
+            &key,
+            holder,
+            None,
+            similar,
+            Thresholds::default(),
+            create_only,
+        )
+    }
+
+    #[test]
+    fn a_new_value_in_a_held_slot_supersedes_and_the_same_value_is_a_duplicate() {
+        let sf = existing(
+            1,
+            MemoryKind::Fact,
+            Some("user.home_city"),
+            "Lives in San Francisco",
+        );
+        let moved = candidate("Lives in Dallas", Some("user.home_city"), Intent::Add);
+        assert!(
+            matches!(run(&moved, Some(&sf), &[], false), Resolution::Supersede { old, .. } if old == sf.id)
+        );
+        let again = candidate(
+            "lives in  san francisco",
+            Some("user.home_city"),
+            Intent::Add,
+        );
+        assert!(matches!(
+            run(&again, Some(&sf), &[], false),
+            Resolution::Duplicate { .. }
+        ));
+    }
+
+    #[test]
+    fn similarity_thresholds_update_merge_or_create() {
+        let tea = existing(
+            2,
+            MemoryKind::Preference,
+            None,
+            "Likes green tea in the morning",
+        );
+        let mut c = candidate("Likes green tea every morning", None, Intent::Add);
+        c.kind = MemoryKind::Preference;
+        // ≥ 0.80: update.
+        let r = run(&c, None, &[similar(tea.clone(), 0.86)], false);
+        assert!(
+            matches!(r, Resolution::Update { target, .. } if target == tea.id),
+            "{r:?}"
+        );
+        // 0.55–0.80 with identity overlap (same kind, subject, shared words): merge (update).
+        let r = run(&c, None, &[similar(tea.clone(), 0.7)], false);
+        assert!(
+            matches!(&r, Resolution::Update { reason, .. } if reason.starts_with("merged")),
+            "{r:?}"
+        );
+        // 0.55–0.80 without identity overlap (another kind): create.
+        let mut other = c.clone();
+        other.kind = MemoryKind::Fact;
+        assert!(matches!(
+            run(&other, None, &[similar(tea.clone(), 0.7)], false),
+            Resolution::Create { .. }
+        ));
+        // < 0.55: create.
+        assert!(matches!(
+            run(&c, None, &[similar(tea, 0.5)], false),
+            Resolution::Create { .. }
+        ));
+    }
+
+    #[test]
+    fn a_slotted_candidate_with_a_free_slot_is_created_even_when_similar() {
+        let c = candidate(
+            "Allergic to peanuts",
+            Some("user.allergy.peanuts"),
+            Intent::Add,
+        );
+        let e = existing(3, MemoryKind::Fact, None, "Allergic to tree nuts");
+        assert!(matches!(
+            run(&c, None, &[similar(e, 0.9)], false),
+            Resolution::Create {
+                drop_slot: false,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_deletion_only_tombstones_the_identity_it_names() {
+        let dallas = existing(
+            4,
+            MemoryKind::Fact,
+            Some("user.home_city"),
+            "Lives in Dallas",
+        );
+        let boston = candidate("Lives in Boston", Some("user.home_city"), Intent::Delete);
+        assert!(matches!(
+            run(&boston, Some(&dallas), &[], false),
+            Resolution::Ignore { .. }
+        ));
+        let gone = candidate("Lives in Dallas", Some("user.home_city"), Intent::Delete);
+        assert!(
+            matches!(run(&gone, Some(&dallas), &[], false), Resolution::Tombstone { target, .. } if target == dallas.id)
+        );
+        let job = existing(
+            5,
+            MemoryKind::Fact,
+            None,
+            "Works at Acme Corp as an engineer",
+        );
+        let quit = candidate("Works at Acme", None, Intent::Delete);
+        assert!(matches!(
+            run(&quit, None, &[similar(job.clone(), 0.82)], false),
+            Resolution::Tombstone { .. }
+        ));
+        // Similar but naming something else: nothing happens.
+        let other = candidate("Works at Globex", None, Intent::Delete);
+        assert!(matches!(
+            run(&other, None, &[similar(job, 0.82)], false),
+            Resolution::Ignore { .. }
+        ));
+        assert!(matches!(
+            run(&gone, Some(&dallas), &[], true),
+            Resolution::Ignore { .. }
+        ));
+    }
+
+    #[test]
+    fn create_only_never_touches_existing_memories() {
+        let sf = existing(
+            6,
+            MemoryKind::Fact,
+            Some("user.home_city"),
+            "Lives in San Francisco",
+        );
+        let moved = candidate("Lives in Dallas", Some("user.home_city"), Intent::Add);
+        assert!(matches!(
+            run(&moved, Some(&sf), &[], true),
+            Resolution::Create {
+                drop_slot: true,
+                ..
+            }
+        ));
+        let c = candidate("Likes green tea", None, Intent::Add);
+        let tea = existing(7, MemoryKind::Fact, None, "Likes green tea a lot");
+        assert!(matches!(
+            run(&c, None, &[similar(tea, 0.95)], true),
+            Resolution::Create { .. }
+        ));
+    }
+
+    #[test]
+    fn hybrid_score_separates_different_objects() {
+        let same = hybrid_score(0.85, "Likes green tea", "Likes green tea a lot");
+        let other = hybrid_score(0.85, "Likes green tea", "Likes black coffee");
+        assert!(same > other, "{same} vs {other}");
+        assert!((0.0..=1.0).contains(&hybrid_score(1.2, "a", "a")));
     }
 }

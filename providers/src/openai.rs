@@ -7,6 +7,8 @@ use memoire_core::embed::{BoxFuture, Embedder};
 use memoire_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::http::post_json;
+
 /// Settings of an OpenAI-compatible embedder.
 #[derive(Clone)]
 pub struct OpenAiSettings {
@@ -87,57 +89,20 @@ impl OpenAiEmbedder {
             dimensions: s.send_dimensions.then_some(s.dims),
             encoding_format: "float",
         };
-        let mut attempt = 0;
-        loop {
-            let mut req = self.http.post(&url).json(&body);
-            if let Some(key) = &s.api_key {
-                req = req.bearer_auth(key);
-            }
-            let outcome = req.send().await;
-            let retry_after = match &outcome {
-                Ok(r)
-                    if r.status() == reqwest::StatusCode::TOO_MANY_REQUESTS
-                        || r.status().is_server_error() =>
-                {
-                    Some(
-                        r.headers()
-                            .get(reqwest::header::RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(|v| v.parse::<f64>().ok())
-                            .map(|secs| Duration::from_secs_f64(secs.clamp(0.0, 10.0)))
-                            .unwrap_or_else(|| Duration::from_millis(200 * 2u64.pow(attempt))),
-                    )
-                }
-                Err(e) if e.is_timeout() || e.is_connect() => {
-                    Some(Duration::from_millis(200 * 2u64.pow(attempt)))
-                }
-                _ => None,
-            };
-            if let (Some(wait), true) = (retry_after, attempt < s.max_retries) {
-                attempt += 1;
-                tracing::warn!(
-                    attempt,
-                    wait_ms = wait.as_millis() as u64,
-                    "embeddings endpoint asked to retry"
-                );
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-            let resp = outcome
-                .map_err(|e| Error::Provider(format!("embeddings request to {url} failed: {e}")))?;
-            let status = resp.status();
-            if !status.is_success() {
-                let text = resp.text().await.unwrap_or_default();
-                let snippet: String = text.chars().take(300).collect();
-                return Err(Error::Provider(format!(
-                    "embeddings endpoint answered {status}: {snippet}"
-                )));
-            }
-            let parsed: Response = resp.json().await.map_err(|e| {
-                Error::Provider(format!("embeddings endpoint sent an unreadable reply: {e}"))
-            })?;
-            return self.check(parsed, texts.len());
-        }
+        let resp = post_json(
+            &self.http,
+            &url,
+            s.api_key.as_deref(),
+            &body,
+            s.max_retries,
+            "embeddings",
+        )
+        .await
+        .map_err(|e| Error::Provider(format!("embeddings endpoint {url} {e}")))?;
+        let parsed: Response = resp.json().await.map_err(|e| {
+            Error::Provider(format!("embeddings endpoint sent an unreadable reply: {e}"))
+        })?;
+        self.check(parsed, texts.len())
     }
 
     fn check(&self, mut parsed: Response, expected: usize) -> Result<Vec<Vec<f32>>> {

@@ -166,7 +166,7 @@ async fn wrong_dimensions_errors_and_timeouts_are_reported() {
         .embed(&texts())
         .await
         .expect_err("timeout");
-    assert!(err.to_string().contains("failed"), "{err}");
+    assert!(err.to_string().contains("timed out"), "{err}");
     assert_eq!(fake.calls.load(Ordering::SeqCst), 1);
 
     let err = OpenAiEmbedder::new(settings("http://127.0.0.1:9/v1".into()))

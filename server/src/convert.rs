@@ -173,6 +173,20 @@ fn key_role_pb(r: KeyRole) -> pb::KeyRole {
     }
 }
 
+/// A PII mode from the wire; unspecified means "unchanged".
+pub fn pii_mode(field: &str, v: i32) -> Result<Option<PiiMode>> {
+    match pb::PiiMode::try_from(v) {
+        Ok(pb::PiiMode::Unspecified) => Ok(None),
+        Ok(pb::PiiMode::Redact) => Ok(Some(PiiMode::Redact)),
+        Ok(pb::PiiMode::Mask) => Ok(Some(PiiMode::Mask)),
+        Ok(pb::PiiMode::Off) => Ok(Some(PiiMode::Off)),
+        Err(_) => Err(Error::invalid(
+            field,
+            format!("{v} is not a known PII mode"),
+        )),
+    }
+}
+
 fn pii_pb(p: PiiMode) -> pb::PiiMode {
     match p {
         PiiMode::Redact => pb::PiiMode::Redact,
@@ -206,6 +220,35 @@ pub fn memory_pb(m: Memory) -> pb::Memory {
         access_count: m.access_count.max(0) as u64,
         embedding_model: m.embedding_model.unwrap_or_default(),
         source_episode_ids: m.source_episode_ids.iter().map(Uuid::to_string).collect(),
+    }
+}
+
+/// A message role from the wire (required).
+pub fn role(field: &str, v: i32) -> Result<memoire_core::model::MessageRole> {
+    use memoire_core::model::MessageRole as R;
+    match pb::MessageRole::try_from(v) {
+        Ok(pb::MessageRole::User) => Ok(R::User),
+        Ok(pb::MessageRole::Assistant) => Ok(R::Assistant),
+        Ok(pb::MessageRole::System) => Ok(R::System),
+        Ok(pb::MessageRole::Tool) => Ok(R::Tool),
+        Ok(pb::MessageRole::Unspecified) => Err(Error::invalid(
+            field,
+            "is required (MESSAGE_ROLE_USER, _ASSISTANT, _SYSTEM or _TOOL)",
+        )),
+        Err(_) => Err(Error::invalid(field, format!("{v} is not a known role"))),
+    }
+}
+
+/// A dead letter for the wire.
+pub fn dead_letter_pb(d: memoire_core::model::DeadLetter) -> pb::DeadLetter {
+    pb::DeadLetter {
+        id: d.id.to_string(),
+        job: d.job,
+        payload_json: d.payload_json,
+        error: d.error,
+        attempts: d.attempts,
+        raw_reply: d.raw_reply.unwrap_or_default(),
+        created_at: Some(ts(d.created_at)),
     }
 }
 

@@ -1,47 +1,13 @@
-//! The embedder the server uses, built from configuration, and the query-embedding cache.
+//! The query-embedding cache (the embedder itself is built by `memoire_worker::providers`).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use memoire_config::{Config, EmbeddingProvider};
 use memoire_core::Result;
 use memoire_core::embed::Embedder;
-use memoire_providers::{LocalEmbedder, OpenAiEmbedder, OpenAiSettings};
 use memoire_store::RedisCache;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-
-/// Builds the configured embedder (loading the local model takes a fraction of a second).
-pub fn build(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
-    let embedder: Arc<dyn Embedder> = match config.embedding_provider {
-        EmbeddingProvider::Local => {
-            let e = LocalEmbedder::load(&config.embedding_model_dir, &config.embedding_model).with_context(|| {
-                format!(
-                    "loading the local embedding model from {} (`embedding_model_dir`, MEMOIRE_EMBEDDING_MODEL_DIR)",
-                    config.embedding_model_dir.display()
-                )
-            })?;
-            Arc::new(e)
-        }
-        EmbeddingProvider::Openai => Arc::new(OpenAiEmbedder::new(OpenAiSettings {
-            base_url: config.embedding_base_url.clone(),
-            model: config.embedding_model.clone(),
-            api_key: config.embedding_api_key.clone(),
-            dims: config.embedding_dims as usize,
-            send_dimensions: config.embedding_send_dimensions,
-            timeout: Duration::from_millis(config.embedding_timeout_ms),
-            max_retries: 2,
-        })?),
-    };
-    anyhow::ensure!(
-        embedder.dims() == config.embedding_dims as usize,
-        "the embedding model has {} dimensions but `embedding_dims` (MEMOIRE_EMBEDDING_DIMS) is {}",
-        embedder.dims(),
-        config.embedding_dims
-    );
-    Ok(embedder)
-}
 
 /// Embeds recall queries, through a Redis cache keyed by tenant, model and the text's hash.
 /// Redis being cold, slow or down only means computing the embedding.

@@ -219,7 +219,7 @@ pub async fn serve(
         let config = config.clone();
         tokio::task::spawn_blocking(move || {
             memoire_providers::Tiktoken::warm_up();
-            embedding::build(&config)
+            memoire_worker::providers::embedder(&config)
         })
         .await??
     };
@@ -279,16 +279,17 @@ pub async fn serve(
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let worker = config.worker_embedded.then(|| {
-        let settings = memoire_worker::WorkerSettings {
-            expiry_sweep_interval: Duration::from_secs(config.expiry_sweep_interval_secs),
-        };
-        tokio::spawn(memoire_worker::run(
+    let worker = if config.worker_embedded {
+        let extractor = memoire_worker::providers::extractor(&config)?;
+        Some(tokio::spawn(memoire_worker::run(
             store.clone(),
-            settings,
+            extractor,
+            memoire_worker::providers::settings(&config),
             stopped(stop_rx.clone()),
-        ))
-    });
+        )))
+    } else {
+        None
+    };
     let http_addr = listeners.http.local_addr()?;
     let http = tokio::spawn(http::serve(
         listeners.http,

@@ -3,6 +3,7 @@
 //! - [`PgStore`]: the handle the server and worker share (a connection pool and a clock).
 //! - `memories`: Teach (through the resolver), corrections, Forget, reads and history — every
 //!   write in one transaction, every query filtered by tenant.
+//! - `episodes`: Ingest, and the durable extraction/embedding queue the episodes table forms.
 //! - `tenants`: tenants, API keys (hashed), stats.
 //! - `schema`: migrations and the per-model vector indexes.
 //! - `recall`: BM25 and vector candidates for Recall, hydrated as of a time.
@@ -10,6 +11,7 @@
 //! - `error`: sqlx errors classified by SQLSTATE into the domain error.
 
 mod cache;
+mod episodes;
 mod error;
 mod memories;
 mod recall;
@@ -26,6 +28,9 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use cache::RedisCache;
+pub use episodes::{
+    Applied, EPISODES_CHANNEL, Failure, PendingEpisode, QueueDepths, RetryPolicy, ScopeClaim,
+};
 pub use error::db_error;
 pub use recall::{RecallQuery, VectorSettings};
 pub use schema::vector_index_name;

@@ -7,7 +7,7 @@
 use chrono::{DateTime, Utc};
 use memoire_core::command::{
     Forget, ForgetResult, ForgetSelector, ForgetTarget, ListCursor, ListMemories, MemoryPatch,
-    Teach, TeachResult,
+    NewMemory, Teach, TeachResult,
 };
 use memoire_core::embed::memory_text;
 use memoire_core::model::{
@@ -29,7 +29,7 @@ use crate::{PgStore, db_error};
 const CURRENT: &[&str] = &["active"];
 const CURRENT_AND_SUPERSEDED: &[&str] = &["active", "superseded"];
 
-async fn lock_user(
+pub(crate) async fn lock_user(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     user_id: &str,
@@ -45,7 +45,7 @@ async fn lock_user(
 
 /// Appends, for each of `ids`, the version row that records the memory's current state (after
 /// the write). One statement however many memories.
-async fn record_versions(
+pub(crate) async fn record_versions(
     conn: &mut PgConnection,
     ids: &[Uuid],
     op: VersionOp,
@@ -74,7 +74,7 @@ async fn record_versions(
     Ok(())
 }
 
-async fn audit(
+pub(crate) async fn audit(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     actor: &str,
@@ -99,7 +99,7 @@ async fn audit(
     Ok(())
 }
 
-async fn fetch_memory(
+pub(crate) async fn fetch_memory(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     id: Uuid,
@@ -119,7 +119,7 @@ async fn fetch_memory(
 }
 
 /// The current memory holding `slot` in the scope, locked.
-async fn slot_holder(
+pub(crate) async fn slot_holder(
     conn: &mut PgConnection,
     scope: &Scope,
     slot: &str,
@@ -141,7 +141,7 @@ async fn slot_holder(
 }
 
 /// Marks `old` superseded by `new_id` and records the version.
-async fn supersede(
+pub(crate) async fn supersede(
     conn: &mut PgConnection,
     old: Uuid,
     new_id: Uuid,
@@ -172,7 +172,11 @@ async fn supersede(
 }
 
 /// Marks active memories whose expiry has passed as expired and records their versions.
-async fn expire(conn: &mut PgConnection, ids: &[Uuid], now: DateTime<Utc>) -> Result<()> {
+pub(crate) async fn expire(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<()> {
     sqlx::query("UPDATE memories SET status = 'expired', version = version + 1, updated_at = $2 WHERE id = ANY($1)")
         .bind(ids)
         .bind(now)
@@ -189,6 +193,113 @@ async fn expire(conn: &mut PgConnection, ids: &[Uuid], now: DateTime<Utc>) -> Re
         "system",
     )
     .await
+}
+
+/// A memory row to insert.
+pub(crate) struct NewRow<'a> {
+    pub id: Uuid,
+    pub scope: &'a Scope,
+    pub memory: &'a NewMemory,
+    pub content_key: &'a str,
+    pub vector: Option<&'a Vector>,
+    pub model: Option<&'a str>,
+    pub now: DateTime<Utc>,
+}
+
+/// Inserts a new memory (version 1), its `create` version, and its derived-from edges.
+pub(crate) async fn insert_memory(
+    conn: &mut PgConnection,
+    row: NewRow<'_>,
+    basis: Basis,
+    reason: &str,
+    actor: &str,
+) -> Result<()> {
+    let NewRow {
+        id,
+        scope,
+        memory: new,
+        content_key,
+        vector,
+        model,
+        now,
+    } = row;
+    sqlx::query(
+        "INSERT INTO memories (id, tenant_id, user_id, namespace, kind, content, content_key, slot, \
+           subject, tags, importance, confidence, pinned, expires_at, version, created_at, updated_at, \
+           source_episode_ids, embedding, embedding_model) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15, $15, $16, $17, $18)",
+    )
+    .bind(id)
+    .bind(scope.tenant_id)
+    .bind(&scope.user_id)
+    .bind(&scope.namespace)
+    .bind(new.kind.as_str())
+    .bind(&new.content)
+    .bind(content_key)
+    .bind(&new.slot)
+    .bind(&new.subject)
+    .bind(&new.tags)
+    .bind(new.importance)
+    .bind(new.confidence)
+    .bind(new.pinned)
+    .bind(new.expires_at)
+    .bind(now)
+    .bind(&new.source_episode_ids)
+    .bind(vector)
+    .bind(model)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    record_versions(conn, &[id], VersionOp::Create, basis, None, reason, actor).await?;
+    derived_from_edges(conn, scope.tenant_id, id, &new.source_episode_ids, now).await
+}
+
+/// Edges from a memory to the episodes it was derived from.
+pub(crate) async fn derived_from_edges(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    memory_id: Uuid,
+    episodes: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<()> {
+    if episodes.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO edges (tenant_id, src_type, src_id, relation, dst_type, dst_id, created_at) \
+         SELECT $1, 'memory', $2, 'derived_from', 'episode', e, $4 FROM unnest($3::uuid[]) AS e \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(tenant_id)
+    .bind(memory_id)
+    .bind(episodes)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
+}
+
+/// The edge recording that `new` superseded `old`.
+pub(crate) async fn supersedes_edge(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    new: Uuid,
+    old: Uuid,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO edges (tenant_id, src_type, src_id, relation, dst_type, dst_id, created_at) \
+         VALUES ($1, 'memory', $2, 'supersedes', 'memory', $3, $4)",
+    )
+    .bind(tenant_id)
+    .bind(new)
+    .bind(old)
+    .bind(now)
+    .execute(conn)
+    .await
+    .map_err(db_error)?;
+    Ok(())
 }
 
 impl PgStore {
@@ -236,7 +347,7 @@ impl PgStore {
     async fn create(
         &self,
         scope: Scope,
-        new: memoire_core::command::NewMemory,
+        new: NewMemory,
         force_create: bool,
         note: Option<String>,
         basis: Basis,
@@ -327,69 +438,25 @@ impl PgStore {
         if let Some(old) = superseded {
             supersede(&mut tx, old, id, &format!("superseded by {id}"), actor, now).await?;
         }
-        sqlx::query(
-            "INSERT INTO memories (id, tenant_id, user_id, namespace, kind, content, content_key, slot, \
-               subject, tags, importance, confidence, pinned, expires_at, version, created_at, updated_at, \
-               source_episode_ids, embedding, embedding_model) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15, $15, $16, $17, $18)",
-        )
-        .bind(id)
-        .bind(scope.tenant_id)
-        .bind(&scope.user_id)
-        .bind(&scope.namespace)
-        .bind(new.kind.as_str())
-        .bind(&new.content)
-        .bind(&key)
-        .bind(&new.slot)
-        .bind(&new.subject)
-        .bind(&new.tags)
-        .bind(new.importance)
-        .bind(new.confidence)
-        .bind(new.pinned)
-        .bind(new.expires_at)
-        .bind(now)
-        .bind(&new.source_episode_ids)
-        .bind(&vector)
-        .bind(&model)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
         let history_reason = note.clone().unwrap_or_else(|| reason.clone());
-        record_versions(
+        insert_memory(
             &mut tx,
-            &[id],
-            VersionOp::Create,
+            NewRow {
+                id,
+                scope: &scope,
+                memory: &new,
+                content_key: &key,
+                vector: vector.as_ref(),
+                model: model.as_deref(),
+                now,
+            },
             basis,
-            None,
             &history_reason,
             actor,
         )
         .await?;
         if let Some(old) = superseded {
-            sqlx::query(
-                "INSERT INTO edges (tenant_id, src_type, src_id, relation, dst_type, dst_id, created_at) \
-                 VALUES ($1, 'memory', $2, 'supersedes', 'memory', $3, $4)",
-            )
-            .bind(scope.tenant_id)
-            .bind(id)
-            .bind(old)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
-        }
-        for episode in &new.source_episode_ids {
-            sqlx::query(
-                "INSERT INTO edges (tenant_id, src_type, src_id, relation, dst_type, dst_id, created_at) \
-                 VALUES ($1, 'memory', $2, 'derived_from', 'episode', $3, $4) ON CONFLICT DO NOTHING",
-            )
-            .bind(scope.tenant_id)
-            .bind(id)
-            .bind(episode)
-            .bind(now)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_error)?;
+            supersedes_edge(&mut tx, scope.tenant_id, id, old, now).await?;
         }
         let action = match outcome {
             WriteOutcome::Superseded => "teach.supersede",

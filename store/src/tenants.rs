@@ -81,6 +81,32 @@ impl PgStore {
         .try_into()
     }
 
+    /// Changes a tenant's PII policy and extraction kill switch (`None`: unchanged).
+    pub async fn update_tenant(
+        &self,
+        id: Uuid,
+        pii_mode: Option<memoire_core::model::PiiMode>,
+        extraction_create_only: Option<bool>,
+    ) -> Result<Tenant> {
+        let sql = format!(
+            "UPDATE tenants SET pii_mode = COALESCE($2, pii_mode), \
+             extraction_create_only = COALESCE($3, extraction_create_only) \
+             WHERE id = $1 RETURNING {TENANT_COLUMNS}"
+        );
+        let row: Option<TenantRow> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(id)
+            .bind(pii_mode.map(|m| m.as_str()))
+            .bind(extraction_create_only)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_error)?;
+        row.ok_or_else(|| Error::NotFound {
+            what: "tenant",
+            id: id.to_string(),
+        })?
+        .try_into()
+    }
+
     /// All tenants (or only `only`), by name.
     pub async fn list_tenants(&self, only: Option<Uuid>) -> Result<Vec<Tenant>> {
         let sql = format!(

@@ -9,6 +9,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod fake_llm;
+
 use memoire_config::Config;
 use memoire_core::clock::Clock;
 use memoire_sdk::{Client, pb};
@@ -53,8 +55,10 @@ pub struct TestServer {
     pub admin_key: String,
     /// The database's URL.
     pub database_url: String,
-    /// A store on the same database (same clock as the server).
+    /// A store on the same database (same clock as the server; no embedder).
     pub store: PgStore,
+    /// The configuration the server runs with.
+    pub config: Config,
     db_name: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -91,6 +95,7 @@ impl TestServer {
             grpc_addr: "127.0.0.1:0".parse().expect("addr"),
             http_addr: "127.0.0.1:0".parse().expect("addr"),
             expiry_sweep_interval_secs: 3600,
+            worker_poll_interval_ms: 200,
             shutdown_grace_secs: 5,
             embedding_model_dir: model_dir(),
             ..Config::default()
@@ -110,7 +115,7 @@ impl TestServer {
         let http_addr = listeners.http.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
         let task = tokio::spawn(memoire_server::serve(
-            config,
+            config.clone(),
             store.clone(),
             listeners,
             async {
@@ -123,6 +128,7 @@ impl TestServer {
             admin_key,
             database_url,
             store,
+            config,
             db_name,
             shutdown: Some(tx),
             task: Some(task),
@@ -198,6 +204,49 @@ impl TestServer {
             .secret
     }
 
+    /// Starts a worker of its own (as `memoire-worker` would) on the server's database, with the
+    /// server's configuration after `configure`. Use with `worker_embedded = false`.
+    pub fn start_worker(&self, configure: impl FnOnce(&mut Config)) -> TestWorker {
+        let mut config = self.config.clone();
+        configure(&mut config);
+        let embedder = memoire_worker::providers::embedder(&config).expect("embedder");
+        let extractor = memoire_worker::providers::extractor(&config).expect("extractor");
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(memoire_worker::run(
+            self.store.clone().with_embedder(embedder),
+            extractor,
+            memoire_worker::providers::settings(&config),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        TestWorker {
+            shutdown: Some(tx),
+            task,
+        }
+    }
+
+    /// Waits until no episode of the database waits for extraction; panics after `limit`.
+    pub async fn wait_extracted(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let pending: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM episodes WHERE extracted_at IS NULL AND extract_dead_at IS NULL",
+            )
+            .fetch_one(self.pool())
+            .await
+            .expect("count pending");
+            if pending == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{pending} episodes still wait for extraction after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The test database's pool, for looking at tables directly.
     pub fn pool(&self) -> &PgPool {
         self.store.pool()
@@ -246,6 +295,29 @@ impl Drop for TestServer {
             });
         })
         .join();
+    }
+}
+
+/// A worker started by [`TestServer::start_worker`].
+pub struct TestWorker {
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl TestWorker {
+    /// Stops it gracefully (in-flight episodes finish).
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    /// Kills it where it stands, as a crash would: its futures are dropped mid-flight, its
+    /// transactions never commit, its connections go back to the pool rolled back.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
     }
 }
 

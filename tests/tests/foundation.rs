@@ -532,8 +532,7 @@ async fn purge_erases_every_trace_and_dry_run_changes_nothing() {
     .await
     .memory
     .expect("m");
-    // An episode of erin's, written directly: Ingest comes with a later release, purge must
-    // already erase episodes.
+    // An episode of erin's, written directly (no worker runs on it): purge must erase episodes.
     sqlx::query(
         "INSERT INTO episodes (id, tenant_id, user_id, namespace, session_id, role, content, occurred_at, created_at) \
          VALUES (gen_random_uuid(), $1, 'erin', 'default', 's1', 'user', 'I moved to Bergen', now(), now())",
@@ -1128,9 +1127,10 @@ async fn health_metrics_and_unimplemented_rpcs() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
     assert!(err.message().contains("Conscious"), "{}", err.message());
-    let err = client
-        .memory()
-        .ingest(pb::IngestRequest::default())
+    let err = server
+        .admin()
+        .admin()
+        .run_maintenance(pb::RunMaintenanceRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);

@@ -67,6 +67,31 @@ fn tenant_name(name: &str) -> Result<String> {
     Ok(name.to_owned())
 }
 
+/// Dead-letter pages: the last item's creation time and id (the list is ordered by both).
+mod dead_letter_cursor {
+    use chrono::{DateTime, Utc};
+    use memoire_core::{Error, Result};
+    use uuid::Uuid;
+
+    pub fn encode(t: DateTime<Utc>, id: Uuid) -> String {
+        format!("{}_{id}", t.timestamp_micros())
+    }
+
+    pub fn decode(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        let bad = || Error::invalid("page_token", "is not a token this list returned");
+        let (micros, id) = token.split_once('_').ok_or_else(bad)?;
+        let t = micros
+            .parse::<i64>()
+            .ok()
+            .and_then(DateTime::from_timestamp_micros)
+            .ok_or_else(bad)?;
+        Ok(Some((t, Uuid::parse_str(id).map_err(|_| bad())?)))
+    }
+}
+
 type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportRecord, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -112,11 +137,31 @@ impl AdminService for AdminSvc {
 
     async fn update_tenant(
         &self,
-        _req: Request<pb::UpdateTenantRequest>,
+        req: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
-        Err(unimplemented(
-            "UpdateTenant (quotas, PII policy, extraction kill switch)",
-        ))
+        let s = &self.state;
+        let who = s
+            .auth
+            .authorize(req.metadata(), KeyRole::Admin)
+            .await
+            .map_err(status)?;
+        let r = req.into_inner();
+        let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
+        if r.rate_limit_rps.is_some() || r.max_memories.is_some() {
+            return Err(unimplemented(
+                "UpdateTenant rate_limit_rps / max_memories (quotas are not enforced yet)",
+            ));
+        }
+        let pii = convert::pii_mode("pii_mode", r.pii_mode).map_err(status)?;
+        let tenant = s
+            .store
+            .update_tenant(tenant, pii, r.extraction_create_only)
+            .await
+            .map_err(status)?;
+        tracing::info!(tenant_id = %tenant.id, pii_mode = %tenant.pii_mode.as_str(), extraction_create_only = tenant.extraction_create_only, actor = %who.actor, "tenant updated");
+        Ok(Response::new(pb::UpdateTenantResponse {
+            tenant: Some(convert::tenant_pb(tenant)),
+        }))
     }
 
     async fn create_api_key(
@@ -225,20 +270,73 @@ impl AdminService for AdminSvc {
 
     async fn list_dead_letters(
         &self,
-        _req: Request<pb::ListDeadLettersRequest>,
+        req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
-        Err(unimplemented(
-            "ListDeadLetters (the extraction worker's dead-letter queue)",
-        ))
+        let s = &self.state;
+        let who = s
+            .auth
+            .authorize(req.metadata(), KeyRole::Admin)
+            .await
+            .map_err(status)?;
+        let r = req.into_inner();
+        let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
+        let size = v::page_size("page_size", r.page_size, 500).map_err(status)?;
+        let after = dead_letter_cursor::decode(&r.page_token).map_err(status)?;
+        let mut letters = s
+            .store
+            .list_dead_letters(tenant, size as i64 + 1, after)
+            .await
+            .map_err(status)?;
+        let more = letters.len() > size;
+        letters.truncate(size);
+        let next_page_token = match (more, letters.last()) {
+            (true, Some(last)) => dead_letter_cursor::encode(last.created_at, last.id),
+            _ => String::new(),
+        };
+        Ok(Response::new(pb::ListDeadLettersResponse {
+            dead_letters: letters.into_iter().map(convert::dead_letter_pb).collect(),
+            next_page_token,
+        }))
     }
 
     async fn replay_dead_letters(
         &self,
-        _req: Request<pb::ReplayDeadLettersRequest>,
+        req: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
-        Err(unimplemented(
-            "ReplayDeadLetters (the extraction worker's dead-letter queue)",
-        ))
+        let s = &self.state;
+        let who = s
+            .auth
+            .authorize(req.metadata(), KeyRole::Admin)
+            .await
+            .map_err(status)?;
+        let r = req.into_inner();
+        let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
+        if r.ids.len() > s.limits.max_batch_ids {
+            return Err(status(Error::invalid(
+                "ids",
+                format!(
+                    "holds {} ids; the limit is {} (max_batch_ids)",
+                    r.ids.len(),
+                    s.limits.max_batch_ids
+                ),
+            )));
+        }
+        let ids = r
+            .ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| v::uuid(&format!("ids[{i}]"), id))
+            .collect::<Result<Vec<_>>>()
+            .map_err(status)?;
+        let replayed = s
+            .store
+            .replay_dead_letters(tenant, &ids)
+            .await
+            .map_err(status)?;
+        tracing::info!(tenant_id = %tenant, replayed, actor = %who.actor, "dead letters replayed");
+        Ok(Response::new(pb::ReplayDeadLettersResponse {
+            replayed: replayed as u32,
+        }))
     }
 
     type ExportMemoriesStream = ExportStream;

@@ -2,8 +2,11 @@
 //! request into a domain command, call the store, convert the result back.
 
 use chrono::{DateTime, Utc};
+use std::time::Duration;
+
 use memoire_core::command::{
-    Forget, ForgetSelector, ForgetTarget, ListMemories, MemoryPatch, NewMemory, Teach, TeachResult,
+    Forget, ForgetSelector, ForgetTarget, Ingest, ListMemories, MemoryPatch, NewEpisode, NewMemory,
+    Teach, TeachResult,
 };
 use memoire_core::model::{Basis, KeyRole, Scope};
 use memoire_core::recall::{self as recall, Item};
@@ -328,13 +331,152 @@ fn recall_item(s: recall::Scored, explain: bool) -> pb::RecallItem {
     }
 }
 
+/// How long Ingest waits for extraction when asked and the request does not say; the most.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+fn wait_timeout(d: Option<&prost_types::Duration>) -> Result<Duration> {
+    let Some(d) = d else {
+        return Ok(DEFAULT_WAIT);
+    };
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(Error::invalid("wait_timeout", "must not be negative"));
+    }
+    let wait = Duration::new(d.seconds as u64, d.nanos as u32);
+    if wait > MAX_WAIT {
+        return Err(Error::invalid(
+            "wait_timeout",
+            format!(
+                "is {} s; the limit is {} s",
+                wait.as_secs(),
+                MAX_WAIT.as_secs()
+            ),
+        ));
+    }
+    Ok(if wait.is_zero() { DEFAULT_WAIT } else { wait })
+}
+
+fn ingest_command(
+    r: pb::IngestRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Ingest> {
+    let scope = Scope {
+        tenant_id,
+        user_id: v::required_id("user_id", &r.user_id)?,
+        namespace: v::namespace("namespace", &r.namespace)?,
+    };
+    let session_id = v::required_id("session_id", &r.session_id)?;
+    if r.messages.is_empty() {
+        return Err(Error::invalid("messages", "must hold at least one message"));
+    }
+    if r.messages.len() > limits.max_batch_messages {
+        return Err(Error::invalid(
+            "messages",
+            format!(
+                "holds {} messages; the limit is {} (max_batch_messages)",
+                r.messages.len(),
+                limits.max_batch_messages
+            ),
+        ));
+    }
+    let messages = r
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = |f: &str| format!("messages[{i}].{f}");
+            let occurred_at = convert::opt_time(&field("occurred_at"), m.occurred_at.as_ref())?;
+            if let Some(t) = occurred_at
+                && t > now + chrono::Duration::minutes(5)
+            {
+                return Err(Error::invalid(field("occurred_at"), "is in the future"));
+            }
+            Ok(NewEpisode {
+                role: convert::role(&field("role"), m.role)?,
+                name: v::optional_text(&field("name"), m.name.as_deref(), MAX_ID_BYTES)?,
+                content: v::content(&field("content"), &m.content, limits.max_content_bytes)?,
+                message_id: non_empty(m.message_id)
+                    .map(|id| v::required_id(&field("message_id"), &id))
+                    .transpose()?,
+                occurred_at,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Ingest {
+        scope,
+        session_id,
+        messages,
+    })
+}
+
+/// Polls until every episode of `ids` is extracted (or dead-lettered), or `deadline` passes.
+async fn wait_for_extraction(
+    store: &memoire_store::PgStore,
+    tenant: Uuid,
+    ids: &[Uuid],
+    deadline: Duration,
+) -> Result<pb::ExtractionState> {
+    let until = tokio::time::Instant::now() + deadline;
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if store.unfinished_extractions(tenant, ids).await? == 0 {
+            return Ok(pb::ExtractionState::Completed);
+        }
+        if tokio::time::Instant::now() + pause > until {
+            return Ok(pb::ExtractionState::TimedOut);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
 #[tonic::async_trait]
 impl MemoryService for MemorySvc {
     async fn ingest(
         &self,
-        _req: Request<pb::IngestRequest>,
+        req: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
-        Err(unimplemented("Ingest (episodes and background extraction)"))
+        let s = &self.state;
+        let (tenant, _) = s
+            .auth
+            .tenant(req.metadata(), KeyRole::Writer)
+            .await
+            .map_err(status)?;
+        let r = req.into_inner();
+        let wait = r.wait_for_extraction;
+        let deadline = wait_timeout(r.wait_timeout.as_ref()).map_err(status)?;
+        let cmd = ingest_command(r, tenant, &s.limits, s.store.now()).map_err(status)?;
+        let count = cmd.messages.len() as u64;
+        let ingested = s.store.ingest(cmd).await.map_err(status)?;
+        metrics::counter!("memoire_ingested_messages_total").increment(count);
+        let new: Vec<Uuid> = ingested
+            .iter()
+            .filter(|i| !i.duplicate)
+            .map(|i| i.episode_id)
+            .collect();
+        metrics::counter!("memoire_ingested_duplicates_total").increment(count - new.len() as u64);
+        let extraction = if wait {
+            // Retried messages count too: the caller waits for what it sent.
+            let ids: Vec<Uuid> = ingested.iter().map(|i| i.episode_id).collect();
+            wait_for_extraction(&s.store, tenant, &ids, deadline)
+                .await
+                .map_err(status)?
+        } else {
+            pb::ExtractionState::Queued
+        };
+        Ok(Response::new(pb::IngestResponse {
+            episodes: ingested
+                .into_iter()
+                .map(|i| pb::IngestedEpisode {
+                    episode_id: i.episode_id.to_string(),
+                    message_id: i.message_id.unwrap_or_default(),
+                    duplicate: i.duplicate,
+                })
+                .collect(),
+            extraction: extraction as i32,
+        }))
     }
 
     async fn recall(

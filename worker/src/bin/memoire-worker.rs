@@ -7,7 +7,6 @@ use std::time::Duration;
 use clap::Parser;
 use memoire_config::{Config, Flags};
 use memoire_store::{PgSettings, PgStore};
-use memoire_worker::WorkerSettings;
 
 /// Mémoire's background worker.
 #[derive(Debug, Parser)]
@@ -30,7 +29,7 @@ async fn main() -> ExitCode {
     memoire_config::init_tracing(&config);
     let store = match PgStore::connect(&PgSettings {
         url: config.database_url.clone(),
-        max_connections: 4,
+        max_connections: (config.worker_concurrency as u32 * 2 + 4).min(64),
         acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
         hnsw_ef_search: config.recall_hnsw_ef_search,
     })
@@ -42,9 +41,22 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let settings = WorkerSettings {
-        expiry_sweep_interval: Duration::from_secs(config.expiry_sweep_interval_secs),
+    let built = memoire_worker::providers::embedder(&config)
+        .and_then(|e| Ok((e, memoire_worker::providers::extractor(&config)?)));
+    let (embedder, extractor) = match built {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "cannot start the worker");
+            return ExitCode::FAILURE;
+        }
     };
-    memoire_worker::run(store, settings, memoire_config::shutdown_signal()).await;
+    let settings = memoire_worker::providers::settings(&config);
+    memoire_worker::run(
+        store.with_embedder(embedder),
+        extractor,
+        settings,
+        memoire_config::shutdown_signal(),
+    )
+    .await;
     ExitCode::SUCCESS
 }

@@ -1,0 +1,105 @@
+//! Restarting Postgres while a client ingests: Ingest answers `UNAVAILABLE` while the database is
+//! away (it never acknowledges what it did not store); the client retries with the same
+//! `message_id`; afterwards every message is stored exactly once and extracted exactly once.
+//!
+//! Its own test binary: restarting the machine's Postgres interrupts every connection, so no
+//! other test may run beside it (cargo runs test binaries one after another). It restarts the
+//! cluster with `pg_ctlcluster` (Debian's postgresql-common, as scripts/setup.sh installs it),
+//! which needs root or the postgres user.
+
+use std::process::Command;
+use std::time::Duration;
+
+use memoire_tests::{TestServer, proto as pb};
+
+/// The cluster serving 127.0.0.1:5432, as `pg_lsclusters` names it ("15 main").
+fn cluster() -> (String, String) {
+    let out = Command::new("pg_lsclusters")
+        .arg("--no-header")
+        .output()
+        .expect("pg_lsclusters (postgresql-common) must be installed: run scripts/setup.sh");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() >= 3 && f[2] == "5432")
+        .map(|f| (f[0].to_owned(), f[1].to_owned()))
+        .expect("a cluster on port 5432")
+}
+
+fn restart_postgres() {
+    let (version, name) = cluster();
+    let status = Command::new("pg_ctlcluster")
+        .args([&version, &name, "restart", "--mode", "fast"])
+        .status()
+        .expect("pg_ctlcluster");
+    assert!(status.success(), "restarting postgres failed: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarting_postgres_while_ingesting_loses_and_duplicates_nothing() {
+    const N: usize = 60;
+    let server = TestServer::start_with(|c| c.database_acquire_timeout_ms = 1_000, None).await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+
+    let restart = tokio::spawn(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tokio::task::spawn_blocking(restart_postgres)
+            .await
+            .expect("restart");
+    });
+    let mut unavailable = 0;
+    let mut other_errors = Vec::new();
+    for i in 0..N {
+        let req = || pb::IngestRequest {
+            user_id: "u".into(),
+            session_id: "s".into(),
+            messages: vec![pb::Message {
+                role: pb::MessageRole::User as i32,
+                content: format!("I like item{i}."),
+                message_id: Some(format!("m{i}")),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match client.memory().ingest(req()).await {
+                Ok(_) => break,
+                Err(e) if e.code() == tonic::Code::Unavailable => unavailable += 1,
+                Err(e) => other_errors.push(format!("{:?}: {}", e.code(), e.message())),
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "postgres did not come back"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    restart.await.expect("restart task");
+    assert!(
+        other_errors.is_empty(),
+        "only UNAVAILABLE is acceptable: {other_errors:?}"
+    );
+    assert!(unavailable > 0, "the restart must have been seen by Ingest");
+
+    server.wait_extracted(Duration::from_secs(60)).await;
+    let per_message: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT message_id, count(*) FROM episodes GROUP BY message_id ORDER BY message_id",
+    )
+    .fetch_all(server.pool())
+    .await
+    .expect("episodes");
+    assert_eq!(per_message.len(), N, "every acknowledged message is stored");
+    assert!(per_message.iter().all(|(_, c)| *c == 1), "{per_message:?}");
+    let per_slot: Vec<(String, i64)> =
+        sqlx::query_as("SELECT slot, count(*) FROM memories GROUP BY slot ORDER BY slot")
+            .fetch_all(server.pool())
+            .await
+            .expect("memories");
+    assert_eq!(per_slot.len(), N, "every message extracted: {per_slot:?}");
+    assert!(
+        per_slot.iter().all(|(_, c)| *c == 1),
+        "extracted once: {per_slot:?}"
+    );
+}

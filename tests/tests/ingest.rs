@@ -1,0 +1,810 @@
+//! Ingest and the extraction worker, end to end over gRPC against real Postgres: idempotency,
+//! validation, PII scrubbing, the rule extractor's Dana example, and the LLM extractor against a
+//! local fake OpenAI-compatible endpoint (good JSON, malformed JSON → dead letter → replay,
+//! timeouts, 429 with Retry-After, delete intents).
+
+use std::time::Duration;
+
+use memoire_config::{Config, ExtractorKind};
+use memoire_sdk::Client;
+use memoire_tests::fake_llm::{FakeLlm, Reply};
+use memoire_tests::{TestServer, proto as pb, violated_field};
+use serde_json::json;
+
+fn msg(role: pb::MessageRole, content: &str, message_id: Option<&str>) -> pb::Message {
+    pb::Message {
+        role: role as i32,
+        content: content.into(),
+        message_id: message_id.map(str::to_owned),
+        ..Default::default()
+    }
+}
+
+fn user(content: &str) -> pb::Message {
+    msg(pb::MessageRole::User, content, None)
+}
+
+async fn ingest(
+    client: &Client,
+    user_id: &str,
+    messages: Vec<pb::Message>,
+    wait: bool,
+) -> pb::IngestResponse {
+    client
+        .memory()
+        .ingest(pb::IngestRequest {
+            user_id: user_id.into(),
+            session_id: "s1".into(),
+            messages,
+            wait_for_extraction: wait,
+            wait_timeout: Some(prost_types::Duration {
+                seconds: 30,
+                nanos: 0,
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("ingest")
+        .into_inner()
+}
+
+async fn current(client: &Client, user_id: &str) -> Vec<pb::Memory> {
+    client
+        .memory()
+        .list_memories(pb::ListMemoriesRequest {
+            user_id: user_id.into(),
+            page_size: 500,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .memories
+}
+
+async fn recall(
+    client: &Client,
+    user_id: &str,
+    query: &str,
+    as_of: Option<prost_types::Timestamp>,
+) -> Vec<pb::Memory> {
+    client
+        .memory()
+        .recall(pb::RecallRequest {
+            user_id: user_id.into(),
+            query: query.into(),
+            k: 5,
+            filter: Some(pb::RecallFilter {
+                as_of,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .expect("recall")
+        .into_inner()
+        .items
+        .into_iter()
+        .filter_map(|i| match i.item {
+            Some(pb::recall_item::Item::Memory(m)) => Some(m),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dana_moves_to_dallas_and_keeps_her_allergy() {
+    let server = TestServer::start().await;
+    let (_, client) = server.tenant("dana", pb::KeyRole::Writer).await;
+    let r = ingest(
+        &client,
+        "dana",
+        vec![user(
+            "Hi, I'm Dana. I live in San Francisco and I'm allergic to peanuts.",
+        )],
+        true,
+    )
+    .await;
+    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    let before_move = prost_types::Timestamp::from(std::time::SystemTime::now());
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let r = ingest(&client, "dana", vec![user("I just moved to Dallas.")], true).await;
+    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+
+    let hits = recall(&client, "dana", "where does the user live?", None).await;
+    assert!(
+        hits.first().is_some_and(|m| m.content.contains("Dallas")),
+        "Dallas must come first: {:?}",
+        hits.iter().map(|m| &m.content).collect::<Vec<_>>()
+    );
+    assert!(
+        hits.iter().all(|m| !m.content.contains("San Francisco")),
+        "San Francisco is superseded: not in the current view"
+    );
+    let then = recall(
+        &client,
+        "dana",
+        "where does the user live?",
+        Some(before_move),
+    )
+    .await;
+    assert!(
+        then.first()
+            .is_some_and(|m| m.content.contains("San Francisco")),
+        "as_of before the move sees San Francisco: {:?}",
+        then.iter().map(|m| &m.content).collect::<Vec<_>>()
+    );
+
+    let memories = current(&client, "dana").await;
+    let slot = |s: &str| memories.iter().find(|m| m.slot == s);
+    let allergy = slot("user.allergy.peanuts").expect("the allergy has its own slot");
+    assert!(allergy.content.to_lowercase().contains("peanut"));
+    assert!(slot("user.name").is_some_and(|m| m.content.contains("Dana")));
+    let home = slot("user.home_city").expect("home city");
+    assert!(home.content.contains("Dallas"));
+    assert_eq!(
+        home.source_episode_ids.len(),
+        1,
+        "provenance: the episode it came from"
+    );
+
+    // San Francisco is in the history, superseded by Dallas, decided by the resolver.
+    let all = client
+        .memory()
+        .list_memories(pb::ListMemoriesRequest {
+            user_id: "dana".into(),
+            slot: Some("user.home_city".into()),
+            include_superseded: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .memories;
+    let sf = all
+        .iter()
+        .find(|m| m.content.contains("San Francisco"))
+        .expect("SF kept");
+    assert_eq!(sf.status, pb::MemoryStatus::Superseded as i32);
+    assert_eq!(sf.superseded_by, home.id);
+    let history = client
+        .memory()
+        .history(pb::HistoryRequest {
+            memory_id: sf.id.clone(),
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .versions;
+    assert_eq!(history[0].basis, pb::Basis::Rule as i32);
+    assert_eq!(
+        history.last().expect("v").op,
+        pb::VersionOp::Supersede as i32
+    );
+
+    // Every decision left an audit row naming the episode.
+    let audited: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM audit_log WHERE action LIKE 'extract.%' AND detail ? 'episode'",
+    )
+    .fetch_one(server.pool())
+    .await
+    .expect("audit");
+    assert!(audited >= 4, "{audited} audit rows");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_is_idempotent_on_message_id() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let batch = || {
+        vec![
+            msg(pb::MessageRole::User, "I love jazz.", Some("m1")),
+            msg(pb::MessageRole::Assistant, "Nice!", Some("m2")),
+            msg(pb::MessageRole::User, "no id", None),
+            msg(pb::MessageRole::User, "I love jazz.", Some("m1")),
+        ]
+    };
+    let first = ingest(&client, "u", batch(), false).await;
+    assert_eq!(first.extraction, pb::ExtractionState::Queued as i32);
+    let dup: Vec<bool> = first.episodes.iter().map(|e| e.duplicate).collect();
+    assert_eq!(
+        dup,
+        [false, false, false, true],
+        "m1 twice in one batch is one message"
+    );
+    assert_eq!(first.episodes[0].episode_id, first.episodes[3].episode_id);
+
+    let retry = ingest(&client, "u", batch(), false).await;
+    let dup: Vec<bool> = retry.episodes.iter().map(|e| e.duplicate).collect();
+    assert_eq!(
+        dup,
+        [true, true, false, true],
+        "a retried batch stores nothing new with an id"
+    );
+    assert_eq!(retry.episodes[0].episode_id, first.episodes[0].episode_id);
+    assert_eq!(retry.episodes[1].episode_id, first.episodes[1].episode_id);
+    assert_eq!(retry.episodes[1].message_id, "m2");
+
+    let rows: Vec<(String, Option<String>, i64)> =
+        sqlx::query_as("SELECT content, message_id, seq FROM episodes ORDER BY seq")
+            .fetch_all(server.pool())
+            .await
+            .expect("episodes");
+    assert_eq!(rows.len(), 4, "m1, m2 and the two messages without id");
+    assert_eq!(rows[0].1.as_deref(), Some("m1"));
+    assert_eq!(rows[1].1.as_deref(), Some("m2"), "stored in the order said");
+
+    // The same message id for another user is another message.
+    let other = ingest(&client, "v", batch(), false).await;
+    assert!(!other.episodes[0].duplicate);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_ingest_requests_name_the_field_and_store_nothing() {
+    let server = TestServer::start_with(
+        |c| {
+            c.worker_embedded = false;
+            c.max_batch_messages = 3;
+            c.max_content_bytes = 100;
+        },
+        None,
+    )
+    .await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let good = || user("hello");
+    let future =
+        prost_types::Timestamp::from(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let cases: Vec<(pb::IngestRequest, &str)> = vec![
+        (
+            pb::IngestRequest {
+                session_id: "s".into(),
+                messages: vec![good()],
+                ..Default::default()
+            },
+            "user_id",
+        ),
+        (
+            pb::IngestRequest {
+                user_id: "u".into(),
+                messages: vec![good()],
+                ..Default::default()
+            },
+            "session_id",
+        ),
+        (
+            pb::IngestRequest {
+                user_id: "u".into(),
+                session_id: "s".into(),
+                ..Default::default()
+            },
+            "messages",
+        ),
+        (
+            pb::IngestRequest {
+                user_id: "u".into(),
+                session_id: "s".into(),
+                messages: vec![good(); 4],
+                ..Default::default()
+            },
+            "messages",
+        ),
+        (
+            pb::IngestRequest {
+                user_id: "u".into(),
+                session_id: "s".into(),
+                messages: vec![
+                    good(),
+                    pb::Message {
+                        content: "x".into(),
+                        ..Default::default()
+                    },
+                ],
+                ..Default::default()
+            },
+            "messages[1].role",
+        ),
+        (
+            pb::IngestRequest {
+                user_id: "u".into(),
+                session_id: "s".into(),
+                messages: vec![good(), user("   ")],
+                ..Default::default()
+            },
+            "messages[1].content",
+        ),
+        (
+            pb::IngestRequest {
+                user_id: "u".into(),
+                session_id: "s".into(),
+                messages: vec![user(&"x".repeat(101))],
+                ..Default::default()
+            },
+            "messages[0].content",
+        ),
+        (
+            pb::IngestRequest {
+                user_id: "u".into(),
+                session_id: "s".into(),
+                messages: vec![pb::Message {
+                    occurred_at: Some(future),
+                    ..good()
+                }],
+                ..Default::default()
+            },
+            "messages[0].occurred_at",
+        ),
+        (
+            pb::IngestRequest {
+                user_id: "u".into(),
+                session_id: "s".into(),
+                messages: vec![good()],
+                wait_for_extraction: true,
+                wait_timeout: Some(prost_types::Duration {
+                    seconds: 61,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            },
+            "wait_timeout",
+        ),
+        (
+            pb::IngestRequest {
+                user_id: "u".into(),
+                namespace: "bad namespace!".into(),
+                session_id: "s".into(),
+                messages: vec![good()],
+                ..Default::default()
+            },
+            "namespace",
+        ),
+    ];
+    for (req, field) in cases {
+        let err = client.memory().ingest(req).await.expect_err(field);
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{field}: {err:?}");
+        assert_eq!(violated_field(&err).as_deref(), Some(field), "{err:?}");
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM episodes")
+        .fetch_one(server.pool())
+        .await
+        .expect("count");
+    assert_eq!(
+        stored, 0,
+        "a rejected batch stores nothing, not even its valid messages"
+    );
+
+    // A reader key cannot ingest.
+    let (tenant, _) = server.tenant("r", pb::KeyRole::Reader).await;
+    let reader = server.client(Some(&server.key(&tenant, pb::KeyRole::Reader).await));
+    let err = reader
+        .memory()
+        .ingest(pb::IngestRequest {
+            user_id: "u".into(),
+            session_id: "s".into(),
+            messages: vec![good()],
+            ..Default::default()
+        })
+        .await
+        .expect_err("reader");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+}
+
+const PII_MESSAGE: &str = "Reach me at dana.k@example.com or +1 (415) 555-0133; card 4111 1111 1111 1111, \
+    SSN 219-09-9999, from 203.0.113.7. Order 4111 1111 1111 1112 shipped on 2024-03-05, v1.2.3.";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_episodes_hold_no_raw_pii_per_tenant_policy() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let admin = server.admin();
+    let stored = |id: String| {
+        let pool = server.pool().clone();
+        async move {
+            sqlx::query_scalar::<_, String>("SELECT content FROM episodes WHERE id = $1::uuid")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .expect("episode")
+        }
+    };
+
+    // Default: redact.
+    let r = ingest(&client, "u", vec![user(PII_MESSAGE)], false).await;
+    let text = stored(r.episodes[0].episode_id.clone()).await;
+    for raw in [
+        "dana.k@example.com",
+        "555-0133",
+        "4111 1111 1111 1111",
+        "219-09-9999",
+        "203.0.113.7",
+    ] {
+        assert!(!text.contains(raw), "{raw} leaked: {text}");
+    }
+    assert!(
+        text.contains("[EMAIL]") && text.contains("[CARD]"),
+        "{text}"
+    );
+    // Near misses stay: a number failing the Luhn check, a date, a version.
+    for kept in ["4111 1111 1111 1112", "2024-03-05", "v1.2.3"] {
+        assert!(text.contains(kept), "{kept} was scrubbed: {text}");
+    }
+
+    // Mask: a recognisable hint, still no raw value.
+    let t = admin
+        .admin()
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant_id: tenant.clone(),
+            pii_mode: pb::PiiMode::Mask as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("update")
+        .into_inner()
+        .tenant
+        .expect("tenant");
+    assert_eq!(t.pii_mode, pb::PiiMode::Mask as i32);
+    let r = ingest(&client, "u", vec![user(PII_MESSAGE)], false).await;
+    let text = stored(r.episodes[0].episode_id.clone()).await;
+    assert!(
+        !text.contains("dana.k@example.com") && !text.contains("4111 1111 1111 1111"),
+        "{text}"
+    );
+    assert!(
+        text.contains("@example.com"),
+        "mask keeps the domain: {text}"
+    );
+
+    // Off: stored as said.
+    admin
+        .admin()
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant_id: tenant.clone(),
+            pii_mode: pb::PiiMode::Off as i32,
+            ..Default::default()
+        })
+        .await
+        .expect("update");
+    let r = ingest(&client, "u", vec![user(PII_MESSAGE)], false).await;
+    assert_eq!(stored(r.episodes[0].episode_id.clone()).await, PII_MESSAGE);
+
+    // Quotas are not enforced yet: asking for one says so instead of pretending.
+    let err = admin
+        .admin()
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant_id: tenant,
+            max_memories: Some(10),
+            ..Default::default()
+        })
+        .await
+        .expect_err("quota");
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+}
+
+fn llm_config(c: &mut Config, url: &str) {
+    c.extractor = ExtractorKind::Llm;
+    c.llm_base_url = url.into();
+    c.llm_model = "fake-extractor".into();
+    c.llm_api_key = Some("sk-fake".into());
+    c.llm_timeout_ms = 400;
+    c.llm_max_retries = 1;
+    c.extraction_max_attempts = 3;
+    c.extraction_retry_base_ms = 50;
+    c.extraction_retry_max_ms = 200;
+}
+
+fn fact(content: &str, slot: Option<&str>) -> serde_json::Value {
+    json!({ "action": "add", "kind": "fact", "content": content, "slot": slot,
+            "subject": null, "importance": 0.7, "confidence": 0.9, "memory_id": null })
+}
+
+/// The fake's answers, by what the last turn says.
+fn script(turn: &str, asked: usize) -> Reply {
+    if turn.contains("garbage") {
+        return Reply::Content(
+            "Sure! Here are the memories: {\"memories\": [{\"content\": ".into(),
+        );
+    }
+    if turn.contains("slow") && asked == 1 {
+        return Reply::Delayed(Duration::from_secs(2), Box::new(Reply::memories(json!([]))));
+    }
+    if turn.contains("busy") && asked == 1 {
+        return Reply::Status(429, Some(0.1));
+    }
+    if turn.contains("Acme") && turn.contains("no longer") {
+        return Reply::memories(
+            json!([{ "action": "delete", "kind": "fact", "content": "Works at Acme",
+            "slot": "user.employer", "subject": null, "importance": 0.5, "confidence": 0.9, "memory_id": null }]),
+        );
+    }
+    if turn.contains("Acme") {
+        return Reply::memories(json!([fact("Works at Acme", Some("user.employer"))]));
+    }
+    if turn.contains("slow") {
+        return Reply::memories(json!([fact("Plays the cello", Some("user.instrument"))]));
+    }
+    if turn.contains("busy") {
+        return Reply::memories(json!([fact("Runs marathons", None)]));
+    }
+    if let Some(rest) = turn.strip_prefix("I like ") {
+        let item = rest.trim_end_matches('.');
+        return Reply::memories(json!([fact(
+            &format!("Likes {item}"),
+            Some(&format!("user.taste.{item}"))
+        )]));
+    }
+    Reply::memories(json!([]))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_extractor_against_a_fake_openai_endpoint() {
+    let fake = FakeLlm::start(script).await;
+    let server = TestServer::start_with(|c| llm_config(c, &fake.url), None).await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+
+    // Good JSON: a memory whose history says the LLM decided it.
+    let r = ingest(
+        &client,
+        "u",
+        vec![user("I work at Acme now. My email is dana@example.com")],
+        true,
+    )
+    .await;
+    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    let acme = current(&client, "u").await;
+    let acme = acme
+        .iter()
+        .find(|m| m.slot == "user.employer")
+        .expect("employer");
+    let history = client
+        .memory()
+        .history(pb::HistoryRequest {
+            memory_id: acme.id.clone(),
+        })
+        .await
+        .expect("history")
+        .into_inner()
+        .versions;
+    assert_eq!(history[0].basis, pb::Basis::Llm as i32);
+
+    // The request: structured output with the schema, the known memories, and no raw PII.
+    let requests = fake.requests();
+    let first = &requests[0];
+    assert_eq!(first["model"], "fake-extractor");
+    assert_eq!(first["response_format"]["type"], "json_schema");
+    assert_eq!(first["response_format"]["json_schema"]["strict"], true);
+    let all = serde_json::to_string(&requests).expect("json");
+    assert!(
+        !all.contains("dana@example.com"),
+        "raw email sent to the LLM"
+    );
+    assert!(all.contains("[EMAIL]"));
+
+    // Timeouts (the first answer comes after the client gave up) and 429 with Retry-After are
+    // retried; the rest of the batch waits its turn and then goes through.
+    let r = ingest(
+        &client,
+        "u",
+        vec![
+            user("I'm slow to answer but I play the cello."),
+            user("I'm busy training, I run marathons."),
+        ],
+        true,
+    )
+    .await;
+    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    assert!(fake.times_asked("slow") >= 2);
+    assert!(fake.times_asked("busy") >= 2);
+    let mems = current(&client, "u").await;
+    assert!(mems.iter().any(|m| m.content == "Plays the cello"));
+    assert!(mems.iter().any(|m| m.content == "Runs marathons"));
+
+    // A delete intent tombstones the memory with the same identity.
+    let r = ingest(&client, "u", vec![user("I no longer work at Acme.")], true).await;
+    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    let err = client
+        .memory()
+        .get_memory(pb::GetMemoryRequest {
+            memory_id: acme.id.clone(),
+        })
+        .await
+        .expect_err("forgotten");
+    assert_eq!(
+        err.code(),
+        tonic::Code::NotFound,
+        "a tombstoned memory is hidden"
+    );
+    let (status, op, basis): (String, String, String) = sqlx::query_as(
+        "SELECT m.status, v.op, v.basis FROM memories m JOIN memory_versions v ON v.memory_id = m.id \
+         WHERE m.id = $1::uuid ORDER BY v.version DESC LIMIT 1",
+    )
+    .bind(&acme.id)
+    .fetch_one(server.pool())
+    .await
+    .expect("versions");
+    assert_eq!(
+        (status.as_str(), op.as_str(), basis.as_str()),
+        ("tombstoned", "tombstone", "llm")
+    );
+
+    // Malformed JSON: never "no memories" — retried, then dead-lettered with the raw reply,
+    // while the user's later messages go on.
+    let r = ingest(
+        &client,
+        "u",
+        vec![user("here is some garbage"), user("I like tea.")],
+        true,
+    )
+    .await;
+    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    assert_eq!(fake.times_asked("garbage"), 3, "extraction_max_attempts");
+    assert!(
+        current(&client, "u")
+            .await
+            .iter()
+            .any(|m| m.content == "Likes tea")
+    );
+    let dead = server
+        .admin()
+        .admin()
+        .list_dead_letters(pb::ListDeadLettersRequest {
+            tenant_id: tenant.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(dead.dead_letters.len(), 1);
+    let d = &dead.dead_letters[0];
+    assert_eq!((d.job.as_str(), d.attempts), ("extract", 3));
+    assert!(
+        d.raw_reply.starts_with("Sure! Here are the memories"),
+        "{d:?}"
+    );
+    assert!(d.error.contains("not valid JSON"), "{d:?}");
+    assert!(d.payload_json.contains(&r.episodes[0].episode_id));
+
+    // Replay after the model is fixed: extracted once, the queue is empty.
+    fake.set_script(|turn, asked| {
+        if turn.contains("garbage") {
+            Reply::memories(json!([fact("Sorts recycling carefully", None)]))
+        } else {
+            script(turn, asked)
+        }
+    });
+    let replayed = server
+        .admin()
+        .admin()
+        .replay_dead_letters(pb::ReplayDeadLettersRequest {
+            tenant_id: tenant.clone(),
+            ids: vec![d.id.clone()],
+        })
+        .await
+        .expect("replay")
+        .into_inner();
+    assert_eq!(replayed.replayed, 1);
+    server.wait_extracted(Duration::from_secs(20)).await;
+    assert!(
+        current(&client, "u")
+            .await
+            .iter()
+            .any(|m| m.content == "Sorts recycling carefully")
+    );
+    let dead = server
+        .admin()
+        .admin()
+        .list_dead_letters(pb::ListDeadLettersRequest {
+            tenant_id: tenant.clone(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    assert!(dead.dead_letters.is_empty());
+
+    // Another tenant's admin cannot see or replay them.
+    let (other, _) = server.tenant("other", pb::KeyRole::Writer).await;
+    let other_admin = server.client(Some(&server.key(&other, pb::KeyRole::Admin).await));
+    let err = other_admin
+        .admin()
+        .list_dead_letters(pb::ListDeadLettersRequest {
+            tenant_id: tenant,
+            ..Default::default()
+        })
+        .await
+        .expect_err("cross-tenant");
+    assert_eq!(err.code(), tonic::Code::PermissionDenied);
+
+    // The pipeline's metrics are exported.
+    let metrics = memoire_tests::http_get(server.http_addr, "/metrics").await;
+    for name in [
+        "memoire_jobs_total",
+        "memoire_extraction_decisions_total",
+        "memoire_resolver_score",
+        "memoire_llm_request_seconds",
+        "memoire_llm_tokens_total",
+        "memoire_ingested_messages_total",
+    ] {
+        assert!(metrics.contains(name), "{name} missing from /metrics");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_kill_switch_falls_back_to_create_only() {
+    let server = TestServer::start().await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    ingest(&client, "u", vec![user("I live in Boston.")], true).await;
+    server
+        .admin()
+        .admin()
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant_id: tenant,
+            extraction_create_only: Some(true),
+            ..Default::default()
+        })
+        .await
+        .expect("update");
+    ingest(
+        &client,
+        "u",
+        vec![user("I moved to Denver. I no longer live in Boston.")],
+        true,
+    )
+    .await;
+    let mems = current(&client, "u").await;
+    let boston = mems
+        .iter()
+        .find(|m| m.content.contains("Boston"))
+        .expect("Boston untouched");
+    assert_eq!(boston.slot, "user.home_city");
+    let denver = mems
+        .iter()
+        .find(|m| m.content.contains("Denver"))
+        .expect("Denver created");
+    assert_eq!(denver.slot, "", "create-only: the taken slot is not reused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn episodes_are_embedded_in_batches_and_recallable() {
+    let server = TestServer::start().await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let messages: Vec<pb::Message> = (0..10)
+        .map(|i| {
+            user(&format!(
+                "Random remark number {i} about the weather in Lisbon."
+            ))
+        })
+        .collect();
+    ingest(&client, "u", messages, true).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let missing: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM episodes WHERE embedding IS NULL")
+                .fetch_one(server.pool())
+                .await
+                .expect("count");
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{missing} episodes not embedded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let model: String = sqlx::query_scalar("SELECT DISTINCT embedding_model FROM episodes")
+        .fetch_one(server.pool())
+        .await
+        .expect("model");
+    assert_eq!(model, "all-MiniLM-L6-v2");
+    let r = client
+        .memory()
+        .recall(pb::RecallRequest {
+            user_id: "u".into(),
+            query: "Lisbon weather".into(),
+            include_episodes: true,
+            ..Default::default()
+        })
+        .await
+        .expect("recall")
+        .into_inner();
+    assert!(r.items.iter().any(|i| matches!(&i.item, Some(pb::recall_item::Item::Episode(e)) if e.content.contains("Lisbon"))));
+}
