@@ -18,7 +18,7 @@ cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== python tests"
-cargo build --locked --quiet -p memoire-server
+cargo build --locked --quiet -p memoire-server -p memoire-worker
 set +e
 .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
 rc=$?

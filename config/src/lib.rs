@@ -1,9 +1,12 @@
-//! Mémoire's configuration and process bootstrap (tracing, shutdown signal): one typed struct, every setting named once in [`SETTINGS`] with its
+//! Mémoire's configuration and process bootstrap (tracing, shutdown signal, the [`ops`] HTTP
+//! endpoint and metrics recorder): one typed struct, every setting named once in [`SETTINGS`] with its
 //! default and its `MEMOIRE_*` variable, layered defaults → TOML file → environment → flags, and
 //! validated at start-up with a message that names the setting and how to fix it.
 //!
 //! Tests build a [`Config`] value directly; nothing here reads the environment except
 //! [`Config::load`].
+
+pub mod ops;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -225,6 +228,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "similarity at or above which it merges into one with partial identity overlap",
     ),
     (
+        "worker_http_addr",
+        "address of memoire-worker's /metrics, /healthz and /readyz (the server's worker uses http_addr)",
+    ),
+    (
         "worker_concurrency",
         "users whose episodes one worker extracts at once",
     ),
@@ -351,6 +358,7 @@ pub struct Config {
     pub extraction_retry_max_ms: u64,
     pub resolver_update_threshold: f32,
     pub resolver_merge_threshold: f32,
+    pub worker_http_addr: SocketAddr,
     pub worker_concurrency: usize,
     pub worker_poll_interval_ms: u64,
     pub embed_batch_size: u32,
@@ -420,6 +428,7 @@ impl Default for Config {
             extraction_retry_max_ms: 300_000,
             resolver_update_threshold: 0.80,
             resolver_merge_threshold: 0.55,
+            worker_http_addr: SocketAddr::from(([127, 0, 0, 1], 9465)),
             worker_concurrency: 2,
             worker_poll_interval_ms: 1_000,
             embed_batch_size: 64,

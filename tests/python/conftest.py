@@ -7,6 +7,7 @@ one scripts/setup.sh prepares).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -45,11 +46,46 @@ class Server:
         return ReflectionClient(self.target, api_key, v1=v1)
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    binary = Path(os.environ.get("MEMOIRE_SERVER_BIN", ROOT / "target" / "debug" / "memoire-server"))
-    if not binary.exists():
-        pytest.fail(f"{binary} does not exist: build it with `cargo build -p memoire-server` (make test does)")
+def wait_until(proc: subprocess.Popen, log: Path, what: str, ready, timeout: float = 60) -> None:
+    """Polls `ready()` until it is true; fails if `proc` exits or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()}")
+        try:
+            if ready():
+                return
+        except (grpc.RpcError, LookupError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not become ready:\n{log.read_text()}")
+        time.sleep(0.2)
+
+
+def stop(proc: subprocess.Popen, log: Path, what: str) -> None:
+    """SIGTERM is a graceful shutdown: the process drains and exits 0."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        pytest.fail(f"{what} exited with {proc.returncode} after SIGTERM:\n{log.read_text()}")
+
+
+def binary(name: str) -> Path:
+    path = Path(os.environ.get(f"MEMOIRE_{name.split('-')[1].upper()}_BIN", ROOT / "target" / "debug" / name))
+    if not path.exists():
+        pytest.fail(f"{path} does not exist: build it with `cargo build -p {name}` (make test does)")
+    return path
+
+
+@contextlib.contextmanager
+def running_server(tmp_path_factory, **extra_env: str):
+    """A `memoire-server` on a fresh database; `extra_env` adds MEMOIRE_* settings."""
+    exe = binary("memoire-server")
     db = f"memoire_pytest_{uuid.uuid4().hex}"
     psql(f"CREATE DATABASE {db}")
     grpc_port, http_port = free_port(), free_port()
@@ -64,35 +100,31 @@ def server(tmp_path_factory):
         "MEMOIRE_LOG_FORMAT": "json",
         "MEMOIRE_EMBEDDING_MODEL_DIR": os.environ.get(
             "MEMOIRE_EMBEDDING_MODEL_DIR", str(ROOT / ".models" / "all-MiniLM-L6-v2")),
+        **extra_env,
     }
     with open(log, "wb") as out:
-        proc = subprocess.Popen([str(binary)], env=env, stdout=out, stderr=subprocess.STDOUT)
-    target = f"127.0.0.1:{grpc_port}"
-    srv = Server(proc, target, f"127.0.0.1:{http_port}", admin_key, log)
+        proc = subprocess.Popen([str(exe)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    srv = Server(proc, f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}", admin_key, log)
+    srv.env = env
+
+    def serving() -> bool:
+        c = srv.client()
+        try:
+            return c.call("grpc.health.v1.Health/Check", {}).get("status") == "SERVING"
+        finally:
+            c.close()
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"memoire-server exited with {proc.returncode}:\n{log.read_text()}")
-            try:
-                c = srv.client()
-                if c.call("grpc.health.v1.Health/Check", {}).get("status") == "SERVING":
-                    c.close()
-                    break
-            except (grpc.RpcError, LookupError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"memoire-server did not become SERVING:\n{log.read_text()}")
-            time.sleep(0.2)
+        wait_until(proc, log, "memoire-server", serving)
         yield srv
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-        psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
-    # SIGTERM is a graceful shutdown: the server drains and exits 0.
-    if proc.returncode != 0:
-        pytest.fail(f"memoire-server exited with {proc.returncode} after SIGTERM:\n{log.read_text()}")
+        try:
+            stop(proc, log, "memoire-server")
+        finally:
+            psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory) as srv:
+        yield srv

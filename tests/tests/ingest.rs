@@ -808,3 +808,38 @@ async fn episodes_are_embedded_in_batches_and_recallable() {
         .into_inner();
     assert!(r.items.iter().any(|i| matches!(&i.item, Some(pb::recall_item::Item::Episode(e)) if e.content.contains("Lisbon"))));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_json_mode_describes_the_schema_and_reads_fenced_replies() {
+    let fake = FakeLlm::start(|_, _| {
+        Reply::Content(format!(
+            "```json\n{}\n```",
+            json!({ "memories": [fact("Speaks Portuguese", Some("user.language.portuguese"))] })
+        ))
+    })
+    .await;
+    let server = TestServer::start_with(
+        |c| {
+            llm_config(c, &fake.url);
+            c.llm_json_mode = memoire_config::LlmJsonMode::Object;
+        },
+        None,
+    )
+    .await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let r = ingest(&client, "u", vec![user("Eu falo português.")], true).await;
+    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    assert!(
+        current(&client, "u")
+            .await
+            .iter()
+            .any(|m| m.content == "Speaks Portuguese")
+    );
+    let request = &fake.requests()[0];
+    assert_eq!(request["response_format"]["type"], "json_object");
+    let prompt = request["messages"][1]["content"].as_str().expect("prompt");
+    assert!(
+        prompt.contains("JSON schema") && prompt.contains("\"memories\""),
+        "{prompt}"
+    );
+}

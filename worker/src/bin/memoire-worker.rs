@@ -50,13 +50,42 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let listener = match tokio::net::TcpListener::bind(config.worker_http_addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!(error = %e, addr = %config.worker_http_addr, "cannot listen on worker_http_addr (MEMOIRE_WORKER_HTTP_ADDR)");
+            return ExitCode::FAILURE;
+        }
+    };
+    // One shutdown signal stops the worker first (in-flight episodes finish), then the endpoint.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let ops = {
+        let store = store.clone();
+        tokio::spawn(memoire_config::ops::serve(
+            listener,
+            move || {
+                let store = store.clone();
+                async move { store.ping().await.is_ok() }
+            },
+            stopped(stop_rx.clone()),
+        ))
+    };
+    tracing::info!(http = %config.worker_http_addr, "memoire-worker serving /metrics, /healthz, /readyz");
+    tokio::spawn(async move {
+        memoire_config::shutdown_signal().await;
+        let _ = stop_tx.send(true);
+    });
     let settings = memoire_worker::providers::settings(&config);
     memoire_worker::run(
         store.with_embedder(embedder),
         extractor,
         settings,
-        memoire_config::shutdown_signal(),
+        stopped(stop_rx),
     )
     .await;
+    let _ = ops.await;
     ExitCode::SUCCESS
 }
