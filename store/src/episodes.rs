@@ -593,7 +593,8 @@ impl PgStore {
             c,
             vector,
             model,
-        } = cand;
+        } = &cand;
+        let (ep, scope, c, vector, model) = (*ep, *scope, *c, *vector, *model);
         let key = content_key(&c.content);
         let holder = match &c.slot {
             Some(slot) => slot_holder(tx, scope, slot, None)
@@ -641,46 +642,23 @@ impl PgStore {
         let action = resolution.action();
         let (memory_id, score, reason) = match resolution {
             Resolution::Create { drop_slot, reason } => {
-                let id = Uuid::now_v7();
-                let memory = new_memory(c, ep.id, drop_slot);
-                insert_memory(
-                    tx,
-                    NewRow {
-                        id,
-                        scope,
-                        memory: &memory,
-                        content_key: &key,
-                        vector,
-                        model: vector.and(model),
-                        now,
-                    },
-                    basis,
-                    &reason,
-                    actor,
-                )
-                .await?;
+                let id =
+                    write_new(tx, &cand, &key, None, drop_slot, basis, &reason, actor, now).await?;
                 (Some(id), None, reason)
             }
             Resolution::Supersede { old, reason } => {
-                let id = Uuid::now_v7();
-                supersede(tx, old, id, &format!("superseded by {id}"), actor, now).await?;
-                insert_memory(
+                let id = write_new(
                     tx,
-                    NewRow {
-                        id,
-                        scope,
-                        memory: &new_memory(c, ep.id, false),
-                        content_key: &key,
-                        vector,
-                        model: vector.and(model),
-                        now,
-                    },
+                    &cand,
+                    &key,
+                    Some(old),
+                    false,
                     basis,
                     &reason,
                     actor,
+                    now,
                 )
                 .await?;
-                supersedes_edge(tx, scope.tenant_id, id, old, now).await?;
                 (Some(id), Some(1.0), reason)
             }
             Resolution::Update {
@@ -1039,6 +1017,45 @@ struct Candidate<'a> {
     c: &'a CandidateMemory,
     vector: Option<&'a Vector>,
     model: Option<&'a str>,
+}
+
+/// Writes a candidate as a new memory (superseding `supersedes` when given); returns its id.
+#[allow(clippy::too_many_arguments)]
+async fn write_new(
+    tx: &mut PgConnection,
+    cand: &Candidate<'_>,
+    key: &str,
+    supersedes: Option<Uuid>,
+    drop_slot: bool,
+    basis: Basis,
+    reason: &str,
+    actor: &str,
+    now: DateTime<Utc>,
+) -> Result<Uuid> {
+    let id = Uuid::now_v7();
+    if let Some(old) = supersedes {
+        supersede(tx, old, id, &format!("superseded by {id}"), actor, now).await?;
+    }
+    insert_memory(
+        tx,
+        NewRow {
+            id,
+            scope: cand.scope,
+            memory: &new_memory(cand.c, cand.ep.id, drop_slot),
+            content_key: key,
+            vector: cand.vector,
+            model: cand.vector.and(cand.model),
+            now,
+        },
+        basis,
+        reason,
+        actor,
+    )
+    .await?;
+    if let Some(old) = supersedes {
+        supersedes_edge(tx, cand.scope.tenant_id, id, old, now).await?;
+    }
+    Ok(id)
 }
 
 fn new_memory(c: &CandidateMemory, episode: Uuid, drop_slot: bool) -> NewMemory {

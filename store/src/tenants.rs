@@ -15,6 +15,15 @@ use crate::{PgStore, db_error};
 /// The prefix every Mémoire API key secret starts with, so that leaked keys are recognisable.
 const SECRET_PREFIX: &str = "mem_";
 
+/// The tenant a query found, or `NOT_FOUND`.
+fn found(row: Option<TenantRow>, id: Uuid) -> Result<Tenant> {
+    row.ok_or_else(|| Error::NotFound {
+        what: "tenant",
+        id: id.to_string(),
+    })?
+    .try_into()
+}
+
 /// SHA-256 of an API key secret: what is stored and looked up.
 pub fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
@@ -74,11 +83,7 @@ impl PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        row.ok_or_else(|| Error::NotFound {
-            what: "tenant",
-            id: id.to_string(),
-        })?
-        .try_into()
+        found(row, id)
     }
 
     /// Changes a tenant's PII policy and extraction kill switch (`None`: unchanged).
@@ -100,11 +105,7 @@ impl PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        row.ok_or_else(|| Error::NotFound {
-            what: "tenant",
-            id: id.to_string(),
-        })?
-        .try_into()
+        found(row, id)
     }
 
     /// All tenants (or only `only`), by name.

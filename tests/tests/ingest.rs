@@ -62,6 +62,28 @@ async fn current(client: &Client, user_id: &str) -> Vec<pb::Memory> {
         .memories
 }
 
+/// Whether the user has a current memory saying exactly `content`.
+async fn remembers(client: &Client, user_id: &str, content: &str) -> bool {
+    current(client, user_id)
+        .await
+        .iter()
+        .any(|m| m.content == content)
+}
+
+async fn dead_letters(server: &TestServer, tenant: &str) -> Vec<pb::DeadLetter> {
+    server
+        .admin()
+        .admin()
+        .list_dead_letters(pb::ListDeadLettersRequest {
+            tenant_id: tenant.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list dead letters")
+        .into_inner()
+        .dead_letters
+}
+
 async fn recall(
     client: &Client,
     user_id: &str,
@@ -636,24 +658,10 @@ async fn the_llm_extractor_against_a_fake_openai_endpoint() {
     .await;
     assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
     assert_eq!(fake.times_asked("garbage"), 3, "extraction_max_attempts");
-    assert!(
-        current(&client, "u")
-            .await
-            .iter()
-            .any(|m| m.content == "Likes tea")
-    );
-    let dead = server
-        .admin()
-        .admin()
-        .list_dead_letters(pb::ListDeadLettersRequest {
-            tenant_id: tenant.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner();
-    assert_eq!(dead.dead_letters.len(), 1);
-    let d = &dead.dead_letters[0];
+    assert!(remembers(&client, "u", "Likes tea").await);
+    let dead = dead_letters(&server, &tenant).await;
+    assert_eq!(dead.len(), 1);
+    let d = &dead[0];
     assert_eq!((d.job.as_str(), d.attempts), ("extract", 3));
     assert!(
         d.raw_reply.starts_with("Sure! Here are the memories"),
@@ -682,23 +690,9 @@ async fn the_llm_extractor_against_a_fake_openai_endpoint() {
         .into_inner();
     assert_eq!(replayed.replayed, 1);
     server.wait_extracted(Duration::from_secs(20)).await;
-    assert!(
-        current(&client, "u")
-            .await
-            .iter()
-            .any(|m| m.content == "Sorts recycling carefully")
-    );
-    let dead = server
-        .admin()
-        .admin()
-        .list_dead_letters(pb::ListDeadLettersRequest {
-            tenant_id: tenant.clone(),
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner();
-    assert!(dead.dead_letters.is_empty());
+    assert!(remembers(&client, "u", "Sorts recycling carefully").await);
+    let dead = dead_letters(&server, &tenant).await;
+    assert!(dead.is_empty());
 
     // Another tenant's admin cannot see or replay them.
     let (other, _) = server.tenant("other", pb::KeyRole::Writer).await;
@@ -829,12 +823,7 @@ async fn plain_json_mode_describes_the_schema_and_reads_fenced_replies() {
     let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
     let r = ingest(&client, "u", vec![user("Eu falo português.")], true).await;
     assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
-    assert!(
-        current(&client, "u")
-            .await
-            .iter()
-            .any(|m| m.content == "Speaks Portuguese")
-    );
+    assert!(remembers(&client, "u", "Speaks Portuguese").await);
     let request = &fake.requests()[0];
     assert_eq!(request["response_format"]["type"], "json_object");
     let prompt = request["messages"][1]["content"].as_str().expect("prompt");
