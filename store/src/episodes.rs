@@ -304,11 +304,12 @@ impl PgStore {
         Ok(out)
     }
 
-    /// How many of `ids` still wait for extraction (not extracted, not dead-lettered).
-    pub async fn unfinished_extractions(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<i64> {
-        sqlx::query_scalar(
-            "SELECT count(*) FROM episodes WHERE tenant_id = $1 AND id = ANY($2) \
-             AND extracted_at IS NULL AND extract_dead_at IS NULL",
+    /// Of `ids`: how many still wait for extraction, and how many were dead-lettered.
+    pub async fn extraction_progress(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<(i64, i64)> {
+        sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE extracted_at IS NULL AND extract_dead_at IS NULL), \
+                    count(*) FILTER (WHERE extract_dead_at IS NOT NULL) \
+             FROM episodes WHERE tenant_id = $1 AND id = ANY($2)",
         )
         .bind(tenant_id)
         .bind(ids)

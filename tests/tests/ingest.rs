@@ -656,7 +656,11 @@ async fn the_llm_extractor_against_a_fake_openai_endpoint() {
         true,
     )
     .await;
-    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    assert_eq!(
+        r.extraction,
+        pb::ExtractionState::Failed as i32,
+        "one message was dead-lettered"
+    );
     assert_eq!(fake.times_asked("garbage"), 3, "extraction_max_attempts");
     assert!(remembers(&client, "u", "Likes tea").await);
     let dead = dead_letters(&server, &tenant).await;

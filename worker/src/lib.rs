@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use memoire_core::Error;
-use memoire_core::extract::Extractor;
+use memoire_core::extract::{ExtractError, Extractor};
 use memoire_core::model::Scope;
 use memoire_core::resolve::Thresholds;
 use memoire_store::{EPISODES_CHANNEL, Failure, PendingEpisode, PgStore, RetryPolicy};
@@ -166,18 +166,26 @@ impl Extraction {
     /// Extracts, resolves and applies one episode.
     async fn episode(&self, ep: &PendingEpisode) -> memoire_core::Result<Step> {
         let s = &self.settings;
-        let input = self
+        let started = std::time::Instant::now();
+        // The database going away is not the episode's fault: it spends no attempt.
+        let failed = |what: &str, e: Error| match e {
+            Error::Unavailable(_) => Err(e),
+            e => Ok(ExtractError::new(format!("{what} failed: {e}"))),
+        };
+        let outcome = match self
             .store
             .extraction_input(ep, s.context_turns as i64, s.known_memories as i64)
-            .await?;
-        let started = std::time::Instant::now();
-        let outcome = match self.extractor.extract(&input).await {
-            Ok(extraction) => {
-                match self
+            .await
+        {
+            Err(e) => Err(failed("preparing the extraction", e)?),
+            Ok(input) => match self.extractor.extract(&input).await {
+                Err(e) => Err(e),
+                Ok(extraction) => match self
                     .store
                     .apply_extraction(ep, &extraction, self.extractor.basis(), s.thresholds)
                     .await
                 {
+                    Err(e) => Err(failed("applying the extraction", e)?),
                     Ok(applied) => {
                         for why in &extraction.rejected {
                             metrics::counter!("memoire_extraction_decisions_total", "action" => "reject").increment(1);
@@ -194,14 +202,8 @@ impl Extraction {
                         job_outcome("extract", if applied.is_some() { "ok" } else { "replay" });
                         Ok(())
                     }
-                    // The database going away is not the episode's fault: no attempt is spent.
-                    Err(e @ Error::Unavailable(_)) => return Err(e),
-                    Err(e) => Err(memoire_core::extract::ExtractError::new(format!(
-                        "applying the extraction failed: {e}"
-                    ))),
-                }
-            }
-            Err(e) => Err(e),
+                },
+            },
         };
         metrics::histogram!("memoire_extraction_seconds").record(started.elapsed().as_secs_f64());
         let Err(err) = outcome else {

@@ -411,7 +411,7 @@ fn ingest_command(
     })
 }
 
-/// Polls until every episode of `ids` is extracted (or dead-lettered), or `deadline` passes.
+/// Polls until every episode of `ids` is extracted or dead-lettered, or `deadline` passes.
 async fn wait_for_extraction(
     store: &memoire_store::PgStore,
     tenant: Uuid,
@@ -421,8 +421,10 @@ async fn wait_for_extraction(
     let until = tokio::time::Instant::now() + deadline;
     let mut pause = Duration::from_millis(5);
     loop {
-        if store.unfinished_extractions(tenant, ids).await? == 0 {
-            return Ok(pb::ExtractionState::Completed);
+        match store.extraction_progress(tenant, ids).await? {
+            (0, 0) => return Ok(pb::ExtractionState::Completed),
+            (0, _) => return Ok(pb::ExtractionState::Failed),
+            _ => {}
         }
         if tokio::time::Instant::now() + pause > until {
             return Ok(pb::ExtractionState::TimedOut);
