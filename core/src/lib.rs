@@ -9,10 +9,13 @@
 //! - [`extract`]: candidate memories from conversation turns (the built-in rule extractor).
 //! - [`pii`]: PII scrubbing (redact / mask) before anything is stored or sent to an LLM.
 //! - [`recall`]: fusion, deterministic ordering and token-budget packing.
+//! - [`conscious`]: which memories are essential, and packing the working memory.
+//! - [`llm`]: the LLM extractor's prompt, JSON schema and reply parser.
 //! - [`clock`]: the time source, so that time-dependent logic can be tested without sleeping.
 
 pub mod clock;
 pub mod command;
+pub mod conscious;
 pub mod embed;
 pub mod error;
 pub mod extract;

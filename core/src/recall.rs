@@ -87,7 +87,7 @@ fn about_someone_else(subject: Option<&str>, query_lower: &str) -> bool {
 }
 
 /// A raw conversation turn as recall sees it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct EpisodeHit {
     /// Id.
     pub id: Uuid,

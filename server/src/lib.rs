@@ -281,8 +281,10 @@ pub async fn serve(
     };
     let worker = if config.worker_embedded {
         let extractor = memoire_worker::providers::extractor(&config)?;
+        // The worker embeds with one model call at a time: requests keep a core.
+        let background = memoire_worker::providers::Background::wrap(embedder.clone(), 1);
         Some(tokio::spawn(memoire_worker::run(
-            store.clone(),
+            store.clone().with_embedder(background),
             extractor,
             memoire_worker::providers::settings(&config),
             stopped(stop_rx.clone()),

@@ -89,3 +89,67 @@ impl RedisCache {
         }
     }
 }
+
+impl RedisCache {
+    /// Runs `op` with the command timeout; `None` when disconnected, slow or failing.
+    async fn attempt<T>(
+        &self,
+        what: &str,
+        op: impl std::future::Future<Output = Result<T, fred::error::Error>>,
+    ) -> Option<T> {
+        if !self.client.is_connected() {
+            return None;
+        }
+        match tokio::time::timeout(self.timeout, op).await {
+            Ok(Ok(v)) => Some(v),
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, command = what, "redis command failed");
+                None
+            }
+            Err(_) => {
+                tracing::debug!(command = what, "redis command timed out");
+                None
+            }
+        }
+    }
+
+    /// The values at `keys` (one round trip); `None` when Redis did not answer.
+    pub async fn mget(&self, keys: Vec<String>) -> Option<Vec<Option<String>>> {
+        self.attempt("mget", self.client.mget::<Vec<Option<String>>, _>(keys))
+            .await
+    }
+
+    /// Increments the counter at `key`; `None` when Redis did not answer.
+    pub async fn incr(&self, key: &str) -> Option<i64> {
+        self.attempt("incr", self.client.incr::<i64, _>(key)).await
+    }
+
+    /// Deletes every key matching `pattern` (SCAN, then DEL in batches). Returns how many, or
+    /// `None` when Redis did not answer.
+    pub async fn delete_matching(&self, pattern: &str) -> Option<u64> {
+        use futures::TryStreamExt as _;
+        if !self.client.is_connected() {
+            return None;
+        }
+        let scan = async {
+            let keys: Vec<Key> = self
+                .client
+                .scan_buffered(pattern, Some(500), None)
+                .try_collect()
+                .await?;
+            let mut deleted = 0u64;
+            for chunk in keys.chunks(500) {
+                deleted += self.client.del::<u64, _>(chunk.to_vec()).await?;
+            }
+            Ok::<u64, fred::error::Error>(deleted)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), scan).await {
+            Ok(Ok(n)) => Some(n),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "redis scan/delete failed");
+                None
+            }
+            Err(_) => None,
+        }
+    }
+}

@@ -47,6 +47,48 @@ pub fn embedder(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
     Ok(embedder)
 }
 
+/// An embedder that runs at most `permits` model calls at once: the worker's share of the CPU,
+/// so that an embedded worker leaves the server's requests a core of their own.
+#[derive(Debug)]
+pub struct Background {
+    inner: Arc<dyn Embedder>,
+    permits: tokio::sync::Semaphore,
+}
+
+impl Background {
+    /// Wraps `inner`.
+    pub fn wrap(inner: Arc<dyn Embedder>, permits: usize) -> Arc<dyn Embedder> {
+        Arc::new(Background {
+            inner,
+            permits: tokio::sync::Semaphore::new(permits.max(1)),
+        })
+    }
+}
+
+impl Embedder for Background {
+    fn model_id(&self) -> &str {
+        self.inner.model_id()
+    }
+
+    fn dims(&self) -> usize {
+        self.inner.dims()
+    }
+
+    fn embed<'a>(
+        &'a self,
+        texts: &'a [String],
+    ) -> memoire_core::embed::BoxFuture<'a, memoire_core::Result<Vec<Vec<f32>>>> {
+        Box::pin(async move {
+            let _permit = self
+                .permits
+                .acquire()
+                .await
+                .map_err(|e| memoire_core::Error::Internal(e.to_string()))?;
+            self.inner.embed(texts).await
+        })
+    }
+}
+
 /// Builds the configured extractor.
 pub fn extractor(config: &Config) -> anyhow::Result<Arc<dyn Extractor>> {
     Ok(match config.extractor {
