@@ -274,6 +274,11 @@ impl PgStore {
         .await
         .map_err(db_error)?;
 
+        if !inserted.is_empty() {
+            // The session's recent turns changed.
+            self.conscious_changed(scope.tenant_id, &scope.user_id, &scope.namespace)
+                .await;
+        }
         if inserted.len() < ids.len() {
             // Retried messages: answer with the episode stored the first time.
             let retried: Vec<String> = out
@@ -574,6 +579,13 @@ impl PgStore {
         .await
         .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
+        if applied
+            .iter()
+            .any(|a| !matches!(a.action, "duplicate" | "ignore"))
+        {
+            self.conscious_changed(scope.tenant_id, &scope.user_id, &scope.namespace)
+                .await;
+        }
         Ok(Some(applied))
     }
 

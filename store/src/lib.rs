@@ -8,9 +8,12 @@
 //! - `schema`: migrations and the per-model vector indexes.
 //! - `recall`: BM25 and vector candidates for Recall, hydrated as of a time.
 //! - `cache`: Redis (fred) as a best-effort cache.
+//! - `conscious`: the working memory (essential memories, recent turns), built from Postgres and
+//!   kept in Redis under generation keys that every write bumps.
 //! - `error`: sqlx errors classified by SQLSTATE into the domain error.
 
 mod cache;
+mod conscious;
 mod episodes;
 mod error;
 mod memories;
@@ -28,6 +31,7 @@ use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use cache::RedisCache;
+pub use conscious::{ConsciousSettings, ConsciousSource, ConsciousView};
 pub use episodes::{
     Applied, EPISODES_CHANNEL, Failure, PendingEpisode, QueueDepths, RetryPolicy, ScopeClaim,
 };
@@ -56,6 +60,7 @@ pub struct PgStore {
     clock: Arc<dyn Clock>,
     embedder: Option<Arc<dyn Embedder>>,
     stats_cache: Arc<recall::StatsCache>,
+    conscious: Option<conscious::ConsciousCache>,
 }
 
 impl PgStore {
@@ -87,6 +92,7 @@ impl PgStore {
             clock: Arc::new(SystemClock),
             embedder: None,
             stats_cache: Arc::default(),
+            conscious: None,
         }
     }
 
@@ -99,6 +105,13 @@ impl PgStore {
     /// The same store embedding what it writes with `embedder` (Teach, corrections).
     pub fn with_embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
         self.embedder = Some(embedder);
+        self
+    }
+
+    /// The same store keeping Conscious working memory in `redis` (and invalidating it on
+    /// every write that changes it).
+    pub fn with_conscious(mut self, redis: RedisCache) -> Self {
+        self.conscious = Some(conscious::ConsciousCache::new(redis));
         self
     }
 

@@ -9,6 +9,7 @@ use memoire_core::command::{
     Forget, ForgetResult, ForgetSelector, ForgetTarget, ListCursor, ListMemories, MemoryPatch,
     NewMemory, Teach, TeachResult,
 };
+use memoire_core::conscious::essential_when_written;
 use memoire_core::embed::memory_text;
 use memoire_core::model::{
     Basis, ForgetMode, Memory, MemoryStatus, MemoryVersion, Scope, VersionOp, WriteOutcome,
@@ -226,8 +227,8 @@ pub(crate) async fn insert_memory(
     sqlx::query(
         "INSERT INTO memories (id, tenant_id, user_id, namespace, kind, content, content_key, slot, \
            subject, tags, importance, confidence, pinned, expires_at, version, created_at, updated_at, \
-           source_episode_ids, embedding, embedding_model) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15, $15, $16, $17, $18)",
+           source_episode_ids, embedding, embedding_model, essential) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, 1, $15, $15, $16, $17, $18, $19)",
     )
     .bind(id)
     .bind(scope.tenant_id)
@@ -247,6 +248,12 @@ pub(crate) async fn insert_memory(
     .bind(&new.source_episode_ids)
     .bind(vector)
     .bind(model)
+    .bind(essential_when_written(
+        new.kind,
+        new.slot.as_deref(),
+        new.importance,
+        new.pinned,
+    ))
     .execute(&mut *conn)
     .await
     .map_err(db_error)?;
@@ -476,6 +483,8 @@ impl PgStore {
             .await?
             .ok_or_else(|| Error::Internal("new memory vanished".into()))?;
         tx.commit().await.map_err(db_error)?;
+        self.conscious_changed(scope.tenant_id, &scope.user_id, &scope.namespace)
+            .await;
         Ok(TeachResult {
             outcome,
             memory,
@@ -615,7 +624,8 @@ impl PgStore {
                importance = $8, confidence = $9, pinned = $10, expires_at = $11, version = version + 1, \
                updated_at = $12, \
                embedding = CASE WHEN $13 THEN $14 ELSE embedding END, \
-               embedding_model = CASE WHEN $13 THEN $15 ELSE embedding_model END \
+               embedding_model = CASE WHEN $13 THEN $15 ELSE embedding_model END, \
+               essential = essential OR $16 \
              WHERE id = $1",
         )
         .bind(memory_id)
@@ -633,6 +643,12 @@ impl PgStore {
         .bind(replace_embedding)
         .bind(&vector)
         .bind(&model)
+        .bind(essential_when_written(
+            next.kind,
+            next.slot.as_deref(),
+            next.importance,
+            next.pinned,
+        ))
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
@@ -661,6 +677,8 @@ impl PgStore {
             .await?
             .ok_or_else(not_found)?;
         tx.commit().await.map_err(db_error)?;
+        self.conscious_changed(scope.tenant_id, &scope.user_id, &scope.namespace)
+            .await;
         Ok(TeachResult {
             outcome: WriteOutcome::Corrected,
             memory,
@@ -721,6 +739,31 @@ impl PgStore {
                     .map_err(db_error)?
             }
         };
+        // The working memories this changes: the forgotten memories' scopes, and for a selector
+        // the user's namespaces (a purge also takes their episodes).
+        let mut touched: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT user_id, namespace FROM memories WHERE tenant_id = $1 AND id = ANY($2)",
+        )
+        .bind(tenant)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_error)?;
+        if let ForgetTarget::Selector(sel) = &cmd.target {
+            let namespaces: Vec<String> = sqlx::query_scalar(
+                "SELECT DISTINCT namespace FROM episodes WHERE tenant_id = $1 AND user_id = $2 \
+                 AND ($3::text IS NULL OR namespace = $3)",
+            )
+            .bind(tenant)
+            .bind(&sel.user_id)
+            .bind(&sel.namespace)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            touched.extend(namespaces.into_iter().map(|ns| (sel.user_id.clone(), ns)));
+        }
+        touched.sort();
+        touched.dedup();
         result.memories = ids.len() as u64;
         result.memory_ids_truncated = ids.len() > ForgetResult::MAX_IDS;
         result.memory_ids = ids.iter().take(ForgetResult::MAX_IDS).copied().collect();
@@ -868,6 +911,14 @@ impl PgStore {
             audit(&mut tx, tenant, actor, "forget", None, detail, now).await?;
         }
         tx.commit().await.map_err(db_error)?;
+        if !cmd.dry_run {
+            for (user, namespace) in &touched {
+                match cmd.mode {
+                    ForgetMode::Tombstone => self.conscious_changed(tenant, user, namespace).await,
+                    ForgetMode::Purge => self.conscious_purged(tenant, user, namespace).await,
+                }
+            }
+        }
         Ok(result)
     }
 
