@@ -240,6 +240,22 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "how often the worker's reconciler scans for pending episodes (notifications wake it sooner)",
     ),
     ("embed_batch_size", "episodes embedded in one model call"),
+    (
+        "conscious_max_essential",
+        "most essential memories per user and namespace (Conscious, and the optimizer's bound)",
+    ),
+    (
+        "conscious_recent_turns",
+        "most recent turns of the session Conscious returns",
+    ),
+    (
+        "conscious_session_ttl_secs",
+        "turns older than this are not part of the session's working set",
+    ),
+    (
+        "conscious_cache_ttl_secs",
+        "how long a Conscious entry lives in Redis (every write invalidates it anyway)",
+    ),
 ];
 
 /// Log output format.
@@ -362,6 +378,10 @@ pub struct Config {
     pub worker_concurrency: usize,
     pub worker_poll_interval_ms: u64,
     pub embed_batch_size: u32,
+    pub conscious_max_essential: usize,
+    pub conscious_recent_turns: usize,
+    pub conscious_session_ttl_secs: u64,
+    pub conscious_cache_ttl_secs: u64,
 }
 
 impl Default for Config {
@@ -432,6 +452,10 @@ impl Default for Config {
             worker_concurrency: 2,
             worker_poll_interval_ms: 1_000,
             embed_batch_size: 64,
+            conscious_max_essential: 24,
+            conscious_recent_turns: 8,
+            conscious_session_ttl_secs: 3_600,
+            conscious_cache_ttl_secs: 3_600,
         }
     }
 }
@@ -683,7 +707,7 @@ impl Config {
         {
             bad("recall_recency_half_life_days", "must be positive".into());
         }
-        let ranges: [(&str, u64, u64, u64); 32] = [
+        let ranges: [(&str, u64, u64, u64); 36] = [
             (
                 "embedding_timeout_ms",
                 self.embedding_timeout_ms,
@@ -820,6 +844,30 @@ impl Config {
                 3_600_000,
             ),
             ("embed_batch_size", self.embed_batch_size as u64, 1, 1_024),
+            (
+                "conscious_max_essential",
+                self.conscious_max_essential as u64,
+                1,
+                1_000,
+            ),
+            (
+                "conscious_recent_turns",
+                self.conscious_recent_turns as u64,
+                0,
+                200,
+            ),
+            (
+                "conscious_session_ttl_secs",
+                self.conscious_session_ttl_secs,
+                1,
+                30 * 86_400,
+            ),
+            (
+                "conscious_cache_ttl_secs",
+                self.conscious_cache_ttl_secs,
+                1,
+                7 * 86_400,
+            ),
             (
                 "max_content_bytes",
                 self.max_content_bytes as u64,

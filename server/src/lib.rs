@@ -68,6 +68,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Recall.
     pub recall: Arc<RecallSettings>,
+    /// Conscious.
+    pub conscious: memoire_store::ConsciousSettings,
 }
 
 /// The two listening sockets.
@@ -223,9 +225,17 @@ pub async fn serve(
         })
         .await??
     };
-    let store = store.with_embedder(embedder.clone());
     let cache = RedisCache::connect(&config.redis_url, Duration::from_secs(1)).await?;
+    let store = store
+        .with_embedder(embedder.clone())
+        .with_conscious(cache.clone());
     let state = AppState {
+        conscious: memoire_store::ConsciousSettings {
+            max_essential: config.conscious_max_essential,
+            recent_turns: config.conscious_recent_turns,
+            session_ttl: Duration::from_secs(config.conscious_session_ttl_secs),
+            cache_ttl: Duration::from_secs(config.conscious_cache_ttl_secs),
+        },
         auth: Authenticator::new(store.clone(), config.admin_key.as_deref(), dev_tenant),
         store: store.clone(),
         limits: limits(&config),

@@ -142,7 +142,13 @@ impl ConsciousCache {
         else {
             return (None, None);
         };
-        let n = |i: usize| versions.get(i).cloned().flatten().unwrap_or_else(|| "0".into());
+        let n = |i: usize| {
+            versions
+                .get(i)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| "0".into())
+        };
         let key = format!("{base}:e{}:g{}:{}", n(0), n(1), session_part(session));
         let view = self
             .redis

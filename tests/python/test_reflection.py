@@ -70,9 +70,9 @@ def test_json_calls_and_field_named_errors(server):
         with pytest.raises(grpc.RpcError) as e:
             client.call("memoire.v1.MemoryService/ListMemories", {"user_id": "u", "page_size": -1})
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "page_size" in e.value.details()
-        with pytest.raises(grpc.RpcError) as e:
-            client.call("memoire.v1.MemoryService/Conscious", {"user_id": "u"})
-        assert e.value.code() == grpc.StatusCode.UNIMPLEMENTED and "Conscious" in e.value.details()
+        conscious = client.call("memoire.v1.MemoryService/Conscious", {"user_id": "u"})
+        assert "Prefers aisle seats" in conscious["context"], conscious
+        assert conscious["source"] in ("CONSCIOUS_SOURCE_POSTGRES", "CONSCIOUS_SOURCE_REDIS")
     finally:
         client.close()
     with pytest.raises(grpc.RpcError) as e:

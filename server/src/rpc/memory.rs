@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::convert::{self, page_token};
-use crate::error::{status, unimplemented};
+use crate::error::status;
 use crate::{AppState, RecallSettings};
 
 /// The memory service.
@@ -331,6 +331,9 @@ fn recall_item(s: recall::Scored, explain: bool) -> pb::RecallItem {
     }
 }
 
+/// Conscious's token budget when the request does not say.
+const CONSCIOUS_DEFAULT_BUDGET: usize = 512;
+
 /// How long Ingest waits for extraction when asked and the request does not say; the most.
 const DEFAULT_WAIT: Duration = Duration::from_secs(10);
 const MAX_WAIT: Duration = Duration::from_secs(60);
@@ -542,9 +545,49 @@ impl MemoryService for MemorySvc {
 
     async fn conscious(
         &self,
-        _req: Request<pb::ConsciousRequest>,
+        req: Request<pb::ConsciousRequest>,
     ) -> Result<Response<pb::ConsciousResponse>, Status> {
-        Err(unimplemented("Conscious (working memory in Redis)"))
+        let s = &self.state;
+        let (tenant, _) = s
+            .auth
+            .tenant(req.metadata(), KeyRole::Reader)
+            .await
+            .map_err(status)?;
+        let r = req.into_inner();
+        let scope = Scope {
+            tenant_id: tenant,
+            user_id: v::required_id("user_id", &r.user_id).map_err(status)?,
+            namespace: v::namespace("namespace", &r.namespace).map_err(status)?,
+        };
+        let session = non_empty(r.session_id)
+            .map(|id| v::required_id("session_id", &id))
+            .transpose()
+            .map_err(status)?;
+        let budget = v::count_or_default(
+            "token_budget",
+            r.token_budget as usize,
+            CONSCIOUS_DEFAULT_BUDGET,
+            s.limits.max_token_budget,
+        )
+        .map_err(status)?;
+        let counter = Tiktoken::named("tokenizer", &r.tokenizer).map_err(status)?;
+        let (view, source) = s
+            .store
+            .conscious(&scope, session.as_deref(), &s.conscious)
+            .await
+            .map_err(status)?;
+        let packed = memoire_core::conscious::pack(&view.essential, &view.recent, budget, &counter);
+        Ok(Response::new(pb::ConsciousResponse {
+            essential: view.essential.into_iter().map(convert::memory_pb).collect(),
+            recent: view.recent.into_iter().map(convert::episode_pb).collect(),
+            context: packed.text,
+            context_tokens: packed.tokens as u32,
+            truncated: packed.truncated,
+            source: match source {
+                memoire_store::ConsciousSource::Redis => pb::ConsciousSource::Redis,
+                memoire_store::ConsciousSource::Postgres => pb::ConsciousSource::Postgres,
+            } as i32,
+        }))
     }
 
     async fn teach(

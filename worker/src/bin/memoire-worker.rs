@@ -79,8 +79,17 @@ async fn main() -> ExitCode {
         let _ = stop_tx.send(true);
     });
     let settings = memoire_worker::providers::settings(&config);
+    // Extraction changes what Conscious shows: the worker invalidates it too.
+    let cache =
+        match memoire_store::RedisCache::connect(&config.redis_url, Duration::from_secs(1)).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "bad redis_url");
+                return ExitCode::FAILURE;
+            }
+        };
     memoire_worker::run(
-        store.with_embedder(embedder),
+        store.with_embedder(embedder).with_conscious(cache),
         extractor,
         settings,
         stopped(stop_rx),
