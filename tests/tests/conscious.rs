@@ -300,7 +300,6 @@ async fn redis_cmd(port: u16, args: &[&str]) -> String {
 
 /// A private redis-server (nothing on disk) on a free port.
 struct PrivateRedis {
-    port: u16,
     child: Child,
 }
 
@@ -320,7 +319,7 @@ impl PrivateRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server (installed by scripts/setup.sh)");
-        PrivateRedis { port, child }
+        PrivateRedis { child }
     }
 
     fn signal(&self, sig: &str) {

@@ -532,10 +532,12 @@ async fn purge_erases_every_trace_and_dry_run_changes_nothing() {
     .await
     .memory
     .expect("m");
-    // An episode of erin's, written directly (no worker runs on it): purge must erase episodes.
+    // An episode of erin's, written directly and marked extracted (the worker leaves it alone):
+    // purge must erase episodes.
     sqlx::query(
-        "INSERT INTO episodes (id, tenant_id, user_id, namespace, session_id, role, content, occurred_at, created_at) \
-         VALUES (gen_random_uuid(), $1, 'erin', 'default', 's1', 'user', 'I moved to Bergen', now(), now())",
+        "INSERT INTO episodes (id, tenant_id, user_id, namespace, session_id, role, content, occurred_at, \
+           created_at, extracted_at) \
+         VALUES (gen_random_uuid(), $1, 'erin', 'default', 's1', 'user', 'I moved to Bergen', now(), now(), now())",
     )
     .bind(tenant.parse::<uuid::Uuid>().expect("uuid"))
     .execute(server.pool())
