@@ -256,6 +256,46 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "conscious_cache_ttl_secs",
         "how long a Conscious entry lives in Redis (every write invalidates it anyway)",
     ),
+    (
+        "decay_half_life_days",
+        "confidence halves over this many days without an update or a recall (pinned memories never decay)",
+    ),
+    (
+        "decay_floor",
+        "memories whose confidence decays below this leave recall and Conscious (history keeps them)",
+    ),
+    (
+        "optimize_interval_secs",
+        "how often the worker recomputes essential memories (0: only when triggered)",
+    ),
+    (
+        "decay_interval_secs",
+        "how often the worker applies decay (0: only when triggered)",
+    ),
+    (
+        "reflect_interval_secs",
+        "how often the worker summarizes quiet sessions (0: only when triggered)",
+    ),
+    (
+        "retention_interval_secs",
+        "how often the worker applies retention policies (0: only when triggered)",
+    ),
+    (
+        "reembed_interval_secs",
+        "how often the worker looks for vectors of another model to re-embed (0: only when triggered)",
+    ),
+    (
+        "reflect_min_turns",
+        "sessions with at least this many turns get a summary",
+    ),
+    (
+        "reflect_idle_secs",
+        "a session is summarized once it has been quiet this long",
+    ),
+    (
+        "reflect_max_turns",
+        "most turns quoted in one session summary",
+    ),
 ];
 
 /// Log output format.
@@ -382,6 +422,16 @@ pub struct Config {
     pub conscious_recent_turns: usize,
     pub conscious_session_ttl_secs: u64,
     pub conscious_cache_ttl_secs: u64,
+    pub decay_half_life_days: f32,
+    pub decay_floor: f32,
+    pub optimize_interval_secs: u64,
+    pub decay_interval_secs: u64,
+    pub reflect_interval_secs: u64,
+    pub retention_interval_secs: u64,
+    pub reembed_interval_secs: u64,
+    pub reflect_min_turns: u32,
+    pub reflect_idle_secs: u64,
+    pub reflect_max_turns: u32,
 }
 
 impl Default for Config {
@@ -456,6 +506,16 @@ impl Default for Config {
             conscious_recent_turns: 8,
             conscious_session_ttl_secs: 3_600,
             conscious_cache_ttl_secs: 3_600,
+            decay_half_life_days: 180.0,
+            decay_floor: 0.2,
+            optimize_interval_secs: 3_600,
+            decay_interval_secs: 3_600,
+            reflect_interval_secs: 600,
+            retention_interval_secs: 3_600,
+            reembed_interval_secs: 300,
+            reflect_min_turns: 8,
+            reflect_idle_secs: 1_800,
+            reflect_max_turns: 8,
         }
     }
 }
@@ -675,6 +735,18 @@ impl Config {
                 ),
             );
         }
+        if !(self.decay_half_life_days.is_finite() && self.decay_half_life_days >= 1.0) {
+            bad(
+                "decay_half_life_days",
+                format!("is {}; it must be at least 1", self.decay_half_life_days),
+            );
+        }
+        if !(self.decay_floor.is_finite() && (0.0..1.0).contains(&self.decay_floor)) {
+            bad(
+                "decay_floor",
+                format!("is {}; it must be at least 0 and below 1", self.decay_floor),
+            );
+        }
         if self.extraction_retry_base_ms > self.extraction_retry_max_ms {
             bad(
                 "extraction_retry_base_ms",
@@ -707,7 +779,7 @@ impl Config {
         {
             bad("recall_recency_half_life_days", "must be positive".into());
         }
-        let ranges: [(&str, u64, u64, u64); 36] = [
+        let ranges: [(&str, u64, u64, u64); 44] = [
             (
                 "embedding_timeout_ms",
                 self.embedding_timeout_ms,
@@ -868,6 +940,44 @@ impl Config {
                 1,
                 7 * 86_400,
             ),
+            (
+                "optimize_interval_secs",
+                self.optimize_interval_secs,
+                0,
+                30 * 86_400,
+            ),
+            (
+                "decay_interval_secs",
+                self.decay_interval_secs,
+                0,
+                30 * 86_400,
+            ),
+            (
+                "reflect_interval_secs",
+                self.reflect_interval_secs,
+                0,
+                30 * 86_400,
+            ),
+            (
+                "retention_interval_secs",
+                self.retention_interval_secs,
+                0,
+                30 * 86_400,
+            ),
+            (
+                "reembed_interval_secs",
+                self.reembed_interval_secs,
+                0,
+                30 * 86_400,
+            ),
+            (
+                "reflect_min_turns",
+                self.reflect_min_turns as u64,
+                2,
+                100_000,
+            ),
+            ("reflect_idle_secs", self.reflect_idle_secs, 0, 30 * 86_400),
+            ("reflect_max_turns", self.reflect_max_turns as u64, 1, 100),
             (
                 "max_content_bytes",
                 self.max_content_bytes as u64,

@@ -123,6 +123,12 @@ text_enum! {
         Retention => "retention",
         /// An import.
         Import => "import",
+        /// The decay job (confidence fell below the floor).
+        Decay => "decay",
+        /// The reflect job (a session summary).
+        Reflect => "reflect",
+        /// The re-embed job.
+        ReEmbed => "re_embed",
     }
 }
 
@@ -343,6 +349,10 @@ pub struct Tenant {
     pub max_memories: i64,
     /// Creation time.
     pub created_at: DateTime<Utc>,
+    /// Episodes older than this many days are deleted by retention (0: kept).
+    pub episode_retention_days: u32,
+    /// Unpinned memories untouched this many days expire (0: kept).
+    pub memory_retention_days: u32,
 }
 
 /// An API key record (never the secret).

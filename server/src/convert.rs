@@ -114,6 +114,9 @@ pub fn basis_pb(b: Basis) -> pb::Basis {
         Basis::Forget => pb::Basis::Forget,
         Basis::Retention => pb::Basis::Retention,
         Basis::Import => pb::Basis::Import,
+        Basis::Decay => pb::Basis::Decay,
+        Basis::Reflect => pb::Basis::Reflect,
+        Basis::ReEmbed => pb::Basis::ReEmbed,
     }
 }
 
@@ -313,6 +316,8 @@ pub fn tenant_pb(t: Tenant) -> pb::Tenant {
         extraction_create_only: t.extraction_create_only,
         rate_limit_rps: t.rate_limit_rps.max(0) as u32,
         max_memories: t.max_memories.max(0) as u64,
+        episode_retention_days: t.episode_retention_days,
+        memory_retention_days: t.memory_retention_days,
     }
 }
 

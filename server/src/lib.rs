@@ -55,6 +55,8 @@ pub struct RecallSettings {
     pub default_token_budget: usize,
     /// Candidates per search side.
     pub candidates: usize,
+    /// The decay floor: memories below it are left out.
+    pub min_confidence: f32,
 }
 
 /// What every RPC adapter shares.
@@ -70,6 +72,8 @@ pub struct AppState {
     pub recall: Arc<RecallSettings>,
     /// Conscious.
     pub conscious: memoire_store::ConsciousSettings,
+    /// The maintenance jobs (RunMaintenance).
+    pub jobs: Arc<memoire_worker::jobs::JobSettings>,
 }
 
 /// The two listening sockets.
@@ -230,11 +234,13 @@ pub async fn serve(
         .with_embedder(embedder.clone())
         .with_conscious(cache.clone());
     let state = AppState {
+        jobs: Arc::new(memoire_worker::providers::job_settings(&config)),
         conscious: memoire_store::ConsciousSettings {
             max_essential: config.conscious_max_essential,
             recent_turns: config.conscious_recent_turns,
             session_ttl: Duration::from_secs(config.conscious_session_ttl_secs),
             cache_ttl: Duration::from_secs(config.conscious_cache_ttl_secs),
+            min_confidence: config.decay_floor,
         },
         auth: Authenticator::new(store.clone(), config.admin_key.as_deref(), dev_tenant),
         store: store.clone(),
@@ -267,6 +273,7 @@ pub async fn serve(
             default_k: config.recall_default_k,
             default_token_budget: config.recall_default_token_budget,
             candidates: config.recall_candidates,
+            min_confidence: config.decay_floor,
         }),
     };
     tracing::info!(embedding_model = %embedder.model_id(), dims = embedder.dims(), "embedding model ready");

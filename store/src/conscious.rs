@@ -61,6 +61,8 @@ pub struct ConsciousSettings {
     pub session_ttl: Duration,
     /// How long a cached entry lives in Redis.
     pub cache_ttl: Duration,
+    /// Memories whose confidence decayed below this are left out (the decay floor).
+    pub min_confidence: f32,
 }
 
 /// The Redis side: generations, entries, purge.
@@ -234,7 +236,7 @@ impl PgStore {
         let sql = format!(
             "SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant_id = $1 AND user_id = $2 \
              AND namespace = $3 AND status = 'active' AND essential \
-             AND (expires_at IS NULL OR expires_at > $4) \
+             AND (expires_at IS NULL OR expires_at > $4) AND confidence >= $6 \
              ORDER BY pinned DESC, (kind = 'rule') DESC, importance DESC, updated_at DESC, id \
              LIMIT $5"
         );
@@ -244,6 +246,7 @@ impl PgStore {
             .bind(&scope.namespace)
             .bind(now)
             .bind(settings.max_essential as i64)
+            .bind(settings.min_confidence)
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;

@@ -4,6 +4,7 @@
 //! - `memories`: Teach (through the resolver), corrections, Forget, reads and history — every
 //!   write in one transaction, every query filtered by tenant.
 //! - `episodes`: Ingest, and the durable extraction/embedding queue the episodes table forms.
+//! - `maintenance`: the periodic jobs (optimize, decay, reflect, retention, re-embed).
 //! - `tenants`: tenants, API keys (hashed), stats.
 //! - `schema`: migrations and the per-model vector indexes.
 //! - `recall`: BM25 and vector candidates for Recall, hydrated as of a time.
@@ -16,6 +17,7 @@ mod cache;
 mod conscious;
 mod episodes;
 mod error;
+mod maintenance;
 mod memories;
 mod recall;
 mod rows;
@@ -36,9 +38,10 @@ pub use episodes::{
     Applied, EPISODES_CHANNEL, Failure, PendingEpisode, QueueDepths, RetryPolicy, ScopeClaim,
 };
 pub use error::db_error;
+pub use maintenance::JobScope;
 pub use recall::{RecallQuery, VectorSettings};
 pub use schema::vector_index_name;
-pub use tenants::{NewApiKey, hash_secret};
+pub use tenants::{NewApiKey, TenantUpdate, hash_secret};
 
 /// Connection settings for [`PgStore::connect`].
 #[derive(Debug, Clone)]

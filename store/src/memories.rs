@@ -26,6 +26,9 @@ use uuid::Uuid;
 use crate::rows::{MEMORY_COLUMNS, MemoryRow, VERSION_COLUMNS, VersionRow, convert_all};
 use crate::{PgStore, db_error};
 
+/// The reason of an `expire` version when `expires_at` passed.
+const EXPIRY_PASSED: &str = "expiry time passed";
+
 /// Statuses visible in the current view, and with superseded memories included.
 const CURRENT: &[&str] = &["active"];
 const CURRENT_AND_SUPERSEDED: &[&str] = &["active", "superseded"];
@@ -177,6 +180,7 @@ pub(crate) async fn expire(
     conn: &mut PgConnection,
     ids: &[Uuid],
     now: DateTime<Utc>,
+    reason: &str,
 ) -> Result<()> {
     sqlx::query("UPDATE memories SET status = 'expired', version = version + 1, updated_at = $2 WHERE id = ANY($1)")
         .bind(ids)
@@ -190,7 +194,7 @@ pub(crate) async fn expire(
         VersionOp::Expire,
         Basis::Retention,
         None,
-        "expiry time passed",
+        reason,
         "system",
     )
     .await
@@ -287,6 +291,52 @@ pub(crate) async fn derived_from_edges(
     Ok(())
 }
 
+/// Deletes episodes with every trace of them: their edges, audit rows, and the provenance of
+/// surviving memories that pointed at them. Returns (episodes, edges) deleted.
+pub(crate) async fn delete_episodes(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    ids: &[Uuid],
+) -> Result<(u64, u64)> {
+    if ids.is_empty() {
+        return Ok((0, 0));
+    }
+    let edges = sqlx::query(
+        "DELETE FROM edges WHERE tenant_id = $1 AND (src_id = ANY($2) OR dst_id = ANY($2))",
+    )
+    .bind(tenant_id)
+    .bind(ids)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?
+    .rows_affected();
+    sqlx::query("DELETE FROM audit_log WHERE tenant_id = $1 AND target_id = ANY($2)")
+        .bind(tenant_id)
+        .bind(ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    let episodes = sqlx::query("DELETE FROM episodes WHERE tenant_id = $1 AND id = ANY($2)")
+        .bind(tenant_id)
+        .bind(ids)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?
+        .rows_affected();
+    // Surviving memories must not point at erased episodes.
+    sqlx::query(
+        "UPDATE memories SET source_episode_ids = \
+           ARRAY(SELECT unnest(source_episode_ids) EXCEPT SELECT unnest($2::uuid[])) \
+         WHERE tenant_id = $1 AND source_episode_ids && $2",
+    )
+    .bind(tenant_id)
+    .bind(ids)
+    .execute(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok((episodes, edges))
+}
+
 /// The edge recording that `new` superseded `old`.
 pub(crate) async fn supersedes_edge(
     conn: &mut PgConnection,
@@ -375,7 +425,7 @@ impl PgStore {
             && let Some(row) = slot_holder(&mut tx, &scope, slot, None).await?
         {
             if row.expires_at.is_some_and(|t| t <= now) {
-                expire(&mut tx, &[row.id], now).await?;
+                expire(&mut tx, &[row.id], now, EXPIRY_PASSED).await?;
             } else {
                 holder = Some(Candidate {
                     id: row.id,
@@ -843,23 +893,22 @@ impl PgStore {
                     result.episodes = episode_ids.len() as u64;
                 } else {
                     result.edges = sqlx::query(
-                        "DELETE FROM edges WHERE tenant_id = $1 \
-                         AND (src_id = ANY($2) OR dst_id = ANY($2) OR src_id = ANY($3) OR dst_id = ANY($3))",
+                        "DELETE FROM edges WHERE tenant_id = $1 AND (src_id = ANY($2) OR dst_id = ANY($2))",
                     )
                     .bind(tenant)
                     .bind(&ids)
-                    .bind(&episode_ids)
                     .execute(&mut *tx)
                     .await
                     .map_err(db_error)?
                     .rows_affected();
-                    sqlx::query("DELETE FROM audit_log WHERE tenant_id = $1 AND (target_id = ANY($2) OR target_id = ANY($3))")
-                        .bind(tenant)
-                        .bind(&ids)
-                        .bind(&episode_ids)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
+                    sqlx::query(
+                        "DELETE FROM audit_log WHERE tenant_id = $1 AND target_id = ANY($2)",
+                    )
+                    .bind(tenant)
+                    .bind(&ids)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
                     result.versions = sqlx::query(
                         "DELETE FROM memory_versions WHERE tenant_id = $1 AND memory_id = ANY($2)",
                     )
@@ -875,26 +924,9 @@ impl PgStore {
                         .execute(&mut *tx)
                         .await
                         .map_err(db_error)?;
-                    result.episodes =
-                        sqlx::query("DELETE FROM episodes WHERE tenant_id = $1 AND id = ANY($2)")
-                            .bind(tenant)
-                            .bind(&episode_ids)
-                            .execute(&mut *tx)
-                            .await
-                            .map_err(db_error)?
-                            .rows_affected();
-                    // Surviving memories must not point at erased episodes.
-                    if !episode_ids.is_empty() {
-                        sqlx::query(
-                            "UPDATE memories SET source_episode_ids = ARRAY(SELECT unnest(source_episode_ids) EXCEPT SELECT unnest($2::uuid[])) \
-                             WHERE tenant_id = $1 AND source_episode_ids && $2",
-                        )
-                        .bind(tenant)
-                        .bind(&episode_ids)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                    }
+                    let (episodes, edges) = delete_episodes(&mut tx, tenant, &episode_ids).await?;
+                    result.episodes = episodes;
+                    result.edges += edges;
                 }
             }
         }
@@ -1043,7 +1075,7 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
-        expire(&mut tx, &ids, now).await?;
+        expire(&mut tx, &ids, now, EXPIRY_PASSED).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(ids.len() as u64)
     }

@@ -35,6 +35,10 @@ const B: f64 = 0.75;
 /// How long scope statistics are reused. They move slowly (BM25's N and average length, and the
 /// exact-or-HNSW choice), and recomputing them scans the scope, so they are not refreshed often.
 const STATS_TTL: Duration = Duration::from_secs(300);
+/// Scopes smaller than this are counted on every recall: counting them is cheap, and their
+/// statistics change fast relative to their size (a new user's first memories must be found at
+/// once, not after the TTL).
+const STATS_CACHE_MIN_DOCS: f64 = 1_000.0;
 
 /// What to search.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +69,8 @@ pub struct RecallQuery {
     pub include_episodes: bool,
     /// Candidates per search side.
     pub candidates: usize,
+    /// Memories whose confidence decayed below this are left out (the decay floor).
+    pub min_confidence: f32,
 }
 
 /// Vector search settings.
@@ -182,6 +188,9 @@ fn push_scope(
                 b.push(format!(" AND {alias}.slot = "))
                     .push_bind(slot.clone());
             }
+            if q.min_confidence > 0.0 {
+                b.push(" AND m.confidence >= ").push_bind(q.min_confidence);
+            }
             if let Some(t) = q.created_after {
                 b.push(" AND m.created_at >= ").push_bind(t);
             }
@@ -247,6 +256,9 @@ impl StatsCache {
             avg_len,
             vectors: vectors.max(0) as u64,
         };
+        if docs < STATS_CACHE_MIN_DOCS {
+            return Ok(stats);
+        }
         if let Ok(mut map) = self.0.lock() {
             if map.len() > 10_000 {
                 map.retain(|_, (at, _)| at.elapsed() < STATS_TTL);

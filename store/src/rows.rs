@@ -134,8 +134,8 @@ impl TryFrom<VersionRow> for MemoryVersion {
     }
 }
 
-pub(crate) const TENANT_COLUMNS: &str =
-    "id, name, pii_mode, extraction_create_only, rate_limit_rps, max_memories, created_at";
+pub(crate) const TENANT_COLUMNS: &str = "id, name, pii_mode, extraction_create_only, rate_limit_rps, max_memories, created_at, \
+     episode_retention_days, memory_retention_days";
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct TenantRow {
@@ -146,6 +146,8 @@ pub(crate) struct TenantRow {
     pub rate_limit_rps: i32,
     pub max_memories: i64,
     pub created_at: DateTime<Utc>,
+    pub episode_retention_days: i32,
+    pub memory_retention_days: i32,
 }
 
 impl TryFrom<TenantRow> for Tenant {
@@ -160,6 +162,8 @@ impl TryFrom<TenantRow> for Tenant {
             rate_limit_rps: r.rate_limit_rps,
             max_memories: r.max_memories,
             created_at: r.created_at,
+            episode_retention_days: r.episode_retention_days.max(0) as u32,
+            memory_retention_days: r.memory_retention_days.max(0) as u32,
         })
     }
 }

@@ -15,6 +15,19 @@ use crate::{PgStore, db_error};
 /// The prefix every Mémoire API key secret starts with, so that leaked keys are recognisable.
 const SECRET_PREFIX: &str = "mem_";
 
+/// Changes to a tenant's policies; `None` leaves one as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TenantUpdate {
+    /// PII mode.
+    pub pii_mode: Option<memoire_core::model::PiiMode>,
+    /// Extraction kill switch.
+    pub extraction_create_only: Option<bool>,
+    /// Episode retention, days.
+    pub episode_retention_days: Option<u32>,
+    /// Memory retention, days.
+    pub memory_retention_days: Option<u32>,
+}
+
 /// The tenant a query found, or `NOT_FOUND`.
 fn found(row: Option<TenantRow>, id: Uuid) -> Result<Tenant> {
     row.ok_or_else(|| Error::NotFound {
@@ -86,22 +99,22 @@ impl PgStore {
         found(row, id)
     }
 
-    /// Changes a tenant's PII policy and extraction kill switch (`None`: unchanged).
-    pub async fn update_tenant(
-        &self,
-        id: Uuid,
-        pii_mode: Option<memoire_core::model::PiiMode>,
-        extraction_create_only: Option<bool>,
-    ) -> Result<Tenant> {
+    /// Changes a tenant's policies (`None`: unchanged).
+    pub async fn update_tenant(&self, id: Uuid, u: &TenantUpdate) -> Result<Tenant> {
         let sql = format!(
             "UPDATE tenants SET pii_mode = COALESCE($2, pii_mode), \
-             extraction_create_only = COALESCE($3, extraction_create_only) \
+             extraction_create_only = COALESCE($3, extraction_create_only), \
+             episode_retention_days = COALESCE($4, episode_retention_days), \
+             memory_retention_days = COALESCE($5, memory_retention_days) \
              WHERE id = $1 RETURNING {TENANT_COLUMNS}"
         );
+        let days = |d: Option<u32>| d.map(|d| d.min(i32::MAX as u32) as i32);
         let row: Option<TenantRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(id)
-            .bind(pii_mode.map(|m| m.as_str()))
-            .bind(extraction_create_only)
+            .bind(u.pii_mode.map(|m| m.as_str()))
+            .bind(u.extraction_create_only)
+            .bind(days(u.episode_retention_days))
+            .bind(days(u.memory_retention_days))
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;

@@ -1131,7 +1131,7 @@ async fn health_metrics_and_unimplemented_rpcs() {
     let err = server
         .admin()
         .admin()
-        .run_maintenance(pb::RunMaintenanceRequest::default())
+        .export_memories(pb::ExportMemoriesRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);

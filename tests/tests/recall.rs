@@ -637,3 +637,35 @@ async fn recall_works_when_redis_is_down() {
         assert!(r.context.contains("shellfish"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_users_first_memory_is_found_right_after_an_empty_recall() {
+    // Regression: scope statistics were cached for five minutes, so a recall on an empty scope
+    // hid the user's first memories until the cache expired.
+    let server = TestServer::start().await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let mut m = client.memory();
+    let ask = || pb::RecallRequest {
+        user_id: "new".into(),
+        query: "what pet does the user have".into(),
+        ..Default::default()
+    };
+    assert!(
+        m.recall(ask())
+            .await
+            .expect("recall")
+            .into_inner()
+            .items
+            .is_empty()
+    );
+    m.teach(pb::TeachRequest {
+        user_id: "new".into(),
+        kind: pb::MemoryKind::Fact as i32,
+        content: "Has a tabby cat named Miso".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("teach");
+    let items = m.recall(ask()).await.expect("recall").into_inner().items;
+    assert_eq!(items.len(), 1);
+}

@@ -18,6 +18,7 @@
 //! also runs every `poll_interval`, so a lost notification, a restarted worker or a restarted
 //! Postgres only delay work. Database errors never stop the worker: it logs, waits and resumes.
 
+pub mod jobs;
 pub mod providers;
 
 use std::future::Future;
@@ -51,6 +52,8 @@ pub struct WorkerSettings {
     pub known_memories: u32,
     /// Episodes embedded per model call.
     pub embed_batch: u32,
+    /// The periodic jobs.
+    pub jobs: jobs::JobSettings,
 }
 
 impl Default for WorkerSettings {
@@ -68,6 +71,7 @@ impl Default for WorkerSettings {
             context_turns: 6,
             known_memories: 20,
             embed_batch: 64,
+            jobs: jobs::JobSettings::default(),
         }
     }
 }
@@ -380,7 +384,11 @@ pub async fn run(
         let store = store.clone();
         let mut stop = stop.clone();
         let (sweep_every, gauge_every) = (settings.expiry_sweep_interval, settings.poll_interval);
+        let job_settings = settings.jobs.clone();
         async move {
+            let mut schedule = jobs::Schedule::new(&job_settings);
+            let mut jobs_tick = tokio::time::interval(Duration::from_secs(1));
+            jobs_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut sweep = tokio::time::interval(sweep_every);
             let mut gauges = tokio::time::interval(gauge_every);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -400,6 +408,12 @@ pub async fn run(
                     _ = gauges.tick() => {
                         if let Err(e) = publish_gauges(&store).await {
                             tracing::debug!(error = %e, "queue gauges not updated");
+                        }
+                    }
+                    _ = jobs_tick.tick() => {
+                        for job in schedule.due() {
+                            // Logged and recorded by the run itself.
+                            let _ = jobs::run(&store, uuid::Uuid::now_v7(), job, &memoire_store::JobScope::default(), &job_settings).await;
                         }
                     }
                     _ = stopped(&mut stop) => break,

@@ -108,6 +108,28 @@ pub fn extractor(config: &Config) -> anyhow::Result<Arc<dyn Extractor>> {
     })
 }
 
+/// The periodic jobs' settings.
+pub fn job_settings(config: &Config) -> crate::jobs::JobSettings {
+    use crate::jobs::Job;
+    let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
+    crate::jobs::JobSettings {
+        max_essential: config.conscious_max_essential,
+        half_life: Duration::from_secs_f64(config.decay_half_life_days as f64 * 86_400.0),
+        floor: config.decay_floor,
+        reflect_min_turns: config.reflect_min_turns as i64,
+        reflect_max_turns: config.reflect_max_turns as usize,
+        reflect_idle: Duration::from_secs(config.reflect_idle_secs),
+        max_content_bytes: config.max_content_bytes,
+        every: vec![
+            (Job::Optimize, every(config.optimize_interval_secs)),
+            (Job::Decay, every(config.decay_interval_secs)),
+            (Job::Reflect, every(config.reflect_interval_secs)),
+            (Job::Retention, every(config.retention_interval_secs)),
+            (Job::ReEmbed, every(config.reembed_interval_secs)),
+        ],
+    }
+}
+
 /// The worker's settings.
 pub fn settings(config: &Config) -> WorkerSettings {
     WorkerSettings {
@@ -130,5 +152,6 @@ pub fn settings(config: &Config) -> WorkerSettings {
             ExtractorKind::Llm => config.extraction_known_memories,
         },
         embed_batch: config.embed_batch_size,
+        jobs: job_settings(config),
     }
 }

@@ -152,10 +152,15 @@ impl AdminService for AdminSvc {
                 "UpdateTenant rate_limit_rps / max_memories (quotas are not enforced yet)",
             ));
         }
-        let pii = convert::pii_mode("pii_mode", r.pii_mode).map_err(status)?;
+        let update = memoire_store::TenantUpdate {
+            pii_mode: convert::pii_mode("pii_mode", r.pii_mode).map_err(status)?,
+            extraction_create_only: r.extraction_create_only,
+            episode_retention_days: r.episode_retention_days,
+            memory_retention_days: r.memory_retention_days,
+        };
         let tenant = s
             .store
-            .update_tenant(tenant, pii, r.extraction_create_only)
+            .update_tenant(tenant, &update)
             .await
             .map_err(status)?;
         tracing::info!(tenant_id = %tenant.id, pii_mode = %tenant.pii_mode.as_str(), extraction_create_only = tenant.extraction_create_only, actor = %who.actor, "tenant updated");
@@ -261,11 +266,62 @@ impl AdminService for AdminSvc {
 
     async fn run_maintenance(
         &self,
-        _req: Request<pb::RunMaintenanceRequest>,
+        req: Request<pb::RunMaintenanceRequest>,
     ) -> Result<Response<pb::RunMaintenanceResponse>, Status> {
-        Err(unimplemented(
-            "RunMaintenance (optimize, decay, reflect, retention, re-embed jobs)",
-        ))
+        use memoire_worker::jobs::{self, Job};
+        let s = &self.state;
+        let who = s
+            .auth
+            .authorize(req.metadata(), KeyRole::Admin)
+            .await
+            .map_err(status)?;
+        let r = req.into_inner();
+        let job = match pb::MaintenanceJob::try_from(r.job) {
+            Ok(pb::MaintenanceJob::Optimize) => Job::Optimize,
+            Ok(pb::MaintenanceJob::Decay) => Job::Decay,
+            Ok(pb::MaintenanceJob::Reflect) => Job::Reflect,
+            Ok(pb::MaintenanceJob::Retention) => Job::Retention,
+            Ok(pb::MaintenanceJob::Reembed) => Job::ReEmbed,
+            Ok(pb::MaintenanceJob::Unspecified) | Err(_) => {
+                return Err(status(Error::invalid(
+                    "job",
+                    "is required: MAINTENANCE_JOB_OPTIMIZE, _DECAY, _REFLECT, _RETENTION or _REEMBED",
+                )));
+            }
+        };
+        let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
+        s.store.tenant(tenant).await.map_err(status)?;
+        let scope = memoire_store::JobScope {
+            tenant_id: Some(tenant),
+            user_id: r
+                .user_id
+                .filter(|u| !u.is_empty())
+                .map(|u| v::required_id("user_id", &u))
+                .transpose()
+                .map_err(status)?,
+        };
+        tracing::info!(job = job.as_str(), tenant_id = %tenant, user_id = ?scope.user_id, actor = %who.actor, "maintenance requested");
+        let (store, settings) = (s.store.clone(), s.jobs.clone());
+        let id = uuid::Uuid::now_v7();
+        if r.wait {
+            let result = jobs::run(&store, id, job, &scope, &settings)
+                .await
+                .map_err(status)?;
+            return Ok(Response::new(pb::RunMaintenanceResponse {
+                job_id: id.to_string(),
+                finished: true,
+                result_json: result.to_string(),
+            }));
+        }
+        // In the background; the run records its outcome in maintenance_runs.
+        tokio::spawn(async move {
+            let _ = jobs::run(&store, id, job, &scope, &settings).await;
+        });
+        Ok(Response::new(pb::RunMaintenanceResponse {
+            job_id: id.to_string(),
+            finished: false,
+            result_json: String::new(),
+        }))
     }
 
     async fn list_dead_letters(

@@ -299,6 +299,7 @@ fn recall_request(
             include_episodes: r.include_episodes,
             // Enough candidates for k even when fusion reorders them.
             candidates: settings.candidates.max(k * 2),
+            min_confidence: settings.min_confidence,
         },
         k,
         budget,
