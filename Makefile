@@ -1,5 +1,5 @@
 # The commands the README and CI use. `make run` and `make test` set up what is missing first.
-.PHONY: setup run test bench bench-recall bench-ingest build release lint fmt migrate check-config
+.PHONY: setup run test bench bench-recall bench-ingest bench-conscious build release lint fmt migrate check-config
 
 MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
 export MEMOIRE_ADMIN_KEY
@@ -15,13 +15,16 @@ test:
 	@scripts/test.sh
 
 # Benchmarks run in release against the set-up services; they print p50/p95/p99 and throughput.
-bench: bench-ingest bench-recall
+bench: bench-ingest bench-conscious bench-recall
 
 bench-recall: setup
 	cargo run --release --locked -p memoire-tests --bin recall-bench
 
 bench-ingest: setup
 	cargo run --release --locked -p memoire-tests --bin ingest-bench
+
+bench-conscious: setup
+	cargo run --release --locked -p memoire-tests --bin conscious-bench
 
 build:
 	cargo build --workspace --locked
