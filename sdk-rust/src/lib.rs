@@ -1,31 +1,50 @@
-//! A Rust client for Mémoire.
+//! A typed Rust client for Mémoire.
 //!
-//! Today: a [`Client`] built with [`ClientBuilder`] (endpoint, API key, timeouts) that connects
-//! lazily — building it never fails because the service is down — and hands out the generated
-//! `memoire.v1` stubs with the API key attached to every call.
+//! [`Client`] is built with [`ClientBuilder`]: endpoint, API key, a default user and namespace,
+//! a per-call deadline, and retries with backoff and jitter for idempotent calls. Building never
+//! fails because the service is down (the connection is made lazily, on the first call), and
+//! every RPC is a typed method whose errors are an [`Error`] enum — a deadline is
+//! [`Error::Timeout`] (tonic reports its own client deadline as `CANCELLED("Timeout expired")`;
+//! that is mapped too), bad input is [`Error::InvalidArgument`] with the offending field.
 //!
 //! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo() -> Result<(), memoire_sdk::Error> {
 //! use memoire_sdk::{pb, Client};
-//! let client = Client::builder("http://127.0.0.1:50051").api_key("mem_...").build()?;
-//! let reply = client
-//!     .memory()
-//!     .get_memory(pb::GetMemoryRequest { memory_id: "0190f6c8-...".into() })
+//! let client = Client::builder("http://127.0.0.1:50051")
+//!     .api_key("mem_...")
+//!     .default_user("dana")
+//!     .build()?;
+//! client
+//!     .teach(pb::TeachRequest {
+//!         kind: pb::MemoryKind::Fact as i32,
+//!         content: "Lives in Dallas".into(),
+//!         slot: Some("user.home_city".into()),
+//!         ..Default::default()
+//!     })
 //!     .await?;
+//! let found = client
+//!     .recall(pb::RecallRequest { query: "where does she live?".into(), ..Default::default() })
+//!     .await?;
+//! println!("{}", found.context);
 //! # Ok(()) }
 //! ```
+//!
+//! The generated stubs stay available ([`Client::memory`], [`Client::admin`]) for anything the
+//! typed methods do not cover.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+use tonic_types::StatusExt as _;
 
 pub use memoire_proto::v1 as pb;
 
-/// Errors building a client.
-#[derive(Debug, thiserror::Error)]
+/// What can go wrong.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Error {
     /// The endpoint is not a valid URI.
     #[error("invalid endpoint '{endpoint}': {reason}")]
@@ -38,6 +57,84 @@ pub enum Error {
     /// The API key cannot be sent as metadata (it contains characters other than visible ASCII).
     #[error("the API key is not valid gRPC metadata")]
     InvalidApiKey,
+    /// The call's deadline passed (the client's or the server's).
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// The service (or its database) cannot be reached; worth retrying later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+    /// The request was rejected; `field` names the offending field when the server said.
+    #[error("invalid argument{}: {message}", field.as_deref().map(|f| format!(" ({f})")).unwrap_or_default())]
+    InvalidArgument {
+        /// The field, e.g. `content` or `messages[2].role`.
+        field: Option<String>,
+        /// Why.
+        message: String,
+    },
+    /// Missing, wrong or revoked API key.
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// The key's role does not allow the call.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// No such memory, tenant, key …
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// It already exists.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+    /// The state does not allow it (e.g. correcting a superseded memory).
+    #[error("failed precondition: {0}")]
+    FailedPrecondition(String),
+    /// A quota or rate limit.
+    #[error("resource exhausted: {0}")]
+    ResourceExhausted(String),
+    /// The server does not implement it (yet).
+    #[error("unimplemented: {0}")]
+    Unimplemented(String),
+    /// Anything else, with its gRPC code.
+    #[error("{code:?}: {message}")]
+    Other {
+        /// The gRPC code.
+        code: tonic::Code,
+        /// The message.
+        message: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same call later can succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Timeout(_))
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(s: tonic::Status) -> Self {
+        let message = s.message().to_owned();
+        match s.code() {
+            tonic::Code::DeadlineExceeded => Error::Timeout(message),
+            // tonic's own client-side deadline.
+            tonic::Code::Cancelled if message.contains("Timeout expired") => {
+                Error::Timeout(message)
+            }
+            tonic::Code::Unavailable => Error::Unavailable(message),
+            tonic::Code::InvalidArgument => Error::InvalidArgument {
+                field: s
+                    .get_details_bad_request()
+                    .and_then(|b| b.field_violations.first().map(|v| v.field.clone())),
+                message,
+            },
+            tonic::Code::Unauthenticated => Error::Unauthenticated(message),
+            tonic::Code::PermissionDenied => Error::PermissionDenied(message),
+            tonic::Code::NotFound => Error::NotFound(message),
+            tonic::Code::AlreadyExists => Error::AlreadyExists(message),
+            tonic::Code::FailedPrecondition => Error::FailedPrecondition(message),
+            tonic::Code::ResourceExhausted => Error::ResourceExhausted(message),
+            tonic::Code::Unimplemented => Error::Unimplemented(message),
+            code => Error::Other { code, message },
+        }
+    }
 }
 
 /// Adds `authorization: Bearer <key>` to every request.
@@ -60,13 +157,55 @@ pub type MemoryClient =
 pub type AdminClient =
     pb::admin_service_client::AdminServiceClient<InterceptedService<Channel, ApiKeyInterceptor>>;
 
+/// Retries of idempotent calls: up to `max_retries` more attempts after `Unavailable` (or a
+/// deadline), waiting `base · 2^n` (at most `max`) with ±50 % jitter.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts after the first.
+    pub max_retries: u32,
+    /// The first wait.
+    pub base: Duration,
+    /// The longest wait.
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 2,
+            base: Duration::from_millis(50),
+            max: Duration::from_secs(1),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn wait(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base
+            .saturating_mul(2u32.saturating_pow(attempt.min(16)))
+            .min(self.max);
+        // Jitter without a random-number dependency: the clock's nanoseconds are spread enough
+        // to keep clients that failed together from retrying together.
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let factor = 0.5 + (nanos % 1000) as f64 / 1000.0;
+        exp.mul_f64(factor)
+    }
+}
+
 /// Builds a [`Client`].
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     endpoint: String,
     api_key: Option<String>,
     connect_timeout: Duration,
-    timeout: Option<Duration>,
+    timeout: Duration,
+    retry: RetryPolicy,
+    default_user: Option<String>,
+    default_namespace: Option<String>,
 }
 
 impl ClientBuilder {
@@ -82,9 +221,27 @@ impl ClientBuilder {
         self
     }
 
-    /// A deadline for every call (default: none).
+    /// The deadline of every call (default 10 s); sent to the server too.
     pub fn timeout(mut self, d: Duration) -> Self {
-        self.timeout = Some(d);
+        self.timeout = d;
+        self
+    }
+
+    /// Retries of idempotent calls (default: 2 retries, 50 ms doubling to 1 s, jittered).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// The user of calls that do not name one.
+    pub fn default_user(mut self, user: impl Into<String>) -> Self {
+        self.default_user = Some(user.into());
+        self
+    }
+
+    /// The namespace of calls that do not name one.
+    pub fn default_namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.default_namespace = Some(namespace.into());
         self
     }
 
@@ -94,12 +251,10 @@ impl ClientBuilder {
             endpoint: self.endpoint.clone(),
             reason,
         };
-        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
+        let endpoint = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| invalid(e.to_string()))?
-            .connect_timeout(self.connect_timeout);
-        if let Some(t) = self.timeout {
-            endpoint = endpoint.timeout(t);
-        }
+            .connect_timeout(self.connect_timeout)
+            .tcp_nodelay(true);
         let auth = self
             .api_key
             .as_deref()
@@ -109,6 +264,10 @@ impl ClientBuilder {
         Ok(Client {
             channel: endpoint.connect_lazy(),
             auth: ApiKeyInterceptor(auth),
+            timeout: self.timeout,
+            retry: self.retry,
+            default_user: self.default_user.unwrap_or_default(),
+            default_namespace: self.default_namespace.unwrap_or_default(),
         })
     }
 }
@@ -118,6 +277,23 @@ impl ClientBuilder {
 pub struct Client {
     channel: Channel,
     auth: ApiKeyInterceptor,
+    timeout: Duration,
+    retry: RetryPolicy,
+    default_user: String,
+    default_namespace: String,
+}
+
+/// Whether a call may be sent again after a failure that may or may not have reached the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idempotent {
+    Yes,
+    No,
+}
+
+fn fill(field: &mut String, default: &str) {
+    if field.is_empty() {
+        default.clone_into(field);
+    }
 }
 
 impl Client {
@@ -127,11 +303,14 @@ impl Client {
             endpoint: endpoint.into(),
             api_key: None,
             connect_timeout: Duration::from_secs(5),
-            timeout: None,
+            timeout: Duration::from_secs(10),
+            retry: RetryPolicy::default(),
+            default_user: None,
+            default_namespace: None,
         }
     }
 
-    /// The memory service.
+    /// The generated memory-service stub (no deadline or retries added).
     pub fn memory(&self) -> MemoryClient {
         pb::memory_service_client::MemoryServiceClient::with_interceptor(
             self.channel.clone(),
@@ -139,7 +318,7 @@ impl Client {
         )
     }
 
-    /// The admin service.
+    /// The generated admin-service stub (no deadline or retries added).
     pub fn admin(&self) -> AdminClient {
         pb::admin_service_client::AdminServiceClient::with_interceptor(
             self.channel.clone(),
@@ -153,15 +332,220 @@ impl Client {
             .parse()
             .map_err(|_| Error::InvalidApiKey)?;
         Ok(Client {
-            channel: self.channel.clone(),
             auth: ApiKeyInterceptor(Some(v)),
+            ..self.clone()
         })
+    }
+
+    /// The same client with another per-call deadline.
+    pub fn with_timeout(&self, timeout: Duration) -> Client {
+        Client {
+            timeout,
+            ..self.clone()
+        }
     }
 
     /// The underlying channel (for health checks and other services).
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
+
+    /// Runs `call` with the deadline (client-side, and as `grpc-timeout` for the server), and
+    /// retries it per the policy when it is idempotent and failed transiently.
+    async fn call<Req, Resp, F, Fut>(
+        &self,
+        req: Req,
+        idempotent: Idempotent,
+        call: F,
+    ) -> Result<Resp, Error>
+    where
+        Req: Clone,
+        F: Fn(tonic::Request<Req>) -> Fut,
+        Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            let mut request = tonic::Request::new(req.clone());
+            request.set_timeout(self.timeout);
+            let outcome = match tokio::time::timeout(self.timeout, call(request)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(status)) => Error::from(status),
+                Err(_) => Error::Timeout(format!("no reply within {:?}", self.timeout)),
+            };
+            if idempotent == Idempotent::No
+                || !outcome.is_transient()
+                || attempt >= self.retry.max_retries
+            {
+                return Err(outcome);
+            }
+            tokio::time::sleep(self.retry.wait(attempt)).await;
+            attempt += 1;
+        }
+    }
+
+    /// Stores conversation messages (retried only when every message has a `message_id`, which
+    /// makes a retry harmless).
+    pub async fn ingest(&self, mut req: pb::IngestRequest) -> Result<pb::IngestResponse, Error> {
+        fill(&mut req.user_id, &self.default_user);
+        fill(&mut req.namespace, &self.default_namespace);
+        let idempotent = if !req.messages.is_empty()
+            && req
+                .messages
+                .iter()
+                .all(|m| m.message_id.as_deref().is_some_and(|id| !id.is_empty()))
+        {
+            Idempotent::Yes
+        } else {
+            Idempotent::No
+        };
+        let client = self.memory();
+        self.call(req, idempotent, |r| {
+            let mut c = client.clone();
+            async move { c.ingest(r).await }
+        })
+        .await
+    }
+
+    /// Query-aware retrieval, packed for a prompt.
+    pub async fn recall(&self, mut req: pb::RecallRequest) -> Result<pb::RecallResponse, Error> {
+        fill(&mut req.user_id, &self.default_user);
+        if req.namespaces.is_empty() && !self.default_namespace.is_empty() {
+            req.namespaces.push(self.default_namespace.clone());
+        }
+        let client = self.memory();
+        self.call(req, Idempotent::Yes, |r| {
+            let mut c = client.clone();
+            async move { c.recall(r).await }
+        })
+        .await
+    }
+
+    /// The working memory for the start of a session.
+    pub async fn conscious(
+        &self,
+        mut req: pb::ConsciousRequest,
+    ) -> Result<pb::ConsciousResponse, Error> {
+        fill(&mut req.user_id, &self.default_user);
+        fill(&mut req.namespace, &self.default_namespace);
+        let client = self.memory();
+        self.call(req, Idempotent::Yes, |r| {
+            let mut c = client.clone();
+            async move { c.conscious(r).await }
+        })
+        .await
+    }
+
+    /// Writes a memory, or corrects one (`memory_id`). Not retried.
+    pub async fn teach(&self, mut req: pb::TeachRequest) -> Result<pb::TeachResponse, Error> {
+        fill(&mut req.user_id, &self.default_user);
+        fill(&mut req.namespace, &self.default_namespace);
+        let client = self.memory();
+        self.call(req, Idempotent::No, |r| {
+            let mut c = client.clone();
+            async move { c.teach(r).await }
+        })
+        .await
+    }
+
+    /// Tombstones or purges memories. Not retried.
+    pub async fn forget(&self, req: pb::ForgetRequest) -> Result<pb::ForgetResponse, Error> {
+        let client = self.memory();
+        self.call(req, Idempotent::No, |r| {
+            let mut c = client.clone();
+            async move { c.forget(r).await }
+        })
+        .await
+    }
+
+    /// One memory.
+    pub async fn get_memory(&self, memory_id: &str) -> Result<pb::Memory, Error> {
+        let client = self.memory();
+        let req = pb::GetMemoryRequest {
+            memory_id: memory_id.to_owned(),
+        };
+        let r = self
+            .call(req, Idempotent::Yes, |r| {
+                let mut c = client.clone();
+                async move { c.get_memory(r).await }
+            })
+            .await?;
+        r.memory
+            .ok_or_else(|| Error::NotFound(format!("memory {memory_id}")))
+    }
+
+    /// A page of memories.
+    pub async fn list_memories(
+        &self,
+        mut req: pb::ListMemoriesRequest,
+    ) -> Result<pb::ListMemoriesResponse, Error> {
+        fill(&mut req.user_id, &self.default_user);
+        if req.namespaces.is_empty() && !self.default_namespace.is_empty() {
+            req.namespaces.push(self.default_namespace.clone());
+        }
+        let client = self.memory();
+        self.call(req, Idempotent::Yes, |r| {
+            let mut c = client.clone();
+            async move { c.list_memories(r).await }
+        })
+        .await
+    }
+
+    /// A memory's version history, oldest first.
+    pub async fn history(&self, memory_id: &str) -> Result<Vec<pb::MemoryVersion>, Error> {
+        let client = self.memory();
+        let req = pb::HistoryRequest {
+            memory_id: memory_id.to_owned(),
+        };
+        let r = self
+            .call(req, Idempotent::Yes, |r| {
+                let mut c = client.clone();
+                async move { c.history(r).await }
+            })
+            .await?;
+        Ok(r.versions)
+    }
+}
+
+/// The admin service's typed methods (an admin or the bootstrap key).
+macro_rules! admin_calls {
+    ($($(#[$doc:meta])* $name:ident($req:ident) -> $resp:ident, $idem:ident;)+) => {
+        impl Client {
+            $(
+                $(#[$doc])*
+                pub async fn $name(&self, req: pb::$req) -> Result<pb::$resp, Error> {
+                    let client = self.admin();
+                    self.call(req, Idempotent::$idem, |r| {
+                        let mut c = client.clone();
+                        async move { c.$name(r).await }
+                    })
+                    .await
+                }
+            )+
+        }
+    };
+}
+
+admin_calls! {
+    /// Creates a tenant (bootstrap key only).
+    create_tenant(CreateTenantRequest) -> CreateTenantResponse, No;
+    /// Lists tenants.
+    list_tenants(ListTenantsRequest) -> ListTenantsResponse, Yes;
+    /// Changes a tenant's policies.
+    update_tenant(UpdateTenantRequest) -> UpdateTenantResponse, No;
+    /// Creates an API key; the secret is in the reply only.
+    create_api_key(CreateApiKeyRequest) -> CreateApiKeyResponse, No;
+    /// Lists a tenant's keys.
+    list_api_keys(ListApiKeysRequest) -> ListApiKeysResponse, Yes;
+    /// Revokes a key.
+    revoke_api_key(RevokeApiKeyRequest) -> RevokeApiKeyResponse, No;
+    /// A tenant's statistics.
+    get_stats(GetStatsRequest) -> GetStatsResponse, Yes;
+    /// Runs a maintenance job.
+    run_maintenance(RunMaintenanceRequest) -> RunMaintenanceResponse, No;
+    /// The dead-letter queue.
+    list_dead_letters(ListDeadLettersRequest) -> ListDeadLettersResponse, Yes;
+    /// Puts dead letters back on the queue.
+    replay_dead_letters(ReplayDeadLettersRequest) -> ReplayDeadLettersResponse, No;
 }
 
 #[cfg(test)]
@@ -170,19 +554,20 @@ mod tests {
 
     #[tokio::test]
     async fn building_never_needs_the_service() {
-        // Nothing listens on port 9; a lazy client builds anyway and fails only when called.
+        // Nothing listens on port 9; a lazy client builds anyway and fails only when called,
+        // after its retries, as Unavailable.
         let client = Client::builder("http://127.0.0.1:9")
             .api_key("mem_x")
+            .retry(RetryPolicy {
+                max_retries: 1,
+                base: Duration::from_millis(1),
+                max: Duration::from_millis(1),
+            })
             .build()
             .expect("builds");
-        let err = client
-            .memory()
-            .get_memory(pb::GetMemoryRequest {
-                memory_id: "x".into(),
-            })
-            .await
-            .expect_err("nothing listens");
-        assert_eq!(err.code(), tonic::Code::Unavailable);
+        let err = client.get_memory("x").await.expect_err("nothing listens");
+        assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+        assert!(err.is_transient());
     }
 
     #[test]
@@ -195,5 +580,51 @@ mod tests {
             Client::builder("http://x").api_key("bad\nkey").build(),
             Err(Error::InvalidApiKey)
         ));
+    }
+
+    #[test]
+    fn statuses_map_to_typed_errors() {
+        let e = Error::from(tonic::Status::cancelled("Timeout expired"));
+        assert!(
+            matches!(e, Error::Timeout(_)),
+            "tonic's client deadline is a timeout"
+        );
+        assert!(matches!(
+            Error::from(tonic::Status::deadline_exceeded("x")),
+            Error::Timeout(_)
+        ));
+        assert!(matches!(
+            Error::from(tonic::Status::cancelled("by the caller")),
+            Error::Other {
+                code: tonic::Code::Cancelled,
+                ..
+            }
+        ));
+        assert!(matches!(
+            Error::from(tonic::Status::not_found("x")),
+            Error::NotFound(_)
+        ));
+        let bad = tonic::Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            "content is required",
+            tonic_types::ErrorDetails::with_bad_request_violation("content", "is required"),
+        );
+        assert_eq!(
+            Error::from(bad),
+            Error::InvalidArgument {
+                field: Some("content".into()),
+                message: "content is required".into()
+            }
+        );
+    }
+
+    #[test]
+    fn retry_waits_grow_and_stay_bounded() {
+        let p = RetryPolicy::default();
+        for attempt in 0..10 {
+            let w = p.wait(attempt);
+            assert!(w <= p.max.mul_f64(1.5), "{w:?}");
+            assert!(w >= p.base.mul_f64(0.5), "{w:?}");
+        }
     }
 }
