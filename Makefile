@@ -1,5 +1,5 @@
 # The commands the README and CI use. `make run` and `make test` set up what is missing first.
-.PHONY: setup run test bench bench-recall bench-ingest bench-conscious build release lint fmt migrate check-config
+.PHONY: setup run test bench bench-recall bench-ingest bench-conscious bench-sdk python-sdk build release lint fmt migrate check-config
 
 MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
 export MEMOIRE_ADMIN_KEY
@@ -25,6 +25,15 @@ bench-ingest: setup
 
 bench-conscious: setup
 	cargo run --release --locked -p memoire-tests --bin conscious-bench
+
+# What the Python SDK adds to a Recall over plain grpcio (against the release server).
+bench-sdk: release python-sdk
+	.venv/bin/python tests/python/bench_sdk.py
+
+# Builds the Python SDK (maturin) into .venv.
+python-sdk:
+	@scripts/setup.sh
+	PATH="$(CURDIR)/.venv/bin:$$PATH" CARGO_TARGET_DIR="$(CURDIR)/target" .venv/bin/pip install --quiet --no-build-isolation ./sdk-python
 
 build:
 	cargo build --workspace --locked

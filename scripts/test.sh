@@ -17,6 +17,10 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== python SDK (maturin wheel into .venv)"
+cargo fmt --manifest-path sdk-python/Cargo.toml -- --check
+CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path sdk-python/Cargo.toml --locked --quiet -- -D warnings
+PATH="$PWD/.venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target" .venv/bin/pip install --quiet --no-build-isolation ./sdk-python
 echo "== python tests"
 cargo build --locked --quiet -p memoire-server -p memoire-worker
 set +e

@@ -747,6 +747,18 @@ impl Config {
                 format!("is {}; it must be at least 0 and below 1", self.decay_floor),
             );
         }
+        // Each user a worker extracts holds one connection for its claim and needs another to
+        // write; the server's requests need some too.
+        let needed = self.worker_concurrency as u64 * 2 + 4;
+        if self.worker_embedded && (self.database_max_connections as u64) < needed {
+            bad(
+                "database_max_connections",
+                format!(
+                    "is {}; with the embedded worker at worker_concurrency = {} it must be at least {needed}",
+                    self.database_max_connections, self.worker_concurrency
+                ),
+            );
+        }
         if self.extraction_retry_base_ms > self.extraction_retry_max_ms {
             bad(
                 "extraction_retry_base_ms",

@@ -506,6 +506,96 @@ impl Client {
     }
 }
 
+/// Passes encoded messages through untouched: for bindings (the Python SDK) that encode and
+/// decode `memoire.v1` messages themselves.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawCodec;
+
+#[derive(Debug)]
+struct RawEncoder;
+
+#[derive(Debug)]
+struct RawDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawEncoder;
+    type Decoder = RawDecoder;
+
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+
+    fn decoder(&mut self) -> RawDecoder {
+        RawDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(
+        &mut self,
+        item: Vec<u8>,
+        dst: &mut tonic::codec::EncodeBuf<'_>,
+    ) -> Result<(), tonic::Status> {
+        use bytes::BufMut as _;
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawDecoder {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<Vec<u8>>, tonic::Status> {
+        use bytes::Buf as _;
+        let mut out = vec![0u8; src.remaining()];
+        src.copy_to_slice(&mut out);
+        Ok(Some(out))
+    }
+}
+
+impl Client {
+    /// Calls the unary RPC at `path` (e.g. `/memoire.v1.MemoryService/Recall`) with an encoded
+    /// request and returns the encoded reply — with the client's deadline, API key and retries
+    /// (when `idempotent`). For language bindings; Rust code should use the typed methods.
+    pub async fn call_raw(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        idempotent: bool,
+    ) -> Result<Vec<u8>, Error> {
+        let path: http::uri::PathAndQuery = path.parse().map_err(|_| Error::InvalidArgument {
+            field: Some("path".into()),
+            message: format!("'{path}' is not an RPC path"),
+        })?;
+        let service = InterceptedService::new(self.channel.clone(), self.auth.clone());
+        let idempotent = if idempotent {
+            Idempotent::Yes
+        } else {
+            Idempotent::No
+        };
+        self.call(body, idempotent, |req| {
+            let mut grpc = tonic::client::Grpc::new(service.clone());
+            let path = path.clone();
+            async move {
+                grpc.ready()
+                    .await
+                    .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                grpc.unary(req, path, RawCodec).await
+            }
+        })
+        .await
+    }
+}
+
 /// The admin service's typed methods (an admin or the bootstrap key).
 macro_rules! admin_calls {
     ($($(#[$doc:meta])* $name:ident($req:ident) -> $resp:ident, $idem:ident;)+) => {

@@ -123,6 +123,11 @@ impl PgStore {
         self.embedder.as_ref()
     }
 
+    /// The store's clock.
+    pub fn clock(&self) -> Arc<dyn Clock> {
+        self.clock.clone()
+    }
+
     /// Now, by the store's clock.
     pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
         self.clock.now()

@@ -204,16 +204,26 @@ impl TestServer {
             .secret
     }
 
-    /// Starts a worker of its own (as `memoire-worker` would) on the server's database, with the
-    /// server's configuration after `configure`. Use with `worker_embedded = false`.
-    pub fn start_worker(&self, configure: impl FnOnce(&mut Config)) -> TestWorker {
+    /// Starts a worker of its own (as `memoire-worker` would: its own connection pool) on the
+    /// server's database and clock, with the server's configuration after `configure`. Use with
+    /// `worker_embedded = false`.
+    pub async fn start_worker(&self, configure: impl FnOnce(&mut Config)) -> TestWorker {
         let mut config = self.config.clone();
         configure(&mut config);
         let embedder = memoire_worker::providers::embedder(&config).expect("embedder");
         let extractor = memoire_worker::providers::extractor(&config).expect("extractor");
+        let store = PgStore::connect(&memoire_store::PgSettings {
+            url: self.database_url.clone(),
+            max_connections: (config.worker_concurrency as u32) * 2 + 4,
+            acquire_timeout: Duration::from_secs(5),
+            hnsw_ef_search: config.recall_hnsw_ef_search,
+        })
+        .await
+        .expect("worker pool")
+        .with_clock(self.store.clock());
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(memoire_worker::run(
-            self.store.clone().with_embedder(embedder),
+            store.with_embedder(embedder),
             extractor,
             memoire_worker::providers::settings(&config),
             async {

@@ -96,7 +96,7 @@ async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
     let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
     ingest_all(&client, N).await;
 
-    let worker = server.start_worker(|_| {});
+    let worker = server.start_worker(|_| {}).await;
     let until = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         let done: i64 =
@@ -127,7 +127,7 @@ async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
 
     // The retried message is idempotent too: nothing new is stored.
     ingest_all(&client, N).await;
-    let worker = server.start_worker(|_| {});
+    let worker = server.start_worker(|_| {}).await;
     server.wait_extracted(Duration::from_secs(30)).await;
     worker.stop().await;
     assert_extracted_exactly_once(&server, N).await;
@@ -154,7 +154,7 @@ async fn flushing_redis_while_jobs_are_queued_loses_nothing() {
     let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
     ingest_all(&client, N).await;
     flush_redis().await;
-    let worker = server.start_worker(|_| {});
+    let worker = server.start_worker(|_| {}).await;
     server.wait_extracted(Duration::from_secs(30)).await;
     flush_redis().await;
     ingest_all(&client, N).await; // retried after the flush: still idempotent
@@ -193,8 +193,8 @@ async fn two_workers_share_the_queue_and_keep_each_users_order() {
             .await
             .expect("ingest");
     }
-    let a = server.start_worker(|c| c.worker_concurrency = 3);
-    let b = server.start_worker(|c| c.worker_concurrency = 3);
+    let a = server.start_worker(|c| c.worker_concurrency = 3).await;
+    let b = server.start_worker(|c| c.worker_concurrency = 3).await;
     server.wait_extracted(Duration::from_secs(30)).await;
     a.stop().await;
     b.stop().await;

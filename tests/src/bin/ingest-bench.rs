@@ -183,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
     let (_, client) = server.tenant("bench", pb::KeyRole::Writer).await;
     drive(&client, extraction_messages / 10, 10, 4, 0).await?;
     let started = Instant::now();
-    let worker = server.start_worker(|c| c.worker_concurrency = 2);
+    let worker = server.start_worker(|c| c.worker_concurrency = 2).await;
     let (mut extracted_at, mut embedded_at) = (None, None);
     while extracted_at.is_none() || embedded_at.is_none() {
         if extracted_at.is_none() && pending(&server, "extracted_at").await? == 0 {

@@ -1,0 +1,22 @@
+"""Type stubs of the native module (Rust, PyO3)."""
+
+from typing import Callable, Optional, Tuple
+
+class CallError(Exception):
+    """args: (kind, message, field)."""
+
+class NativeClient:
+    def __init__(self, endpoint: str, api_key: Optional[str] = None, timeout: float = 10.0,
+                 max_retries: int = 2) -> None: ...
+    def call(self, path: str, body: bytes, idempotent: bool, timeout: Optional[float] = None) -> bytes: ...
+    def call_async(
+        self,
+        path: str,
+        body: bytes,
+        idempotent: bool,
+        callback: Callable[[Optional[bytes], Optional[Tuple[str, str, Optional[str]]]], None],
+        timeout: Optional[float] = None,
+    ) -> None: ...
+
+def shutdown() -> None: ...
+def file_descriptor_set() -> bytes: ...

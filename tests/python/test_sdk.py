@@ -1,0 +1,320 @@
+"""The Python SDK (`memoire`, PyO3 + maturin) against the real server and a local fake OpenAI
+server: the client's RPCs and errors, `wrap()` for every call shape (sync, async, streaming,
+Responses), memory across sessions, fail-open when Mémoire is down / slow / answering garbage,
+interpreter exit and fork."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+
+import pytest
+
+memoire = pytest.importorskip("memoire", reason="pip install ./sdk-python (make test does)")
+openai = pytest.importorskip("openai")
+
+from fake_openai import REPLY, FakeOpenAI  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fake():
+    f = FakeOpenAI()
+    yield f
+    f.close()
+
+
+@pytest.fixture(scope="module")
+def key(server):
+    admin = memoire.Memoire(f"http://{server.target}", server.admin_key)
+    tenant = admin.create_tenant(f"sdk-{uuid.uuid4().hex[:8]}")["tenant"]["id"]
+    return admin.create_api_key(tenant, role="admin")["secret"]
+
+
+@pytest.fixture()
+def endpoint(server):
+    return f"http://{server.target}"
+
+
+def new_user() -> str:
+    return f"user-{uuid.uuid4().hex[:8]}"
+
+
+def test_the_client_speaks_every_kind_of_rpc_and_raises_typed_errors(endpoint, key):
+    user = new_user()
+    m = memoire.Memoire(endpoint, key, user=user)
+    taught = m.teach("Lives in Lisbon", kind="fact", slot="user.home_city")
+    assert taught["outcome"] == "WRITE_OUTCOME_CREATED"
+    ingested = m.ingest([{"role": "user", "content": "I'm allergic to peanuts.", "message_id": "m1"}],
+                       session_id="s1", wait_for_extraction=True)
+    assert ingested["extraction"] == "EXTRACTION_STATE_COMPLETED"
+    found = m.recall("where does the user live?", k=1)
+    assert found["items"][0]["memory"]["content"] == "Lives in Lisbon"
+    assert "Lives in Lisbon" in m.conscious(session_id="s1")["context"]
+    memories = m.list_memories()["memories"]
+    assert {x["slot"] for x in memories} >= {"user.home_city", "user.allergy.peanuts"}
+    mid = taught["memory"]["id"]
+    assert m.get_memory(mid)["memory"]["id"] == mid
+    assert m.history(mid)["versions"][0]["op"] == "VERSION_OP_CREATE"
+    assert m.forget([mid])["memories"] == "1"
+    with pytest.raises(memoire.NotFoundError):
+        m.get_memory(mid)
+    with pytest.raises(memoire.InvalidArgumentError) as e:
+        m.teach("", kind="fact")
+    assert e.value.field == "content"
+    assert m.get_stats()["episodes"] == "1"
+    assert m.run_maintenance("optimize", wait=True)["finished"] is True
+    with pytest.raises(memoire.UnauthenticatedError):
+        memoire.Memoire(endpoint, "mem_wrong").list_memories(user=user)
+    with pytest.raises(memoire.TimeoutError):
+        m.recall("anything", timeout=0.000001)
+
+    async def go():
+        a = memoire.AsyncMemoire(endpoint, key, user=user)
+        r = await a.recall("allergies", k=5)
+        assert any("peanut" in i["memory"]["content"].lower() for i in r["items"] if "memory" in i)
+        with pytest.raises(memoire.NotFoundError):
+            await a.get_memory(mid)
+        results = await asyncio.gather(*(a.conscious() for _ in range(20)))
+        assert all(x["essential"] for x in results)
+
+    asyncio.run(go())
+
+
+# --- wrap: every call shape -----------------------------------------------------------------
+
+def chat(client, user, text, **kw):
+    r = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}], user=user, **kw)
+    return r.choices[0].message.content
+
+
+def chat_stream(client, user, text):
+    s = client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}], user=user, stream=True)
+    assert isinstance(s, openai.Stream)
+    return "".join(c.choices[0].delta.content or "" for c in s)
+
+
+def responses(client, user, text):
+    return client.responses.create(model="m", input=text, user=user).output_text
+
+
+def responses_stream(client, user, text):
+    s = client.responses.create(model="m", input=text, user=user, stream=True)
+    assert isinstance(s, openai.Stream)
+    return "".join(e.delta for e in s if e.type == "response.output_text.delta")
+
+
+async def achat(client, user, text):
+    r = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}], user=user)
+    return r.choices[0].message.content
+
+
+async def achat_stream(client, user, text):
+    s = await client.chat.completions.create(model="m", messages=[{"role": "user", "content": text}], user=user,
+                                             stream=True)
+    assert isinstance(s, openai.AsyncStream)
+    return "".join([c.choices[0].delta.content or "" async for c in s])
+
+
+async def aresponses(client, user, text):
+    return (await client.responses.create(model="m", input=text, user=user)).output_text
+
+
+async def aresponses_stream(client, user, text):
+    s = await client.responses.create(model="m", input=text, user=user, stream=True)
+    return "".join([e.delta async for e in s if e.type == "response.output_text.delta"])
+
+
+SYNC = [chat, chat_stream, responses, responses_stream]
+ASYNC = [achat, achat_stream, aresponses, aresponses_stream]
+
+
+def call_shape(shape, fake, user, text, wrap=True, **wrap_kw):
+    """Runs one call of `shape` through a fresh client (wrapped unless `wrap` is false)."""
+    if shape in SYNC:
+        client = openai.OpenAI(base_url=fake.url, api_key="sk-fake")
+        if wrap:
+            memoire.wrap(client, **wrap_kw)
+        return shape(client, user, text), client
+
+    async def go():
+        client = openai.AsyncOpenAI(base_url=fake.url, api_key="sk-fake")
+        if wrap:
+            memoire.wrap(client, **wrap_kw)
+        return await shape(client, user, text), client
+
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("shape", SYNC + ASYNC, ids=lambda f: f.__name__)
+def test_wrap_injects_memory_and_ingests_the_exchange(shape, fake, endpoint, key):
+    user = new_user()
+    m = memoire.Memoire(endpoint, key, user=user)
+    m.teach("Is vegetarian and loves Thai food", kind="preference", importance=0.8)
+    said = f"Any dinner ideas for tonight? ({shape.__name__})"
+    answer, client = call_shape(shape, fake, user, said, endpoint=endpoint, api_key=key)
+    assert answer == REPLY
+    assert "Is vegetarian and loves Thai food" in fake.system_text(), fake.requests[-1]
+    mem = memoire.memory_of(client)
+    assert mem.flush(10)
+    assert mem.stats["ingested"] == 1, mem.stats
+    recent = m.conscious(session_id=mem.session_id)["recent"]
+    assert [(t["role"], t["content"]) for t in recent] == [
+        ("MESSAGE_ROLE_USER", said), ("MESSAGE_ROLE_ASSISTANT", REPLY)]
+
+
+def test_a_fact_said_in_one_session_is_in_the_prompt_of_the_next(fake, endpoint, key):
+    user = new_user()
+    first = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=endpoint, api_key=key,
+                         session_id="monday")
+    chat(first, user, "By the way, I'm allergic to shellfish.")
+    memoire.memory_of(first).flush(10)
+    m = memoire.Memoire(endpoint, key, user=user)
+    for _ in range(100):  # the worker extracts in the background
+        if any(x["slot"] == "user.allergy.shellfish" for x in m.list_memories()["memories"]):
+            break
+        time.sleep(0.05)
+    second = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=endpoint, api_key=key,
+                          session_id="tuesday", conscious=True)
+    chat(second, user, "What should I order at the seafood place?")
+    assert "allergic to shellfish" in fake.system_text()
+
+
+def test_the_callers_messages_copies_raw_responses_and_model_errors_are_untouched(fake, endpoint, key):
+    user = new_user()
+    memoire.Memoire(endpoint, key, user=user).teach("Name is Ola", kind="fact", slot="user.name")
+    client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=endpoint, api_key=key)
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What's my name?"}]
+    before = [dict(x) for x in messages]
+    client.chat.completions.create(model="m", messages=messages, user=user)
+    assert messages == before, "the caller's list is never mutated"
+    sent = fake.requests[-1]["body"]["messages"]
+    assert sent[0]["content"] == "Be brief." and "Name is Ola" in sent[1]["content"], "after the app's system prompt"
+    # Copies made with with_options() stay wrapped; with_raw_response keeps working.
+    client.with_options(timeout=30).chat.completions.create(model="m", messages=messages, user=user)
+    assert "Name is Ola" in fake.system_text()
+    raw = client.chat.completions.with_raw_response.create(model="m", messages=messages, user=user)
+    assert raw.parse().choices[0].message.content == REPLY
+    # The model's own errors are the caller's, unchanged.
+    with pytest.raises(openai.BadRequestError):
+        chat(client, user, "FAIL400 please")
+    # No user, no memory: the call goes through as it is.
+    n = len(fake.requests)
+    client.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+    assert fake.requests[n]["body"]["messages"] == [{"role": "user", "content": "hi"}]
+
+
+# --- fail-open --------------------------------------------------------------------------------
+
+def _listener(behaviour: str) -> str:
+    """A TCP endpoint that never answers ("slow") or answers garbage."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+
+    def serve():
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            if behaviour == "garbage":
+                try:
+                    conn.recv(1024)
+                    conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ngarbage" * 3)
+                finally:
+                    conn.close()
+            # "slow": keep the connection open, say nothing.
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def _closed_port() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}"
+
+
+BUDGET_MS = 150
+
+
+@pytest.mark.parametrize("failure", ["down", "slow", "garbage"])
+@pytest.mark.parametrize("shape", SYNC + ASYNC, ids=lambda f: f.__name__)
+def test_fail_open_when_memoire_is_down_slow_or_answers_garbage(shape, failure, fake):
+    target = {"down": _closed_port, "slow": lambda: _listener("slow"),
+              "garbage": lambda: _listener("garbage")}[failure]()
+    user = new_user()
+    # The same call without the wrapper: the baseline.
+    started = time.monotonic()
+    assert call_shape(shape, fake, user, "hello", wrap=False)[0] == REPLY
+    baseline = time.monotonic() - started
+    errors = []
+    # Three calls with the breaker's threshold at 3: each returns the model's answer within the
+    # budget, then the breaker is open.
+    for _ in range(3):
+        started = time.monotonic()
+        answer, client = call_shape(shape, fake, user, "hello", endpoint=target, recall_budget_ms=BUDGET_MS,
+                                    on_error=errors.append, breaker_threshold=3)
+        took = time.monotonic() - started
+        assert answer == REPLY
+        assert took <= baseline + BUDGET_MS / 1000 + 0.5, f"{took:.3f}s vs baseline {baseline:.3f}s"
+        assert "Mémoire" not in fake.system_text(), "no memory block without memory"
+    assert errors and all(isinstance(e, memoire.MemoireError) for e in errors), errors
+
+
+def test_the_breaker_opens_and_skips_memory_for_the_cooldown(fake):
+    client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=_closed_port(),
+                          recall_budget_ms=BUDGET_MS, breaker_threshold=2, breaker_cooldown=60)
+    mem = memoire.memory_of(client)
+    for _ in range(4):
+        assert chat(client, "u", "hello") == REPLY
+    assert mem.breaker.is_open
+    assert mem.stats["recall_failures"] == 2 and mem.stats["skipped"] == 2, mem.stats
+
+
+# --- the runtime: interpreter exit, fork -------------------------------------------------------
+
+SCRIPT = textwrap.dedent("""
+    import asyncio, sys, memoire
+    async def main():
+        m = memoire.AsyncMemoire(sys.argv[1], sys.argv[2], user="exit-test", timeout=5)
+        await asyncio.gather(*(m.recall("anything") for _ in range(5)))
+        m.recall("left in flight")  # not awaited: the interpreter exits with a call in flight
+    asyncio.run(main())
+""")
+
+
+def test_fifty_interpreter_exits_with_the_async_client_all_succeed(endpoint, key, tmp_path):
+    script = tmp_path / "exit.py"
+    script.write_text(SCRIPT)
+    codes = [subprocess.run([sys.executable, str(script), endpoint, key], capture_output=True, timeout=60)
+             for _ in range(50)]
+    bad = [(c.returncode, c.stderr.decode()[-500:]) for c in codes if c.returncode != 0]
+    assert not bad, bad[:3]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_gets_its_own_runtime_and_channel(endpoint, key):
+    user = new_user()
+    m = memoire.Memoire(endpoint, key, user=user, timeout=5)
+    m.teach("Plays the oboe", kind="fact")
+    assert m.recall("oboe")["items"]
+    pid = os.fork()
+    if pid == 0:  # child
+        code = 1
+        try:
+            code = 0 if m.recall("oboe")["items"] else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert m.recall("oboe")["items"], "the parent still works"
