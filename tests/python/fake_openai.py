@@ -51,6 +51,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):  # noqa: N802
         body = json.loads(self.rfile.read(int(self.headers.get("content-length", "0"))) or b"{}")
         self.server.requests.append({"path": self.path, "body": body})
+        self.path = self.path.split("?", 1)[0]  # Azure adds ?api-version=
         if "FAIL400" in _last_user_text(body):
             return self._json(400, {"error": {"message": "bad request from the model", "type": "invalid_request_error",
                                               "param": None, "code": None}})

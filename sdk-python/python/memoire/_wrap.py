@@ -476,10 +476,13 @@ def _install() -> None:
             patches += [(Responses, "create", _responses_sync), (AsyncResponses, "create", _responses_async)]
         except ImportError:  # openai versions before the Responses API
             pass
-        for cls in (openai.OpenAI, openai.AsyncOpenAI):
-            patches.append((cls, "copy", _copy))
+        # Azure's clients define their own copy().
+        for name in ("OpenAI", "AsyncOpenAI", "AzureOpenAI", "AsyncAzureOpenAI"):
+            cls = getattr(openai, name, None)
+            if cls is not None and "copy" in cls.__dict__:
+                patches.append((cls, "copy", _copy))
         for cls, name, make in patches:
-            original = cls.__dict__.get(name) or getattr(cls, name)
+            original = getattr(cls, name)
             setattr(cls, name, make(original))
             if name == "copy":
                 # `with_options` is an alias of `copy` bound at class creation.
