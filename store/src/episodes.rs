@@ -32,6 +32,17 @@ use crate::memories::{
 };
 use crate::{PgStore, db_error};
 
+/// (tenant, user, namespace) rows as scopes.
+pub(crate) fn scopes(rows: Vec<(Uuid, String, String)>) -> Vec<Scope> {
+    rows.into_iter()
+        .map(|(tenant_id, user_id, namespace)| Scope {
+            tenant_id,
+            user_id,
+            namespace,
+        })
+        .collect()
+}
+
 /// The notification channel Ingest signals on.
 pub const EPISODES_CHANNEL: &str = "memoire_episodes";
 
@@ -338,14 +349,7 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(rows
-            .into_iter()
-            .map(|(tenant_id, user_id, namespace)| Scope {
-                tenant_id,
-                user_id,
-                namespace,
-            })
-            .collect())
+        Ok(scopes(rows))
     }
 
     /// Claims `scope` for extraction; `None` when another worker holds it.

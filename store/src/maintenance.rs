@@ -23,6 +23,7 @@ use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
+use crate::episodes::scopes;
 use crate::memories::{audit, delete_episodes, expire, lock_user, record_versions};
 use crate::rows::{MEMORY_COLUMNS, MemoryRow, convert_all};
 use crate::{PgStore, db_error};
@@ -60,14 +61,7 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
-        Ok(rows
-            .into_iter()
-            .map(|(tenant_id, user_id, namespace)| Scope {
-                tenant_id,
-                user_id,
-                namespace,
-            })
-            .collect())
+        Ok(scopes(rows))
     }
 
     /// Optimize: recomputes each user's essential set (see `memoire_core::conscious`): promotes

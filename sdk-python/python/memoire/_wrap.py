@@ -337,58 +337,47 @@ def _tap_stream(stream: Any, on_done: Callable[[str], None]) -> Any:
 
 # --- the patches ---------------------------------------------------------------------------
 
-def _chat_sync(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        mem = _memory_for(self)
-        user = kwargs.get("user") or (mem.user if mem else None)
-        if mem is None or not user or "messages" not in kwargs:
-            return original(self, *args, **kwargs)
-        said = ""
+class _Call:
+    """What the wrapper adds around one model call: the memory before, the ingest after."""
+
+    def __init__(self, mem: _Memory, user: str, said: str, stream: bool) -> None:
+        self.mem, self.user, self.said, self.stream = mem, user, said, stream
+
+    def finish(self, result: Any, answer: Callable[[Any], str]) -> Any:
         try:
-            said = _last_user_chat(kwargs["messages"])
-            block = mem.recall_sync(user, said) if said else None
-            if block:
-                kwargs = {**kwargs, "messages": _with_memory_chat(kwargs["messages"], block)}
+            if self.stream:
+                return _tap_stream(result, lambda text: self.mem.ingest_later(self.user, self.said, text))
+            self.mem.ingest_later(self.user, self.said, answer(result))
         except Exception as e:  # never the user's problem
-            mem.failed("recall", e)
-        result = original(self, *args, **kwargs)
-        try:
-            if kwargs.get("stream"):
-                return _tap_stream(result, lambda text: mem.ingest_later(user, said, text))
-            mem.ingest_later(user, said, _chat_answer(result))
-        except Exception as e:
-            mem.failed("ingest", e)
+            self.mem.failed("ingest", e)
         return result
 
-    return create
 
-
-def _chat_async(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        mem = _memory_for(self)
-        user = kwargs.get("user") or (mem.user if mem else None)
-        if mem is None or not user or "messages" not in kwargs:
-            return await original(self, *args, **kwargs)
+def _begin(resource: Any, kwargs: Dict[str, Any], said_of: Callable[[Dict[str, Any]], str]) -> Optional[_Call]:
+    """The wrapper's part of a call, or None when the client is not wrapped or has no user."""
+    mem = _memory_for(resource)
+    user = kwargs.get("user") or (mem.user if mem else None)
+    if mem is None or not user:
+        return None
+    try:
+        said = said_of(kwargs)
+    except Exception:
         said = ""
-        try:
-            said = _last_user_chat(kwargs["messages"])
-            block = await mem.recall_async(user, said) if said else None
-            if block:
-                kwargs = {**kwargs, "messages": _with_memory_chat(kwargs["messages"], block)}
-        except Exception as e:
-            mem.failed("recall", e)
-        result = await original(self, *args, **kwargs)
-        try:
-            if kwargs.get("stream"):
-                return _tap_stream(result, lambda text: mem.ingest_later(user, said, text))
-            mem.ingest_later(user, said, _chat_answer(result))
-        except Exception as e:
-            mem.failed("ingest", e)
-        return result
+    return _Call(mem, user, said, bool(kwargs.get("stream")))
 
-    return create
+
+def _chat_said(kwargs: Dict[str, Any]) -> str:
+    return _last_user_chat(kwargs["messages"]) if "messages" in kwargs else ""
+
+
+def _chat_kwargs(kwargs: Dict[str, Any], block: Optional[str]) -> Dict[str, Any]:
+    if not block:
+        return kwargs
+    return {**kwargs, "messages": _with_memory_chat(kwargs["messages"], block)}
+
+
+def _responses_said(kwargs: Dict[str, Any]) -> str:
+    return _last_user_responses(kwargs.get("input"))
 
 
 def _responses_kwargs(kwargs: Dict[str, Any], block: Optional[str]) -> Dict[str, Any]:
@@ -399,54 +388,51 @@ def _responses_kwargs(kwargs: Dict[str, Any], block: Optional[str]) -> Dict[str,
     return {**kwargs, "instructions": instructions}
 
 
-def _responses_sync(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        mem = _memory_for(self)
-        user = kwargs.get("user") or (mem.user if mem else None)
-        if mem is None or not user:
-            return original(self, *args, **kwargs)
-        said = ""
-        try:
-            said = _last_user_responses(kwargs.get("input"))
-            kwargs = _responses_kwargs(kwargs, mem.recall_sync(user, said) if said else None)
-        except Exception as e:
-            mem.failed("recall", e)
-        result = original(self, *args, **kwargs)
-        try:
-            if kwargs.get("stream"):
-                return _tap_stream(result, lambda text: mem.ingest_later(user, said, text))
-            mem.ingest_later(user, said, _responses_answer(result))
-        except Exception as e:
-            mem.failed("ingest", e)
-        return result
+def _patch_sync(said_of: Callable[[Dict[str, Any]], str],
+                with_memory: Callable[[Dict[str, Any], Optional[str]], Dict[str, Any]],
+                answer: Callable[[Any], str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _begin(self, kwargs, said_of)
+            if call is None or not call.said:
+                return original(self, *args, **kwargs)
+            try:
+                kwargs = with_memory(kwargs, call.mem.recall_sync(call.user, call.said))
+            except Exception as e:
+                call.mem.failed("recall", e)
+            # The model call itself is outside every guard: its errors are the caller's.
+            return call.finish(original(self, *args, **kwargs), answer)
 
-    return create
+        return create
+
+    return make
 
 
-def _responses_async(original: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(original)
-    async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-        mem = _memory_for(self)
-        user = kwargs.get("user") or (mem.user if mem else None)
-        if mem is None or not user:
-            return await original(self, *args, **kwargs)
-        said = ""
-        try:
-            said = _last_user_responses(kwargs.get("input"))
-            kwargs = _responses_kwargs(kwargs, await mem.recall_async(user, said) if said else None)
-        except Exception as e:
-            mem.failed("recall", e)
-        result = await original(self, *args, **kwargs)
-        try:
-            if kwargs.get("stream"):
-                return _tap_stream(result, lambda text: mem.ingest_later(user, said, text))
-            mem.ingest_later(user, said, _responses_answer(result))
-        except Exception as e:
-            mem.failed("ingest", e)
-        return result
+def _patch_async(said_of: Callable[[Dict[str, Any]], str],
+                 with_memory: Callable[[Dict[str, Any], Optional[str]], Dict[str, Any]],
+                 answer: Callable[[Any], str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def make(original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
+            call = _begin(self, kwargs, said_of)
+            if call is None or not call.said:
+                return await original(self, *args, **kwargs)
+            try:
+                kwargs = with_memory(kwargs, await call.mem.recall_async(call.user, call.said))
+            except Exception as e:
+                call.mem.failed("recall", e)
+            return call.finish(await original(self, *args, **kwargs), answer)
 
-    return create
+        return create
+
+    return make
+
+
+_chat_sync = _patch_sync(_chat_said, _chat_kwargs, _chat_answer)
+_chat_async = _patch_async(_chat_said, _chat_kwargs, _chat_answer)
+_responses_sync = _patch_sync(_responses_said, _responses_kwargs, _responses_answer)
+_responses_async = _patch_async(_responses_said, _responses_kwargs, _responses_answer)
 
 
 def _copy(original: Callable[..., Any]) -> Callable[..., Any]:
