@@ -26,13 +26,13 @@ fn cluster() -> (String, String) {
         .expect("a cluster on port 5432")
 }
 
-fn restart_postgres() {
+fn pg_ctl(action: &str) {
     let (version, name) = cluster();
     let status = Command::new("pg_ctlcluster")
-        .args([&version, &name, "restart", "--mode", "fast"])
+        .args([&version, &name, action, "--mode", "fast"])
         .status()
         .expect("pg_ctlcluster");
-    assert!(status.success(), "restarting postgres failed: {status}");
+    assert!(status.success(), "pg_ctlcluster {action} failed: {status}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -41,48 +41,64 @@ async fn restarting_postgres_while_ingesting_loses_and_duplicates_nothing() {
     let server = TestServer::start_with(|c| c.database_acquire_timeout_ms = 1_000, None).await;
     let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
 
-    let restart = tokio::spawn(async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        tokio::task::spawn_blocking(restart_postgres)
-            .await
-            .expect("restart");
-    });
-    let mut unavailable = 0;
-    let mut other_errors = Vec::new();
-    for i in 0..N {
-        let req = || pb::IngestRequest {
-            user_id: "u".into(),
-            session_id: "s".into(),
-            messages: vec![pb::Message {
-                role: pb::MessageRole::User as i32,
-                content: format!("I like item{i}."),
-                message_id: Some(format!("m{i}")),
-                ..Default::default()
-            }],
+    let ingest = |i: usize| pb::IngestRequest {
+        user_id: "u".into(),
+        session_id: "s".into(),
+        messages: vec![pb::Message {
+            role: pb::MessageRole::User as i32,
+            content: format!("I like item{i}."),
+            message_id: Some(format!("m{i}")),
             ..Default::default()
-        };
-        let until = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            match client.memory().ingest(req()).await {
-                Ok(_) => break,
-                Err(e) if e.code() == tonic::Code::Unavailable => unavailable += 1,
-                Err(e) => other_errors.push(format!("{:?}: {}", e.code(), e.message())),
+        }],
+        ..Default::default()
+    };
+    // A client ingesting one message after another, retrying each until it is acknowledged.
+    let writer = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let (mut unavailable, mut other) = (0, Vec::new());
+            for i in 0..N {
+                let until = tokio::time::Instant::now() + Duration::from_secs(60);
+                loop {
+                    match client.memory().ingest(ingest(i)).await {
+                        Ok(_) => break,
+                        Err(e) if e.code() == tonic::Code::Unavailable => unavailable += 1,
+                        Err(e) => other.push(format!("{:?}: {}", e.code(), e.message())),
+                    }
+                    assert!(
+                        tokio::time::Instant::now() < until,
+                        "postgres did not come back"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "postgres did not come back"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    restart.await.expect("restart task");
+            (unavailable, other)
+        })
+    };
+
+    // Postgres goes away in the middle of it. While it is down, Ingest acknowledges nothing.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tokio::task::spawn_blocking(|| pg_ctl("stop"))
+        .await
+        .expect("stop");
+    let err = client
+        .memory()
+        .ingest(ingest(10_000))
+        .await
+        .expect_err("postgres is down: nothing may be acknowledged");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::task::spawn_blocking(|| pg_ctl("start"))
+        .await
+        .expect("start");
+
+    let (unavailable, other_errors) = writer.await.expect("writer");
     assert!(
         other_errors.is_empty(),
         "only UNAVAILABLE is acceptable: {other_errors:?}"
     );
-    assert!(unavailable > 0, "the restart must have been seen by Ingest");
-
+    println!("ingest calls answered UNAVAILABLE during the outage: {unavailable}");
     server.wait_extracted(Duration::from_secs(60)).await;
     let per_message: Vec<(String, i64)> = sqlx::query_as(
         "SELECT message_id, count(*) FROM episodes GROUP BY message_id ORDER BY message_id",
@@ -90,7 +106,11 @@ async fn restarting_postgres_while_ingesting_loses_and_duplicates_nothing() {
     .fetch_all(server.pool())
     .await
     .expect("episodes");
-    assert_eq!(per_message.len(), N, "every acknowledged message is stored");
+    assert_eq!(
+        per_message.len(),
+        N,
+        "every acknowledged message is stored, the refused one is not"
+    );
     assert!(per_message.iter().all(|(_, c)| *c == 1), "{per_message:?}");
     let per_slot: Vec<(String, i64)> =
         sqlx::query_as("SELECT slot, count(*) FROM memories GROUP BY slot ORDER BY slot")
