@@ -771,13 +771,24 @@ impl PgStore {
                 found
             }
             ForgetTarget::Selector(sel) => {
-                lock_user(
-                    &mut tx,
-                    tenant,
-                    &sel.user_id,
-                    sel.namespace.as_deref().unwrap_or("*"),
-                )
-                .await?;
+                // The same per-namespace locks every write takes, in a fixed order (no
+                // deadlock between two forgets): all of the user's namespaces when none is named.
+                let namespaces: Vec<String> = match &sel.namespace {
+                    Some(ns) => vec![ns.clone()],
+                    None => sqlx::query_scalar(
+                        "SELECT namespace FROM memories WHERE tenant_id = $1 AND user_id = $2 \
+                         UNION SELECT namespace FROM episodes WHERE tenant_id = $1 AND user_id = $2 \
+                         ORDER BY 1",
+                    )
+                    .bind(tenant)
+                    .bind(&sel.user_id)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(db_error)?,
+                };
+                for ns in &namespaces {
+                    lock_user(&mut tx, tenant, &sel.user_id, ns).await?;
+                }
                 let mut q = QueryBuilder::<Postgres>::new("SELECT id FROM memories WHERE ");
                 push_selector(&mut q, tenant, sel);
                 q.push(" AND status = ANY(")
