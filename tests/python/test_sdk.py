@@ -333,3 +333,9 @@ def test_a_forked_child_gets_its_own_runtime_and_channel(endpoint, key):
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert m.recall("oboe")["items"], "the parent still works"
+
+
+def test_the_hand_written_stubs_match_the_runtime():
+    r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "memoire.client", "memoire._native",
+                        "--ignore-missing-stub"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -1,13 +1,14 @@
 """Type stubs of the native module (Rust, PyO3)."""
 
-from typing import Callable, Optional, Tuple
+from typing import Callable, Optional, Tuple, final
 
 class CallError(Exception):
     """args: (kind, message, field)."""
 
+@final
 class NativeClient:
-    def __init__(self, endpoint: str, api_key: Optional[str] = None, timeout: float = 10.0,
-                 max_retries: int = 2) -> None: ...
+    def __new__(cls, endpoint: str, api_key: Optional[str] = None, timeout: float = 10.0,
+                max_retries: int = 2) -> "NativeClient": ...
     def call(self, path: str, body: bytes, idempotent: bool, timeout: Optional[float] = None) -> bytes: ...
     def call_async(
         self,
