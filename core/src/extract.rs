@@ -787,6 +787,13 @@ pub trait Extractor: Send + Sync + std::fmt::Debug {
     ) -> BoxFuture<'a, Result<Extraction, ExtractError>>;
 }
 
+/// Distills a conversation into a short abstractive summary (the reflect job, with an LLM).
+pub trait Summarizer: Send + Sync + std::fmt::Debug {
+    /// A summary of `turns` (oldest first): what the user said about themselves, decided or
+    /// asked to remember. An empty or unusable reply is an error.
+    fn summarize<'a>(&'a self, turns: &'a [Turn]) -> BoxFuture<'a, Result<String, ExtractError>>;
+}
+
 impl Extractor for RuleExtractor {
     fn basis(&self) -> Basis {
         Basis::Rule

@@ -26,6 +26,39 @@ Use action \"update\" with `memory_id` when the message changes a known memory, 
 `memory_id` when it says a known memory is no longer true, otherwise \"add\". \
 Return {\"memories\": []} when there is nothing to remember. Never invent facts.";
 
+/// The system instructions of a session summary (the reflect job).
+pub const SUMMARY_INSTRUCTIONS: &str = "You summarize a conversation for a long-term memory. \
+Write 2 to 6 short sentences in the third person about the user: who they are, where they live and \
+work, their preferences, plans, decisions, and anything they asked to be remembered. Keep names, \
+places, numbers and dates exactly. Leave out small talk and what the assistant said about itself. \
+Reply with the summary text only.";
+
+/// The user message of a summary request: the conversation, oldest first.
+pub fn summary_prompt(turns: &[crate::extract::Turn]) -> String {
+    let mut out = String::from("Conversation (oldest first):\n");
+    for t in turns {
+        out.push_str(&format!(
+            "{}: {}\n",
+            role_label(t.role, t.name.as_deref()),
+            t.content
+        ));
+    }
+    out
+}
+
+/// A model's summary reply, trimmed and bounded; empty is an error.
+pub fn parse_summary(raw: &str, max_bytes: usize) -> Result<String, ReplyError> {
+    let text = raw.trim().trim_matches('"').trim();
+    if text.is_empty() {
+        return Err(ReplyError("the summary is empty".into()));
+    }
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ok(text[..end].to_owned())
+}
+
 /// The JSON schema the reply must follow (OpenAI `response_format: json_schema`, strict).
 pub fn reply_schema() -> Value {
     let kinds: Vec<&str> = MemoryKind::ALL
@@ -217,6 +250,22 @@ pub fn parse_reply(raw: &str, max_content_bytes: usize) -> Result<ParsedReply, R
 mod tests {
     use super::*;
     use crate::extract::Turn;
+
+    #[test]
+    fn summaries_are_trimmed_bounded_and_never_empty() {
+        assert_eq!(
+            parse_summary("  \"Dana lives in Dallas.\"\n", 100).unwrap(),
+            "Dana lives in Dallas."
+        );
+        assert!(parse_summary("   ", 100).is_err());
+        assert_eq!(parse_summary("héllo world", 2).unwrap(), "h");
+        let turns = vec![Turn {
+            role: MessageRole::User,
+            name: None,
+            content: "I moved to Dallas".into(),
+        }];
+        assert!(summary_prompt(&turns).contains("user: I moved to Dallas"));
+    }
 
     #[test]
     fn a_good_reply_is_normalized() {

@@ -10,7 +10,9 @@
 use std::time::{Duration, Instant};
 
 use memoire_core::embed::BoxFuture;
-use memoire_core::extract::{ExtractError, Extraction, ExtractionInput, Extractor};
+use memoire_core::extract::{
+    ExtractError, Extraction, ExtractionInput, Extractor, Summarizer, Turn,
+};
 use memoire_core::llm;
 use memoire_core::model::Basis;
 use serde::Deserialize;
@@ -118,7 +120,11 @@ impl LlmExtractor {
         })
     }
 
-    async fn run(&self, input: &ExtractionInput) -> Result<Extraction, ExtractError> {
+    /// Sends one chat request; the reply's text and its token usage.
+    async fn ask(
+        &self,
+        body: serde_json::Value,
+    ) -> Result<(String, Option<(u64, u64)>), ExtractError> {
         let s = &self.settings;
         let url = format!("{}/chat/completions", s.base_url.trim_end_matches('/'));
         let started = Instant::now();
@@ -126,7 +132,7 @@ impl LlmExtractor {
             &self.http,
             &url,
             s.api_key.as_deref(),
-            &self.body(input),
+            &body,
             s.max_retries,
             "chat",
         )
@@ -169,15 +175,44 @@ impl LlmExtractor {
                 raw_reply: Some(content),
             });
         }
-        let parsed = llm::parse_reply(&content, s.max_content_bytes).map_err(|e| ExtractError {
-            message: e.0,
-            raw_reply: Some(content.clone()),
+        Ok((content, tokens))
+    }
+
+    async fn run(&self, input: &ExtractionInput) -> Result<Extraction, ExtractError> {
+        let (content, tokens) = self.ask(self.body(input)).await?;
+        let parsed = llm::parse_reply(&content, self.settings.max_content_bytes).map_err(|e| {
+            ExtractError {
+                message: e.0,
+                raw_reply: Some(content.clone()),
+            }
         })?;
         Ok(Extraction {
             candidates: parsed.candidates,
             rejected: parsed.rejected,
             tokens,
         })
+    }
+
+    async fn summary(&self, turns: &[Turn]) -> Result<String, ExtractError> {
+        let body = json!({
+            "model": self.settings.model,
+            "temperature": 0,
+            "messages": [
+                { "role": "system", "content": llm::SUMMARY_INSTRUCTIONS },
+                { "role": "user", "content": llm::summary_prompt(turns) },
+            ],
+        });
+        let (content, _) = self.ask(body).await?;
+        llm::parse_summary(&content, self.settings.max_content_bytes).map_err(|e| ExtractError {
+            message: e.0,
+            raw_reply: Some(content.clone()),
+        })
+    }
+}
+
+impl Summarizer for LlmExtractor {
+    fn summarize<'a>(&'a self, turns: &'a [Turn]) -> BoxFuture<'a, Result<String, ExtractError>> {
+        Box::pin(self.summary(turns))
     }
 }
 

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use memoire_core::command::{NewMemory, Teach};
 use memoire_core::conscious::optimize_order;
 use memoire_core::embed::memory_text;
-use memoire_core::extract::RuleExtractor;
-use memoire_core::model::{Basis, Memory, MemoryKind, Scope, VersionOp, WriteOutcome};
+use memoire_core::extract::{RuleExtractor, Summarizer, Turn};
+use memoire_core::model::{Basis, Memory, MemoryKind, MessageRole, Scope, VersionOp, WriteOutcome};
 use memoire_core::resolve::significant_words;
 use memoire_core::{Error, Result};
 use pgvector::Vector;
@@ -383,14 +383,17 @@ impl PgStore {
         Ok(json!({ "memories": counts[0], "episodes": counts[1], "model": model }))
     }
 
-    /// Reflect: each session with at least `min_turns` turns, quiet for `idle`, gets an
-    /// extractive summary memory (kind `summary`, slot `summary.session_<hash>`): its most
-    /// salient user turns, at most `max_turns`, with `summarizes` edges to the session's
-    /// episodes. Deterministic, so a re-run over the same turns is a duplicate no-op and new turns
-    /// supersede the old summary. Returns `{sessions, created, unchanged}`.
+    /// Reflect: each session with at least `min_turns` turns, quiet for `idle`, gets a summary
+    /// memory (kind `summary`, slot `summary.session_<hash>`) with `summarizes` edges to the
+    /// session's episodes: abstractive when a `summarizer` (an LLM) is given, else extractive
+    /// (its most salient user turns, at most `max_turns`). A session whose current summary
+    /// already covers its latest turn is left alone; new turns supersede the old summary. A
+    /// model that fails leaves the session for the next run. Returns
+    /// `{sessions, created, unchanged, failed}`.
     pub async fn reflect(
         &self,
         f: &JobScope,
+        summarizer: Option<&dyn Summarizer>,
         min_turns: i64,
         max_turns: usize,
         idle: Duration,
@@ -411,8 +414,12 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
-        let (mut created, mut unchanged) = (0u64, 0u64);
+        let (mut created, mut unchanged, mut failed) = (0u64, 0u64, 0u64);
         for (tenant_id, user_id, namespace, session) in &sessions {
+            let slot = format!(
+                "summary.session_{}",
+                hex::encode(&Sha256::digest(session.as_bytes())[..6])
+            );
             let turns: Vec<(Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(
                 "SELECT id, role, content, occurred_at FROM episodes WHERE tenant_id = $1 \
                  AND user_id = $2 AND namespace = $3 AND session_id = $4 ORDER BY occurred_at, seq",
@@ -424,8 +431,41 @@ impl PgStore {
             .fetch_all(&self.pool)
             .await
             .map_err(db_error)?;
-            let Some(summary) = extractive_summary(session, &turns, max_turns, max_content_bytes)
-            else {
+            let Some(latest) = turns.last().map(|t| t.0) else {
+                continue;
+            };
+            let covered: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM memories m JOIN edges e ON e.tenant_id = m.tenant_id \
+                   AND e.src_id = m.id AND e.relation = 'summarizes' \
+                 WHERE m.tenant_id = $1 AND m.user_id = $2 AND m.namespace = $3 AND m.slot = $4 \
+                   AND m.status = 'active' AND e.dst_id = $5)",
+            )
+            .bind(tenant_id)
+            .bind(user_id)
+            .bind(namespace)
+            .bind(&slot)
+            .bind(latest)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+            if covered {
+                unchanged += 1;
+                continue;
+            }
+            let summary = match summarizer {
+                Some(model) => {
+                    match abstractive_summary(model, session, &turns, max_content_bytes).await {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            failed += 1;
+                            tracing::warn!(session_id = %session, error = %e, "summarizing a session failed; the next run retries");
+                            continue;
+                        }
+                    }
+                }
+                None => extractive_summary(session, &turns, max_turns, max_content_bytes),
+            };
+            let Some(summary) = summary else {
                 continue;
             };
             let scope = Scope {
@@ -433,10 +473,6 @@ impl PgStore {
                 user_id: user_id.clone(),
                 namespace: namespace.clone(),
             };
-            let slot = format!(
-                "summary.session_{}",
-                hex::encode(&Sha256::digest(session.as_bytes())[..6])
-            );
             let result = self
                 .teach(
                     Teach::Create {
@@ -479,7 +515,9 @@ impl PgStore {
             .await
             .map_err(db_error)?;
         }
-        Ok(json!({ "sessions": sessions.len(), "created": created, "unchanged": unchanged }))
+        Ok(
+            json!({ "sessions": sessions.len(), "created": created, "unchanged": unchanged, "failed": failed }),
+        )
     }
 
     /// Records the start of a maintenance run.
@@ -523,6 +561,43 @@ impl PgStore {
 struct Summary {
     content: String,
     sources: Vec<Uuid>,
+}
+
+/// A model's summary of the whole session; its sources are the user's turns.
+async fn abstractive_summary(
+    model: &dyn Summarizer,
+    session: &str,
+    turns: &[(Uuid, String, String, DateTime<Utc>)],
+    max_bytes: usize,
+) -> std::result::Result<Summary, memoire_core::extract::ExtractError> {
+    let said: Vec<Turn> = turns
+        .iter()
+        .map(|t| Turn {
+            role: MessageRole::parse(&t.1).unwrap_or(MessageRole::User),
+            name: None,
+            content: t.2.clone(),
+        })
+        .collect();
+    let text = model.summarize(&said).await?;
+    let date = turns
+        .first()
+        .map(|t| t.3.format("%Y-%m-%d").to_string())
+        .unwrap_or_default();
+    let mut content = format!("Session {session} ({date}): {text}");
+    if content.len() > max_bytes {
+        let mut end = max_bytes;
+        while !content.is_char_boundary(end) {
+            end -= 1;
+        }
+        content.truncate(end);
+    }
+    let sources = turns
+        .iter()
+        .filter(|t| t.1 == "user")
+        .map(|t| t.0)
+        .take(64)
+        .collect();
+    Ok(Summary { content, sources })
 }
 
 /// How much a user turn says about the user: statements the rule extractor recognises weigh

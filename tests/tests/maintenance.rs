@@ -495,3 +495,80 @@ async fn reflect_distills_a_session_so_recall_needs_fewer_tokens_for_the_same_fa
         "provenance edges to every turn"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_an_llm_reflect_writes_an_abstractive_summary_and_retries_a_failed_one() {
+    use memoire_tests::fake_llm::{FakeLlm, Reply};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    static BROKEN: AtomicBool = AtomicBool::new(true);
+    // Summary requests carry no "LAST" turn; the model first answers nothing, then a summary.
+    let fake = FakeLlm::start(|turn, _| {
+        if !turn.is_empty() {
+            return Reply::memories(serde_json::json!([]));
+        }
+        if BROKEN.load(Ordering::SeqCst) {
+            Reply::Content("   ".into())
+        } else {
+            Reply::Content(
+                "Dana lives in Porto, has a sister called Ines and is allergic to penicillin."
+                    .into(),
+            )
+        }
+    })
+    .await;
+    let server = TestServer::start_with(
+        |c| {
+            c.worker_embedded = false;
+            c.reflect_idle_secs = 0;
+            c.extractor = memoire_config::ExtractorKind::Llm;
+            c.llm_base_url = fake.url.clone();
+            c.llm_model = "fake".into();
+            c.llm_max_retries = 0;
+        },
+        None,
+    )
+    .await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Admin).await;
+    client
+        .memory()
+        .ingest(pb::IngestRequest {
+            user_id: "u".into(),
+            session_id: "long-chat".into(),
+            messages: conversation(),
+            ..Default::default()
+        })
+        .await
+        .expect("ingest");
+
+    let r = run(&server, &tenant, pb::MaintenanceJob::Reflect).await;
+    assert_eq!(
+        (r["created"].as_u64(), r["failed"].as_u64()),
+        (Some(0), Some(1)),
+        "an empty summary is a failure: {r}"
+    );
+    BROKEN.store(false, Ordering::SeqCst);
+    let r = run(&server, &tenant, pb::MaintenanceJob::Reflect).await;
+    assert_eq!(r["created"], 1, "{r}");
+    let content: String = sqlx::query_scalar("SELECT content FROM memories WHERE kind = 'summary'")
+        .fetch_one(server.pool())
+        .await
+        .expect("summary");
+    assert!(
+        content.starts_with("Session long-chat (") && content.contains("sister called Ines"),
+        "{content}"
+    );
+    let prompt =
+        serde_json::to_string(&fake.requests().last().expect("request")["messages"]).expect("json");
+    assert!(
+        prompt.contains("My sister is called Ines.")
+            && prompt.contains("You summarize a conversation")
+    );
+    // Covered already: the model is not asked again.
+    let asked = fake.requests().len();
+    let r = run(&server, &tenant, pb::MaintenanceJob::Reflect).await;
+    assert_eq!(
+        (r["unchanged"].as_u64(), fake.requests().len()),
+        (Some(1), asked),
+        "{r}"
+    );
+}

@@ -45,8 +45,10 @@ impl Job {
 }
 
 /// The jobs' settings.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct JobSettings {
+    /// The model that writes abstractive session summaries (`None`: extractive summaries).
+    pub summarizer: Option<std::sync::Arc<dyn memoire_core::extract::Summarizer>>,
     /// Most essential memories per user and namespace.
     pub max_essential: usize,
     /// Decay half-life.
@@ -68,6 +70,7 @@ pub struct JobSettings {
 impl Default for JobSettings {
     fn default() -> Self {
         JobSettings {
+            summarizer: None,
             max_essential: 24,
             half_life: Duration::from_secs(180 * 86_400),
             floor: 0.2,
@@ -97,6 +100,7 @@ pub async fn run(
             store
                 .reflect(
                     scope,
+                    s.summarizer.as_deref(),
                     s.reflect_min_turns,
                     s.reflect_max_turns,
                     s.reflect_idle,

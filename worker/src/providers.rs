@@ -93,18 +93,23 @@ impl Embedder for Background {
 pub fn extractor(config: &Config) -> anyhow::Result<Arc<dyn Extractor>> {
     Ok(match config.extractor {
         ExtractorKind::Rules => Arc::new(RuleExtractor),
-        ExtractorKind::Llm => Arc::new(LlmExtractor::new(ChatSettings {
-            base_url: config.llm_base_url.clone(),
-            model: config.llm_model.clone(),
-            api_key: config.llm_api_key.clone(),
-            json_mode: match config.llm_json_mode {
-                LlmJsonMode::Schema => JsonMode::Schema,
-                LlmJsonMode::Object => JsonMode::Object,
-            },
-            timeout: Duration::from_millis(config.llm_timeout_ms),
-            max_retries: config.llm_max_retries,
-            max_content_bytes: config.max_content_bytes,
-        })?),
+        ExtractorKind::Llm => Arc::new(llm(config)?),
+    })
+}
+
+/// The configured OpenAI-compatible chat model (extraction and summaries).
+fn llm(config: &Config) -> memoire_core::Result<LlmExtractor> {
+    LlmExtractor::new(ChatSettings {
+        base_url: config.llm_base_url.clone(),
+        model: config.llm_model.clone(),
+        api_key: config.llm_api_key.clone(),
+        json_mode: match config.llm_json_mode {
+            LlmJsonMode::Schema => JsonMode::Schema,
+            LlmJsonMode::Object => JsonMode::Object,
+        },
+        timeout: Duration::from_millis(config.llm_timeout_ms),
+        max_retries: config.llm_max_retries,
+        max_content_bytes: config.max_content_bytes,
     })
 }
 
@@ -113,6 +118,13 @@ pub fn job_settings(config: &Config) -> crate::jobs::JobSettings {
     use crate::jobs::Job;
     let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
     crate::jobs::JobSettings {
+        // With a model configured for extraction, reflect asks it for abstractive summaries.
+        summarizer: match config.extractor {
+            ExtractorKind::Rules => None,
+            ExtractorKind::Llm => llm(config)
+                .ok()
+                .map(|m| Arc::new(m) as Arc<dyn memoire_core::extract::Summarizer>),
+        },
         max_essential: config.conscious_max_essential,
         half_life: Duration::from_secs_f64(config.decay_half_life_days as f64 * 86_400.0),
         floor: config.decay_floor,
