@@ -394,6 +394,19 @@ fn conversation() -> Vec<pb::Message> {
     out
 }
 
+async fn ingest_conversation(client: &Client) {
+    client
+        .memory()
+        .ingest(pb::IngestRequest {
+            user_id: "u".into(),
+            session_id: "long-chat".into(),
+            messages: conversation(),
+            ..Default::default()
+        })
+        .await
+        .expect("ingest");
+}
+
 /// The smallest packed context (in tokens) of a Recall that holds every fact.
 async fn tokens_for_all_facts(client: &Client, include_episodes: bool) -> Option<u32> {
     for budget in (50..=6000).step_by(50) {
@@ -429,16 +442,7 @@ async fn reflect_distills_a_session_so_recall_needs_fewer_tokens_for_the_same_fa
     )
     .await;
     let (tenant, client) = server.tenant("t", pb::KeyRole::Admin).await;
-    client
-        .memory()
-        .ingest(pb::IngestRequest {
-            user_id: "u".into(),
-            session_id: "long-chat".into(),
-            messages: conversation(),
-            ..Default::default()
-        })
-        .await
-        .expect("ingest");
+    ingest_conversation(&client).await;
     // Embed the turns (what the worker's embedding loop does), without extracting memories.
     let embedder = memoire_worker::providers::embedder(&server.config).expect("embedder");
     let store = server.store.clone().with_embedder(embedder);
@@ -529,16 +533,7 @@ async fn with_an_llm_reflect_writes_an_abstractive_summary_and_retries_a_failed_
     )
     .await;
     let (tenant, client) = server.tenant("t", pb::KeyRole::Admin).await;
-    client
-        .memory()
-        .ingest(pb::IngestRequest {
-            user_id: "u".into(),
-            session_id: "long-chat".into(),
-            messages: conversation(),
-            ..Default::default()
-        })
-        .await
-        .expect("ingest");
+    ingest_conversation(&client).await;
 
     let r = run(&server, &tenant, pb::MaintenanceJob::Reflect).await;
     assert_eq!(
