@@ -338,11 +338,16 @@ impl PgStore {
     /// reconciler: whatever was ingested and not yet extracted is found here, however the
     /// notification was lost.
     pub async fn pending_scopes(&self, limit: i64) -> Result<Vec<Scope>> {
+        // A user is due when its *first* pending episode is: later ones wait behind it (order),
+        // so a user whose first episode is backing off must not take a place in the batch.
         let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
-            "SELECT tenant_id, user_id, namespace FROM episodes \
-             WHERE extracted_at IS NULL AND extract_dead_at IS NULL \
-               AND (extract_after IS NULL OR extract_after <= $1) \
-             GROUP BY tenant_id, user_id, namespace ORDER BY min(seq) LIMIT $2",
+            "SELECT tenant_id, user_id, namespace FROM ( \
+               SELECT DISTINCT ON (tenant_id, user_id, namespace) tenant_id, user_id, namespace, \
+                 seq, extract_after FROM episodes \
+               WHERE extracted_at IS NULL AND extract_dead_at IS NULL \
+               ORDER BY tenant_id, user_id, namespace, occurred_at, seq) firsts \
+             WHERE extract_after IS NULL OR extract_after <= $1 \
+             ORDER BY seq LIMIT $2",
         )
         .bind(self.clock.now())
         .bind(limit)

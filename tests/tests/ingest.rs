@@ -836,3 +836,43 @@ async fn plain_json_mode_describes_the_schema_and_reads_fenced_replies() {
         "{prompt}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_waiting_on_a_retry_do_not_hold_up_other_users() {
+    // Twenty users whose first message fails (and then waits a minute before its retry), with a
+    // good message behind it; one more user with only a good message. That user must not wait
+    // for the others' backoff.
+    let fake = FakeLlm::start(script).await;
+    let server = TestServer::start_with(
+        |c| {
+            llm_config(c, &fake.url);
+            c.extraction_retry_base_ms = 60_000;
+            c.extraction_retry_max_ms = 60_000;
+        },
+        None,
+    )
+    .await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    for u in 0..20 {
+        ingest(
+            &client,
+            &format!("blocked{u}"),
+            vec![user("here is some garbage"), user("I like tea.")],
+            false,
+        )
+        .await;
+    }
+    ingest(&client, "free", vec![user("I like coffee.")], false).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !remembers(&client, "free", "Likes coffee").await {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "a user with nothing failing waited behind users in backoff"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !remembers(&client, "blocked0", "Likes tea").await,
+        "per-user order: the good message waits for the failing one before it"
+    );
+}
