@@ -303,7 +303,8 @@ fn group_title(item: &Item) -> &'static str {
     }
 }
 
-fn one_line(s: &str) -> String {
+/// `s` on one line: runs of white space (newlines too) become one space.
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 

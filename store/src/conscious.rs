@@ -20,13 +20,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use memoire_core::Result;
-use memoire_core::model::{Memory, MessageRole, Scope};
+use memoire_core::model::{Memory, Scope};
 use memoire_core::recall::EpisodeHit;
 use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use crate::rows::{MEMORY_COLUMNS, MemoryRow, convert_all};
+use crate::rows::{EPISODE_COLUMNS, EpisodeRow, MEMORY_COLUMNS, MemoryRow, convert_all};
 use crate::{PgStore, RedisCache, db_error};
 
 /// The global epoch key (see the module docs).
@@ -167,20 +167,6 @@ impl ConsciousCache {
     }
 }
 
-#[derive(sqlx::FromRow)]
-struct TurnRow {
-    id: Uuid,
-    user_id: String,
-    namespace: String,
-    session_id: String,
-    role: String,
-    name: Option<String>,
-    content: String,
-    message_id: Option<String>,
-    occurred_at: DateTime<Utc>,
-    created_at: DateTime<Utc>,
-}
-
 impl PgStore {
     /// Marks a user+namespace's working memory changed (no-op without a cache).
     pub async fn conscious_changed(&self, tenant: Uuid, user: &str, namespace: &str) {
@@ -255,37 +241,26 @@ impl PgStore {
             None => Vec::new(),
             Some(session) => {
                 let since = now - settings.session_ttl;
-                let mut rows: Vec<TurnRow> = sqlx::query_as(
-                    "SELECT id, user_id, namespace, session_id, role, name, content, message_id, \
-                       occurred_at, created_at FROM episodes \
+                let sql = format!(
+                    "SELECT {EPISODE_COLUMNS} FROM episodes \
                      WHERE tenant_id = $1 AND user_id = $2 AND namespace = $3 AND session_id = $4 \
                        AND occurred_at > $5 \
-                     ORDER BY occurred_at DESC, seq DESC LIMIT $6",
-                )
-                .bind(scope.tenant_id)
-                .bind(&scope.user_id)
-                .bind(&scope.namespace)
-                .bind(session)
-                .bind(since)
-                .bind(settings.recent_turns as i64)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(db_error)?;
+                     ORDER BY occurred_at DESC, seq DESC LIMIT $6"
+                );
+                let mut rows: Vec<EpisodeRow> = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(scope.tenant_id)
+                    .bind(&scope.user_id)
+                    .bind(&scope.namespace)
+                    .bind(session)
+                    .bind(since)
+                    .bind(settings.recent_turns as i64)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(db_error)?;
                 rows.reverse();
                 rows.into_iter()
-                    .map(|r| EpisodeHit {
-                        id: r.id,
-                        user_id: r.user_id,
-                        namespace: r.namespace,
-                        session_id: r.session_id,
-                        role: MessageRole::parse(&r.role).unwrap_or(MessageRole::User),
-                        name: r.name,
-                        content: r.content,
-                        message_id: r.message_id,
-                        occurred_at: r.occurred_at,
-                        created_at: r.created_at,
-                    })
-                    .collect()
+                    .map(EpisodeHit::try_from)
+                    .collect::<Result<Vec<_>>>()?
             }
         };
         Ok(ConsciousView { essential, recent })

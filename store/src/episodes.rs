@@ -30,7 +30,7 @@ use crate::memories::{
     NewRow, audit, derived_from_edges, insert_memory, lock_user, record_versions, slot_holder,
     supersede, supersedes_edge,
 };
-use crate::{PgStore, db_error};
+use crate::{PgStore, db_error, write_vectors};
 
 /// (tenant, user, namespace) rows as scopes.
 pub(crate) fn scopes(rows: Vec<(Uuid, String, String)>) -> Vec<Scope> {
@@ -478,28 +478,6 @@ impl PgStore {
         })
     }
 
-    /// Vectors for texts with the configured embedder (`None` without one).
-    async fn embed_texts(&self, texts: &[String]) -> Result<Option<(Vec<Vector>, String)>> {
-        let Some(embedder) = &self.embedder else {
-            return Ok(None);
-        };
-        if texts.is_empty() {
-            return Ok(Some((Vec::new(), embedder.model_id().to_owned())));
-        }
-        let vectors = embedder.embed(texts).await?;
-        if vectors.len() != texts.len() {
-            return Err(Error::Provider(format!(
-                "the embedder returned {} vectors for {} texts",
-                vectors.len(),
-                texts.len()
-            )));
-        }
-        Ok(Some((
-            vectors.into_iter().map(Vector::from).collect(),
-            embedder.model_id().to_owned(),
-        )))
-    }
-
     /// Resolves and writes an episode's candidates, and marks the episode extracted — in one
     /// transaction. `None` when the episode was already extracted (a replay writes nothing).
     pub async fn apply_extraction(
@@ -864,16 +842,7 @@ impl PgStore {
         match embedder.embed(&texts).await {
             Ok(vectors) if vectors.len() == rows.len() => {
                 let vectors: Vec<Vector> = vectors.into_iter().map(Vector::from).collect();
-                sqlx::query(
-                    "UPDATE episodes e SET embedding = t.v, embedding_model = $3, embed_after = NULL \
-                     FROM unnest($1::uuid[], $2::vector[]) AS t(id, v) WHERE e.id = t.id",
-                )
-                .bind(&ids)
-                .bind(&vectors)
-                .bind(embedder.model_id())
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+                write_vectors(&mut tx, "episodes", &ids, &vectors, embedder.model_id()).await?;
                 tx.commit().await.map_err(db_error)?;
                 Ok(rows.len())
             }

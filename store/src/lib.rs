@@ -43,6 +43,28 @@ pub use recall::{RecallQuery, VectorSettings};
 pub use schema::vector_index_name;
 pub use tenants::{NewApiKey, TenantUpdate, hash_secret};
 
+/// Stores `vectors` (of `model`) for the rows `ids` of `table` (`memories` or `episodes`).
+pub(crate) async fn write_vectors(
+    conn: &mut sqlx::PgConnection,
+    table: &str,
+    ids: &[uuid::Uuid],
+    vectors: &[pgvector::Vector],
+    model: &str,
+) -> memoire_core::Result<()> {
+    let sql = format!(
+        "UPDATE {table} x SET embedding = t.v, embedding_model = $3 \
+         FROM unnest($1::uuid[], $2::vector[]) AS t(id, v) WHERE x.id = t.id"
+    );
+    sqlx::query(sqlx::AssertSqlSafe(sql))
+        .bind(ids)
+        .bind(vectors)
+        .bind(model)
+        .execute(conn)
+        .await
+        .map_err(db_error)?;
+    Ok(())
+}
+
 /// Connection settings for [`PgStore::connect`].
 #[derive(Debug, Clone)]
 pub struct PgSettings {
@@ -136,6 +158,32 @@ impl PgStore {
     /// The pool, for health checks and tests.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Vectors for `texts` with the configured embedder, one per text, and its model id
+    /// (`None` without an embedder).
+    pub(crate) async fn embed_texts(
+        &self,
+        texts: &[String],
+    ) -> memoire_core::Result<Option<(Vec<pgvector::Vector>, String)>> {
+        let Some(embedder) = &self.embedder else {
+            return Ok(None);
+        };
+        if texts.is_empty() {
+            return Ok(Some((Vec::new(), embedder.model_id().to_owned())));
+        }
+        let vectors = embedder.embed(texts).await?;
+        if vectors.len() != texts.len() {
+            return Err(memoire_core::Error::Provider(format!(
+                "the embedder returned {} vectors for {} texts",
+                vectors.len(),
+                texts.len()
+            )));
+        }
+        Ok(Some((
+            vectors.into_iter().map(pgvector::Vector::from).collect(),
+            embedder.model_id().to_owned(),
+        )))
     }
 
     /// Whether Postgres answers.

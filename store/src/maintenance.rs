@@ -17,7 +17,6 @@ use memoire_core::extract::{RuleExtractor, Summarizer, Turn};
 use memoire_core::model::{Basis, Memory, MemoryKind, MessageRole, Scope, VersionOp, WriteOutcome};
 use memoire_core::resolve::significant_words;
 use memoire_core::{Error, Result};
-use pgvector::Vector;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
@@ -26,7 +25,7 @@ use uuid::Uuid;
 use crate::episodes::scopes;
 use crate::memories::{audit, delete_episodes, expire, lock_user, record_versions};
 use crate::rows::{MEMORY_COLUMNS, MemoryRow, convert_all};
-use crate::{PgStore, db_error};
+use crate::{PgStore, db_error, write_vectors};
 
 /// Which part of the data a job runs on: everything, one tenant, or one user of a tenant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -349,29 +348,13 @@ impl PgStore {
                     .iter()
                     .map(|r| memory_text(&r.4, r.5.as_deref(), r.6.as_deref()))
                     .collect();
-                let vectors: Vec<Vector> = embedder
-                    .embed(&texts)
-                    .await?
-                    .into_iter()
-                    .map(Vector::from)
-                    .collect();
-                if vectors.len() != rows.len() {
-                    return Err(Error::Provider(
-                        "the embedder returned too few vectors".into(),
+                let Some((vectors, _)) = self.embed_texts(&texts).await? else {
+                    return Err(Error::FailedPrecondition(
+                        "re-embed needs an embedding model".into(),
                     ));
-                }
+                };
                 let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-                let sql = format!(
-                    "UPDATE {table} x SET embedding = t.v, embedding_model = $3 \
-                     FROM unnest($1::uuid[], $2::vector[]) AS t(id, v) WHERE x.id = t.id"
-                );
-                sqlx::query(AssertSqlSafe(sql))
-                    .bind(&ids)
-                    .bind(&vectors)
-                    .bind(&model)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
+                write_vectors(&mut tx, table, &ids, &vectors, &model).await?;
                 tx.commit().await.map_err(db_error)?;
                 counts[i] += rows.len() as u64;
                 if table == "memories" {

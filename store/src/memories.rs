@@ -367,16 +367,11 @@ impl PgStore {
         subject: Option<&str>,
         slot: Option<&str>,
     ) -> Result<Option<(Vector, String)>> {
-        let Some(embedder) = &self.embedder else {
-            return Ok(None);
-        };
         let text = [memory_text(content, subject, slot)];
-        let vector = embedder
-            .embed(&text)
+        Ok(self
+            .embed_texts(&text)
             .await?
-            .pop()
-            .ok_or_else(|| Error::Provider("the embedder returned no vector".into()))?;
-        Ok(Some((Vector::from(vector), embedder.model_id().to_owned())))
+            .and_then(|(mut vectors, model)| vectors.pop().map(|v| (v, model))))
     }
 
     /// Teach: a new memory through the resolver, or a correction.

@@ -16,14 +16,14 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use memoire_core::model::{Memory, MemoryKind, MessageRole};
+use memoire_core::Result;
+use memoire_core::model::{Memory, MemoryKind};
 use memoire_core::recall::{Candidate, EpisodeHit, Item};
-use memoire_core::{Error, Result};
 use pgvector::Vector;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::rows::{MEMORY_COLUMNS, MemoryRow};
+use crate::rows::{EPISODE_COLUMNS, EpisodeRow, MEMORY_COLUMNS, MemoryRow};
 use crate::{PgStore, db_error};
 
 /// Query words that carry no information in a memory store (stemmed, as in the index).
@@ -495,56 +495,16 @@ impl PgStore {
     }
 
     async fn hydrate_episodes(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<Item>> {
-        type Row = (
-            Uuid,
-            String,
-            String,
-            String,
-            String,
-            Option<String>,
-            String,
-            Option<String>,
-            DateTime<Utc>,
-            DateTime<Utc>,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT id, user_id, namespace, session_id, role, name, content, message_id, occurred_at, created_at \
-             FROM episodes WHERE tenant_id = $1 AND id = ANY($2)",
-        )
-        .bind(tenant_id)
-        .bind(ids)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(db_error)?;
+        let sql =
+            format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE tenant_id = $1 AND id = ANY($2)");
+        let rows: Vec<EpisodeRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(tenant_id)
+            .bind(ids)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_error)?;
         rows.into_iter()
-            .map(
-                |(
-                    id,
-                    user_id,
-                    namespace,
-                    session_id,
-                    role,
-                    name,
-                    content,
-                    message_id,
-                    occurred_at,
-                    created_at,
-                )| {
-                    Ok(Item::Episode(Box::new(EpisodeHit {
-                        id,
-                        user_id,
-                        namespace,
-                        session_id,
-                        role: MessageRole::parse(&role)
-                            .ok_or_else(|| Error::Internal(format!("unknown role '{role}'")))?,
-                        name,
-                        content,
-                        message_id,
-                        occurred_at,
-                        created_at,
-                    })))
-                },
-            )
+            .map(|r| Ok(Item::Episode(Box::new(EpisodeHit::try_from(r)?))))
             .collect()
     }
 

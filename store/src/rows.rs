@@ -3,10 +3,49 @@
 use chrono::{DateTime, Utc};
 use memoire_core::Error;
 use memoire_core::model::{
-    ApiKey, Basis, KeyRole, Memory, MemoryKind, MemoryStatus, MemoryVersion, PiiMode, Tenant,
-    VersionOp,
+    ApiKey, Basis, KeyRole, Memory, MemoryKind, MemoryStatus, MemoryVersion, MessageRole, PiiMode,
+    Tenant, VersionOp,
 };
+use memoire_core::recall::EpisodeHit;
 use uuid::Uuid;
+
+/// The columns of `episodes` that [`EpisodeRow`] reads, in order.
+pub(crate) const EPISODE_COLUMNS: &str = "id, user_id, namespace, session_id, role, name, content, \
+    message_id, occurred_at, created_at";
+
+/// An episode as recall and Conscious show it.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct EpisodeRow {
+    pub id: Uuid,
+    pub user_id: String,
+    pub namespace: String,
+    pub session_id: String,
+    pub role: String,
+    pub name: Option<String>,
+    pub content: String,
+    pub message_id: Option<String>,
+    pub occurred_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl TryFrom<EpisodeRow> for EpisodeHit {
+    type Error = Error;
+
+    fn try_from(r: EpisodeRow) -> Result<Self, Error> {
+        Ok(EpisodeHit {
+            id: r.id,
+            user_id: r.user_id,
+            namespace: r.namespace,
+            session_id: r.session_id,
+            role: parse("role", &r.role, MessageRole::parse)?,
+            name: r.name,
+            content: r.content,
+            message_id: r.message_id,
+            occurred_at: r.occurred_at,
+            created_at: r.created_at,
+        })
+    }
+}
 
 /// The columns of `memories` that [`MemoryRow`] reads, in order.
 pub(crate) const MEMORY_COLUMNS: &str = "id, tenant_id, user_id, namespace, kind, content, \
