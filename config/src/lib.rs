@@ -1,12 +1,13 @@
-//! Mémoire's configuration and process bootstrap (tracing, shutdown signal, the [`ops`] HTTP
-//! endpoint and metrics recorder): one typed struct, every setting named once in [`SETTINGS`] with its
+//! Mémoire's configuration: one typed struct, every setting named once in [`SETTINGS`] with its
 //! default and its `MEMOIRE_*` variable, layered defaults → TOML file → environment → flags, and
 //! validated at start-up with a message that names the setting and how to fix it.
 //!
 //! Tests build a [`Config`] value directly; nothing here reads the environment except
 //! [`Config::load`].
 
-pub mod ops;
+mod reference;
+
+pub use reference::reference_markdown;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -1064,43 +1065,6 @@ mod toml_probe {
         out.push('"');
         out
     }
-}
-
-/// Installs the global `tracing` subscriber: the `log` filter (overridden by `RUST_LOG` when set),
-/// text or JSON lines on stderr. Call once per process.
-pub fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&config.log).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // try_init: a second call (tests) keeps the first subscriber instead of panicking.
-    let _ = match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
-}
-
-/// Completes on SIGINT (Ctrl-C) or SIGTERM: the graceful-shutdown trigger of both binaries.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} },
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }
 
 #[cfg(test)]

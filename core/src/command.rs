@@ -17,6 +17,31 @@ pub struct Principal {
     pub actor: String,
 }
 
+impl Principal {
+    /// The principal, when it may make a call that needs `role`.
+    pub fn require(&self, role: KeyRole) -> crate::Result<&Principal> {
+        if self.role < role {
+            return Err(crate::Error::PermissionDenied(format!(
+                "this call needs a {role} key; the key used is a {} key",
+                self.role
+            )));
+        }
+        Ok(self)
+    }
+
+    /// The tenant a memory-service call that needs `role` acts for.
+    pub fn tenant(&self, role: KeyRole) -> crate::Result<Uuid> {
+        match self.require(role)?.tenant_id {
+            Some(t) => Ok(t),
+            None => Err(crate::Error::PermissionDenied(
+                "the bootstrap admin key manages tenants and keys; call the memory service with a \
+                 tenant's API key (AdminService/CreateApiKey)"
+                    .into(),
+            )),
+        }
+    }
+}
+
 /// A new memory's fields.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewMemory {
@@ -258,4 +283,37 @@ pub struct Ingested {
     pub message_id: Option<String>,
     /// A message with this id was already stored; nothing was written.
     pub duplicate: bool,
+}
+
+/// What Recall searches: the scope, the query text and the filters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecallQuery {
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// User.
+    pub user_id: String,
+    /// Namespaces (at least one).
+    pub namespaces: Vec<String>,
+    /// Query text.
+    pub text: String,
+    /// Only these kinds.
+    pub kinds: Vec<MemoryKind>,
+    /// Only memories with all these tags.
+    pub tags: Vec<String>,
+    /// Only this slot.
+    pub slot: Option<String>,
+    /// Created at or after.
+    pub created_after: Option<DateTime<Utc>>,
+    /// Created before.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Time travel.
+    pub as_of: Option<DateTime<Utc>>,
+    /// Also superseded memories.
+    pub include_superseded: bool,
+    /// Also episodes.
+    pub include_episodes: bool,
+    /// Candidates per search side.
+    pub candidates: usize,
+    /// Memories whose confidence decayed below this are left out (the decay floor).
+    pub min_confidence: f32,
 }

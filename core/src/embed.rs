@@ -23,6 +23,15 @@ pub trait Embedder: Send + Sync + std::fmt::Debug {
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>>>;
 }
 
+/// A text's vector and the id of the model that made it (what the store writes beside a row).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Embedding {
+    /// The vector (L2-normalized).
+    pub vector: Vec<f32>,
+    /// The model id.
+    pub model: String,
+}
+
 /// The text a memory is embedded from: its content, its subject, and the words of its slot
 /// (`user.home_city` → "home city"), so that "where does the user live?" meets a memory whose
 /// content only says "Dallas".

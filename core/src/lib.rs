@@ -24,6 +24,7 @@ pub mod model;
 pub mod pii;
 pub mod recall;
 pub mod resolve;
+pub mod summary;
 pub mod validate;
 
 pub use error::{Error, Result};

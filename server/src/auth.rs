@@ -1,105 +1,96 @@
-//! Authentication: `authorization: Bearer <key>` metadata resolves to a [`Principal`].
-//!
-//! Three kinds of caller: a tenant's API key (stored hashed; resolved per request so that a
-//! revocation takes effect at once), the bootstrap admin key from configuration (acts across
-//! tenants; compared in constant time), and — only when `dev_mode` is on — a caller with no key,
-//! who acts as the admin of the single tenant `dev`.
+//! The auth layer: every `memoire.v1` call's `authorization` metadata is resolved to a
+//! [`Principal`] (see `memoire_usecases::auth`) before the call is decoded, and put into the
+//! request's extensions; a caller that cannot be resolved is answered `UNAUTHENTICATED` here.
+//! Each adapter then asks the principal for the role its call needs ([`caller`]). Health and
+//! reflection stay open.
 
-use memoire_core::Error;
+use std::task::{Context, Poll};
+
+use futures::future::BoxFuture;
 use memoire_core::command::Principal;
-use memoire_core::model::KeyRole;
-use memoire_store::{PgStore, hash_secret};
-use subtle::ConstantTimeEq as _;
-use tonic::metadata::MetadataMap;
-use uuid::Uuid;
+use memoire_usecases::Authenticator;
+use tonic::{Request, Status};
 
-/// The actor recorded for the bootstrap admin key.
-pub const BOOTSTRAP_ACTOR: &str = "bootstrap-admin";
+use crate::error::status;
 
-/// Resolves callers.
+/// The gRPC paths that need a caller.
+const AUTHENTICATED_PREFIX: &str = "/memoire.v1.";
+
+/// Resolves callers for the services it wraps.
 #[derive(Debug, Clone)]
-pub struct Authenticator {
-    store: PgStore,
-    admin_hash: Option<[u8; 32]>,
-    dev_tenant: Option<Uuid>,
+pub struct AuthLayer {
+    auth: Authenticator,
 }
 
-impl Authenticator {
-    /// An authenticator; `dev_tenant` enables key-less access as that tenant's admin.
-    pub fn new(store: PgStore, admin_key: Option<&str>, dev_tenant: Option<Uuid>) -> Self {
-        Authenticator {
-            store,
-            admin_hash: admin_key.map(hash_secret),
-            dev_tenant,
+impl AuthLayer {
+    /// The layer over `auth`.
+    pub fn new(auth: Authenticator) -> Self {
+        AuthLayer { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth {
+            inner,
+            auth: self.auth.clone(),
         }
+    }
+}
+
+/// The service [`AuthLayer`] makes.
+#[derive(Debug, Clone)]
+pub struct Auth<S> {
+    inner: S,
+    auth: Authenticator,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for Auth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
     }
 
-    /// Who is calling, and whether they may do what needs `role`.
-    pub async fn authorize(
-        &self,
-        metadata: &MetadataMap,
-        role: KeyRole,
-    ) -> Result<Principal, Error> {
-        let principal = self.principal(metadata).await?;
-        if principal.role < role {
-            return Err(Error::PermissionDenied(format!(
-                "this call needs a {role} key; the key used is a {} key",
-                principal.role
-            )));
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone that was polled ready serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !req.uri().path().starts_with(AUTHENTICATED_PREFIX) {
+            return Box::pin(inner.call(req));
         }
-        Ok(principal)
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let header = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .map(|v| v.to_str().map_err(|_| ()));
+            match auth.principal(header).await {
+                Ok(principal) => {
+                    req.extensions_mut().insert(principal);
+                    inner.call(req).await
+                }
+                Err(e) => Ok(status(e).into_http()),
+            }
+        })
     }
+}
 
-    /// The tenant a memory-service call acts for.
-    pub async fn tenant(
-        &self,
-        metadata: &MetadataMap,
-        role: KeyRole,
-    ) -> Result<(Uuid, Principal), Error> {
-        let principal = self.authorize(metadata, role).await?;
-        match principal.tenant_id {
-            Some(t) => Ok((t, principal)),
-            None => Err(Error::PermissionDenied(
-                "the bootstrap admin key manages tenants and keys; call the memory service with a \
-                 tenant's API key (AdminService/CreateApiKey)"
-                    .into(),
-            )),
-        }
-    }
-
-    async fn principal(&self, metadata: &MetadataMap) -> Result<Principal, Error> {
-        let Some(value) = metadata.get("authorization") else {
-            return match self.dev_tenant {
-                Some(tenant) => Ok(Principal {
-                    tenant_id: Some(tenant),
-                    role: KeyRole::Admin,
-                    actor: "dev".into(),
-                }),
-                None => Err(Error::Unauthenticated(
-                    "missing API key: send `authorization: Bearer <key>` metadata".into(),
-                )),
-            };
-        };
-        let value = value
-            .to_str()
-            .map_err(|_| Error::Unauthenticated("the authorization metadata is not text".into()))?;
-        let secret = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .ok_or_else(|| Error::Unauthenticated("authorization must be `Bearer <key>`".into()))?
-            .trim();
-        if let Some(admin) = &self.admin_hash
-            && bool::from(hash_secret(secret).ct_eq(admin))
-        {
-            return Ok(Principal {
-                tenant_id: None,
-                role: KeyRole::Admin,
-                actor: BOOTSTRAP_ACTOR.into(),
-            });
-        }
-        self.store
-            .principal_for_secret(secret)
-            .await?
-            .ok_or_else(|| Error::Unauthenticated("invalid or revoked API key".into()))
-    }
+/// The caller of a request that passed the auth layer.
+pub fn caller<T>(req: &Request<T>) -> Result<&Principal, Status> {
+    req.extensions()
+        .get::<Principal>()
+        .ok_or_else(|| Status::internal("the auth layer did not run for this call"))
 }

@@ -1,5 +1,6 @@
-//! Conscious working memory: the user's essential memories and the session's recent turns,
-//! built from Postgres and kept in Redis.
+//! Conscious working memory, the storage side: the user's essential memories and the session's
+//! recent turns read from Postgres, and the Redis entries they are kept in (the use-case in
+//! `memoire-usecases` decides when to read, rebuild and invalidate).
 //!
 //! Freshness without a read-then-check race: each user+namespace has a *generation* counter in
 //! Redis, and a cached entry lives under a key that names the generation it was built at. Every
@@ -130,7 +131,7 @@ impl ConsciousCache {
     }
 
     /// The cached view, or the ticket to store a rebuilt one under (`None`: Redis unusable).
-    async fn get(
+    pub async fn get(
         &self,
         scope: &Scope,
         session: Option<&str>,
@@ -160,7 +161,8 @@ impl ConsciousCache {
         (view, Some(CacheTicket(key)))
     }
 
-    async fn put(&self, ticket: CacheTicket, view: &ConsciousView, ttl: Duration) {
+    /// Stores a rebuilt view under `ticket`.
+    pub async fn put(&self, ticket: CacheTicket, view: &ConsciousView, ttl: Duration) {
         if let Ok(bytes) = serde_json::to_vec(view) {
             self.redis.set(&ticket.0, bytes, ttl).await;
         }
@@ -168,51 +170,8 @@ impl ConsciousCache {
 }
 
 impl PgStore {
-    /// Marks a user+namespace's working memory changed (no-op without a cache).
-    pub async fn conscious_changed(&self, tenant: Uuid, user: &str, namespace: &str) {
-        if let Some(c) = &self.conscious {
-            c.invalidate(tenant, user, namespace).await;
-        }
-    }
-
-    /// Removes a user+namespace's working memory from Redis (purge).
-    pub async fn conscious_purged(&self, tenant: Uuid, user: &str, namespace: &str) {
-        if let Some(c) = &self.conscious {
-            c.purge(tenant, user, namespace).await;
-        }
-    }
-
-    /// The working memory of a user+namespace (and session): from Redis when it holds the
-    /// current generation, else rebuilt from Postgres (and cached).
-    pub async fn conscious(
-        &self,
-        scope: &Scope,
-        session: Option<&str>,
-        settings: &ConsciousSettings,
-    ) -> Result<(ConsciousView, ConsciousSource)> {
-        let now = self.clock.now();
-        let (cached, ticket) = match &self.conscious {
-            Some(c) => c.get(scope, session).await,
-            None => (None, None),
-        };
-        if let Some(mut view) = cached {
-            // Time passes inside a cached entry too.
-            view.essential
-                .retain(|m| m.expires_at.is_none_or(|t| t > now));
-            let since = now - settings.session_ttl;
-            view.recent.retain(|e| e.occurred_at > since);
-            metrics::counter!("memoire_cache_requests_total", "cache" => "conscious", "result" => "hit").increment(1);
-            return Ok((view, ConsciousSource::Redis));
-        }
-        metrics::counter!("memoire_cache_requests_total", "cache" => "conscious", "result" => "miss").increment(1);
-        let view = self.build_conscious(scope, session, settings, now).await?;
-        if let (Some(c), Some(ticket)) = (&self.conscious, ticket) {
-            c.put(ticket, &view, settings.cache_ttl).await;
-        }
-        Ok((view, ConsciousSource::Postgres))
-    }
-
-    async fn build_conscious(
+    /// A user+namespace's working memory (and the session's recent turns), read from Postgres.
+    pub async fn conscious_view(
         &self,
         scope: &Scope,
         session: Option<&str>,

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use memoire_core::command::{Ingest, Ingested, NewMemory};
-use memoire_core::embed::memory_text;
+use memoire_core::embed::Embedding;
 use memoire_core::extract::{CandidateMemory, ExtractError, Extraction, KnownMemory, Turn};
 use memoire_core::model::{Basis, DeadLetter, MemoryKind, MessageRole, PiiMode, Scope, VersionOp};
 use memoire_core::pii;
@@ -85,7 +85,7 @@ impl PendingEpisode {
         }
     }
 
-    fn turn(&self) -> Turn {
+    pub fn turn(&self) -> Turn {
         Turn {
             role: MessageRole::parse(&self.role).unwrap_or(MessageRole::User),
             name: self.name.clone(),
@@ -285,11 +285,6 @@ impl PgStore {
         .await
         .map_err(db_error)?;
 
-        if !inserted.is_empty() {
-            // The session's recent turns changed.
-            self.conscious_changed(scope.tenant_id, &scope.user_id, &scope.namespace)
-                .await;
-        }
         if inserted.len() < ids.len() {
             // Retried messages: answer with the episode stored the first time.
             let retried: Vec<String> = out
@@ -422,16 +417,17 @@ impl PgStore {
 
     /// The user's current memories most related to the episode (by embedding), for an
     /// extractor that can update or delete them.
-    pub async fn known_memories(&self, ep: &PendingEpisode, k: i64) -> Result<Vec<KnownMemory>> {
+    pub async fn known_memories(
+        &self,
+        ep: &PendingEpisode,
+        near: Option<&Embedding>,
+        k: i64,
+    ) -> Result<Vec<KnownMemory>> {
         if k <= 0 {
             return Ok(Vec::new());
         }
-        let vector = match self.embed_texts(std::slice::from_ref(&ep.content)).await? {
-            Some((mut v, model)) => v.pop().map(|v| (v, model)),
-            None => None,
-        };
-        let rows: Vec<ExistingRow> = match vector {
-            Some((v, model)) => sqlx::query_as(
+        let rows: Vec<ExistingRow> = match near {
+            Some(e) => sqlx::query_as(
                 "SELECT id, kind, slot, subject, content, content_key FROM memories \
                  WHERE tenant_id = $1 AND user_id = $2 AND namespace = $3 AND status = 'active' \
                    AND (expires_at IS NULL OR expires_at > $4) \
@@ -442,8 +438,8 @@ impl PgStore {
             .bind(&ep.user_id)
             .bind(&ep.namespace)
             .bind(self.clock.now())
-            .bind(model)
-            .bind(v)
+            .bind(&e.model)
+            .bind(Vector::from(e.vector.clone()))
             .bind(k)
             .fetch_all(&self.pool)
             .await
@@ -464,42 +460,27 @@ impl PgStore {
             .collect())
     }
 
-    /// The turn an extractor reads, with its context.
-    pub async fn extraction_input(
-        &self,
-        ep: &PendingEpisode,
-        context_turns: i64,
-        known: i64,
-    ) -> Result<memoire_core::extract::ExtractionInput> {
-        Ok(memoire_core::extract::ExtractionInput {
-            turn: ep.turn(),
-            context: self.context_turns(ep, context_turns).await?,
-            known: self.known_memories(ep, known).await?,
-        })
-    }
-
     /// Resolves and writes an episode's candidates, and marks the episode extracted — in one
-    /// transaction. `None` when the episode was already extracted (a replay writes nothing).
+    /// transaction. `embeddings` holds one vector per candidate (of its `memory_text`), or is
+    /// empty when there is no embedding model. `None` when the episode was already extracted (a
+    /// replay writes nothing).
     pub async fn apply_extraction(
         &self,
         ep: &PendingEpisode,
         extraction: &Extraction,
+        embeddings: Vec<Embedding>,
         basis: Basis,
         thresholds: Thresholds,
     ) -> Result<Option<Vec<Applied>>> {
         let now = self.clock.now();
         let scope = ep.scope();
         let actor = format!("extractor:{}", basis.as_str());
-        // Embedded before the transaction: no lock is held while the model runs.
-        let texts: Vec<String> = extraction
-            .candidates
-            .iter()
-            .map(|c| memory_text(&c.content, c.subject.as_deref(), c.slot.as_deref()))
+        let model = embeddings.first().map(|e| e.model.clone());
+        let mut vectors: Vec<Option<Vector>> = embeddings
+            .into_iter()
+            .map(|e| Some(Vector::from(e.vector)))
             .collect();
-        let (vectors, model) = match self.embed_texts(&texts).await? {
-            Some((v, m)) => (v.into_iter().map(Some).collect(), Some(m)),
-            None => (vec![None; texts.len()], None),
-        };
+        vectors.resize(extraction.candidates.len(), None);
 
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         lock_user(&mut tx, scope.tenant_id, &scope.user_id, &scope.namespace).await?;
@@ -566,13 +547,6 @@ impl PgStore {
         .await
         .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
-        if applied
-            .iter()
-            .any(|a| !matches!(a.action, "duplicate" | "ignore"))
-        {
-            self.conscious_changed(scope.tenant_id, &scope.user_id, &scope.namespace)
-                .await;
-        }
         Ok(Some(applied))
     }
 
@@ -815,12 +789,10 @@ impl PgStore {
         Ok(Failure::Retry(delay))
     }
 
-    /// Embeds up to `batch` episodes that have no vector yet, in one model call. Returns how
-    /// many were embedded. Other workers skip the rows this one holds.
-    pub async fn embed_pending_episodes(&self, batch: i64, policy: &RetryPolicy) -> Result<usize> {
-        let Some(embedder) = &self.embedder else {
-            return Ok(0);
-        };
+    /// Claims up to `batch` episodes that have no vector yet (other workers skip them while the
+    /// claim is held); `None` when there are none. The caller embeds the texts and then
+    /// completes or fails the claim.
+    pub async fn claim_unembedded(&self, batch: i64) -> Result<Option<EmbedClaim>> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let rows: Vec<(Uuid, Uuid, String, i32)> = sqlx::query_as(
@@ -835,68 +807,9 @@ impl PgStore {
         .await
         .map_err(db_error)?;
         if rows.is_empty() {
-            return Ok(0);
+            return Ok(None);
         }
-        let texts: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
-        let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-        match embedder.embed(&texts).await {
-            Ok(vectors) if vectors.len() == rows.len() => {
-                let vectors: Vec<Vector> = vectors.into_iter().map(Vector::from).collect();
-                write_vectors(&mut tx, "episodes", &ids, &vectors, embedder.model_id()).await?;
-                tx.commit().await.map_err(db_error)?;
-                Ok(rows.len())
-            }
-            outcome => {
-                let error = match outcome {
-                    Err(e) => e.to_string(),
-                    Ok(v) => format!(
-                        "the embedder returned {} vectors for {}",
-                        v.len(),
-                        rows.len()
-                    ),
-                };
-                for (id, tenant_id, _, attempts) in &rows {
-                    let attempts = *attempts as u32 + 1;
-                    if attempts >= policy.max_attempts {
-                        sqlx::query(
-                            "UPDATE episodes SET embed_attempts = $2, embed_dead_at = $3 WHERE id = $1",
-                        )
-                        .bind(id)
-                        .bind(attempts as i32)
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                        dead_letter(
-                            &mut tx,
-                            DeadLetterRow {
-                                tenant_id: *tenant_id,
-                                job: "embed",
-                                episode_id: *id,
-                                payload: json!({ "episode_id": id }),
-                                error: &error,
-                                attempts,
-                                raw_reply: None,
-                                now,
-                            },
-                        )
-                        .await?;
-                    } else {
-                        sqlx::query(
-                            "UPDATE episodes SET embed_attempts = $2, embed_after = $3 WHERE id = $1",
-                        )
-                        .bind(id)
-                        .bind(attempts as i32)
-                        .bind(now + policy.delay(attempts))
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db_error)?;
-                    }
-                }
-                tx.commit().await.map_err(db_error)?;
-                Err(Error::Provider(error))
-            }
-        }
+        Ok(Some(EmbedClaim { tx, rows, now }))
     }
 
     /// Queue sizes across tenants (for the worker's gauges).
@@ -1142,4 +1055,74 @@ async fn dead_letter(conn: &mut PgConnection, d: DeadLetterRow<'_>) -> Result<()
     .await
     .map_err(db_error)?;
     Ok(())
+}
+
+/// Episodes claimed for embedding (see [`PgStore::claim_unembedded`]).
+#[derive(Debug)]
+pub struct EmbedClaim {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    rows: Vec<(Uuid, Uuid, String, i32)>,
+    now: DateTime<Utc>,
+}
+
+impl EmbedClaim {
+    /// The episodes' texts, in order.
+    pub fn texts(&self) -> Vec<String> {
+        self.rows.iter().map(|r| r.2.clone()).collect()
+    }
+
+    /// Writes one vector per episode and releases the claim.
+    pub async fn complete(mut self, vectors: Vec<Vec<f32>>, model: &str) -> Result<usize> {
+        let ids: Vec<Uuid> = self.rows.iter().map(|r| r.0).collect();
+        let vectors: Vec<Vector> = vectors.into_iter().map(Vector::from).collect();
+        write_vectors(&mut self.tx, "episodes", &ids, &vectors, model).await?;
+        self.tx.commit().await.map_err(db_error)?;
+        Ok(self.rows.len())
+    }
+
+    /// Records a failed attempt for every claimed episode (dead-lettering those out of attempts)
+    /// and releases the claim.
+    pub async fn fail(mut self, error: &str, policy: &RetryPolicy) -> Result<()> {
+        let now = self.now;
+        for (id, tenant_id, _, attempts) in &self.rows {
+            let attempts = *attempts as u32 + 1;
+            if attempts >= policy.max_attempts {
+                sqlx::query(
+                    "UPDATE episodes SET embed_attempts = $2, embed_dead_at = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(attempts as i32)
+                .bind(now)
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_error)?;
+                dead_letter(
+                    &mut self.tx,
+                    DeadLetterRow {
+                        tenant_id: *tenant_id,
+                        job: "embed",
+                        episode_id: *id,
+                        payload: json!({ "episode_id": id }),
+                        error,
+                        attempts,
+                        raw_reply: None,
+                        now,
+                    },
+                )
+                .await?;
+            } else {
+                sqlx::query(
+                    "UPDATE episodes SET embed_attempts = $2, embed_after = $3 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(attempts as i32)
+                .bind(now + policy.delay(attempts))
+                .execute(&mut *self.tx)
+                .await
+                .map_err(db_error)?;
+            }
+        }
+        self.tx.commit().await.map_err(db_error)?;
+        Ok(())
+    }
 }

@@ -28,18 +28,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memoire_core::clock::{Clock, SystemClock};
-use memoire_core::embed::Embedder;
 use sqlx::PgPool;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 
 pub use cache::RedisCache;
-pub use conscious::{ConsciousSettings, ConsciousSource, ConsciousView};
+pub use conscious::{
+    CacheTicket, ConsciousCache, ConsciousSettings, ConsciousSource, ConsciousView,
+};
 pub use episodes::{
-    Applied, EPISODES_CHANNEL, Failure, PendingEpisode, QueueDepths, RetryPolicy, ScopeClaim,
+    Applied, EPISODES_CHANNEL, EmbedClaim, Failure, PendingEpisode, QueueDepths, RetryPolicy,
+    ScopeClaim,
 };
 pub use error::db_error;
-pub use maintenance::JobScope;
-pub use recall::{RecallQuery, VectorSettings};
+pub use maintenance::{JobOutput, JobScope, VectorClaim, VectorTable};
+pub use memories::Correction;
+pub use recall::VectorSettings;
 pub use schema::vector_index_name;
 pub use tenants::{NewApiKey, TenantUpdate, hash_secret};
 
@@ -83,9 +86,7 @@ pub struct PgSettings {
 pub struct PgStore {
     pool: PgPool,
     clock: Arc<dyn Clock>,
-    embedder: Option<Arc<dyn Embedder>>,
     stats_cache: Arc<recall::StatsCache>,
-    conscious: Option<conscious::ConsciousCache>,
 }
 
 impl PgStore {
@@ -115,9 +116,7 @@ impl PgStore {
         PgStore {
             pool,
             clock: Arc::new(SystemClock),
-            embedder: None,
             stats_cache: Arc::default(),
-            conscious: None,
         }
     }
 
@@ -125,24 +124,6 @@ impl PgStore {
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;
         self
-    }
-
-    /// The same store embedding what it writes with `embedder` (Teach, corrections).
-    pub fn with_embedder(mut self, embedder: Arc<dyn Embedder>) -> Self {
-        self.embedder = Some(embedder);
-        self
-    }
-
-    /// The same store keeping Conscious working memory in `redis` (and invalidating it on
-    /// every write that changes it).
-    pub fn with_conscious(mut self, redis: RedisCache) -> Self {
-        self.conscious = Some(conscious::ConsciousCache::new(redis));
-        self
-    }
-
-    /// The embedder, when one is set.
-    pub fn embedder(&self) -> Option<&Arc<dyn Embedder>> {
-        self.embedder.as_ref()
     }
 
     /// The store's clock.
@@ -158,32 +139,6 @@ impl PgStore {
     /// The pool, for health checks and tests.
     pub fn pool(&self) -> &PgPool {
         &self.pool
-    }
-
-    /// Vectors for `texts` with the configured embedder, one per text, and its model id
-    /// (`None` without an embedder).
-    pub(crate) async fn embed_texts(
-        &self,
-        texts: &[String],
-    ) -> memoire_core::Result<Option<(Vec<pgvector::Vector>, String)>> {
-        let Some(embedder) = &self.embedder else {
-            return Ok(None);
-        };
-        if texts.is_empty() {
-            return Ok(Some((Vec::new(), embedder.model_id().to_owned())));
-        }
-        let vectors = embedder.embed(texts).await?;
-        if vectors.len() != texts.len() {
-            return Err(memoire_core::Error::Provider(format!(
-                "the embedder returned {} vectors for {} texts",
-                vectors.len(),
-                texts.len()
-            )));
-        }
-        Ok(Some((
-            vectors.into_iter().map(pgvector::Vector::from).collect(),
-            embedder.model_id().to_owned(),
-        )))
     }
 
     /// Whether Postgres answers.

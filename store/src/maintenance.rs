@@ -4,21 +4,20 @@
 //! user's advisory lock (optimize, and reflect through Teach), bulk work in small batches claimed
 //! with `FOR UPDATE SKIP LOCKED` (decay, retention, re-embed), so no transaction holds many rows
 //! for long and two workers running the same job split the rows instead of doubling the work.
-//! Every job invalidates the working memory (Conscious) of the users whose memories it changed.
+//! Every job returns the users+namespaces whose memories it changed, so that the caller can
+//! invalidate their working memory (Conscious). Models (embedding, summaries) are called by the
+//! use-cases between these statements, never here.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use memoire_core::command::{NewMemory, Teach};
+use memoire_core::Result;
 use memoire_core::conscious::optimize_order;
 use memoire_core::embed::memory_text;
-use memoire_core::extract::{RuleExtractor, Summarizer, Turn};
-use memoire_core::model::{Basis, Memory, MemoryKind, MessageRole, Scope, VersionOp, WriteOutcome};
-use memoire_core::resolve::significant_words;
-use memoire_core::{Error, Result};
+use memoire_core::model::{Basis, Memory, MessageRole, Scope, VersionOp};
+use memoire_core::summary::SessionTurn;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
@@ -42,12 +41,6 @@ const BATCH: i64 = 500;
 type Scopes = BTreeSet<(Uuid, String, String)>;
 
 impl PgStore {
-    async fn invalidate_all(&self, scopes: &Scopes) {
-        for (tenant, user, namespace) in scopes {
-            self.conscious_changed(*tenant, user, namespace).await;
-        }
-    }
-
     /// Users+namespaces with current memories, within `f`.
     async fn memory_scopes(&self, f: &JobScope) -> Result<Vec<Scope>> {
         let rows: Vec<(Uuid, String, String)> = sqlx::query_as(
@@ -66,10 +59,11 @@ impl PgStore {
     /// Optimize: recomputes each user's essential set (see `memoire_core::conscious`): promotes
     /// what qualifies, demotes what no longer does, at most `max_essential`. Returns
     /// `{scopes, promoted, demoted}`.
-    pub async fn optimize(&self, f: &JobScope, max_essential: usize) -> Result<serde_json::Value> {
+    pub async fn optimize(&self, f: &JobScope, max_essential: usize) -> Result<JobOutput> {
         let now = self.clock.now();
         let (mut promoted, mut demoted) = (0u64, 0u64);
         let scopes = self.memory_scopes(f).await?;
+        let mut changed = Vec::new();
         for scope in &scopes {
             let mut tx = self.pool.begin().await.map_err(db_error)?;
             lock_user(&mut tx, scope.tenant_id, &scope.user_id, &scope.namespace).await?;
@@ -124,27 +118,25 @@ impl PgStore {
             )
             .await?;
             tx.commit().await.map_err(db_error)?;
-            self.conscious_changed(scope.tenant_id, &scope.user_id, &scope.namespace)
-                .await;
+            changed.push(scope.clone());
             promoted += promote.len() as u64;
             demoted += demote.len() as u64;
         }
-        Ok(json!({ "scopes": scopes.len(), "promoted": promoted, "demoted": demoted }))
+        Ok(JobOutput {
+            report: json!({ "scopes": scopes.len(), "promoted": promoted, "demoted": demoted }),
+            changed,
+        })
     }
 
     /// Decay: confidence × 0.5^(time since the last update, access or decay / `half_life`) for
     /// every current, unpinned memory. Memories that fall below `floor` leave recall and
     /// Conscious (an `update` version with basis `decay` records it). Returns
     /// `{decayed, below_floor}`.
-    pub async fn decay(
-        &self,
-        f: &JobScope,
-        half_life: Duration,
-        floor: f32,
-    ) -> Result<serde_json::Value> {
+    pub async fn decay(&self, f: &JobScope, half_life: Duration, floor: f32) -> Result<JobOutput> {
         let now = self.clock.now();
         let half_secs = half_life.as_secs_f64().max(1.0);
         let (mut decayed, mut below) = (0u64, 0u64);
+        let mut changed = Scopes::new();
         loop {
             let mut tx = self.pool.begin().await.map_err(db_error)?;
             let rows: Vec<(Uuid, Uuid, String, String, f32, f32)> = sqlx::query_as(
@@ -201,18 +193,21 @@ impl PgStore {
             tx.commit().await.map_err(db_error)?;
             decayed += rows.len() as u64;
             below += crossed.len() as u64;
-            let scopes: Scopes = rows.into_iter().map(|r| (r.1, r.2, r.3)).collect();
-            self.invalidate_all(&scopes).await;
+            changed.extend(rows.into_iter().map(|r| (r.1, r.2, r.3)));
         }
-        Ok(json!({ "decayed": decayed, "below_floor": below }))
+        Ok(JobOutput {
+            report: json!({ "decayed": decayed, "below_floor": below }),
+            changed: scopes(changed.into_iter().collect()),
+        })
     }
 
     /// Retention: expires memories past `expires_at` and, per tenant policy, unpinned memories
     /// untouched for `memory_retention_days`; deletes episodes older than
     /// `episode_retention_days` (once extracted) with their traces. Returns
     /// `{expired, expired_by_policy, episodes_deleted}`.
-    pub async fn retention(&self, f: &JobScope) -> Result<serde_json::Value> {
+    pub async fn retention(&self, f: &JobScope) -> Result<JobOutput> {
         let now = self.clock.now();
+        let mut changed = Scopes::new();
         let mut expired_due = 0;
         loop {
             let n = self.expire_due(BATCH).await?;
@@ -254,8 +249,7 @@ impl PgStore {
             .await?;
             tx.commit().await.map_err(db_error)?;
             by_policy += ids.len() as u64;
-            self.invalidate_all(&rows.into_iter().map(|r| (r.1, r.2, r.3)).collect())
-                .await;
+            changed.extend(rows.into_iter().map(|r| (r.1, r.2, r.3)));
         }
         let mut episodes = 0u64;
         loop {
@@ -286,104 +280,86 @@ impl PgStore {
                 episodes += delete_episodes(&mut tx, tenant, &ids).await?.0;
             }
             tx.commit().await.map_err(db_error)?;
-            self.invalidate_all(&rows.into_iter().map(|r| (r.1, r.2, r.3)).collect())
-                .await;
+            changed.extend(rows.into_iter().map(|r| (r.1, r.2, r.3)));
         }
-        Ok(
-            json!({ "expired": expired_due, "expired_by_policy": by_policy, "episodes_deleted": episodes }),
-        )
+        Ok(JobOutput {
+            report: json!({ "expired": expired_due, "expired_by_policy": by_policy, "episodes_deleted": episodes }),
+            changed: scopes(changed.into_iter().collect()),
+        })
     }
 
-    /// Re-embed: memories and episodes whose vector is of another model (or, for memories,
-    /// missing) get one from the configured embedder, in batches. Until a row is re-embedded,
-    /// vector search skips it (vectors of two models are never compared) and full text still
-    /// finds it. Returns `{memories, episodes}`.
-    pub async fn reembed(&self, f: &JobScope) -> Result<serde_json::Value> {
-        let Some(embedder) = self.embedder.clone() else {
-            return Err(Error::FailedPrecondition(
-                "re-embed needs an embedding model".into(),
-            ));
+    /// Re-embed's claim: up to `batch` rows of `table` whose vector is of another model than
+    /// `model` (or, for memories, missing), within `f`, locked until the claim completes (other
+    /// workers skip them). `None` when none is left. Until a row is re-embedded, vector search
+    /// skips it (vectors of two models are never compared) and full text still finds it.
+    pub async fn claim_stale_vectors(
+        &self,
+        table: VectorTable,
+        model: &str,
+        f: &JobScope,
+        batch: i64,
+    ) -> Result<Option<VectorClaim>> {
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let (text_sql, stale) = match table {
+            VectorTable::Memories => (
+                "content, subject, slot",
+                "status IN ('active', 'superseded') AND embedding_model IS DISTINCT FROM $1",
+            ),
+            VectorTable::Episodes => ("content, NULL::text, NULL::text", "embedding_model <> $1"),
         };
-        let model = embedder.model_id().to_owned();
-        let mut counts = [0u64; 2];
-        for (i, table) in ["memories", "episodes"].into_iter().enumerate() {
-            loop {
-                let mut tx = self.pool.begin().await.map_err(db_error)?;
-                let (text_sql, stale) = if table == "memories" {
-                    (
-                        "content, subject, slot",
-                        "status IN ('active', 'superseded') AND embedding_model IS DISTINCT FROM $1",
-                    )
-                } else {
-                    ("content, NULL::text, NULL::text", "embedding_model <> $1")
-                };
-                let sql = format!(
-                    "SELECT id, tenant_id, user_id, namespace, {text_sql} FROM {table} \
-                     WHERE {stale} AND ($2::uuid IS NULL OR tenant_id = $2) \
-                       AND ($3::text IS NULL OR user_id = $3) \
-                     ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED"
-                );
-                #[allow(clippy::type_complexity)]
-                let rows: Vec<(
-                    Uuid,
-                    Uuid,
-                    String,
-                    String,
-                    String,
-                    Option<String>,
-                    Option<String>,
-                )> = sqlx::query_as(AssertSqlSafe(sql))
-                    .bind(&model)
-                    .bind(f.tenant_id)
-                    .bind(&f.user_id)
-                    .bind(64i64)
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(db_error)?;
-                if rows.is_empty() {
-                    tx.commit().await.map_err(db_error)?;
-                    break;
-                }
-                let texts: Vec<String> = rows
-                    .iter()
-                    .map(|r| memory_text(&r.4, r.5.as_deref(), r.6.as_deref()))
-                    .collect();
-                let Some((vectors, _)) = self.embed_texts(&texts).await? else {
-                    return Err(Error::FailedPrecondition(
-                        "re-embed needs an embedding model".into(),
-                    ));
-                };
-                let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-                write_vectors(&mut tx, table, &ids, &vectors, &model).await?;
-                tx.commit().await.map_err(db_error)?;
-                counts[i] += rows.len() as u64;
-                if table == "memories" {
-                    self.invalidate_all(&rows.into_iter().map(|r| (r.1, r.2, r.3)).collect())
-                        .await;
-                }
-            }
+        let sql = format!(
+            "SELECT id, tenant_id, user_id, namespace, {text_sql} FROM {} \
+             WHERE {stale} AND ($2::uuid IS NULL OR tenant_id = $2) \
+               AND ($3::text IS NULL OR user_id = $3) \
+             ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED",
+            table.name()
+        );
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(
+            Uuid,
+            Uuid,
+            String,
+            String,
+            String,
+            Option<String>,
+            Option<String>,
+        )> = sqlx::query_as(AssertSqlSafe(sql))
+            .bind(model)
+            .bind(f.tenant_id)
+            .bind(&f.user_id)
+            .bind(batch)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        if rows.is_empty() {
+            tx.commit().await.map_err(db_error)?;
+            return Ok(None);
         }
-        Ok(json!({ "memories": counts[0], "episodes": counts[1], "model": model }))
+        Ok(Some(VectorClaim {
+            tx,
+            table,
+            ids: rows.iter().map(|r| r.0).collect(),
+            texts: rows
+                .iter()
+                .map(|r| memory_text(&r.4, r.5.as_deref(), r.6.as_deref()))
+                .collect(),
+            scopes: scopes(
+                rows.into_iter()
+                    .map(|r| (r.1, r.2, r.3))
+                    .collect::<Scopes>()
+                    .into_iter()
+                    .collect(),
+            ),
+        }))
     }
 
-    /// Reflect: each session with at least `min_turns` turns, quiet for `idle`, gets a summary
-    /// memory (kind `summary`, slot `summary.session_<hash>`) with `summarizes` edges to the
-    /// session's episodes: abstractive when a `summarizer` (an LLM) is given, else extractive
-    /// (its most salient user turns, at most `max_turns`). A session whose current summary
-    /// already covers its latest turn is left alone; new turns supersede the old summary. A
-    /// model that fails leaves the session for the next run. Returns
-    /// `{sessions, created, unchanged, failed}`.
-    pub async fn reflect(
+    /// Reflect's sessions: those within `f` with at least `min_turns` turns, quiet since `quiet_since`.
+    pub async fn quiet_sessions(
         &self,
         f: &JobScope,
-        summarizer: Option<&dyn Summarizer>,
         min_turns: i64,
-        max_turns: usize,
-        idle: Duration,
-        max_content_bytes: usize,
-    ) -> Result<serde_json::Value> {
-        let now = self.clock.now();
-        let quiet_since = now - idle;
+        quiet_since: DateTime<Utc>,
+    ) -> Result<Vec<(Scope, String)>> {
         let sessions: Vec<(Uuid, String, String, String)> = sqlx::query_as(
             "SELECT tenant_id, user_id, namespace, session_id FROM episodes \
              WHERE ($1::uuid IS NULL OR tenant_id = $1) AND ($2::text IS NULL OR user_id = $2) \
@@ -397,110 +373,83 @@ impl PgStore {
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
-        let (mut created, mut unchanged, mut failed) = (0u64, 0u64, 0u64);
-        for (tenant_id, user_id, namespace, session) in &sessions {
-            let slot = format!(
-                "summary.session_{}",
-                hex::encode(&Sha256::digest(session.as_bytes())[..6])
-            );
-            let turns: Vec<(Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(
-                "SELECT id, role, content, occurred_at FROM episodes WHERE tenant_id = $1 \
-                 AND user_id = $2 AND namespace = $3 AND session_id = $4 ORDER BY occurred_at, seq",
-            )
-            .bind(tenant_id)
-            .bind(user_id)
-            .bind(namespace)
-            .bind(session)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
-            let Some(latest) = turns.last().map(|t| t.0) else {
-                continue;
-            };
-            let covered: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM memories m JOIN edges e ON e.tenant_id = m.tenant_id \
-                   AND e.src_id = m.id AND e.relation = 'summarizes' \
-                 WHERE m.tenant_id = $1 AND m.user_id = $2 AND m.namespace = $3 AND m.slot = $4 \
-                   AND m.status = 'active' AND e.dst_id = $5)",
-            )
-            .bind(tenant_id)
-            .bind(user_id)
-            .bind(namespace)
-            .bind(&slot)
-            .bind(latest)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(db_error)?;
-            if covered {
-                unchanged += 1;
-                continue;
-            }
-            let summary = match summarizer {
-                Some(model) => {
-                    match abstractive_summary(model, session, &turns, max_content_bytes).await {
-                        Ok(s) => Some(s),
-                        Err(e) => {
-                            failed += 1;
-                            tracing::warn!(session_id = %session, error = %e, "summarizing a session failed; the next run retries");
-                            continue;
-                        }
-                    }
-                }
-                None => extractive_summary(session, &turns, max_turns, max_content_bytes),
-            };
-            let Some(summary) = summary else {
-                continue;
-            };
-            let scope = Scope {
-                tenant_id: *tenant_id,
-                user_id: user_id.clone(),
-                namespace: namespace.clone(),
-            };
-            let result = self
-                .teach(
-                    Teach::Create {
-                        scope,
-                        memory: NewMemory {
-                            kind: MemoryKind::Summary,
-                            content: summary.content,
-                            slot: Some(slot),
-                            subject: None,
-                            tags: vec!["session-summary".into()],
-                            importance: 0.6,
-                            confidence: 0.9,
-                            pinned: false,
-                            expires_at: None,
-                            source_episode_ids: summary.sources,
-                        },
-                        force_create: false,
-                        reason: Some(format!("summary of session {session}")),
-                        basis: Basis::Reflect,
+        Ok(sessions
+            .into_iter()
+            .map(|(tenant_id, user_id, namespace, session)| {
+                (
+                    Scope {
+                        tenant_id,
+                        user_id,
+                        namespace,
                     },
-                    "job:reflect",
+                    session,
                 )
-                .await?;
-            if result.outcome == WriteOutcome::Duplicate {
-                unchanged += 1;
-                continue;
-            }
-            created += 1;
-            let episode_ids: Vec<Uuid> = turns.iter().map(|t| t.0).collect();
-            sqlx::query(
-                "INSERT INTO edges (tenant_id, src_type, src_id, relation, dst_type, dst_id, created_at) \
-                 SELECT $1, 'memory', $2, 'summarizes', 'episode', e, $4 FROM unnest($3::uuid[]) AS e \
-                 ON CONFLICT DO NOTHING",
-            )
-            .bind(tenant_id)
-            .bind(result.memory.id)
-            .bind(&episode_ids)
-            .bind(now)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        }
-        Ok(
-            json!({ "sessions": sessions.len(), "created": created, "unchanged": unchanged, "failed": failed }),
+            })
+            .collect())
+    }
+
+    /// A session's turns, in the order they were said.
+    pub async fn session_turns(&self, scope: &Scope, session: &str) -> Result<Vec<SessionTurn>> {
+        let rows: Vec<(Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, role, content, occurred_at FROM episodes WHERE tenant_id = $1 \
+             AND user_id = $2 AND namespace = $3 AND session_id = $4 ORDER BY occurred_at, seq",
         )
+        .bind(scope.tenant_id)
+        .bind(&scope.user_id)
+        .bind(&scope.namespace)
+        .bind(session)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, role, content, occurred_at)| SessionTurn {
+                id,
+                role: MessageRole::parse(&role).unwrap_or(MessageRole::User),
+                content,
+                occurred_at,
+            })
+            .collect())
+    }
+
+    /// Whether the current memory in `slot` summarizes `episode` already.
+    pub async fn summary_covers(&self, scope: &Scope, slot: &str, episode: Uuid) -> Result<bool> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM memories m JOIN edges e ON e.tenant_id = m.tenant_id \
+               AND e.src_id = m.id AND e.relation = 'summarizes' \
+             WHERE m.tenant_id = $1 AND m.user_id = $2 AND m.namespace = $3 AND m.slot = $4 \
+               AND m.status = 'active' AND e.dst_id = $5)",
+        )
+        .bind(scope.tenant_id)
+        .bind(&scope.user_id)
+        .bind(&scope.namespace)
+        .bind(slot)
+        .bind(episode)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)
+    }
+
+    /// `summarizes` edges from the summary `memory` to `episodes`.
+    pub async fn link_summary(
+        &self,
+        tenant_id: Uuid,
+        memory: Uuid,
+        episodes: &[Uuid],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO edges (tenant_id, src_type, src_id, relation, dst_type, dst_id, created_at) \
+             SELECT $1, 'memory', $2, 'summarizes', 'episode', e, $4 FROM unnest($3::uuid[]) AS e \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant_id)
+        .bind(memory)
+        .bind(episodes)
+        .bind(self.clock.now())
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
     }
 
     /// Records the start of a maintenance run.
@@ -540,94 +489,64 @@ impl PgStore {
     }
 }
 
-/// A session's extractive summary.
-struct Summary {
-    content: String,
-    sources: Vec<Uuid>,
+/// What a bulk job did, and whose working memory it changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutput {
+    /// The run's result, as recorded in `maintenance_runs`.
+    pub report: serde_json::Value,
+    /// Users+namespaces whose memories changed.
+    pub changed: Vec<Scope>,
 }
 
-/// A model's summary of the whole session; its sources are the user's turns.
-async fn abstractive_summary(
-    model: &dyn Summarizer,
-    session: &str,
-    turns: &[(Uuid, String, String, DateTime<Utc>)],
-    max_bytes: usize,
-) -> std::result::Result<Summary, memoire_core::extract::ExtractError> {
-    let said: Vec<Turn> = turns
-        .iter()
-        .map(|t| Turn {
-            role: MessageRole::parse(&t.1).unwrap_or(MessageRole::User),
-            name: None,
-            content: t.2.clone(),
-        })
-        .collect();
-    let text = model.summarize(&said).await?;
-    let date = turns
-        .first()
-        .map(|t| t.3.format("%Y-%m-%d").to_string())
-        .unwrap_or_default();
-    let mut content = format!("Session {session} ({date}): {text}");
-    if content.len() > max_bytes {
-        let mut end = max_bytes;
-        while !content.is_char_boundary(end) {
-            end -= 1;
+/// A table with vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VectorTable {
+    /// `memories`.
+    Memories,
+    /// `episodes`.
+    Episodes,
+}
+
+impl VectorTable {
+    fn name(self) -> &'static str {
+        match self {
+            VectorTable::Memories => "memories",
+            VectorTable::Episodes => "episodes",
         }
-        content.truncate(end);
     }
-    let sources = turns
-        .iter()
-        .filter(|t| t.1 == "user")
-        .map(|t| t.0)
-        .take(64)
-        .collect();
-    Ok(Summary { content, sources })
 }
 
-/// How much a user turn says about the user: statements the rule extractor recognises weigh
-/// most, then names and numbers (capitalised words not at the start, digits), then length.
-fn salience(text: &str) -> f32 {
-    let statements = RuleExtractor.extract(text).len() as f32;
-    let words: Vec<&str> = text.split_whitespace().collect();
-    let names = words
-        .iter()
-        .skip(1)
-        .filter(|w| w.chars().next().is_some_and(char::is_uppercase))
-        .count() as f32;
-    let digits = text.chars().any(|c| c.is_ascii_digit()) as u8 as f32;
-    let body = (significant_words(text).len().min(12) as f32) / 12.0;
-    5.0 * statements + 0.5 * names.min(4.0) + 0.5 * digits + body
+/// Rows claimed for re-embedding (see [`PgStore::claim_stale_vectors`]).
+#[derive(Debug)]
+pub struct VectorClaim {
+    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    table: VectorTable,
+    ids: Vec<Uuid>,
+    texts: Vec<String>,
+    scopes: Vec<Scope>,
 }
 
-fn extractive_summary(
-    session: &str,
-    turns: &[(Uuid, String, String, DateTime<Utc>)],
-    max_turns: usize,
-    max_bytes: usize,
-) -> Option<Summary> {
-    let mut scored: Vec<(f32, usize)> = turns
-        .iter()
-        .enumerate()
-        .filter(|(_, t)| t.1 == "user")
-        .map(|(i, t)| (salience(&t.2), i))
-        .filter(|(s, _)| *s >= 5.0)
-        .collect();
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let mut chosen: Vec<usize> = scored.into_iter().take(max_turns).map(|(_, i)| i).collect();
-    chosen.sort();
-    if chosen.is_empty() {
-        return None;
+impl VectorClaim {
+    /// The texts to embed, one per row.
+    pub fn texts(&self) -> &[String] {
+        &self.texts
     }
-    let date = turns.first().map(|t| t.3.format("%Y-%m-%d").to_string())?;
-    let mut content = format!("Session {session} ({date}), what the user said:");
-    let mut sources = Vec::new();
-    for i in chosen {
-        let said = turns[i].2.split_whitespace().collect::<Vec<_>>().join(" ");
-        if content.len() + said.len() + 3 > max_bytes {
-            break;
-        }
-        content.push_str(if sources.is_empty() { " " } else { " | " });
-        content.push_str(&said);
-        sources.push(turns[i].0);
+
+    /// Writes one vector per row (of `model`) and releases the claim. Returns how many rows, and
+    /// the users+namespaces whose memories changed (none for episodes).
+    pub async fn complete(
+        mut self,
+        vectors: Vec<Vec<f32>>,
+        model: &str,
+    ) -> Result<(u64, Vec<Scope>)> {
+        let vectors: Vec<pgvector::Vector> =
+            vectors.into_iter().map(pgvector::Vector::from).collect();
+        write_vectors(&mut self.tx, self.table.name(), &self.ids, &vectors, model).await?;
+        self.tx.commit().await.map_err(db_error)?;
+        let changed = match self.table {
+            VectorTable::Memories => self.scopes,
+            VectorTable::Episodes => Vec::new(),
+        };
+        Ok((self.ids.len() as u64, changed))
     }
-    (!sources.is_empty()).then_some(Summary { content, sources })
 }

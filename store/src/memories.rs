@@ -7,10 +7,10 @@
 use chrono::{DateTime, Utc};
 use memoire_core::command::{
     Forget, ForgetResult, ForgetSelector, ForgetTarget, ListCursor, ListMemories, MemoryPatch,
-    NewMemory, Teach, TeachResult,
+    NewMemory, TeachResult,
 };
 use memoire_core::conscious::essential_when_written;
-use memoire_core::embed::memory_text;
+use memoire_core::embed::{Embedding, memory_text};
 use memoire_core::model::{
     Basis, ForgetMode, Memory, MemoryStatus, MemoryVersion, Scope, VersionOp, WriteOutcome,
 };
@@ -359,44 +359,20 @@ pub(crate) async fn supersedes_edge(
     Ok(())
 }
 
+/// What a correction came to.
+#[derive(Debug)]
+pub enum Correction {
+    /// Written (or nothing to change).
+    Done(Box<TeachResult>),
+    /// The corrected text needs a vector: embed it and call again. Nothing was written.
+    Embed(String),
+}
+
 impl PgStore {
-    /// The vector of a memory's text with the configured embedder (`None` without one).
-    async fn embed_memory(
-        &self,
-        content: &str,
-        subject: Option<&str>,
-        slot: Option<&str>,
-    ) -> Result<Option<(Vector, String)>> {
-        let text = [memory_text(content, subject, slot)];
-        Ok(self
-            .embed_texts(&text)
-            .await?
-            .and_then(|(mut vectors, model)| vectors.pop().map(|v| (v, model))))
-    }
-
-    /// Teach: a new memory through the resolver, or a correction.
-    pub async fn teach(&self, cmd: Teach, actor: &str) -> Result<TeachResult> {
-        match cmd {
-            Teach::Create {
-                scope,
-                memory,
-                force_create,
-                reason,
-                basis,
-            } => {
-                self.create(scope, memory, force_create, reason, basis, actor)
-                    .await
-            }
-            Teach::Correct {
-                scope,
-                memory_id,
-                patch,
-                reason,
-            } => self.correct(scope, memory_id, patch, reason, actor).await,
-        }
-    }
-
-    async fn create(
+    /// Teach's write of a new memory, through the resolver: `embedding` is the vector of its
+    /// `memory_text` (none without an embedding model).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn create_memory(
         &self,
         scope: Scope,
         new: NewMemory,
@@ -404,14 +380,11 @@ impl PgStore {
         note: Option<String>,
         basis: Basis,
         actor: &str,
+        embedding: Option<Embedding>,
     ) -> Result<TeachResult> {
         let now = self.clock.now();
         let key = content_key(&new.content);
-        // Embedded before the transaction: no lock is held while the model runs.
-        let embedding = self
-            .embed_memory(&new.content, new.subject.as_deref(), new.slot.as_deref())
-            .await?;
-        let (vector, model) = embedding.unzip();
+        let (vector, model) = embedding.map(|e| (Vector::from(e.vector), e.model)).unzip();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         lock_user(&mut tx, scope.tenant_id, &scope.user_id, &scope.namespace).await?;
 
@@ -528,8 +501,6 @@ impl PgStore {
             .await?
             .ok_or_else(|| Error::Internal("new memory vanished".into()))?;
         tx.commit().await.map_err(db_error)?;
-        self.conscious_changed(scope.tenant_id, &scope.user_id, &scope.namespace)
-            .await;
         Ok(TeachResult {
             outcome,
             memory,
@@ -545,14 +516,21 @@ impl PgStore {
         })
     }
 
-    async fn correct(
+    /// Teach's correction of a memory: a new version with `patch` applied. `model` is the
+    /// configured embedding model; when the embedded text changes (or the stored vector is of
+    /// another model) `embedding` must be the vector of the corrected `memory_text`, else nothing
+    /// is written and the text to embed comes back ([`Correction::Embed`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn correct_memory(
         &self,
         scope: Scope,
         memory_id: Uuid,
         patch: MemoryPatch,
         note: Option<String>,
         actor: &str,
-    ) -> Result<TeachResult> {
+        model: Option<&str>,
+        embedding: Option<&(String, Embedding)>,
+    ) -> Result<Correction> {
         let now = self.clock.now();
         let not_found = || Error::NotFound {
             what: "memory",
@@ -621,7 +599,7 @@ impl PgStore {
         };
         if next == current {
             tx.commit().await.map_err(db_error)?;
-            return Ok(TeachResult {
+            return Ok(Correction::Done(Box::new(TeachResult {
                 outcome: WriteOutcome::Duplicate,
                 duplicate_of: Some(memory_id),
                 memory: current,
@@ -629,7 +607,7 @@ impl PgStore {
                 basis: Basis::Correction,
                 score: Some(1.0),
                 reason: "the correction changes nothing".into(),
-            });
+            })));
         }
 
         // A correction that moves the memory into a slot another current memory holds supersedes it.
@@ -654,16 +632,19 @@ impl PgStore {
         // Re-embed when the embedded text changed, or the vector is of another model.
         let text_of = |m: &Memory| memory_text(&m.content, m.subject.as_deref(), m.slot.as_deref());
         let text_changed = text_of(&next) != text_of(&current);
-        let stale_model =
-            self.embedder.as_ref().map(|e| e.model_id()) != current.embedding_model.as_deref();
-        let embedding = if text_changed || stale_model {
-            self.embed_memory(&next.content, next.subject.as_deref(), next.slot.as_deref())
-                .await?
+        let stale_model = model != current.embedding_model.as_deref();
+        let embedding = if model.is_some() && (text_changed || stale_model) {
+            let text = text_of(&next);
+            match embedding {
+                Some((embedded, e)) if *embedded == text => Some(e.clone()),
+                // Nothing written yet: the caller embeds this text and calls again.
+                _ => return Ok(Correction::Embed(text)),
+            }
         } else {
             None
         };
         let replace_embedding = text_changed || embedding.is_some();
-        let (vector, model) = embedding.unzip();
+        let (vector, model) = embedding.map(|e| (Vector::from(e.vector), e.model)).unzip();
         sqlx::query(
             "UPDATE memories SET kind = $2, content = $3, content_key = $4, slot = $5, subject = $6, tags = $7, \
                importance = $8, confidence = $9, pinned = $10, expires_at = $11, version = version + 1, \
@@ -722,9 +703,7 @@ impl PgStore {
             .await?
             .ok_or_else(not_found)?;
         tx.commit().await.map_err(db_error)?;
-        self.conscious_changed(scope.tenant_id, &scope.user_id, &scope.namespace)
-            .await;
-        Ok(TeachResult {
+        Ok(Correction::Done(Box::new(TeachResult {
             outcome: WriteOutcome::Corrected,
             memory,
             superseded,
@@ -732,11 +711,12 @@ impl PgStore {
             basis: Basis::Correction,
             score: None,
             reason,
-        })
+        })))
     }
 
     /// Forget: tombstone or purge, by ids or selector; `dry_run` reports without writing.
-    pub async fn forget(&self, cmd: Forget, actor: &str) -> Result<ForgetResult> {
+    /// Returns what was forgotten and the users+namespaces it touched.
+    pub async fn forget(&self, cmd: Forget, actor: &str) -> Result<(ForgetResult, Vec<Scope>)> {
         let now = self.clock.now();
         let tenant = cmd.tenant_id;
         let mut tx = self.pool.begin().await.map_err(db_error)?;
@@ -949,15 +929,19 @@ impl PgStore {
             audit(&mut tx, tenant, actor, "forget", None, detail, now).await?;
         }
         tx.commit().await.map_err(db_error)?;
-        if !cmd.dry_run {
-            for (user, namespace) in &touched {
-                match cmd.mode {
-                    ForgetMode::Tombstone => self.conscious_changed(tenant, user, namespace).await,
-                    ForgetMode::Purge => self.conscious_purged(tenant, user, namespace).await,
-                }
-            }
-        }
-        Ok(result)
+        let touched = if cmd.dry_run {
+            Vec::new()
+        } else {
+            touched
+                .into_iter()
+                .map(|(user_id, namespace)| Scope {
+                    tenant_id: tenant,
+                    user_id,
+                    namespace,
+                })
+                .collect()
+        };
+        Ok((result, touched))
     }
 
     /// One memory of the tenant: current or superseded, not forgotten or expired.

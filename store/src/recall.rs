@@ -17,7 +17,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use memoire_core::Result;
-use memoire_core::model::{Memory, MemoryKind};
+use memoire_core::command::RecallQuery;
+use memoire_core::model::Memory;
 use memoire_core::recall::{Candidate, EpisodeHit, Item};
 use pgvector::Vector;
 use sqlx::{PgPool, Postgres, QueryBuilder};
@@ -39,39 +40,6 @@ const STATS_TTL: Duration = Duration::from_secs(300);
 /// statistics change fast relative to their size (a new user's first memories must be found at
 /// once, not after the TTL).
 const STATS_CACHE_MIN_DOCS: f64 = 1_000.0;
-
-/// What to search.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RecallQuery {
-    /// Tenant.
-    pub tenant_id: Uuid,
-    /// User.
-    pub user_id: String,
-    /// Namespaces (at least one).
-    pub namespaces: Vec<String>,
-    /// Query text.
-    pub text: String,
-    /// Only these kinds.
-    pub kinds: Vec<MemoryKind>,
-    /// Only memories with all these tags.
-    pub tags: Vec<String>,
-    /// Only this slot.
-    pub slot: Option<String>,
-    /// Created at or after.
-    pub created_after: Option<DateTime<Utc>>,
-    /// Created before.
-    pub created_before: Option<DateTime<Utc>>,
-    /// Time travel.
-    pub as_of: Option<DateTime<Utc>>,
-    /// Also superseded memories.
-    pub include_superseded: bool,
-    /// Also episodes.
-    pub include_episodes: bool,
-    /// Candidates per search side.
-    pub candidates: usize,
-    /// Memories whose confidence decayed below this are left out (the decay floor).
-    pub min_confidence: f32,
-}
 
 /// Vector search settings.
 #[derive(Debug, Clone)]

@@ -11,10 +11,10 @@ use std::time::Duration;
 
 pub mod fake_llm;
 
+use memoire_app::Listeners;
 use memoire_config::Config;
 use memoire_core::clock::Clock;
 use memoire_sdk::{Client, pb};
-use memoire_server::Listeners;
 use memoire_store::PgStore;
 use sqlx::{Connection as _, PgConnection, PgPool};
 use tokio::net::TcpListener;
@@ -101,7 +101,7 @@ impl TestServer {
             ..Config::default()
         };
         configure(&mut config);
-        let mut store = memoire_server::connect(&config)
+        let mut store = memoire_app::connect(&config)
             .await
             .expect("connect and migrate");
         if let Some(clock) = clock {
@@ -114,7 +114,7 @@ impl TestServer {
         let grpc_addr = listeners.grpc.local_addr().expect("addr");
         let http_addr = listeners.http.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(memoire_server::serve(
+        let task = tokio::spawn(memoire_app::serve(
             config.clone(),
             store.clone(),
             listeners,
@@ -210,8 +210,7 @@ impl TestServer {
     pub async fn start_worker(&self, configure: impl FnOnce(&mut Config)) -> TestWorker {
         let mut config = self.config.clone();
         configure(&mut config);
-        let embedder = memoire_worker::providers::embedder(&config).expect("embedder");
-        let extractor = memoire_worker::providers::extractor(&config).expect("extractor");
+        let extractor = memoire_app::providers::extractor(&config).expect("extractor");
         let store = PgStore::connect(&memoire_store::PgSettings {
             url: self.database_url.clone(),
             max_connections: (config.worker_concurrency as u32) * 2 + 4,
@@ -221,11 +220,14 @@ impl TestServer {
         .await
         .expect("worker pool")
         .with_clock(self.store.clock());
+        let uc = memoire_app::usecases(&config, store)
+            .await
+            .expect("use-cases");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(memoire_worker::run(
-            store.with_embedder(embedder),
+            uc,
             extractor,
-            memoire_worker::providers::settings(&config),
+            memoire_app::worker_settings(&config),
             async {
                 let _ = rx.await;
             },
@@ -234,6 +236,14 @@ impl TestServer {
             shutdown: Some(tx),
             task,
         }
+    }
+
+    /// Use-cases over the server's database and clock, built from its configuration (the local
+    /// model, Redis), for tests that drive a worker step or a job directly.
+    pub async fn usecases(&self) -> memoire_usecases::UseCases {
+        memoire_app::usecases(&self.config, self.store.clone())
+            .await
+            .expect("use-cases")
     }
 
     /// Waits until no episode of the database waits for extraction; panics after `limit`.

@@ -1078,21 +1078,14 @@ async fn expired_memories_vanish_at_their_time_and_the_worker_records_it() {
         vec![lasting.id.clone()]
     );
 
-    let expired = memoire_worker::sweep_expired(&server.store)
-        .await
-        .expect("sweep");
+    let uc = server.usecases().await;
+    let expired = uc.sweep_expired().await.expect("sweep");
     assert_eq!(expired, 1);
     assert_eq!(
         ops(&history(&mut m, &temp.id).await),
         vec![pb::VersionOp::Create, pb::VersionOp::Expire]
     );
-    assert_eq!(
-        memoire_worker::sweep_expired(&server.store)
-            .await
-            .expect("sweep"),
-        0,
-        "idempotent"
-    );
+    assert_eq!(uc.sweep_expired().await.expect("sweep"), 0, "idempotent");
 }
 
 fn memoire_tests_ts(t: chrono::DateTime<Utc>) -> prost_types::Timestamp {

@@ -444,9 +444,8 @@ async fn reflect_distills_a_session_so_recall_needs_fewer_tokens_for_the_same_fa
     let (tenant, client) = server.tenant("t", pb::KeyRole::Admin).await;
     ingest_conversation(&client).await;
     // Embed the turns (what the worker's embedding loop does), without extracting memories.
-    let embedder = memoire_worker::providers::embedder(&server.config).expect("embedder");
-    let store = server.store.clone().with_embedder(embedder);
-    let policy = memoire_store::RetryPolicy {
+    let store = server.usecases().await;
+    let policy = memoire_usecases::RetryPolicy {
         max_attempts: 3,
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(10),

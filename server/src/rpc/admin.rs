@@ -14,6 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::auth::caller;
 use crate::convert;
 use crate::error::{status, unimplemented};
 
@@ -101,18 +102,17 @@ impl AdminService for AdminSvc {
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
         let s = &self.state;
-        let who = s
-            .auth
-            .authorize(req.metadata(), KeyRole::Admin)
-            .await
-            .map_err(status)?;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
         if who.tenant_id.is_some() {
             return Err(status(Error::PermissionDenied(
                 "only the bootstrap admin key may create tenants".into(),
             )));
         }
         let name = tenant_name(&req.get_ref().name).map_err(status)?;
-        let tenant = s.store.create_tenant(&name).await.map_err(status)?;
+        let tenant = s.uc.create_tenant(&name).await.map_err(status)?;
         tracing::info!(tenant_id = %tenant.id, name = %tenant.name, actor = %who.actor, "tenant created");
         Ok(Response::new(pb::CreateTenantResponse {
             tenant: Some(convert::tenant_pb(tenant)),
@@ -124,12 +124,11 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         let s = &self.state;
-        let who = s
-            .auth
-            .authorize(req.metadata(), KeyRole::Admin)
-            .await
-            .map_err(status)?;
-        let tenants = s.store.list_tenants(who.tenant_id).await.map_err(status)?;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
+        let tenants = s.uc.list_tenants(who.tenant_id).await.map_err(status)?;
         Ok(Response::new(pb::ListTenantsResponse {
             tenants: tenants.into_iter().map(convert::tenant_pb).collect(),
         }))
@@ -140,11 +139,10 @@ impl AdminService for AdminSvc {
         req: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
         let s = &self.state;
-        let who = s
-            .auth
-            .authorize(req.metadata(), KeyRole::Admin)
-            .await
-            .map_err(status)?;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
         if r.rate_limit_rps.is_some() || r.max_memories.is_some() {
@@ -152,17 +150,13 @@ impl AdminService for AdminSvc {
                 "UpdateTenant rate_limit_rps / max_memories (quotas are not enforced yet)",
             ));
         }
-        let update = memoire_store::TenantUpdate {
+        let update = memoire_usecases::TenantUpdate {
             pii_mode: convert::pii_mode("pii_mode", r.pii_mode).map_err(status)?,
             extraction_create_only: r.extraction_create_only,
             episode_retention_days: r.episode_retention_days,
             memory_retention_days: r.memory_retention_days,
         };
-        let tenant = s
-            .store
-            .update_tenant(tenant, &update)
-            .await
-            .map_err(status)?;
+        let tenant = s.uc.update_tenant(tenant, &update).await.map_err(status)?;
         tracing::info!(tenant_id = %tenant.id, pii_mode = %tenant.pii_mode.as_str(), extraction_create_only = tenant.extraction_create_only, actor = %who.actor, "tenant updated");
         Ok(Response::new(pb::UpdateTenantResponse {
             tenant: Some(convert::tenant_pb(tenant)),
@@ -174,11 +168,10 @@ impl AdminService for AdminSvc {
         req: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let s = &self.state;
-        let who = s
-            .auth
-            .authorize(req.metadata(), KeyRole::Admin)
-            .await
-            .map_err(status)?;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
         let r = req.into_inner();
         let (tenant, name, role) = (|| {
             if r.tenant_id.is_empty() {
@@ -189,11 +182,10 @@ impl AdminService for AdminSvc {
             Ok((tenant, name, convert::key_role("role", r.role)?))
         })()
         .map_err(status)?;
-        let created = s
-            .store
-            .create_api_key(tenant, &name, role)
-            .await
-            .map_err(status)?;
+        let created =
+            s.uc.create_api_key(tenant, &name, role)
+                .await
+                .map_err(status)?;
         tracing::info!(key_id = %created.key.id, tenant_id = %tenant, role = %role, actor = %who.actor, "api key created");
         Ok(Response::new(pb::CreateApiKeyResponse {
             key: Some(convert::key_pb(created.key)),
@@ -206,13 +198,12 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         let s = &self.state;
-        let who = s
-            .auth
-            .authorize(req.metadata(), KeyRole::Admin)
-            .await
-            .map_err(status)?;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
         let tenant = target_tenant(&who, &req.get_ref().tenant_id).map_err(status)?;
-        let keys = s.store.list_api_keys(tenant).await.map_err(status)?;
+        let keys = s.uc.list_api_keys(tenant).await.map_err(status)?;
         Ok(Response::new(pb::ListApiKeysResponse {
             keys: keys.into_iter().map(convert::key_pb).collect(),
         }))
@@ -223,17 +214,15 @@ impl AdminService for AdminSvc {
         req: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let s = &self.state;
-        let who = s
-            .auth
-            .authorize(req.metadata(), KeyRole::Admin)
-            .await
-            .map_err(status)?;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
         let key_id = v::uuid("key_id", &req.get_ref().key_id).map_err(status)?;
-        let key = s
-            .store
-            .revoke_api_key(key_id, who.tenant_id)
-            .await
-            .map_err(status)?;
+        let key =
+            s.uc.revoke_api_key(key_id, who.tenant_id)
+                .await
+                .map_err(status)?;
         tracing::info!(key_id = %key.id, actor = %who.actor, "api key revoked");
         Ok(Response::new(pb::RevokeApiKeyResponse {
             key: Some(convert::key_pb(key)),
@@ -245,14 +234,13 @@ impl AdminService for AdminSvc {
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let s = &self.state;
-        let who = s
-            .auth
-            .authorize(req.metadata(), KeyRole::Admin)
-            .await
-            .map_err(status)?;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
         let tenant = target_tenant(&who, &req.get_ref().tenant_id).map_err(status)?;
-        s.store.tenant(tenant).await.map_err(status)?;
-        let st = s.store.stats(tenant).await.map_err(status)?;
+        s.uc.tenant(tenant).await.map_err(status)?;
+        let st = s.uc.stats(tenant).await.map_err(status)?;
         let n = |x: i64| x.max(0) as u64;
         Ok(Response::new(pb::GetStatsResponse {
             users: n(st.users),
@@ -268,13 +256,12 @@ impl AdminService for AdminSvc {
         &self,
         req: Request<pb::RunMaintenanceRequest>,
     ) -> Result<Response<pb::RunMaintenanceResponse>, Status> {
-        use memoire_worker::jobs::{self, Job};
+        use memoire_usecases::jobs::Job;
         let s = &self.state;
-        let who = s
-            .auth
-            .authorize(req.metadata(), KeyRole::Admin)
-            .await
-            .map_err(status)?;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
         let r = req.into_inner();
         let job = match pb::MaintenanceJob::try_from(r.job) {
             Ok(pb::MaintenanceJob::Optimize) => Job::Optimize,
@@ -290,8 +277,7 @@ impl AdminService for AdminSvc {
             }
         };
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
-        s.store.tenant(tenant).await.map_err(status)?;
-        let scope = memoire_store::JobScope {
+        let scope = memoire_usecases::JobScope {
             tenant_id: Some(tenant),
             user_id: r
                 .user_id
@@ -301,26 +287,14 @@ impl AdminService for AdminSvc {
                 .map_err(status)?,
         };
         tracing::info!(job = job.as_str(), tenant_id = %tenant, user_id = ?scope.user_id, actor = %who.actor, "maintenance requested");
-        let (store, settings) = (s.store.clone(), s.jobs.clone());
-        let id = uuid::Uuid::now_v7();
-        if r.wait {
-            let result = jobs::run(&store, id, job, &scope, &settings)
+        let (id, result) =
+            s.uc.run_maintenance(job, scope, r.wait)
                 .await
                 .map_err(status)?;
-            return Ok(Response::new(pb::RunMaintenanceResponse {
-                job_id: id.to_string(),
-                finished: true,
-                result_json: result.to_string(),
-            }));
-        }
-        // In the background; the run records its outcome in maintenance_runs.
-        tokio::spawn(async move {
-            let _ = jobs::run(&store, id, job, &scope, &settings).await;
-        });
         Ok(Response::new(pb::RunMaintenanceResponse {
             job_id: id.to_string(),
-            finished: false,
-            result_json: String::new(),
+            finished: result.is_some(),
+            result_json: result.map(|v| v.to_string()).unwrap_or_default(),
         }))
     }
 
@@ -329,20 +303,18 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let s = &self.state;
-        let who = s
-            .auth
-            .authorize(req.metadata(), KeyRole::Admin)
-            .await
-            .map_err(status)?;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
         let size = v::page_size("page_size", r.page_size, 500).map_err(status)?;
         let after = dead_letter_cursor::decode(&r.page_token).map_err(status)?;
-        let mut letters = s
-            .store
-            .list_dead_letters(tenant, size as i64 + 1, after)
-            .await
-            .map_err(status)?;
+        let mut letters =
+            s.uc.list_dead_letters(tenant, size as i64 + 1, after)
+                .await
+                .map_err(status)?;
         let more = letters.len() > size;
         letters.truncate(size);
         let next_page_token = match (more, letters.last()) {
@@ -360,11 +332,10 @@ impl AdminService for AdminSvc {
         req: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
         let s = &self.state;
-        let who = s
-            .auth
-            .authorize(req.metadata(), KeyRole::Admin)
-            .await
-            .map_err(status)?;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
         if r.ids.len() > s.limits.max_batch_ids {
@@ -384,11 +355,10 @@ impl AdminService for AdminSvc {
             .map(|(i, id)| v::uuid(&format!("ids[{i}]"), id))
             .collect::<Result<Vec<_>>>()
             .map_err(status)?;
-        let replayed = s
-            .store
-            .replay_dead_letters(tenant, &ids)
-            .await
-            .map_err(status)?;
+        let replayed =
+            s.uc.replay_dead_letters(tenant, &ids)
+                .await
+                .map_err(status)?;
         tracing::info!(tenant_id = %tenant, replayed, actor = %who.actor, "dead letters replayed");
         Ok(Response::new(pb::ReplayDeadLettersResponse {
             replayed: replayed as u32,

@@ -1,27 +1,21 @@
-//! `memoire.v1.MemoryService`: one small adapter per RPC — authorize, validate and convert the
-//! request into a domain command, call the store, convert the result back.
+//! `memoire.v1.MemoryService`: one adapter per RPC — the caller's principal (put there by the
+//! auth layer) → the request converted into a command (`convert::memory`) → one use-case call →
+//! the result converted back.
 
-use chrono::{DateTime, Utc};
-use std::time::Duration;
-
-use memoire_core::command::{
-    Forget, ForgetSelector, ForgetTarget, Ingest, ListMemories, MemoryPatch, NewEpisode, NewMemory,
-    Teach, TeachResult,
-};
-use memoire_core::model::{Basis, KeyRole, Scope};
-use memoire_core::recall::{self as recall, Item};
-use memoire_core::validate::{self as v, Limits, MAX_ID_BYTES, MAX_REASON_BYTES};
-use memoire_core::{Error, Result};
+use memoire_core::model::{KeyRole, Scope};
+use memoire_core::validate as v;
 use memoire_proto::v1 as pb;
 use memoire_proto::v1::memory_service_server::MemoryService;
-use memoire_providers::Tiktoken;
-use memoire_store::RecallQuery;
+use memoire_usecases::ConsciousSource;
+use memoire_usecases::ExtractionWait;
 use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
+use crate::AppState;
+use crate::auth::caller;
+use crate::convert::memory::{self as c, CONSCIOUS_DEFAULT_BUDGET, non_empty};
 use crate::convert::{self, page_token};
 use crate::error::status;
-use crate::{AppState, RecallSettings};
 
 /// The memory service.
 #[derive(Debug, Clone)]
@@ -36,408 +30,6 @@ impl MemorySvc {
     }
 }
 
-/// An optional string field where the empty string (what JSON clients often send) means unset.
-fn non_empty(s: Option<String>) -> Option<String> {
-    s.filter(|s| !s.is_empty())
-}
-
-fn teach_command(
-    r: pb::TeachRequest,
-    tenant_id: Uuid,
-    limits: &Limits,
-    now: DateTime<Utc>,
-) -> Result<Teach> {
-    let scope = Scope {
-        tenant_id,
-        user_id: v::required_id("user_id", &r.user_id)?,
-        namespace: v::namespace("namespace", &r.namespace)?,
-    };
-    let kind = convert::kind("kind", r.kind)?;
-    let slot = non_empty(r.slot).map(|s| v::slot("slot", &s)).transpose()?;
-    let subject = v::optional_text("subject", r.subject.as_deref(), MAX_ID_BYTES)?;
-    let tags = v::tags("tags", &r.tags)?;
-    let importance = r
-        .importance
-        .map(|x| v::unit_interval("importance", x))
-        .transpose()?;
-    let confidence = r
-        .confidence
-        .map(|x| v::unit_interval("confidence", x))
-        .transpose()?;
-    let expires_at = convert::opt_time("expires_at", r.expires_at.as_ref())?
-        .map(|t| v::future_time("expires_at", t, now))
-        .transpose()?;
-    let reason = v::optional_text("reason", r.reason.as_deref(), MAX_REASON_BYTES)?;
-    match non_empty(r.memory_id) {
-        Some(id) => {
-            let memory_id = v::uuid("memory_id", &id)?;
-            if r.force_create {
-                return Err(Error::invalid(
-                    "force_create",
-                    "does not apply to a correction",
-                ));
-            }
-            let content = if r.content.is_empty() {
-                None
-            } else {
-                Some(v::content("content", &r.content, limits.max_content_bytes)?)
-            };
-            let patch = MemoryPatch {
-                kind,
-                content,
-                slot,
-                subject,
-                tags: (!tags.is_empty()).then_some(tags),
-                importance,
-                confidence,
-                pinned: r.pinned,
-                expires_at,
-            };
-            if patch.is_empty() {
-                return Err(Error::invalid(
-                    "memory_id",
-                    "a correction must set at least one field to change",
-                ));
-            }
-            Ok(Teach::Correct {
-                scope,
-                memory_id,
-                patch,
-                reason,
-            })
-        }
-        None => {
-            let kind =
-                kind.ok_or_else(|| Error::invalid("kind", "is required for a new memory"))?;
-            let content = v::content("content", &r.content, limits.max_content_bytes)?;
-            Ok(Teach::Create {
-                scope,
-                memory: NewMemory {
-                    kind,
-                    content,
-                    slot,
-                    subject,
-                    tags,
-                    importance: importance.unwrap_or(0.5),
-                    confidence: confidence.unwrap_or(1.0),
-                    pinned: r.pinned.unwrap_or(false),
-                    expires_at,
-                    source_episode_ids: Vec::new(),
-                },
-                force_create: r.force_create,
-                reason,
-                basis: Basis::Teach,
-            })
-        }
-    }
-}
-
-fn teach_response(r: TeachResult) -> pb::TeachResponse {
-    pb::TeachResponse {
-        outcome: convert::outcome_pb(r.outcome) as i32,
-        memory: Some(convert::memory_pb(r.memory)),
-        superseded_memory_id: r.superseded.map(|u| u.to_string()).unwrap_or_default(),
-        duplicate_of: r.duplicate_of.map(|u| u.to_string()).unwrap_or_default(),
-        decision: Some(pb::Decision {
-            basis: convert::basis_pb(r.basis) as i32,
-            score: r.score,
-            reason: r.reason,
-        }),
-    }
-}
-
-fn forget_command(r: pb::ForgetRequest, tenant_id: Uuid, limits: &Limits) -> Result<Forget> {
-    let mode = convert::forget_mode("mode", r.mode)?;
-    let reason = v::optional_text("reason", r.reason.as_deref(), MAX_REASON_BYTES)?;
-    let target = match (r.memory_ids.is_empty(), r.selector) {
-        (false, Some(_)) => {
-            return Err(Error::invalid(
-                "selector",
-                "give either memory_ids or selector, not both",
-            ));
-        }
-        (true, None) => {
-            return Err(Error::invalid(
-                "memory_ids",
-                "give memory_ids or a selector",
-            ));
-        }
-        (false, None) => {
-            if r.memory_ids.len() > limits.max_batch_ids {
-                return Err(Error::invalid(
-                    "memory_ids",
-                    format!(
-                        "has {} ids; the limit is {}",
-                        r.memory_ids.len(),
-                        limits.max_batch_ids
-                    ),
-                ));
-            }
-            let mut ids = r
-                .memory_ids
-                .iter()
-                .enumerate()
-                .map(|(i, id)| v::uuid(&format!("memory_ids[{i}]"), id))
-                .collect::<Result<Vec<_>>>()?;
-            ids.sort();
-            ids.dedup();
-            ForgetTarget::Ids(ids)
-        }
-        (true, Some(s)) => ForgetTarget::Selector(ForgetSelector {
-            user_id: v::required_id("selector.user_id", &s.user_id)?,
-            namespace: non_empty(s.namespace)
-                .map(|n| v::namespace("selector.namespace", &n))
-                .transpose()?,
-            slot: non_empty(s.slot)
-                .map(|n| v::slot("selector.slot", &n))
-                .transpose()?,
-            kind: convert::kind("selector.kind", s.kind)?,
-            session_id: non_empty(s.session_id)
-                .map(|n| v::required_id("selector.session_id", &n))
-                .transpose()?,
-            before: convert::opt_time("selector.before", s.before.as_ref())?,
-        }),
-    };
-    Ok(Forget {
-        tenant_id,
-        target,
-        mode,
-        dry_run: r.dry_run,
-        reason,
-    })
-}
-
-fn list_query(
-    r: pb::ListMemoriesRequest,
-    tenant_id: Uuid,
-    limits: &Limits,
-) -> Result<ListMemories> {
-    let mut q = ListMemories {
-        tenant_id,
-        user_id: v::required_id("user_id", &r.user_id)?,
-        namespaces: v::namespaces("namespaces", &r.namespaces)?,
-        kinds: convert::kinds("kinds", &r.kinds)?,
-        tags: v::tags("tags", &r.tags)?,
-        slot: non_empty(r.slot).map(|s| v::slot("slot", &s)).transpose()?,
-        include_superseded: r.include_superseded,
-        created_after: convert::opt_time("created_after", r.created_after.as_ref())?,
-        created_before: convert::opt_time("created_before", r.created_before.as_ref())?,
-        page_size: v::page_size("page_size", r.page_size, limits.max_page_size)?,
-        after: None,
-    };
-    if !r.page_token.is_empty() {
-        q.after = Some(page_token::decode(
-            "page_token",
-            &r.page_token,
-            &list_fingerprint(&q),
-        )?);
-    }
-    Ok(q)
-}
-
-/// What a page token is bound to: the filters, not the page size or position.
-fn list_fingerprint(q: &ListMemories) -> String {
-    page_token::fingerprint(&format!(
-        "{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}",
-        q.tenant_id,
-        q.user_id,
-        q.namespaces,
-        q.kinds,
-        q.tags,
-        q.slot,
-        q.include_superseded,
-        q.created_after,
-        q.created_before
-    ))
-}
-
-/// A validated Recall request.
-struct RecallRequest {
-    query: RecallQuery,
-    k: usize,
-    budget: usize,
-    counter: Tiktoken,
-    min_score: Option<f32>,
-    explain: bool,
-}
-
-fn recall_request(
-    r: pb::RecallRequest,
-    tenant_id: Uuid,
-    limits: &Limits,
-    settings: &RecallSettings,
-) -> Result<RecallRequest> {
-    let f = r.filter.unwrap_or_default();
-    let k = v::count_or_default("k", r.k as usize, settings.default_k, limits.max_k)?;
-    let budget = v::count_or_default(
-        "token_budget",
-        r.token_budget as usize,
-        settings.default_token_budget,
-        limits.max_token_budget,
-    )?;
-    let min_score = match f.min_score {
-        Some(m) if !m.is_finite() => {
-            return Err(Error::invalid("filter.min_score", "must be a number"));
-        }
-        other => other,
-    };
-    Ok(RecallRequest {
-        query: RecallQuery {
-            tenant_id,
-            user_id: v::required_id("user_id", &r.user_id)?,
-            namespaces: v::namespaces("namespaces", &r.namespaces)?,
-            text: v::content("query", &r.query, limits.max_query_bytes)?,
-            kinds: convert::kinds("filter.kinds", &f.kinds)?,
-            tags: v::tags("filter.tags", &f.tags)?,
-            slot: non_empty(f.slot)
-                .map(|s| v::slot("filter.slot", &s))
-                .transpose()?,
-            created_after: convert::opt_time("filter.created_after", f.created_after.as_ref())?,
-            created_before: convert::opt_time("filter.created_before", f.created_before.as_ref())?,
-            as_of: convert::opt_time("filter.as_of", f.as_of.as_ref())?,
-            include_superseded: f.include_superseded,
-            include_episodes: r.include_episodes,
-            // Enough candidates for k even when fusion reorders them.
-            candidates: settings.candidates.max(k * 2),
-            min_confidence: settings.min_confidence,
-        },
-        k,
-        budget,
-        counter: Tiktoken::named("tokenizer", &r.tokenizer)?,
-        min_score,
-        explain: r.explain,
-    })
-}
-
-fn recall_item(s: recall::Scored, explain: bool) -> pb::RecallItem {
-    let e = s.explain;
-    let item = match s.item {
-        Item::Memory(m) => pb::recall_item::Item::Memory(convert::memory_pb(*m)),
-        Item::Episode(e) => pb::recall_item::Item::Episode(convert::episode_pb(*e)),
-    };
-    pb::RecallItem {
-        item: Some(item),
-        score: e.final_score,
-        explain: explain.then_some(pb::ScoreExplain {
-            text_score: e.text_score,
-            text_rank: e.text_rank,
-            vector_score: e.vector_score,
-            vector_rank: e.vector_rank,
-            fused: e.fused,
-            importance: e.importance,
-            recency: e.recency,
-            confidence: e.confidence,
-            r#final: e.final_score,
-        }),
-    }
-}
-
-/// Conscious's token budget when the request does not say.
-const CONSCIOUS_DEFAULT_BUDGET: usize = 512;
-
-/// How long Ingest waits for extraction when asked and the request does not say; the most.
-const DEFAULT_WAIT: Duration = Duration::from_secs(10);
-const MAX_WAIT: Duration = Duration::from_secs(60);
-
-fn wait_timeout(d: Option<&prost_types::Duration>) -> Result<Duration> {
-    let Some(d) = d else {
-        return Ok(DEFAULT_WAIT);
-    };
-    if d.seconds < 0 || d.nanos < 0 {
-        return Err(Error::invalid("wait_timeout", "must not be negative"));
-    }
-    let wait = Duration::new(d.seconds as u64, d.nanos as u32);
-    if wait > MAX_WAIT {
-        return Err(Error::invalid(
-            "wait_timeout",
-            format!(
-                "is {} s; the limit is {} s",
-                wait.as_secs(),
-                MAX_WAIT.as_secs()
-            ),
-        ));
-    }
-    Ok(if wait.is_zero() { DEFAULT_WAIT } else { wait })
-}
-
-fn ingest_command(
-    r: pb::IngestRequest,
-    tenant_id: Uuid,
-    limits: &Limits,
-    now: DateTime<Utc>,
-) -> Result<Ingest> {
-    let scope = Scope {
-        tenant_id,
-        user_id: v::required_id("user_id", &r.user_id)?,
-        namespace: v::namespace("namespace", &r.namespace)?,
-    };
-    let session_id = v::required_id("session_id", &r.session_id)?;
-    if r.messages.is_empty() {
-        return Err(Error::invalid("messages", "must hold at least one message"));
-    }
-    if r.messages.len() > limits.max_batch_messages {
-        return Err(Error::invalid(
-            "messages",
-            format!(
-                "holds {} messages; the limit is {} (max_batch_messages)",
-                r.messages.len(),
-                limits.max_batch_messages
-            ),
-        ));
-    }
-    let messages = r
-        .messages
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let field = |f: &str| format!("messages[{i}].{f}");
-            let occurred_at = convert::opt_time(&field("occurred_at"), m.occurred_at.as_ref())?;
-            if let Some(t) = occurred_at
-                && t > now + chrono::Duration::minutes(5)
-            {
-                return Err(Error::invalid(field("occurred_at"), "is in the future"));
-            }
-            Ok(NewEpisode {
-                role: convert::role(&field("role"), m.role)?,
-                name: v::optional_text(&field("name"), m.name.as_deref(), MAX_ID_BYTES)?,
-                content: v::content(&field("content"), &m.content, limits.max_content_bytes)?,
-                message_id: non_empty(m.message_id)
-                    .map(|id| v::required_id(&field("message_id"), &id))
-                    .transpose()?,
-                occurred_at,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
-    Ok(Ingest {
-        scope,
-        session_id,
-        messages,
-    })
-}
-
-/// Polls until every episode of `ids` is extracted or dead-lettered, or `deadline` passes.
-async fn wait_for_extraction(
-    store: &memoire_store::PgStore,
-    tenant: Uuid,
-    ids: &[Uuid],
-    deadline: Duration,
-) -> Result<pb::ExtractionState> {
-    let until = tokio::time::Instant::now() + deadline;
-    let mut pause = Duration::from_millis(5);
-    loop {
-        match store.extraction_progress(tenant, ids).await? {
-            (0, 0) => return Ok(pb::ExtractionState::Completed),
-            (0, _) => return Ok(pb::ExtractionState::Failed),
-            _ => {}
-        }
-        if tokio::time::Instant::now() + pause > until {
-            return Ok(pb::ExtractionState::TimedOut);
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(100));
-    }
-}
-
 #[tonic::async_trait]
 impl MemoryService for MemorySvc {
     async fn ingest(
@@ -445,32 +37,20 @@ impl MemoryService for MemorySvc {
         req: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
         let s = &self.state;
-        let (tenant, _) = s
-            .auth
-            .tenant(req.metadata(), KeyRole::Writer)
-            .await
-            .map_err(status)?;
+        let tenant = caller(&req)?.tenant(KeyRole::Writer).map_err(status)?;
         let r = req.into_inner();
         let wait = r.wait_for_extraction;
-        let deadline = wait_timeout(r.wait_timeout.as_ref()).map_err(status)?;
-        let cmd = ingest_command(r, tenant, &s.limits, s.store.now()).map_err(status)?;
-        let count = cmd.messages.len() as u64;
-        let ingested = s.store.ingest(cmd).await.map_err(status)?;
-        metrics::counter!("memoire_ingested_messages_total").increment(count);
-        let new: Vec<Uuid> = ingested
-            .iter()
-            .filter(|i| !i.duplicate)
-            .map(|i| i.episode_id)
-            .collect();
-        metrics::counter!("memoire_ingested_duplicates_total").increment(count - new.len() as u64);
-        let extraction = if wait {
-            // Retried messages count too: the caller waits for what it sent.
-            let ids: Vec<Uuid> = ingested.iter().map(|i| i.episode_id).collect();
-            wait_for_extraction(&s.store, tenant, &ids, deadline)
+        let deadline = c::wait_timeout(r.wait_timeout.as_ref()).map_err(status)?;
+        let cmd = c::ingest_command(r, tenant, &s.limits, s.uc.store().now()).map_err(status)?;
+        let (ingested, extraction) =
+            s.uc.ingest(cmd, wait.then_some(deadline))
                 .await
-                .map_err(status)?
-        } else {
-            pb::ExtractionState::Queued
+                .map_err(status)?;
+        let extraction = match extraction {
+            ExtractionWait::Queued => pb::ExtractionState::Queued,
+            ExtractionWait::Completed => pb::ExtractionState::Completed,
+            ExtractionWait::Failed => pb::ExtractionState::Failed,
+            ExtractionWait::TimedOut => pb::ExtractionState::TimedOut,
         };
         Ok(Response::new(pb::IngestResponse {
             episodes: ingested
@@ -490,57 +70,23 @@ impl MemoryService for MemorySvc {
         req: Request<pb::RecallRequest>,
     ) -> Result<Response<pb::RecallResponse>, Status> {
         let s = &self.state;
-        let (tenant, _) = s
-            .auth
-            .tenant(req.metadata(), KeyRole::Reader)
-            .await
-            .map_err(status)?;
-        let r = recall_request(req.into_inner(), tenant, &s.limits, &s.recall).map_err(status)?;
-        let (vector, _cached) = s
-            .recall
-            .embedder
-            .embed(tenant, &r.query.text)
-            .await
-            .map_err(status)?;
-        let candidates = s
-            .store
-            .recall_candidates(&r.query, Some(&vector), &s.recall.vectors)
-            .await
-            .map_err(status)?;
-        let ranked = recall::rank(
-            candidates,
-            &r.query.text,
-            &s.recall.weights,
-            s.store.now(),
-            r.min_score,
-            r.k,
-        );
-        let packed = recall::pack(&ranked, r.budget, &r.counter);
-        let touched: Vec<Uuid> = ranked
-            .iter()
-            .filter_map(|x| match &x.item {
-                Item::Memory(m) => Some(m.id),
-                Item::Episode(_) => None,
-            })
-            .collect();
-        if !touched.is_empty() {
-            // Access statistics are written after the reply, never on its path.
-            let store = s.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.touch_memories(tenant, &touched).await {
-                    tracing::warn!(error = %e, "updating access statistics failed");
-                }
-            });
-        }
+        let tenant = caller(&req)?.tenant(KeyRole::Reader).map_err(status)?;
+        let r =
+            c::recall_request(req.into_inner(), tenant, &s.limits, &s.recall).map_err(status)?;
+        let out =
+            s.uc.recall(r.query, r.k, r.budget, &r.tokenizer, r.min_score)
+                .await
+                .map_err(status)?;
         Ok(Response::new(pb::RecallResponse {
-            items: ranked
+            items: out
+                .items
                 .into_iter()
-                .map(|x| recall_item(x, r.explain))
+                .map(|x| c::recall_item(x, r.explain))
                 .collect(),
-            context: packed.text,
-            context_tokens: packed.tokens as u32,
-            truncated: packed.truncated,
-            embedding_model: s.recall.embedder.model_id().to_owned(),
+            context: out.packed.text,
+            context_tokens: out.packed.tokens as u32,
+            truncated: out.packed.truncated,
+            embedding_model: out.embedding_model,
         }))
     }
 
@@ -549,11 +95,7 @@ impl MemoryService for MemorySvc {
         req: Request<pb::ConsciousRequest>,
     ) -> Result<Response<pb::ConsciousResponse>, Status> {
         let s = &self.state;
-        let (tenant, _) = s
-            .auth
-            .tenant(req.metadata(), KeyRole::Reader)
-            .await
-            .map_err(status)?;
+        let tenant = caller(&req)?.tenant(KeyRole::Reader).map_err(status)?;
         let r = req.into_inner();
         let scope = Scope {
             tenant_id: tenant,
@@ -571,13 +113,10 @@ impl MemoryService for MemorySvc {
             s.limits.max_token_budget,
         )
         .map_err(status)?;
-        let counter = Tiktoken::named("tokenizer", &r.tokenizer).map_err(status)?;
-        let (view, source) = s
-            .store
-            .conscious(&scope, session.as_deref(), &s.conscious)
-            .await
-            .map_err(status)?;
-        let packed = memoire_core::conscious::pack(&view.essential, &view.recent, budget, &counter);
+        let (view, packed, source) =
+            s.uc.conscious(&scope, session.as_deref(), budget, &r.tokenizer)
+                .await
+                .map_err(status)?;
         Ok(Response::new(pb::ConsciousResponse {
             essential: view.essential.into_iter().map(convert::memory_pb).collect(),
             recent: view.recent.into_iter().map(convert::episode_pb).collect(),
@@ -585,8 +124,8 @@ impl MemoryService for MemorySvc {
             context_tokens: packed.tokens as u32,
             truncated: packed.truncated,
             source: match source {
-                memoire_store::ConsciousSource::Redis => pb::ConsciousSource::Redis,
-                memoire_store::ConsciousSource::Postgres => pb::ConsciousSource::Postgres,
+                ConsciousSource::Redis => pb::ConsciousSource::Redis,
+                ConsciousSource::Postgres => pb::ConsciousSource::Postgres,
             } as i32,
         }))
     }
@@ -596,16 +135,13 @@ impl MemoryService for MemorySvc {
         req: Request<pb::TeachRequest>,
     ) -> Result<Response<pb::TeachResponse>, Status> {
         let s = &self.state;
-        let (tenant, who) = s
-            .auth
-            .tenant(req.metadata(), KeyRole::Writer)
-            .await
+        let who = caller(&req)?.clone();
+        let tenant = who.tenant(KeyRole::Writer).map_err(status)?;
+        let cmd = c::teach_command(req.into_inner(), tenant, &s.limits, s.uc.store().now())
             .map_err(status)?;
-        let cmd =
-            teach_command(req.into_inner(), tenant, &s.limits, s.store.now()).map_err(status)?;
-        let result = s.store.teach(cmd, &who.actor).await.map_err(status)?;
+        let result = s.uc.teach(cmd, &who.actor).await.map_err(status)?;
         metrics::counter!("memoire_teach_outcomes_total", "outcome" => format!("{:?}", result.outcome).to_lowercase()).increment(1);
-        Ok(Response::new(teach_response(result)))
+        Ok(Response::new(c::teach_response(result)))
     }
 
     async fn forget(
@@ -613,14 +149,11 @@ impl MemoryService for MemorySvc {
         req: Request<pb::ForgetRequest>,
     ) -> Result<Response<pb::ForgetResponse>, Status> {
         let s = &self.state;
-        let (tenant, who) = s
-            .auth
-            .tenant(req.metadata(), KeyRole::Writer)
-            .await
-            .map_err(status)?;
-        let cmd = forget_command(req.into_inner(), tenant, &s.limits).map_err(status)?;
+        let who = caller(&req)?.clone();
+        let tenant = who.tenant(KeyRole::Writer).map_err(status)?;
+        let cmd = c::forget_command(req.into_inner(), tenant, &s.limits).map_err(status)?;
         let (mode, dry_run) = (cmd.mode, cmd.dry_run);
-        let r = s.store.forget(cmd, &who.actor).await.map_err(status)?;
+        let r = s.uc.forget(cmd, &who.actor).await.map_err(status)?;
         Ok(Response::new(pb::ForgetResponse {
             outcome: pb::WriteOutcome::Forgotten as i32,
             mode: convert::forget_mode_pb(mode) as i32,
@@ -639,14 +172,9 @@ impl MemoryService for MemorySvc {
         &self,
         req: Request<pb::GetMemoryRequest>,
     ) -> Result<Response<pb::GetMemoryResponse>, Status> {
-        let s = &self.state;
-        let (tenant, _) = s
-            .auth
-            .tenant(req.metadata(), KeyRole::Reader)
-            .await
-            .map_err(status)?;
+        let tenant = caller(&req)?.tenant(KeyRole::Reader).map_err(status)?;
         let id = v::uuid("memory_id", &req.get_ref().memory_id).map_err(status)?;
-        let memory = s.store.get_memory(tenant, id).await.map_err(status)?;
+        let memory = self.state.uc.get_memory(tenant, id).await.map_err(status)?;
         Ok(Response::new(pb::GetMemoryResponse {
             memory: Some(convert::memory_pb(memory)),
         }))
@@ -657,17 +185,13 @@ impl MemoryService for MemorySvc {
         req: Request<pb::ListMemoriesRequest>,
     ) -> Result<Response<pb::ListMemoriesResponse>, Status> {
         let s = &self.state;
-        let (tenant, _) = s
-            .auth
-            .tenant(req.metadata(), KeyRole::Reader)
-            .await
-            .map_err(status)?;
-        let q = list_query(req.into_inner(), tenant, &s.limits).map_err(status)?;
-        let (memories, next) = s.store.list_memories(&q).await.map_err(status)?;
+        let tenant = caller(&req)?.tenant(KeyRole::Reader).map_err(status)?;
+        let q = c::list_query(req.into_inner(), tenant, &s.limits).map_err(status)?;
+        let (memories, next) = s.uc.list_memories(&q).await.map_err(status)?;
         Ok(Response::new(pb::ListMemoriesResponse {
             memories: memories.into_iter().map(convert::memory_pb).collect(),
             next_page_token: next
-                .map(|c| page_token::encode(c, &list_fingerprint(&q)))
+                .map(|cur| page_token::encode(cur, &c::list_fingerprint(&q)))
                 .unwrap_or_default(),
         }))
     }
@@ -676,181 +200,11 @@ impl MemoryService for MemorySvc {
         &self,
         req: Request<pb::HistoryRequest>,
     ) -> Result<Response<pb::HistoryResponse>, Status> {
-        let s = &self.state;
-        let (tenant, _) = s
-            .auth
-            .tenant(req.metadata(), KeyRole::Reader)
-            .await
-            .map_err(status)?;
+        let tenant = caller(&req)?.tenant(KeyRole::Reader).map_err(status)?;
         let id = v::uuid("memory_id", &req.get_ref().memory_id).map_err(status)?;
-        let versions = s.store.history(tenant, id).await.map_err(status)?;
+        let versions = self.state.uc.history(tenant, id).await.map_err(status)?;
         Ok(Response::new(pb::HistoryResponse {
             versions: versions.into_iter().map(convert::version_pb).collect(),
         }))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn field(e: Error) -> String {
-        match e {
-            Error::InvalidArgument { field, .. } => field,
-            other => panic!("expected InvalidArgument, got {other:?}"),
-        }
-    }
-
-    fn teach(r: pb::TeachRequest) -> Result<Teach> {
-        teach_command(r, Uuid::nil(), &Limits::default(), Utc::now())
-    }
-
-    fn valid() -> pb::TeachRequest {
-        pb::TeachRequest {
-            user_id: "u".into(),
-            kind: pb::MemoryKind::Fact as i32,
-            content: "likes tea".into(),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn teach_validation_names_the_field() {
-        assert!(teach(valid()).is_ok());
-        assert_eq!(
-            field(
-                teach(pb::TeachRequest {
-                    user_id: "".into(),
-                    ..valid()
-                })
-                .unwrap_err()
-            ),
-            "user_id"
-        );
-        assert_eq!(
-            field(
-                teach(pb::TeachRequest {
-                    content: " ".into(),
-                    ..valid()
-                })
-                .unwrap_err()
-            ),
-            "content"
-        );
-        assert_eq!(
-            field(
-                teach(pb::TeachRequest {
-                    content: "x".repeat(16 * 1024 + 1),
-                    ..valid()
-                })
-                .unwrap_err()
-            ),
-            "content"
-        );
-        assert_eq!(
-            field(teach(pb::TeachRequest { kind: 0, ..valid() }).unwrap_err()),
-            "kind"
-        );
-        assert_eq!(
-            field(
-                teach(pb::TeachRequest {
-                    kind: 42,
-                    ..valid()
-                })
-                .unwrap_err()
-            ),
-            "kind"
-        );
-        assert_eq!(
-            field(
-                teach(pb::TeachRequest {
-                    memory_id: Some("x".into()),
-                    ..valid()
-                })
-                .unwrap_err()
-            ),
-            "memory_id"
-        );
-        assert_eq!(
-            field(
-                teach(pb::TeachRequest {
-                    importance: Some(2.0),
-                    ..valid()
-                })
-                .unwrap_err()
-            ),
-            "importance"
-        );
-        assert_eq!(
-            field(
-                teach(pb::TeachRequest {
-                    slot: Some("home".into()),
-                    ..valid()
-                })
-                .unwrap_err()
-            ),
-            "slot"
-        );
-        let past = Some(convert::ts(Utc::now() - chrono::TimeDelta::hours(1)));
-        assert_eq!(
-            field(
-                teach(pb::TeachRequest {
-                    expires_at: past,
-                    ..valid()
-                })
-                .unwrap_err()
-            ),
-            "expires_at"
-        );
-    }
-
-    #[test]
-    fn forget_needs_exactly_one_target() {
-        let limits = Limits::default();
-        let both = pb::ForgetRequest {
-            memory_ids: vec![Uuid::nil().to_string()],
-            selector: Some(pb::ForgetSelector {
-                user_id: "u".into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        assert_eq!(
-            field(forget_command(both, Uuid::nil(), &limits).unwrap_err()),
-            "selector"
-        );
-        assert_eq!(
-            field(forget_command(pb::ForgetRequest::default(), Uuid::nil(), &limits).unwrap_err()),
-            "memory_ids"
-        );
-        let bad_id = pb::ForgetRequest {
-            memory_ids: vec![Uuid::nil().to_string(), "x".into()],
-            ..Default::default()
-        };
-        assert_eq!(
-            field(forget_command(bad_id, Uuid::nil(), &limits).unwrap_err()),
-            "memory_ids[1]"
-        );
-        let no_user = pb::ForgetRequest {
-            selector: Some(pb::ForgetSelector::default()),
-            ..Default::default()
-        };
-        assert_eq!(
-            field(forget_command(no_user, Uuid::nil(), &limits).unwrap_err()),
-            "selector.user_id"
-        );
-    }
-
-    #[test]
-    fn list_rejects_negative_page_size() {
-        let r = pb::ListMemoriesRequest {
-            user_id: "u".into(),
-            page_size: -1,
-            ..Default::default()
-        };
-        assert_eq!(
-            field(list_query(r, Uuid::nil(), &Limits::default()).unwrap_err()),
-            "page_size"
-        );
     }
 }

@@ -129,11 +129,11 @@ async fn main() -> anyhow::Result<()> {
 
     // Cold: bump the user's generation (what every write does) before each call.
     let redis = RedisCache::connect(&server.config.redis_url, Duration::from_secs(1)).await?;
-    let store = server.store.clone().with_conscious(redis);
+    let cache = memoire_store::ConsciousCache::new(redis);
     let tenant: Uuid = tenant.parse()?;
     let cold = measure(&client, calls / 3, || {
-        let store = store.clone();
-        async move { store.conscious_changed(tenant, "u", "default").await }
+        let cache = cache.clone();
+        async move { cache.invalidate(tenant, "u", "default").await }
     })
     .await?;
     report("cold (after a write)", &cold);

@@ -19,12 +19,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use memoire_app::Listeners;
 use memoire_config::Config;
 use memoire_core::model::KeyRole;
 use memoire_core::validate::content_key;
 use memoire_providers::LocalEmbedder;
 use memoire_sdk::{Client, pb};
-use memoire_server::Listeners;
 use memoire_store::PgStore;
 use rand::rngs::StdRng;
 use rand::seq::IndexedRandom as _;
@@ -467,7 +467,7 @@ async fn start_server(
     };
     let endpoint = format!("http://{}", listeners.grpc.local_addr()?);
     let (tx, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(memoire_server::serve(config, store, listeners, async {
+    tokio::spawn(memoire_app::serve(config, store, listeners, async {
         let _ = rx.await;
     }));
     // Wait until it answers.
@@ -553,7 +553,7 @@ async fn main() -> anyhow::Result<()> {
         database_max_connections: 20,
         ..Config::default()
     };
-    let store = memoire_server::connect(&config).await?;
+    let store = memoire_app::connect(&config).await?;
     let tenant = store.create_tenant("bench").await?;
     let key = store
         .create_api_key(tenant.id, "bench", KeyRole::Writer)
@@ -613,13 +613,13 @@ async fn main() -> anyhow::Result<()> {
 
     // Two servers on the same data: one caches query embeddings in Redis, one never does.
     let (cached, _stop_a) =
-        start_server(config.clone(), memoire_server::connect(&config).await?).await?;
+        start_server(config.clone(), memoire_app::connect(&config).await?).await?;
     let (computed, _stop_b) = start_server(
         Config {
             query_cache_ttl_secs: 0,
             ..config.clone()
         },
-        memoire_server::connect(&config).await?,
+        memoire_app::connect(&config).await?,
     )
     .await?;
 

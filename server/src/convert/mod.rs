@@ -424,3 +424,4 @@ mod tests {
         assert!(forget_mode("mode", 7).is_err());
     }
 }
+pub mod memory;

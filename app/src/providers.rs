@@ -1,5 +1,4 @@
-//! The embedder and extractor a process uses, and the worker's settings, built from the
-//! configuration (shared by `memoire-server` and `memoire-worker`).
+//! The providers a process uses (embedder, extractor, summarizer), built from the configuration.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,14 +6,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use memoire_config::{Config, EmbeddingProvider, ExtractorKind, LlmJsonMode};
 use memoire_core::embed::Embedder;
-use memoire_core::extract::{Extractor, RuleExtractor};
-use memoire_core::resolve::Thresholds;
+use memoire_core::extract::{Extractor, RuleExtractor, Summarizer};
 use memoire_providers::{
     ChatSettings, JsonMode, LlmExtractor, LocalEmbedder, OpenAiEmbedder, OpenAiSettings,
 };
-use memoire_store::RetryPolicy;
-
-use crate::WorkerSettings;
 
 /// Builds the configured embedder (loading the local model takes a fraction of a second).
 pub fn embedder(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
@@ -97,6 +92,15 @@ pub fn extractor(config: &Config) -> anyhow::Result<Arc<dyn Extractor>> {
     })
 }
 
+/// The model that writes abstractive session summaries: the extraction model when one is
+/// configured (`None`: extractive summaries).
+pub fn summarizer(config: &Config) -> Option<Arc<dyn Summarizer>> {
+    match config.extractor {
+        ExtractorKind::Rules => None,
+        ExtractorKind::Llm => llm(config).ok().map(|m| Arc::new(m) as Arc<dyn Summarizer>),
+    }
+}
+
 /// The configured OpenAI-compatible chat model (extraction and summaries).
 fn llm(config: &Config) -> memoire_core::Result<LlmExtractor> {
     LlmExtractor::new(ChatSettings {
@@ -111,59 +115,4 @@ fn llm(config: &Config) -> memoire_core::Result<LlmExtractor> {
         max_retries: config.llm_max_retries,
         max_content_bytes: config.max_content_bytes,
     })
-}
-
-/// The periodic jobs' settings.
-pub fn job_settings(config: &Config) -> crate::jobs::JobSettings {
-    use crate::jobs::Job;
-    let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
-    crate::jobs::JobSettings {
-        // With a model configured for extraction, reflect asks it for abstractive summaries.
-        summarizer: match config.extractor {
-            ExtractorKind::Rules => None,
-            ExtractorKind::Llm => llm(config)
-                .ok()
-                .map(|m| Arc::new(m) as Arc<dyn memoire_core::extract::Summarizer>),
-        },
-        max_essential: config.conscious_max_essential,
-        half_life: Duration::from_secs_f64(config.decay_half_life_days as f64 * 86_400.0),
-        floor: config.decay_floor,
-        reflect_min_turns: config.reflect_min_turns as i64,
-        reflect_max_turns: config.reflect_max_turns as usize,
-        reflect_idle: Duration::from_secs(config.reflect_idle_secs),
-        max_content_bytes: config.max_content_bytes,
-        every: vec![
-            (Job::Optimize, every(config.optimize_interval_secs)),
-            (Job::Decay, every(config.decay_interval_secs)),
-            (Job::Reflect, every(config.reflect_interval_secs)),
-            (Job::Retention, every(config.retention_interval_secs)),
-            (Job::ReEmbed, every(config.reembed_interval_secs)),
-        ],
-    }
-}
-
-/// The worker's settings.
-pub fn settings(config: &Config) -> WorkerSettings {
-    WorkerSettings {
-        expiry_sweep_interval: Duration::from_secs(config.expiry_sweep_interval_secs),
-        poll_interval: Duration::from_millis(config.worker_poll_interval_ms),
-        concurrency: config.worker_concurrency,
-        retry: RetryPolicy {
-            max_attempts: config.extraction_max_attempts,
-            base_delay: Duration::from_millis(config.extraction_retry_base_ms),
-            max_delay: Duration::from_millis(config.extraction_retry_max_ms),
-        },
-        thresholds: Thresholds {
-            update: config.resolver_update_threshold,
-            merge: config.resolver_merge_threshold,
-        },
-        context_turns: config.extraction_context_turns,
-        // The rules read one message; related memories only matter to a model.
-        known_memories: match config.extractor {
-            ExtractorKind::Rules => 0,
-            ExtractorKind::Llm => config.extraction_known_memories,
-        },
-        embed_batch: config.embed_batch_size,
-        jobs: job_settings(config),
-    }
 }

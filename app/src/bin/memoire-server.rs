@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use memoire_server::{Config, Flags, Listeners};
+use memoire_app::{Config, Flags, Listeners};
 
 /// Mémoire: long-term memory for LLM applications, as a gRPC sidecar.
 #[derive(Debug, Parser)]
@@ -38,25 +38,25 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    memoire_config::init_tracing(&config);
+    memoire_app::init_tracing(&config);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             println!("{}", config.redacted());
             Ok(())
         }
-        Command::Probe => memoire_server::probe(&config).await,
+        Command::Probe => memoire_app::probe(&config).await,
         Command::Migrate => {
             let config = Config {
                 migrate_on_start: true,
                 ..config
             };
-            memoire_server::connect(&config)
+            memoire_app::connect(&config)
                 .await
                 .map(|_| tracing::info!("migrations applied"))
         }
         Command::Serve => match Listeners::bind(&config).await {
             Ok(listeners) => {
-                memoire_server::run(config, listeners, memoire_config::shutdown_signal()).await
+                memoire_app::run_server(config, listeners, memoire_app::shutdown_signal()).await
             }
             Err(e) => Err(e),
         },

@@ -1,0 +1,35 @@
+//! `memoire-worker`: the background worker on its own, for scaling it apart from the server
+//! (which runs one in-process by default, `worker_embedded`).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use memoire_app::{Config, Flags};
+
+/// Mémoire's background worker.
+#[derive(Debug, Parser)]
+#[command(name = "memoire-worker", version, about)]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(&cli.flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("memoire-worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    memoire_app::init_tracing(&config);
+    match memoire_app::run_worker(config, memoire_app::shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "cannot start the worker");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! Mémoire's composition root: configuration → providers → store → use-cases → the gRPC server
+//! and the worker. The two binaries (`memoire-server`, `memoire-worker`) are thin `main`s over
+//! this crate; tests call [`serve`] in-process on `127.0.0.1:0`.
+//!
+//! - [`serve`] / [`run_server`]: the server process — gRPC, the HTTP [`ops`] endpoint and, with
+//!   `worker_embedded`, the worker, all stopped by one shutdown future.
+//! - [`run_worker`]: the worker process on its own.
+//! - `settings`: each part's settings built from the one [`Config`]; [`providers`]: the
+//!   embedder, extractor and summarizer it names.
+//! - [`init_tracing`], [`shutdown_signal`]: process bootstrap.
+
+pub mod ops;
+pub mod providers;
+mod settings;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use memoire_config::LogFormat;
+use memoire_store::{ConsciousCache, PgSettings, PgStore, RedisCache};
+use memoire_usecases::{Authenticator, QueryEmbedder, UseCases};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use memoire_config::{Config, Flags};
+pub use settings::{limits, server_settings, usecase_settings, worker_settings};
+
+/// The server process's two listening sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    /// gRPC.
+    pub grpc: TcpListener,
+    /// HTTP: metrics and health.
+    pub http: TcpListener,
+}
+
+/// Binds `addr`, with an error that names the setting.
+async fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| {
+        format!(
+            "cannot listen on {addr} (`{key}`, MEMOIRE_{}): is another process using it?",
+            key.to_uppercase()
+        )
+    })
+}
+
+impl Listeners {
+    /// Binds the configured addresses, with an error that names the setting.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        Ok(Listeners {
+            grpc: bind(config.grpc_addr, "grpc_addr").await?,
+            http: bind(config.http_addr, "http_addr").await?,
+        })
+    }
+}
+
+/// Connects to Postgres with `max_connections` and, when configured, applies migrations and
+/// creates the vector indexes.
+async fn connect_with(config: &Config, max_connections: u32) -> anyhow::Result<PgStore> {
+    let store = PgStore::connect(&PgSettings {
+        url: config.database_url.clone(),
+        max_connections,
+        acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
+        hnsw_ef_search: config.recall_hnsw_ef_search,
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "cannot connect to PostgreSQL at {} (`database_url`, MEMOIRE_DATABASE_URL); run scripts/setup.sh to install and start it",
+            memoire_config::redact_url(&config.database_url)
+        )
+    })?;
+    if config.migrate_on_start {
+        migrate(config, &store).await?;
+    }
+    Ok(store)
+}
+
+/// Connects to Postgres and, when configured, applies migrations and creates the vector indexes.
+pub async fn connect(config: &Config) -> anyhow::Result<PgStore> {
+    connect_with(config, config.database_max_connections).await
+}
+
+/// Applies migrations and creates the vector indexes of the configured embedding model.
+pub async fn migrate(config: &Config, store: &PgStore) -> anyhow::Result<()> {
+    store
+        .migrate()
+        .await
+        .context("applying database migrations")?;
+    store
+        .ensure_vector_indexes(&config.embedding_model, config.embedding_dims)
+        .await
+        .context("creating the vector indexes")?;
+    Ok(())
+}
+
+/// Checks the gRPC health of the server at `config.grpc_addr` (an unspecified listen address is
+/// probed on loopback). Ok when it reports SERVING.
+pub async fn probe(config: &Config) -> anyhow::Result<()> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    let mut addr = config.grpc_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(2))
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .context("health check failed")?
+        .into_inner()
+        .status;
+    anyhow::ensure!(
+        status == ServingStatus::Serving as i32,
+        "not serving (status {status})"
+    );
+    Ok(())
+}
+
+/// The use-cases of `config` over `store`: the configured embedder (loaded off the runtime),
+/// Redis for the query-embedding cache and Conscious.
+pub async fn usecases(config: &Config, store: PgStore) -> anyhow::Result<UseCases> {
+    let embedder = {
+        let config = config.clone();
+        tokio::task::spawn_blocking(move || {
+            memoire_providers::Tiktoken::warm_up();
+            providers::embedder(&config)
+        })
+        .await??
+    };
+    let cache = RedisCache::connect(&config.redis_url, Duration::from_secs(1)).await?;
+    let queries = QueryEmbedder::new(
+        embedder.clone(),
+        Some(cache.clone()),
+        Duration::from_secs(config.query_cache_ttl_secs),
+    );
+    tracing::info!(embedding_model = %embedder.model_id(), dims = embedder.dims(), "embedding model ready");
+    let settings = usecase_settings(config, embedder.model_id(), providers::summarizer(config));
+    Ok(UseCases::new(
+        store,
+        embedder,
+        queries,
+        Some(ConsciousCache::new(cache)),
+        settings,
+    ))
+}
+
+/// Completes when the flag is set.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Connects, migrates, and serves until `shutdown` completes.
+pub async fn run_server(
+    config: Config,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = connect(&config).await?;
+    serve(config, store, listeners, shutdown).await
+}
+
+/// The server process over `store`: gRPC and HTTP on `listeners` and, with `worker_embedded`,
+/// the worker, until `shutdown` completes; then gRPC drains, and the worker and HTTP stop.
+pub async fn serve(
+    config: Config,
+    store: PgStore,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let dev_tenant = if config.dev_mode {
+        let tenant = store
+            .ensure_tenant("dev")
+            .await
+            .context("creating the dev tenant")?;
+        tracing::warn!(tenant_id = %tenant.id, "dev_mode is on: requests without an API key act as the admin of tenant 'dev'; never use this in production");
+        Some(tenant.id)
+    } else {
+        None
+    };
+    if config.admin_key.is_none() {
+        tracing::warn!(
+            "no bootstrap admin key (MEMOIRE_ADMIN_KEY): tenants cannot be created through the admin service"
+        );
+    }
+    let uc = usecases(&config, store.clone()).await?;
+    let auth = Authenticator::new(store.clone(), config.admin_key.as_deref(), dev_tenant);
+
+    // One shutdown signal fans out to the gRPC server, the HTTP server and the worker.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let worker = if config.worker_embedded {
+        let extractor = providers::extractor(&config)?;
+        // The worker embeds with one model call at a time: requests keep a core.
+        let background = providers::Background::wrap(uc.embedder(), 1);
+        Some(tokio::spawn(memoire_worker::run(
+            uc.with_embedder(background),
+            extractor,
+            worker_settings(&config),
+            stopped(stop_rx.clone()),
+        )))
+    } else {
+        None
+    };
+    let http_addr = listeners.http.local_addr()?;
+    tracing::info!(%http_addr, "serving /metrics, /healthz, /readyz");
+    let http = tokio::spawn(ops::serve(
+        listeners.http,
+        move || {
+            let store = store.clone();
+            async move { store.ping().await.is_ok() }
+        },
+        stopped(stop_rx.clone()),
+    ));
+    let served =
+        memoire_server::serve(uc, auth, server_settings(&config), listeners.grpc, shutdown).await;
+
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+    if let Some(worker) = worker
+        && tokio::time::timeout(grace, worker).await.is_err()
+    {
+        tracing::warn!("the worker did not stop within shutdown_grace_secs");
+    }
+    let _ = tokio::time::timeout(grace, http).await;
+    served?;
+    tracing::info!("memoire-server stopped");
+    Ok(())
+}
+
+/// The worker process: its own pool, providers and HTTP endpoint (`worker_http_addr`), until
+/// `shutdown` completes (in-flight episodes finish first, then the endpoint stops).
+pub async fn run_worker(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let store = connect_with(
+        &Config {
+            migrate_on_start: false,
+            ..config.clone()
+        },
+        (config.worker_concurrency as u32 * 2 + 4).min(64),
+    )
+    .await?;
+    let uc = usecases(&config, store.clone()).await?;
+    let extractor = providers::extractor(&config)?;
+    let listener = bind(config.worker_http_addr, "worker_http_addr").await?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ops = tokio::spawn(ops::serve(
+        listener,
+        move || {
+            let store = store.clone();
+            async move { store.ping().await.is_ok() }
+        },
+        stopped(stop_rx.clone()),
+    ));
+    tracing::info!(http = %config.worker_http_addr, "memoire-worker serving /metrics, /healthz, /readyz");
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    memoire_worker::run(uc, extractor, worker_settings(&config), stopped(stop_rx)).await;
+    let _ = ops.await;
+    Ok(())
+}
+/// Installs the global `tracing` subscriber: the `log` filter (overridden by `RUST_LOG` when set),
+/// text or JSON lines on stderr. Call once per process.
+pub fn init_tracing(config: &Config) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(&config.log).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // try_init: a second call (tests) keeps the first subscriber instead of panicking.
+    let _ = match config.log_format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM: the graceful-shutdown trigger of both binaries.
+pub async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} },
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,570 @@
+//! `memoire.v1.MemoryService` requests into domain commands (validated, each error naming its
+//! field) and domain results back into replies.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use memoire_core::command::{
+    Forget, ForgetSelector, ForgetTarget, Ingest, ListMemories, MemoryPatch, NewEpisode, NewMemory,
+    RecallQuery, Teach, TeachResult,
+};
+use memoire_core::model::{Basis, Scope};
+use memoire_core::recall::{self as recall, Item};
+use memoire_core::validate::{self as v, Limits, MAX_ID_BYTES, MAX_REASON_BYTES};
+use memoire_core::{Error, Result};
+use memoire_proto::v1 as pb;
+use uuid::Uuid;
+
+use crate::RecallDefaults;
+use crate::convert::{self, page_token};
+
+/// An optional string field where the empty string (what JSON clients often send) means unset.
+pub fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+pub fn teach_command(
+    r: pb::TeachRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Teach> {
+    let scope = Scope {
+        tenant_id,
+        user_id: v::required_id("user_id", &r.user_id)?,
+        namespace: v::namespace("namespace", &r.namespace)?,
+    };
+    let kind = convert::kind("kind", r.kind)?;
+    let slot = non_empty(r.slot).map(|s| v::slot("slot", &s)).transpose()?;
+    let subject = v::optional_text("subject", r.subject.as_deref(), MAX_ID_BYTES)?;
+    let tags = v::tags("tags", &r.tags)?;
+    let importance = r
+        .importance
+        .map(|x| v::unit_interval("importance", x))
+        .transpose()?;
+    let confidence = r
+        .confidence
+        .map(|x| v::unit_interval("confidence", x))
+        .transpose()?;
+    let expires_at = convert::opt_time("expires_at", r.expires_at.as_ref())?
+        .map(|t| v::future_time("expires_at", t, now))
+        .transpose()?;
+    let reason = v::optional_text("reason", r.reason.as_deref(), MAX_REASON_BYTES)?;
+    match non_empty(r.memory_id) {
+        Some(id) => {
+            let memory_id = v::uuid("memory_id", &id)?;
+            if r.force_create {
+                return Err(Error::invalid(
+                    "force_create",
+                    "does not apply to a correction",
+                ));
+            }
+            let content = if r.content.is_empty() {
+                None
+            } else {
+                Some(v::content("content", &r.content, limits.max_content_bytes)?)
+            };
+            let patch = MemoryPatch {
+                kind,
+                content,
+                slot,
+                subject,
+                tags: (!tags.is_empty()).then_some(tags),
+                importance,
+                confidence,
+                pinned: r.pinned,
+                expires_at,
+            };
+            if patch.is_empty() {
+                return Err(Error::invalid(
+                    "memory_id",
+                    "a correction must set at least one field to change",
+                ));
+            }
+            Ok(Teach::Correct {
+                scope,
+                memory_id,
+                patch,
+                reason,
+            })
+        }
+        None => {
+            let kind =
+                kind.ok_or_else(|| Error::invalid("kind", "is required for a new memory"))?;
+            let content = v::content("content", &r.content, limits.max_content_bytes)?;
+            Ok(Teach::Create {
+                scope,
+                memory: NewMemory {
+                    kind,
+                    content,
+                    slot,
+                    subject,
+                    tags,
+                    importance: importance.unwrap_or(0.5),
+                    confidence: confidence.unwrap_or(1.0),
+                    pinned: r.pinned.unwrap_or(false),
+                    expires_at,
+                    source_episode_ids: Vec::new(),
+                },
+                force_create: r.force_create,
+                reason,
+                basis: Basis::Teach,
+            })
+        }
+    }
+}
+
+pub fn teach_response(r: TeachResult) -> pb::TeachResponse {
+    pb::TeachResponse {
+        outcome: convert::outcome_pb(r.outcome) as i32,
+        memory: Some(convert::memory_pb(r.memory)),
+        superseded_memory_id: r.superseded.map(|u| u.to_string()).unwrap_or_default(),
+        duplicate_of: r.duplicate_of.map(|u| u.to_string()).unwrap_or_default(),
+        decision: Some(pb::Decision {
+            basis: convert::basis_pb(r.basis) as i32,
+            score: r.score,
+            reason: r.reason,
+        }),
+    }
+}
+
+pub fn forget_command(r: pb::ForgetRequest, tenant_id: Uuid, limits: &Limits) -> Result<Forget> {
+    let mode = convert::forget_mode("mode", r.mode)?;
+    let reason = v::optional_text("reason", r.reason.as_deref(), MAX_REASON_BYTES)?;
+    let target = match (r.memory_ids.is_empty(), r.selector) {
+        (false, Some(_)) => {
+            return Err(Error::invalid(
+                "selector",
+                "give either memory_ids or selector, not both",
+            ));
+        }
+        (true, None) => {
+            return Err(Error::invalid(
+                "memory_ids",
+                "give memory_ids or a selector",
+            ));
+        }
+        (false, None) => {
+            if r.memory_ids.len() > limits.max_batch_ids {
+                return Err(Error::invalid(
+                    "memory_ids",
+                    format!(
+                        "has {} ids; the limit is {}",
+                        r.memory_ids.len(),
+                        limits.max_batch_ids
+                    ),
+                ));
+            }
+            let mut ids = r
+                .memory_ids
+                .iter()
+                .enumerate()
+                .map(|(i, id)| v::uuid(&format!("memory_ids[{i}]"), id))
+                .collect::<Result<Vec<_>>>()?;
+            ids.sort();
+            ids.dedup();
+            ForgetTarget::Ids(ids)
+        }
+        (true, Some(s)) => ForgetTarget::Selector(ForgetSelector {
+            user_id: v::required_id("selector.user_id", &s.user_id)?,
+            namespace: non_empty(s.namespace)
+                .map(|n| v::namespace("selector.namespace", &n))
+                .transpose()?,
+            slot: non_empty(s.slot)
+                .map(|n| v::slot("selector.slot", &n))
+                .transpose()?,
+            kind: convert::kind("selector.kind", s.kind)?,
+            session_id: non_empty(s.session_id)
+                .map(|n| v::required_id("selector.session_id", &n))
+                .transpose()?,
+            before: convert::opt_time("selector.before", s.before.as_ref())?,
+        }),
+    };
+    Ok(Forget {
+        tenant_id,
+        target,
+        mode,
+        dry_run: r.dry_run,
+        reason,
+    })
+}
+
+pub fn list_query(
+    r: pb::ListMemoriesRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+) -> Result<ListMemories> {
+    let mut q = ListMemories {
+        tenant_id,
+        user_id: v::required_id("user_id", &r.user_id)?,
+        namespaces: v::namespaces("namespaces", &r.namespaces)?,
+        kinds: convert::kinds("kinds", &r.kinds)?,
+        tags: v::tags("tags", &r.tags)?,
+        slot: non_empty(r.slot).map(|s| v::slot("slot", &s)).transpose()?,
+        include_superseded: r.include_superseded,
+        created_after: convert::opt_time("created_after", r.created_after.as_ref())?,
+        created_before: convert::opt_time("created_before", r.created_before.as_ref())?,
+        page_size: v::page_size("page_size", r.page_size, limits.max_page_size)?,
+        after: None,
+    };
+    if !r.page_token.is_empty() {
+        q.after = Some(page_token::decode(
+            "page_token",
+            &r.page_token,
+            &list_fingerprint(&q),
+        )?);
+    }
+    Ok(q)
+}
+
+/// What a page token is bound to: the filters, not the page size or position.
+pub fn list_fingerprint(q: &ListMemories) -> String {
+    page_token::fingerprint(&format!(
+        "{}|{}|{:?}|{:?}|{:?}|{:?}|{}|{:?}|{:?}",
+        q.tenant_id,
+        q.user_id,
+        q.namespaces,
+        q.kinds,
+        q.tags,
+        q.slot,
+        q.include_superseded,
+        q.created_after,
+        q.created_before
+    ))
+}
+
+/// A validated Recall request.
+pub struct RecallRequest {
+    /// What to search.
+    pub query: RecallQuery,
+    /// Items.
+    pub k: usize,
+    /// Token budget of the packed context.
+    pub budget: usize,
+    /// The tokenizer the budget is counted in.
+    pub tokenizer: String,
+    /// Items scoring below this are left out.
+    pub min_score: Option<f32>,
+    /// Whether items carry their score components.
+    pub explain: bool,
+}
+
+pub fn recall_request(
+    r: pb::RecallRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+    settings: &RecallDefaults,
+) -> Result<RecallRequest> {
+    let f = r.filter.unwrap_or_default();
+    let k = v::count_or_default("k", r.k as usize, settings.default_k, limits.max_k)?;
+    let budget = v::count_or_default(
+        "token_budget",
+        r.token_budget as usize,
+        settings.default_token_budget,
+        limits.max_token_budget,
+    )?;
+    let min_score = match f.min_score {
+        Some(m) if !m.is_finite() => {
+            return Err(Error::invalid("filter.min_score", "must be a number"));
+        }
+        other => other,
+    };
+    Ok(RecallRequest {
+        query: RecallQuery {
+            tenant_id,
+            user_id: v::required_id("user_id", &r.user_id)?,
+            namespaces: v::namespaces("namespaces", &r.namespaces)?,
+            text: v::content("query", &r.query, limits.max_query_bytes)?,
+            kinds: convert::kinds("filter.kinds", &f.kinds)?,
+            tags: v::tags("filter.tags", &f.tags)?,
+            slot: non_empty(f.slot)
+                .map(|s| v::slot("filter.slot", &s))
+                .transpose()?,
+            created_after: convert::opt_time("filter.created_after", f.created_after.as_ref())?,
+            created_before: convert::opt_time("filter.created_before", f.created_before.as_ref())?,
+            as_of: convert::opt_time("filter.as_of", f.as_of.as_ref())?,
+            include_superseded: f.include_superseded,
+            include_episodes: r.include_episodes,
+            // Set by the use-case from its settings.
+            candidates: 0,
+            min_confidence: 0.0,
+        },
+        k,
+        budget,
+        tokenizer: r.tokenizer,
+        min_score,
+        explain: r.explain,
+    })
+}
+
+pub fn recall_item(s: recall::Scored, explain: bool) -> pb::RecallItem {
+    let e = s.explain;
+    let item = match s.item {
+        Item::Memory(m) => pb::recall_item::Item::Memory(convert::memory_pb(*m)),
+        Item::Episode(e) => pb::recall_item::Item::Episode(convert::episode_pb(*e)),
+    };
+    pb::RecallItem {
+        item: Some(item),
+        score: e.final_score,
+        explain: explain.then_some(pb::ScoreExplain {
+            text_score: e.text_score,
+            text_rank: e.text_rank,
+            vector_score: e.vector_score,
+            vector_rank: e.vector_rank,
+            fused: e.fused,
+            importance: e.importance,
+            recency: e.recency,
+            confidence: e.confidence,
+            r#final: e.final_score,
+        }),
+    }
+}
+
+/// Conscious's token budget when the request does not say.
+pub const CONSCIOUS_DEFAULT_BUDGET: usize = 512;
+
+/// How long Ingest waits for extraction when asked and the request does not say; the most.
+const DEFAULT_WAIT: Duration = Duration::from_secs(10);
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+pub fn wait_timeout(d: Option<&prost_types::Duration>) -> Result<Duration> {
+    let Some(d) = d else {
+        return Ok(DEFAULT_WAIT);
+    };
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(Error::invalid("wait_timeout", "must not be negative"));
+    }
+    let wait = Duration::new(d.seconds as u64, d.nanos as u32);
+    if wait > MAX_WAIT {
+        return Err(Error::invalid(
+            "wait_timeout",
+            format!(
+                "is {} s; the limit is {} s",
+                wait.as_secs(),
+                MAX_WAIT.as_secs()
+            ),
+        ));
+    }
+    Ok(if wait.is_zero() { DEFAULT_WAIT } else { wait })
+}
+
+pub fn ingest_command(
+    r: pb::IngestRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+    now: DateTime<Utc>,
+) -> Result<Ingest> {
+    let scope = Scope {
+        tenant_id,
+        user_id: v::required_id("user_id", &r.user_id)?,
+        namespace: v::namespace("namespace", &r.namespace)?,
+    };
+    let session_id = v::required_id("session_id", &r.session_id)?;
+    if r.messages.is_empty() {
+        return Err(Error::invalid("messages", "must hold at least one message"));
+    }
+    if r.messages.len() > limits.max_batch_messages {
+        return Err(Error::invalid(
+            "messages",
+            format!(
+                "holds {} messages; the limit is {} (max_batch_messages)",
+                r.messages.len(),
+                limits.max_batch_messages
+            ),
+        ));
+    }
+    let messages = r
+        .messages
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let field = |f: &str| format!("messages[{i}].{f}");
+            let occurred_at = convert::opt_time(&field("occurred_at"), m.occurred_at.as_ref())?;
+            if let Some(t) = occurred_at
+                && t > now + chrono::Duration::minutes(5)
+            {
+                return Err(Error::invalid(field("occurred_at"), "is in the future"));
+            }
+            Ok(NewEpisode {
+                role: convert::role(&field("role"), m.role)?,
+                name: v::optional_text(&field("name"), m.name.as_deref(), MAX_ID_BYTES)?,
+                content: v::content(&field("content"), &m.content, limits.max_content_bytes)?,
+                message_id: non_empty(m.message_id)
+                    .map(|id| v::required_id(&field("message_id"), &id))
+                    .transpose()?,
+                occurred_at,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Ingest {
+        scope,
+        session_id,
+        messages,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+
+    fn field(e: Error) -> String {
+        match e {
+            Error::InvalidArgument { field, .. } => field,
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    fn teach(r: pb::TeachRequest) -> Result<Teach> {
+        teach_command(r, Uuid::nil(), &Limits::default(), Utc::now())
+    }
+
+    fn valid() -> pb::TeachRequest {
+        pb::TeachRequest {
+            user_id: "u".into(),
+            kind: pb::MemoryKind::Fact as i32,
+            content: "likes tea".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn teach_validation_names_the_field() {
+        assert!(teach(valid()).is_ok());
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    user_id: "".into(),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "user_id"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    content: " ".into(),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "content"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    content: "x".repeat(16 * 1024 + 1),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "content"
+        );
+        assert_eq!(
+            field(teach(pb::TeachRequest { kind: 0, ..valid() }).unwrap_err()),
+            "kind"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    kind: 42,
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "kind"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    memory_id: Some("x".into()),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "memory_id"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    importance: Some(2.0),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "importance"
+        );
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    slot: Some("home".into()),
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "slot"
+        );
+        let past = Some(convert::ts(Utc::now() - chrono::TimeDelta::hours(1)));
+        assert_eq!(
+            field(
+                teach(pb::TeachRequest {
+                    expires_at: past,
+                    ..valid()
+                })
+                .unwrap_err()
+            ),
+            "expires_at"
+        );
+    }
+
+    #[test]
+    fn forget_needs_exactly_one_target() {
+        let limits = Limits::default();
+        let both = pb::ForgetRequest {
+            memory_ids: vec![Uuid::nil().to_string()],
+            selector: Some(pb::ForgetSelector {
+                user_id: "u".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            field(forget_command(both, Uuid::nil(), &limits).unwrap_err()),
+            "selector"
+        );
+        assert_eq!(
+            field(forget_command(pb::ForgetRequest::default(), Uuid::nil(), &limits).unwrap_err()),
+            "memory_ids"
+        );
+        let bad_id = pb::ForgetRequest {
+            memory_ids: vec![Uuid::nil().to_string(), "x".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            field(forget_command(bad_id, Uuid::nil(), &limits).unwrap_err()),
+            "memory_ids[1]"
+        );
+        let no_user = pb::ForgetRequest {
+            selector: Some(pb::ForgetSelector::default()),
+            ..Default::default()
+        };
+        assert_eq!(
+            field(forget_command(no_user, Uuid::nil(), &limits).unwrap_err()),
+            "selector.user_id"
+        );
+    }
+
+    #[test]
+    fn list_rejects_negative_page_size() {
+        let r = pb::ListMemoriesRequest {
+            user_id: "u".into(),
+            page_size: -1,
+            ..Default::default()
+        };
+        assert_eq!(
+            field(list_query(r, Uuid::nil(), &Limits::default()).unwrap_err()),
+            "page_size"
+        );
+    }
+}

@@ -1,0 +1,198 @@
+//! The worker's steps: extract and resolve one episode, embed pending episodes, expire memories.
+//! The loops that schedule them (claiming users, waking on notifications, backing off) are the
+//! worker's; what each step does is here.
+
+use std::time::Instant;
+
+use memoire_core::Error;
+use memoire_core::embed::memory_text;
+use memoire_core::extract::{ExtractError, ExtractionInput, Extractor};
+use memoire_core::resolve::Thresholds;
+use memoire_store::{Failure, PendingEpisode, RetryPolicy};
+
+use crate::UseCases;
+
+/// Extraction settings.
+#[derive(Debug, Clone)]
+pub struct ExtractSettings {
+    /// Retries and the dead-letter queue.
+    pub retry: RetryPolicy,
+    /// The resolver's similarity thresholds.
+    pub thresholds: Thresholds,
+    /// Earlier turns an extractor sees.
+    pub context_turns: u32,
+    /// Related current memories an extractor sees (0 for the rule extractor, which needs none).
+    pub known_memories: u32,
+}
+
+/// What extracting one episode came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Done (or dead-lettered): go on with the user's next episode.
+    Next,
+    /// Retry later: the user's later episodes wait behind it.
+    Wait,
+}
+
+/// How many memories one expiry transaction expires; small batches keep locks short.
+const EXPIRY_BATCH: i64 = 500;
+
+fn job_outcome(job: &'static str, outcome: &'static str) {
+    metrics::counter!("memoire_jobs_total", "job" => job, "outcome" => outcome).increment(1);
+}
+
+impl UseCases {
+    /// Extracts one episode: its context (earlier turns; related memories, found by the episode's
+    /// vector, for an extractor that can update them) → the extractor → the candidates' vectors →
+    /// resolve and write, marking the episode extracted, in one transaction → invalidate
+    /// Conscious. A failure is recorded (retry with backoff, or the dead-letter queue); only the
+    /// database being unreachable is returned as an error, since it is not the episode's fault.
+    pub async fn extract_episode(
+        &self,
+        ep: &PendingEpisode,
+        extractor: &dyn Extractor,
+    ) -> memoire_core::Result<Step> {
+        let s = &self.settings().extract;
+        let started = Instant::now();
+        let failed = |what: &str, e: Error| match e {
+            Error::Unavailable(_) => Err(e),
+            e => Ok(ExtractError::new(format!("{what} failed: {e}"))),
+        };
+        let outcome = match self.extraction_input(ep, s).await {
+            Err(e) => Err(failed("preparing the extraction", e)?),
+            Ok(input) => match extractor.extract(&input).await {
+                Err(e) => Err(e),
+                Ok(extraction) => match self.apply(ep, &extraction, extractor, s).await {
+                    Err(e) => Err(failed("applying the extraction", e)?),
+                    Ok(applied) => {
+                        for why in &extraction.rejected {
+                            metrics::counter!("memoire_extraction_decisions_total", "action" => "reject").increment(1);
+                            tracing::info!(episode_id = %ep.id, reason = %why, "candidate rejected");
+                        }
+                        for a in applied.iter().flatten() {
+                            metrics::counter!("memoire_extraction_decisions_total", "action" => a.action).increment(1);
+                            if let Some(score) = a.score {
+                                metrics::histogram!("memoire_resolver_score", "action" => a.action)
+                                    .record(score as f64);
+                            }
+                            tracing::debug!(episode_id = %ep.id, action = a.action, memory_id = ?a.memory_id, reason = %a.reason, "resolved");
+                        }
+                        job_outcome("extract", if applied.is_some() { "ok" } else { "replay" });
+                        Ok(())
+                    }
+                },
+            },
+        };
+        metrics::histogram!("memoire_extraction_seconds").record(started.elapsed().as_secs_f64());
+        let Err(err) = outcome else {
+            return Ok(Step::Next);
+        };
+        match self.store().extraction_failed(ep, &err, &s.retry).await? {
+            Failure::Retry(delay) => {
+                job_outcome("extract", "retry");
+                tracing::warn!(episode_id = %ep.id, attempt = ep.extract_attempts + 1, retry_in_ms = delay.as_millis() as u64, error = %err, "extraction failed; will retry");
+                Ok(Step::Wait)
+            }
+            Failure::DeadLettered => {
+                job_outcome("extract", "dead_letter");
+                tracing::error!(episode_id = %ep.id, attempts = ep.extract_attempts + 1, error = %err, "extraction dead-lettered");
+                Ok(Step::Next)
+            }
+        }
+    }
+
+    /// The turn an extractor reads, with its context.
+    async fn extraction_input(
+        &self,
+        ep: &PendingEpisode,
+        s: &crate::ExtractSettings,
+    ) -> memoire_core::Result<ExtractionInput> {
+        let context = self
+            .store()
+            .context_turns(ep, s.context_turns as i64)
+            .await?;
+        let known = if s.known_memories > 0 {
+            let near = self
+                .embeddings(std::slice::from_ref(&ep.content))
+                .await?
+                .pop();
+            self.store()
+                .known_memories(ep, near.as_ref(), s.known_memories as i64)
+                .await?
+        } else {
+            Vec::new()
+        };
+        Ok(ExtractionInput {
+            turn: ep.turn(),
+            context,
+            known,
+        })
+    }
+
+    /// Embeds the candidates (before the transaction: no lock is held while the model runs),
+    /// then resolves and writes them; invalidates Conscious when something changed.
+    async fn apply(
+        &self,
+        ep: &PendingEpisode,
+        extraction: &memoire_core::extract::Extraction,
+        extractor: &dyn Extractor,
+        s: &crate::ExtractSettings,
+    ) -> memoire_core::Result<Option<Vec<memoire_store::Applied>>> {
+        let texts: Vec<String> = extraction
+            .candidates
+            .iter()
+            .map(|c| memory_text(&c.content, c.subject.as_deref(), c.slot.as_deref()))
+            .collect();
+        let embeddings = self.embeddings(&texts).await?;
+        let applied = self
+            .store()
+            .apply_extraction(ep, extraction, embeddings, extractor.basis(), s.thresholds)
+            .await?;
+        if applied
+            .iter()
+            .flatten()
+            .any(|a| !matches!(a.action, "duplicate" | "ignore"))
+        {
+            self.changed(&ep.scope()).await;
+        }
+        Ok(applied)
+    }
+
+    /// Embeds up to `batch` episodes that have no vector yet, in one model call, while holding
+    /// them (other workers skip them). Returns how many were embedded.
+    pub async fn embed_pending_episodes(
+        &self,
+        batch: i64,
+        policy: &RetryPolicy,
+    ) -> memoire_core::Result<usize> {
+        let Some(claim) = self.store().claim_unembedded(batch).await? else {
+            return Ok(0);
+        };
+        let texts = claim.texts();
+        match self.embed(&texts).await {
+            Ok(vectors) => claim.complete(vectors, self.embedding_model()).await,
+            Err(e) => {
+                let error = e.to_string();
+                claim.fail(&error, policy).await?;
+                Err(Error::Provider(error))
+            }
+        }
+    }
+
+    /// Expires every memory past its expiry time, in batches. Returns how many.
+    pub async fn sweep_expired(&self) -> memoire_core::Result<u64> {
+        let mut total = 0;
+        loop {
+            let n = self.store().expire_due(EXPIRY_BATCH).await?;
+            total += n;
+            if n < EXPIRY_BATCH as u64 {
+                break;
+            }
+        }
+        if total > 0 {
+            metrics::counter!("memoire_memories_expired_total").increment(total);
+            tracing::info!(count = total, "expired memories");
+        }
+        Ok(total)
+    }
+}

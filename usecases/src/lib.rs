@@ -1,0 +1,203 @@
+//! Mémoire's use-cases: one function per operation, each holding its pipeline. This is the only
+//! layer that calls both the providers (embedding model, LLM, token counting) and the store
+//! (Postgres and Redis); the gRPC adapters (`memoire-server`) and the worker loops
+//! (`memoire-worker`) call these functions and nothing below them.
+//!
+//! - [`UseCases`]: the handle both share — the store, the embedder, the Redis-backed caches and
+//!   the settings. `memory`: Recall, Teach, Forget, Ingest, Conscious and the reads.
+//! - `extract`: the worker's steps — extract and resolve one episode, embed pending episodes,
+//!   sweep expired memories.
+//! - [`jobs`]: the periodic jobs (optimize, decay, reflect, retention, re-embed).
+//! - `admin`: tenants, keys, stats, dead letters.
+//! - [`auth`]: who is calling; [`query`]: the query-embedding cache.
+
+mod admin;
+pub mod auth;
+mod extract;
+pub mod jobs;
+mod memory;
+pub mod query;
+
+use std::sync::Arc;
+
+use memoire_core::embed::{Embedder, Embedding, memory_text};
+use memoire_core::model::Scope;
+use memoire_core::recall::Weights;
+use memoire_store::{ConsciousCache, ConsciousSettings, PgStore, VectorSettings};
+
+pub use auth::Authenticator;
+pub use extract::{ExtractSettings, Step};
+pub use memory::{ExtractionWait, Recalled};
+pub use query::QueryEmbedder;
+
+// The store's plain types that adapters and the worker see in use-case signatures.
+pub use memoire_store::{
+    Applied, ConsciousSource, ConsciousView, EPISODES_CHANNEL, JobScope, NewApiKey, PendingEpisode,
+    RetryPolicy, ScopeClaim, TenantUpdate,
+};
+
+/// What Recall needs besides the store.
+#[derive(Debug, Clone)]
+pub struct RecallSettings {
+    /// Fusion weights.
+    pub weights: Weights,
+    /// Vector search settings.
+    pub vectors: VectorSettings,
+    /// Candidates per search side.
+    pub candidates: usize,
+    /// The decay floor: memories below it are left out.
+    pub min_confidence: f32,
+}
+
+/// The use-cases' settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Recall.
+    pub recall: RecallSettings,
+    /// Conscious.
+    pub conscious: ConsciousSettings,
+    /// The periodic jobs.
+    pub jobs: jobs::JobSettings,
+    /// Extraction (the worker's steps).
+    pub extract: ExtractSettings,
+}
+
+/// The use-cases, over one store and one embedding model. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct UseCases {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    store: PgStore,
+    /// Embeds what is written (memories, episodes).
+    embedder: Arc<dyn Embedder>,
+    /// Embeds queries, through the cache.
+    queries: QueryEmbedder,
+    /// Conscious entries in Redis (`None`: always rebuilt from Postgres).
+    conscious: Option<ConsciousCache>,
+    settings: Settings,
+}
+
+impl UseCases {
+    /// The use-cases over `store`, writing vectors with `embedder`, embedding queries with
+    /// `queries` and keeping Conscious in `conscious` when given.
+    pub fn new(
+        store: PgStore,
+        embedder: Arc<dyn Embedder>,
+        queries: QueryEmbedder,
+        conscious: Option<ConsciousCache>,
+        settings: Settings,
+    ) -> Self {
+        UseCases {
+            inner: Arc::new(Inner {
+                store,
+                embedder,
+                queries,
+                conscious,
+                settings,
+            }),
+        }
+    }
+
+    /// The same use-cases writing vectors with another embedder (the embedded worker's, which
+    /// runs one model call at a time).
+    pub fn with_embedder(&self, embedder: Arc<dyn Embedder>) -> Self {
+        UseCases {
+            inner: Arc::new(Inner {
+                store: self.inner.store.clone(),
+                embedder,
+                queries: self.inner.queries.clone(),
+                conscious: self.inner.conscious.clone(),
+                settings: self.inner.settings.clone(),
+            }),
+        }
+    }
+
+    /// The store (health checks, the worker's queue, tests).
+    pub fn store(&self) -> &PgStore {
+        &self.inner.store
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The embedder that writes vectors.
+    pub fn embedder(&self) -> Arc<dyn Embedder> {
+        self.inner.embedder.clone()
+    }
+
+    /// The id of the embedding model.
+    pub fn embedding_model(&self) -> &str {
+        self.inner.embedder.model_id()
+    }
+
+    /// One vector per text, with the write embedder.
+    async fn embed(&self, texts: &[String]) -> memoire_core::Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let vectors = self.inner.embedder.embed(texts).await?;
+        if vectors.len() != texts.len() {
+            return Err(memoire_core::Error::Provider(format!(
+                "the embedder returned {} vectors for {} texts",
+                vectors.len(),
+                texts.len()
+            )));
+        }
+        Ok(vectors)
+    }
+
+    /// The vectors of `texts` with the model's id.
+    async fn embeddings(&self, texts: &[String]) -> memoire_core::Result<Vec<Embedding>> {
+        let model = self.embedding_model().to_owned();
+        Ok(self
+            .embed(texts)
+            .await?
+            .into_iter()
+            .map(|vector| Embedding {
+                vector,
+                model: model.clone(),
+            })
+            .collect())
+    }
+
+    /// The vector of a memory's text.
+    async fn embed_memory(
+        &self,
+        content: &str,
+        subject: Option<&str>,
+        slot: Option<&str>,
+    ) -> memoire_core::Result<Option<Embedding>> {
+        Ok(self
+            .embeddings(&[memory_text(content, subject, slot)])
+            .await?
+            .pop())
+    }
+
+    /// Marks a user+namespace's working memory changed: the next Conscious rebuilds it.
+    async fn changed(&self, scope: &Scope) {
+        if let Some(c) = &self.inner.conscious {
+            c.invalidate(scope.tenant_id, &scope.user_id, &scope.namespace)
+                .await;
+        }
+    }
+
+    /// [`Self::changed`] for each scope.
+    async fn changed_all(&self, scopes: &[Scope]) {
+        for scope in scopes {
+            self.changed(scope).await;
+        }
+    }
+
+    /// Removes a user+namespace's working memory from Redis (purge).
+    async fn purged(&self, scope: &Scope) {
+        if let Some(c) = &self.inner.conscious {
+            c.purge(scope.tenant_id, &scope.user_id, &scope.namespace)
+                .await;
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The memory service's use-cases: Recall, Teach, Forget, Ingest, Conscious, and the reads.
+
+use std::time::Duration;
+
+use memoire_core::command::{
+    Forget, ForgetResult, Ingest, Ingested, ListCursor, ListMemories, RecallQuery, Teach,
+    TeachResult,
+};
+use memoire_core::embed::Embedding;
+use memoire_core::model::{ForgetMode, Memory, MemoryVersion, Scope, WriteOutcome};
+use memoire_core::recall::{self, Item, Packed, Scored};
+use memoire_core::{Error, Result};
+use memoire_providers::Tiktoken;
+use memoire_store::{ConsciousSource, ConsciousView, Correction};
+use uuid::Uuid;
+
+use crate::UseCases;
+
+/// What Recall found.
+#[derive(Debug)]
+pub struct Recalled {
+    /// The items, best first.
+    pub items: Vec<Scored>,
+    /// The packed context.
+    pub packed: Packed,
+    /// The embedding model the query was embedded with.
+    pub embedding_model: String,
+}
+
+/// How waiting for extraction ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtractionWait {
+    /// Not asked to wait.
+    Queued,
+    /// Every message was extracted.
+    Completed,
+    /// Some message was dead-lettered.
+    Failed,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+/// How many times a correction is re-embedded when its text changed under it.
+const CORRECTION_ATTEMPTS: usize = 3;
+
+impl UseCases {
+    /// Recall: embed the query (cached) → full-text and vector candidates → rank (core) → pack
+    /// under the token budget (with `tokenizer`'s counts) → access statistics after the reply.
+    pub async fn recall(
+        &self,
+        mut query: RecallQuery,
+        k: usize,
+        budget: usize,
+        tokenizer: &str,
+        min_score: Option<f32>,
+    ) -> Result<Recalled> {
+        let counter = Tiktoken::named("tokenizer", tokenizer)?;
+        let s = &self.settings().recall;
+        // Enough candidates for k even when fusion reorders them.
+        query.candidates = s.candidates.max(k * 2);
+        query.min_confidence = s.min_confidence;
+        let tenant = query.tenant_id;
+        let (vector, _cached) = self.inner.queries.embed(tenant, &query.text).await?;
+        let candidates = self
+            .store()
+            .recall_candidates(&query, Some(&vector), &s.vectors)
+            .await?;
+        let ranked = recall::rank(
+            candidates,
+            &query.text,
+            &s.weights,
+            self.store().now(),
+            min_score,
+            k,
+        );
+        let packed = recall::pack(&ranked, budget, &counter);
+        let touched: Vec<Uuid> = ranked
+            .iter()
+            .filter_map(|x| match &x.item {
+                Item::Memory(m) => Some(m.id),
+                Item::Episode(_) => None,
+            })
+            .collect();
+        if !touched.is_empty() {
+            // Access statistics are written after the reply, never on its path.
+            let store = self.store().clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.touch_memories(tenant, &touched).await {
+                    tracing::warn!(error = %e, "updating access statistics failed");
+                }
+            });
+        }
+        Ok(Recalled {
+            items: ranked,
+            packed,
+            embedding_model: self.inner.queries.model_id().to_owned(),
+        })
+    }
+
+    /// Teach: a new memory (embedded, then resolved against the user's memories and written in
+    /// one transaction) or a correction (a new version; re-embedded when its text changes).
+    /// Conscious is invalidated before the reply whenever something was written.
+    pub async fn teach(&self, cmd: Teach, actor: &str) -> Result<TeachResult> {
+        let (scope, result) = match cmd {
+            Teach::Create {
+                scope,
+                memory,
+                force_create,
+                reason,
+                basis,
+            } => {
+                // Embedded before the transaction: no lock is held while the model runs.
+                let embedding = self
+                    .embed_memory(
+                        &memory.content,
+                        memory.subject.as_deref(),
+                        memory.slot.as_deref(),
+                    )
+                    .await?;
+                let result = self
+                    .store()
+                    .create_memory(
+                        scope.clone(),
+                        memory,
+                        force_create,
+                        reason,
+                        basis,
+                        actor,
+                        embedding,
+                    )
+                    .await?;
+                (scope, result)
+            }
+            Teach::Correct {
+                scope,
+                memory_id,
+                patch,
+                reason,
+            } => {
+                let model = Some(self.embedding_model().to_owned());
+                let mut embedding: Option<(String, Embedding)> = None;
+                let mut attempts = 0;
+                let result = loop {
+                    let written = self
+                        .store()
+                        .correct_memory(
+                            scope.clone(),
+                            memory_id,
+                            patch.clone(),
+                            reason.clone(),
+                            actor,
+                            model.as_deref(),
+                            embedding.as_ref(),
+                        )
+                        .await?;
+                    match written {
+                        Correction::Done(result) => break *result,
+                        Correction::Embed(_) if attempts >= CORRECTION_ATTEMPTS => {
+                            return Err(Error::Unavailable(
+                                "the memory kept changing while its correction was embedded; retry"
+                                    .into(),
+                            ));
+                        }
+                        Correction::Embed(text) => {
+                            attempts += 1;
+                            // Embedded outside the transaction: no lock is held while the model runs.
+                            let e = self.embeddings(std::slice::from_ref(&text)).await?.pop();
+                            embedding = e.map(|e| (text, e));
+                        }
+                    }
+                };
+                (scope, result)
+            }
+        };
+        if result.outcome != WriteOutcome::Duplicate {
+            self.changed(&scope).await;
+        }
+        Ok(result)
+    }
+
+    /// Forget by ids or selector; tombstoned scopes are invalidated, purged ones also leave Redis.
+    pub async fn forget(&self, cmd: Forget, actor: &str) -> Result<ForgetResult> {
+        let mode = cmd.mode;
+        let (result, touched) = self.store().forget(cmd, actor).await?;
+        for scope in &touched {
+            match mode {
+                ForgetMode::Tombstone => self.changed(scope).await,
+                ForgetMode::Purge => self.purged(scope).await,
+            }
+        }
+        Ok(result)
+    }
+
+    /// Ingest: store the messages as episodes (durable and queued in one statement); with
+    /// `wait`, poll until they are extracted or dead-lettered, or the deadline passes.
+    pub async fn ingest(
+        &self,
+        cmd: Ingest,
+        wait: Option<Duration>,
+    ) -> Result<(Vec<Ingested>, ExtractionWait)> {
+        let scope = cmd.scope.clone();
+        let count = cmd.messages.len() as u64;
+        let ingested = self.store().ingest(cmd).await?;
+        let new = ingested.iter().filter(|i| !i.duplicate).count() as u64;
+        metrics::counter!("memoire_ingested_messages_total").increment(count);
+        metrics::counter!("memoire_ingested_duplicates_total").increment(count - new);
+        if new > 0 {
+            // The session's recent turns changed.
+            self.changed(&scope).await;
+        }
+        let state = match wait {
+            // Retried messages count too: the caller waits for what it sent.
+            Some(deadline) => {
+                let ids: Vec<Uuid> = ingested.iter().map(|i| i.episode_id).collect();
+                self.wait_for_extraction(scope.tenant_id, &ids, deadline)
+                    .await?
+            }
+            None => ExtractionWait::Queued,
+        };
+        Ok((ingested, state))
+    }
+
+    /// Polls until every episode of `ids` is extracted or dead-lettered, or `deadline` passes.
+    async fn wait_for_extraction(
+        &self,
+        tenant: Uuid,
+        ids: &[Uuid],
+        deadline: Duration,
+    ) -> Result<ExtractionWait> {
+        let until = tokio::time::Instant::now() + deadline;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            match self.store().extraction_progress(tenant, ids).await? {
+                (0, 0) => return Ok(ExtractionWait::Completed),
+                (0, _) => return Ok(ExtractionWait::Failed),
+                _ => {}
+            }
+            if tokio::time::Instant::now() + pause > until {
+                return Ok(ExtractionWait::TimedOut);
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    /// Conscious: the working memory of a user+namespace (and session) — from Redis when it holds
+    /// the current generation, else rebuilt from Postgres (and cached) — packed under `budget`.
+    pub async fn conscious(
+        &self,
+        scope: &Scope,
+        session: Option<&str>,
+        budget: usize,
+        tokenizer: &str,
+    ) -> Result<(ConsciousView, Packed, ConsciousSource)> {
+        let counter = Tiktoken::named("tokenizer", tokenizer)?;
+        let settings = &self.settings().conscious;
+        let now = self.store().now();
+        let (cached, ticket) = match &self.inner.conscious {
+            Some(c) => c.get(scope, session).await,
+            None => (None, None),
+        };
+        let (view, source) = match cached {
+            Some(mut view) => {
+                // Time passes inside a cached entry too.
+                view.essential
+                    .retain(|m| m.expires_at.is_none_or(|t| t > now));
+                let since = now - settings.session_ttl;
+                view.recent.retain(|e| e.occurred_at > since);
+                metrics::counter!("memoire_cache_requests_total", "cache" => "conscious", "result" => "hit").increment(1);
+                (view, ConsciousSource::Redis)
+            }
+            None => {
+                metrics::counter!("memoire_cache_requests_total", "cache" => "conscious", "result" => "miss").increment(1);
+                let view = self
+                    .store()
+                    .conscious_view(scope, session, settings, now)
+                    .await?;
+                if let (Some(c), Some(ticket)) = (&self.inner.conscious, ticket) {
+                    c.put(ticket, &view, settings.cache_ttl).await;
+                }
+                (view, ConsciousSource::Postgres)
+            }
+        };
+        let packed = memoire_core::conscious::pack(&view.essential, &view.recent, budget, &counter);
+        Ok((view, packed, source))
+    }
+
+    /// One memory of the tenant.
+    pub async fn get_memory(&self, tenant: Uuid, id: Uuid) -> Result<Memory> {
+        self.store().get_memory(tenant, id).await
+    }
+
+    /// A page of memories, and the cursor of the next one.
+    pub async fn list_memories(
+        &self,
+        q: &ListMemories,
+    ) -> Result<(Vec<Memory>, Option<ListCursor>)> {
+        self.store().list_memories(q).await
+    }
+
+    /// A memory's versions, oldest first.
+    pub async fn history(&self, tenant: Uuid, id: Uuid) -> Result<Vec<MemoryVersion>> {
+        self.store().history(tenant, id).await
+    }
+}
