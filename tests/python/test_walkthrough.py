@@ -1,9 +1,9 @@
-"""Runs the README's grpcurl walkthrough, command by command, with a reflection-only client.
+"""Runs the grpcurl walkthrough of docs/walkthrough.md, command by command, with a reflection-only client.
 
-The README is the script: each `grpcurl` command of its "grpcurl walkthrough" section is parsed
+docs/walkthrough.md is the script: each `grpcurl` command of its "grpcurl walkthrough" section is parsed
 (flags, `-d` body or here-document, target, method, `| jq -r PATH` capture) and executed with the
 same JSON. A `# => {...}` line after a command must be a subset of its reply; `# expect: Code`
-means the command must fail with that status. So the README cannot drift from what the server does.
+means the command must fail with that status. So docs/walkthrough.md cannot drift from what the server does.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+WALKTHROUGH = Path(__file__).resolve().parents[2] / "docs" / "walkthrough.md"
 
 
 @dataclass
@@ -33,8 +33,8 @@ class Command:
 
 
 def walkthrough_lines() -> list[tuple[int, str]]:
-    lines = README.read_text().splitlines()
-    start = next(i for i, l in enumerate(lines) if l.strip() == "## grpcurl walkthrough")
+    lines = WALKTHROUGH.read_text().splitlines()
+    start = next(i for i, l in enumerate(lines) if l.strip() == "# grpcurl walkthrough")
     out, in_block = [], False
     for i in range(start + 1, len(lines)):
         l = lines[i]
@@ -75,7 +75,7 @@ def parse() -> tuple[dict[str, str], list[Command]]:
             k, v = s.split("=", 1)
             assignments[k] = v
             continue
-        assert s.startswith("grpcurl "), f"README line {n}: not a grpcurl command: {l}"
+        assert s.startswith("grpcurl "), f"docs/walkthrough.md line {n}: not a grpcurl command: {l}"
         jq = None
         if "| jq -r " in s:
             s, jq = s.split("| jq -r ", 1)
@@ -108,7 +108,7 @@ def expand(text: str, env: dict[str, str]) -> str:
 
 
 def jq_path(doc: dict, path: str):
-    """The `jq -r` subset the README uses: `.a.b`, `.a[0].b`."""
+    """The `jq -r` subset docs/walkthrough.md uses: `.a.b`, `.a[0].b`."""
     cur = doc
     for part in path.lstrip(".").split("."):
         m = re.match(r"^(\w+)(?:\[(\d+)\])?$", part)
@@ -173,12 +173,12 @@ def test_the_readme_walkthrough_runs_as_written(server):
             try:
                 reply = client.call(method, body, metadata=headers)
             except grpc.RpcError as e:
-                assert cmd.expect_code, f"README line {cmd.line}: {method} failed: {e.code()} {e.details()}"
-                assert code_name(e.code()) == cmd.expect_code, f"README line {cmd.line}: {e.code()} {e.details()}"
+                assert cmd.expect_code, f"docs/walkthrough.md line {cmd.line}: {method} failed: {e.code()} {e.details()}"
+                assert code_name(e.code()) == cmd.expect_code, f"docs/walkthrough.md line {cmd.line}: {e.code()} {e.details()}"
                 continue
-            assert not cmd.expect_code, f"README line {cmd.line}: {method} should fail with {cmd.expect_code}, got {reply}"
+            assert not cmd.expect_code, f"docs/walkthrough.md line {cmd.line}: {method} should fail with {cmd.expect_code}, got {reply}"
             if cmd.expect_reply is not None:
-                assert is_subset(cmd.expect_reply, reply), f"README line {cmd.line}: {reply} does not contain {cmd.expect_reply}"
+                assert is_subset(cmd.expect_reply, reply), f"docs/walkthrough.md line {cmd.line}: {reply} does not contain {cmd.expect_reply}"
             if cmd.capture:
                 env[cmd.capture] = str(jq_path(reply, cmd.jq))
     finally:
@@ -190,4 +190,4 @@ def test_the_readme_walkthrough_runs_as_written(server):
         "memoire.v1.AdminService/" + m
         for m in ["CreateTenant", "ListTenants", "CreateApiKey", "ListApiKeys", "RevokeApiKey", "GetStats"]
     }
-    assert implemented <= methods_run, f"not in the README walkthrough: {sorted(implemented - methods_run)}"
+    assert implemented <= methods_run, f"not in docs/walkthrough.md: {sorted(implemented - methods_run)}"
