@@ -271,6 +271,17 @@ pub async fn run_worker(
     let _ = ops.await;
     Ok(())
 }
+/// A binary's start: its configuration from `flags` (an invalid one is printed, prefixed with
+/// `binary`, and becomes exit code 2), then tracing.
+pub fn start(binary: &str, flags: &Flags) -> Result<Config, std::process::ExitCode> {
+    let config = Config::load(flags).map_err(|e| {
+        eprintln!("{binary}: {e}");
+        std::process::ExitCode::from(2)
+    })?;
+    init_tracing(&config);
+    Ok(config)
+}
+
 /// Installs the global `tracing` subscriber: the `log` filter (overridden by `RUST_LOG` when set),
 /// text or JSON lines on stderr. Call once per process.
 pub fn init_tracing(config: &Config) {

@@ -31,14 +31,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.flags) {
+    let config = match memoire_app::start("memoire-server", &cli.flags) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("memoire-server: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    memoire_app::init_tracing(&config);
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => {
             println!("{}", config.redacted());

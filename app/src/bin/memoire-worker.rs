@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use memoire_app::{Config, Flags};
+use memoire_app::Flags;
 
 /// Mémoire's background worker.
 #[derive(Debug, Parser)]
@@ -17,14 +17,10 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match Config::load(&cli.flags) {
+    let config = match memoire_app::start("memoire-worker", &cli.flags) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("memoire-worker: {e}");
-            return ExitCode::from(2);
-        }
+        Err(code) => return code,
     };
-    memoire_app::init_tracing(&config);
     match memoire_app::run_worker(config, memoire_app::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
