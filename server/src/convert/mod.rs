@@ -1,6 +1,9 @@
 //! Proto ⇄ domain conversions. Request conversions validate and name the offending field; the
 //! domain never sees a proto type.
 
+pub mod admin;
+pub mod memory;
+
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use memoire_core::command::ListCursor;
@@ -424,4 +427,3 @@ mod tests {
         assert!(forget_mode("mode", 7).is_err());
     }
 }
-pub mod memory;

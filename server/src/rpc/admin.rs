@@ -4,18 +4,17 @@
 use std::pin::Pin;
 
 use futures::Stream;
-use memoire_core::command::Principal;
 use memoire_core::model::KeyRole;
 use memoire_core::validate as v;
 use memoire_core::{Error, Result};
 use memoire_proto::v1 as pb;
 use memoire_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status, Streaming};
-use uuid::Uuid;
 
 use crate::AppState;
 use crate::auth::caller;
 use crate::convert;
+use crate::convert::admin::{dead_letter_cursor, target_tenant, tenant_name};
 use crate::error::{status, unimplemented};
 
 /// The admin service.
@@ -28,68 +27,6 @@ impl AdminSvc {
     /// An admin service over `state`.
     pub fn new(state: AppState) -> Self {
         AdminSvc { state }
-    }
-}
-
-/// The tenant an admin call acts on: the one named (which a tenant admin may only name if it is
-/// its own), or the caller's own when none is named.
-fn target_tenant(who: &Principal, requested: &str) -> Result<Uuid> {
-    let requested = if requested.is_empty() {
-        None
-    } else {
-        Some(v::uuid("tenant_id", requested)?)
-    };
-    match (who.tenant_id, requested) {
-        (Some(own), Some(t)) if own != t => Err(Error::PermissionDenied(
-            "a tenant's admin key can only manage its own tenant".into(),
-        )),
-        (Some(own), _) => Ok(own),
-        (None, Some(t)) => Ok(t),
-        (None, None) => Err(Error::invalid(
-            "tenant_id",
-            "is required with the bootstrap admin key",
-        )),
-    }
-}
-
-fn tenant_name(name: &str) -> Result<String> {
-    if name.is_empty() || name.len() > 64 {
-        return Err(Error::invalid("name", "must be 1 to 64 characters"));
-    }
-    if !name
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-    {
-        return Err(Error::invalid(
-            "name",
-            "may contain only ASCII letters, digits, '-', '_' and '.'",
-        ));
-    }
-    Ok(name.to_owned())
-}
-
-/// Dead-letter pages: the last item's creation time and id (the list is ordered by both).
-mod dead_letter_cursor {
-    use chrono::{DateTime, Utc};
-    use memoire_core::{Error, Result};
-    use uuid::Uuid;
-
-    pub fn encode(t: DateTime<Utc>, id: Uuid) -> String {
-        format!("{}_{id}", t.timestamp_micros())
-    }
-
-    pub fn decode(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>> {
-        if token.is_empty() {
-            return Ok(None);
-        }
-        let bad = || Error::invalid("page_token", "is not a token this list returned");
-        let (micros, id) = token.split_once('_').ok_or_else(bad)?;
-        let t = micros
-            .parse::<i64>()
-            .ok()
-            .and_then(DateTime::from_timestamp_micros)
-            .ok_or_else(bad)?;
-        Ok(Some((t, Uuid::parse_str(id).map_err(|_| bad())?)))
     }
 }
 

@@ -136,6 +136,52 @@ async fn pending(server: &TestServer, column: &str) -> anyhow::Result<i64> {
         .await?)
 }
 
+/// Teach at concurrency 1: one user, distinct facts (each embedded and resolved against the
+/// user's memories), reported in halves so that growth with the user's history shows.
+async fn teach(calls: usize) -> anyhow::Result<()> {
+    println!("ingest-bench: Teach over gRPC, concurrency 1, one user ({calls} calls)");
+    println!(
+        "{:<16} {:>8} {:>8} {:>8} {:>10}",
+        "calls", "p50 ms", "p95 ms", "p99 ms", "calls/s"
+    );
+    let server = TestServer::start_with(
+        |c| {
+            c.worker_embedded = false;
+            c.log = "warn".into();
+        },
+        None,
+    )
+    .await;
+    let (_, client) = server.tenant("bench", pb::KeyRole::Writer).await;
+    let mut m = client.memory();
+    for half in 0..2 {
+        let mut took = Vec::with_capacity(calls / 2);
+        let started = Instant::now();
+        for i in 0..calls / 2 {
+            let t = Instant::now();
+            m.teach(pb::TeachRequest {
+                user_id: "u".into(),
+                kind: pb::MemoryKind::Fact as i32,
+                content: format!("{} (note {})", message(half * calls + i), half * calls + i),
+                ..Default::default()
+            })
+            .await?;
+            took.push(t.elapsed());
+        }
+        let wall = started.elapsed().as_secs_f64();
+        took.sort();
+        println!(
+            "{:<16} {:>8.2} {:>8.2} {:>8.2} {:>10.1}",
+            format!("{}..{}", half * calls / 2, (half + 1) * calls / 2),
+            percentile(&took, 0.50),
+            percentile(&took, 0.95),
+            percentile(&took, 0.99),
+            took.len() as f64 / wall
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -169,6 +215,9 @@ async fn main() -> anyhow::Result<()> {
             report(label, batch, concurrency, &r);
         }
     }
+
+    println!();
+    teach(if quick { 200 } else { 1_000 }).await?;
 
     println!();
     println!("ingest-bench: extraction (rule extractor, local embedding model, one worker)");

@@ -81,7 +81,7 @@ fn memory_id(item: &pb::RecallItem) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn golden_set_meets_its_floors() {
     let golden: Golden =
-        serde_yaml::from_str(include_str!("../golden/recall.yaml")).expect("golden yaml");
+        serde_yaml::from_str(include_str!("../../golden/recall.yaml")).expect("golden yaml");
     let server = TestServer::start().await;
     let (_, client) = server.tenant("golden", pb::KeyRole::Writer).await;
     let mut m = client.memory();

@@ -1,0 +1,297 @@
+//! The store's SQL on its own, against real Postgres: the contracts the use-cases rely on and that
+//! an end-to-end test would only see indirectly — claims that hold rows across a model call, a
+//! correction that asks for a vector instead of writing a stale one, and the scopes writes report.
+
+use std::time::Duration;
+
+use memoire_core::command::{Ingest, MemoryPatch, NewEpisode, NewMemory};
+use memoire_core::embed::Embedding;
+use memoire_core::model::{Basis, ForgetMode, MemoryKind, MessageRole, Scope};
+use memoire_store::{Correction, JobScope, RetryPolicy, VectorTable};
+use memoire_tests::TestServer;
+
+fn vector(x: f32) -> Vec<f32> {
+    let mut v = vec![0.0; 384];
+    v[0] = x;
+    v[1] = (1.0 - x * x).max(0.0).sqrt();
+    v
+}
+
+async fn scope(server: &TestServer) -> Scope {
+    let tenant = server.store.create_tenant("t").await.expect("tenant");
+    Scope {
+        tenant_id: tenant.id,
+        user_id: "u".into(),
+        namespace: "default".into(),
+    }
+}
+
+async fn ingest(server: &TestServer, scope: &Scope, n: usize) {
+    server
+        .store
+        .ingest(Ingest {
+            scope: scope.clone(),
+            session_id: "s".into(),
+            messages: (0..n)
+                .map(|i| NewEpisode {
+                    role: MessageRole::User,
+                    name: None,
+                    content: format!("turn {i}"),
+                    message_id: Some(format!("m{i}")),
+                    occurred_at: None,
+                })
+                .collect(),
+        })
+        .await
+        .expect("ingest");
+}
+
+fn no_worker(c: &mut memoire_config::Config) {
+    c.worker_embedded = false;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedding_claim_hides_its_rows_and_dead_letters_after_the_last_attempt() {
+    let server = TestServer::start_with(no_worker, None).await;
+    let scope = scope(&server).await;
+    ingest(&server, &scope, 3).await;
+    let store = &server.store;
+    let policy = RetryPolicy {
+        max_attempts: 2,
+        base_delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+    };
+
+    let first = store
+        .claim_unembedded(2)
+        .await
+        .expect("claim")
+        .expect("rows");
+    assert_eq!(first.texts().len(), 2);
+    // Held rows are skipped by a second claimer.
+    let second = store
+        .claim_unembedded(10)
+        .await
+        .expect("claim")
+        .expect("rows");
+    assert_eq!(second.texts(), vec!["turn 2".to_owned()]);
+    let written = second
+        .complete(vec![vector(1.0)], "m")
+        .await
+        .expect("complete");
+    assert_eq!(written, 1);
+
+    first.fail("model down", &policy).await.expect("fail");
+    let again = store
+        .claim_unembedded(10)
+        .await
+        .expect("claim")
+        .expect("retried");
+    assert_eq!(again.texts().len(), 2, "a failed attempt returns the rows");
+    again.fail("model down", &policy).await.expect("fail");
+    assert!(
+        store.claim_unembedded(10).await.expect("claim").is_none(),
+        "out of attempts: dead-lettered, not claimable"
+    );
+    let letters = store
+        .list_dead_letters(scope.tenant_id, 10, None)
+        .await
+        .expect("dead letters");
+    assert_eq!(letters.len(), 2);
+    assert!(letters.iter().all(|d| d.job == "embed"), "{letters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_that_changes_the_text_asks_for_its_vector_and_writes_nothing_until_given() {
+    let server = TestServer::start_with(no_worker, None).await;
+    let scope = scope(&server).await;
+    let store = &server.store;
+    let created = store
+        .create_memory(
+            scope.clone(),
+            NewMemory {
+                kind: MemoryKind::Fact,
+                content: "Lives in Lisbon".into(),
+                slot: None,
+                subject: None,
+                tags: vec![],
+                importance: 0.5,
+                confidence: 1.0,
+                pinned: false,
+                expires_at: None,
+                source_episode_ids: vec![],
+            },
+            false,
+            None,
+            Basis::Teach,
+            "test",
+            Some(Embedding {
+                vector: vector(1.0),
+                model: "m".into(),
+            }),
+        )
+        .await
+        .expect("create");
+    let id = created.memory.id;
+    let patch = MemoryPatch {
+        content: Some("Lives in Porto".into()),
+        ..Default::default()
+    };
+    let asked = store
+        .correct_memory(
+            scope.clone(),
+            id,
+            patch.clone(),
+            None,
+            "test",
+            Some("m"),
+            None,
+        )
+        .await
+        .expect("correct");
+    let Correction::Embed(text) = asked else {
+        panic!("expected a request for a vector, got {asked:?}");
+    };
+    assert_eq!(text, "Lives in Porto");
+    let unchanged = store.get_memory(scope.tenant_id, id).await.expect("get");
+    assert_eq!(
+        (unchanged.content.as_str(), unchanged.version),
+        ("Lives in Lisbon", 1)
+    );
+
+    // A vector of another text is refused the same way.
+    let stale = (
+        "Lives in Braga".to_owned(),
+        Embedding {
+            vector: vector(0.5),
+            model: "m".into(),
+        },
+    );
+    let asked = store
+        .correct_memory(
+            scope.clone(),
+            id,
+            patch.clone(),
+            None,
+            "test",
+            Some("m"),
+            Some(&stale),
+        )
+        .await
+        .expect("correct");
+    assert!(matches!(asked, Correction::Embed(_)), "{asked:?}");
+
+    let right = (
+        text,
+        Embedding {
+            vector: vector(0.2),
+            model: "m".into(),
+        },
+    );
+    let done = store
+        .correct_memory(
+            scope.clone(),
+            id,
+            patch,
+            None,
+            "test",
+            Some("m"),
+            Some(&right),
+        )
+        .await
+        .expect("correct");
+    let Correction::Done(result) = done else {
+        panic!("expected the correction written, got {done:?}");
+    };
+    assert_eq!(
+        (result.memory.content.as_str(), result.memory.version),
+        ("Lives in Porto", 2)
+    );
+
+    // Changing what is not embedded needs no vector.
+    let pin = MemoryPatch {
+        pinned: Some(true),
+        ..Default::default()
+    };
+    let done = store
+        .correct_memory(scope.clone(), id, pin, None, "test", Some("m"), None)
+        .await
+        .expect("correct");
+    assert!(matches!(done, Correction::Done(_)), "{done:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_report_the_scopes_they_changed() {
+    let server = TestServer::start_with(no_worker, None).await;
+    let scope = scope(&server).await;
+    let store = &server.store;
+    for content in ["Likes tea", "Likes chess"] {
+        store
+            .create_memory(
+                scope.clone(),
+                NewMemory {
+                    kind: MemoryKind::Preference,
+                    content: content.into(),
+                    slot: None,
+                    subject: None,
+                    tags: vec![],
+                    importance: 0.5,
+                    confidence: 1.0,
+                    pinned: false,
+                    expires_at: None,
+                    source_episode_ids: vec![],
+                },
+                false,
+                None,
+                Basis::Teach,
+                "test",
+                None,
+            )
+            .await
+            .expect("create");
+    }
+    // Re-embed's claim: both memories lack a vector of model "m"; they belong to one scope.
+    let claim = store
+        .claim_stale_vectors(VectorTable::Memories, "m", &JobScope::default(), 10)
+        .await
+        .expect("claim")
+        .expect("rows");
+    assert_eq!(claim.texts().len(), 2);
+    let (n, changed) = claim
+        .complete(vec![vector(1.0), vector(0.5)], "m")
+        .await
+        .expect("complete");
+    assert_eq!((n, changed), (2, vec![scope.clone()]));
+    assert!(
+        store
+            .claim_stale_vectors(VectorTable::Memories, "m", &JobScope::default(), 10)
+            .await
+            .expect("claim")
+            .is_none()
+    );
+
+    let (result, touched) = store
+        .forget(
+            memoire_core::command::Forget {
+                tenant_id: scope.tenant_id,
+                target: memoire_core::command::ForgetTarget::Selector(
+                    memoire_core::command::ForgetSelector {
+                        user_id: "u".into(),
+                        namespace: None,
+                        slot: None,
+                        kind: None,
+                        session_id: None,
+                        before: None,
+                    },
+                ),
+                mode: ForgetMode::Tombstone,
+                dry_run: false,
+                reason: None,
+            },
+            "test",
+        )
+        .await
+        .expect("forget");
+    assert_eq!(result.memories, 2);
+    assert_eq!(touched, vec![scope]);
+}
