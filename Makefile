@@ -1,5 +1,7 @@
 # The commands the README and CI use. `make run` and `make test` set up what is missing first.
-.PHONY: setup run test bench bench-recall bench-ingest bench-conscious bench-sdk python-sdk build release lint fmt migrate check-config
+EVAL_DATA ?= ../shared/data/locomo-dev
+
+.PHONY: setup run test eval bench bench-recall bench-ingest bench-conscious bench-sdk python-sdk build release lint fmt migrate check-config
 
 MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
 export MEMOIRE_ADMIN_KEY
@@ -13,6 +15,11 @@ run: setup release
 
 test:
 	@scripts/test.sh
+
+# Recall quality on long conversations through the gRPC API, beside BM25 / dense / RRF baselines
+# computed in the same run (not part of `make test`; needs the LoCoMo-format data in EVAL_DATA).
+eval: setup
+	cargo run --release --locked -p memoire-tests --bin eval -- $(EVAL_DATA)
 
 # Benchmarks run in release against the set-up services; they print p50/p95/p99 and throughput.
 bench: bench-ingest bench-conscious bench-recall

@@ -56,6 +56,8 @@ pub fn usecase_settings(
                     Fusion::Rrf => memoire_core::recall::Fusion::Rrf,
                 },
                 subject: config.recall_subject_weight,
+                context: config.recall_context_weight,
+                speaker: config.recall_speaker_weight,
                 text: config.recall_text_weight,
                 vector: config.recall_vector_weight,
                 rrf_k: config.recall_rrf_k,
@@ -69,7 +71,8 @@ pub fn usecase_settings(
                 dims: config.embedding_dims,
                 exact_search_max_scope: config.recall_exact_search_max_scope,
             },
-            candidates: config.recall_candidates,
+            // At least the largest k, so that the pool is the same for every request.
+            candidates: config.recall_candidates.max(config.max_k),
             min_confidence: config.decay_floor,
         },
         conscious: ConsciousSettings {

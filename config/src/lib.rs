@@ -99,7 +99,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "recall_candidates",
-        "candidates taken from each of full-text and vector search before fusion",
+        "candidates taken from each of full-text and vector search before fusion (at least max_k: the pool never depends on k)",
     ),
     (
         "recall_fusion",
@@ -116,6 +116,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
     (
         "recall_vector_weight",
         "weight of vector (cosine) relevance in fusion",
+    ),
+    (
+        "recall_speaker_weight",
+        "boost of a conversation turn whose speaker the query names: x(1 + w)",
+    ),
+    (
+        "recall_context_weight",
+        "weight of an episode's neighbouring turns' relevance (its context) in its score",
     ),
     (
         "recall_rrf_k",
@@ -379,6 +387,8 @@ pub struct Config {
     pub recall_subject_weight: f32,
     pub recall_text_weight: f32,
     pub recall_vector_weight: f32,
+    pub recall_context_weight: f32,
+    pub recall_speaker_weight: f32,
     pub recall_rrf_k: f32,
     pub recall_importance_weight: f32,
     pub recall_confidence_weight: f32,
@@ -461,8 +471,10 @@ impl Default for Config {
             recall_candidates: 50,
             recall_fusion: Fusion::Weighted,
             recall_subject_weight: 0.3,
-            recall_text_weight: 0.5,
-            recall_vector_weight: 0.5,
+            recall_text_weight: 0.35,
+            recall_vector_weight: 0.65,
+            recall_context_weight: 0.4,
+            recall_speaker_weight: 0.2,
             recall_rrf_k: 60.0,
             recall_importance_weight: 0.2,
             recall_confidence_weight: 1.0,
@@ -773,6 +785,8 @@ impl Config {
             ("recall_confidence_weight", self.recall_confidence_weight),
             ("recall_recency_weight", self.recall_recency_weight),
             ("recall_subject_weight", self.recall_subject_weight.min(1.0)),
+            ("recall_context_weight", self.recall_context_weight),
+            ("recall_speaker_weight", self.recall_speaker_weight),
         ] {
             if !(w.is_finite() && (0.0..=10.0).contains(&w)) {
                 bad(key, format!("is {w}; it must be between 0 and 10"));

@@ -54,6 +54,22 @@ pub fn memory_text(content: &str, subject: Option<&str>, slot: Option<&str>) -> 
     text
 }
 
+/// The text an episode is searched by, in full text and by vector: who said it and when are part
+/// of it, so that "what did Caroline say in May?" meets Caroline's turns of that month —
+/// `[8 May 2023] Caroline: …` (the date in UTC; without a name, the date alone). Migration 0006
+/// renders the same text in SQL for episodes stored before it.
+pub fn episode_text(
+    name: Option<&str>,
+    occurred_at: chrono::DateTime<chrono::Utc>,
+    content: &str,
+) -> String {
+    let date = occurred_at.format("%-d %B %Y");
+    match name.map(str::trim).filter(|n| !n.is_empty()) {
+        Some(name) => format!("[{date}] {name}: {content}"),
+        None => format!("[{date}] {content}"),
+    }
+}
+
 /// Cosine similarity of two vectors (0 when either is zero or lengths differ).
 pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     if a.len() != b.len() {
@@ -87,6 +103,19 @@ mod tests {
             "Likes tea. Dana"
         );
         assert_eq!(memory_text("x", None, None), "x");
+    }
+
+    #[test]
+    fn episode_text_names_the_speaker_and_the_day() {
+        let at = chrono::DateTime::parse_from_rfc3339("2023-05-08T13:56:00Z")
+            .unwrap()
+            .to_utc();
+        assert_eq!(
+            episode_text(Some("Caroline"), at, "Hi Mel!"),
+            "[8 May 2023] Caroline: Hi Mel!"
+        );
+        assert_eq!(episode_text(Some(" "), at, "Hi"), "[8 May 2023] Hi");
+        assert_eq!(episode_text(None, at, "Hi"), "[8 May 2023] Hi");
     }
 
     #[test]

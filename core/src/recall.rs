@@ -59,6 +59,10 @@ pub struct Weights {
     pub half_life_days: f32,
     /// Penalty for memories about someone the query does not name.
     pub subject: f32,
+    /// Weight of an episode's neighbouring turns' relevance (its context) in its fused score.
+    pub context: f32,
+    /// Boost of an episode whose speaker the query names: × (1 + w).
+    pub speaker: f32,
 }
 
 impl Default for Weights {
@@ -73,11 +77,33 @@ impl Default for Weights {
             recency: 0.01,
             half_life_days: 30.0,
             subject: 0.3,
+            context: 0.0,
+            speaker: 0.0,
         }
     }
 }
 
 /// Whether a memory about `subject` is about someone the query does not name.
+/// Whether `name` appears in the query as a word of its own (case-insensitive).
+fn names(query_words: &[String], name: Option<&str>) -> bool {
+    let Some(name) = name.map(str::trim).filter(|n| !n.is_empty()) else {
+        return false;
+    };
+    let name: Vec<String> = words(name);
+    !name.is_empty()
+        && query_words
+            .windows(name.len())
+            .any(|w| w == name.as_slice())
+}
+
+/// Lowercase alphanumeric words.
+fn words(s: &str) -> Vec<String> {
+    s.split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+        .map(str::to_lowercase)
+        .collect()
+}
+
 fn about_someone_else(subject: Option<&str>, query_lower: &str) -> bool {
     match subject.map(str::trim).filter(|s| !s.is_empty()) {
         None => false,
@@ -135,14 +161,19 @@ impl Item {
 pub struct Candidate {
     /// The item.
     pub item: Item,
-    /// 1-based rank among full-text candidates.
+    /// 1-based rank among full-text candidates (`None`: not among the best; the score is still
+    /// its real one).
     pub text_rank: Option<u32>,
-    /// BM25 score (raw).
+    /// BM25 score (raw; 0 when no query term matches).
     pub text_score: f32,
-    /// 1-based rank among vector candidates.
+    /// 1-based rank among vector candidates (`None`: not among the nearest; the score is still
+    /// its real one).
     pub vector_rank: Option<u32>,
-    /// Cosine similarity.
+    /// Cosine similarity (0 without a vector of the model).
     pub vector_score: f32,
+    /// For an episode: the turns said just before and after it in its session (those that are
+    /// candidates too lend it their relevance as context).
+    pub neighbours: Vec<Uuid>,
 }
 
 /// The components of a final score.
@@ -156,8 +187,10 @@ pub struct Explain {
     pub vector_score: f32,
     /// Vector rank (0: absent).
     pub vector_rank: u32,
-    /// Normalized RRF relevance.
+    /// Fused relevance: text and vector, with the neighbouring turns' context (0..1).
     pub fused: f32,
+    /// For an episode: the best relevance among its neighbouring turns.
+    pub context: f32,
     /// Importance used.
     pub importance: f32,
     /// Recency (0..1).
@@ -190,19 +223,42 @@ pub fn rank(
     min_score: Option<f32>,
     k: usize,
 ) -> Vec<Scored> {
-    let best_text = candidates
-        .iter()
-        .filter(|c| c.text_rank.is_some())
-        .map(|c| c.text_score)
-        .fold(0f32, f32::max);
+    let best_text = candidates.iter().map(|c| c.text_score).fold(0f32, f32::max);
     let query_lower = query.to_lowercase();
+    let query_words = words(query);
     let norm = match w.fusion {
         Fusion::Rrf => (w.text + w.vector) * rrf(w.rrf_k, Some(1)),
         Fusion::Weighted => w.text + w.vector,
     };
+    // Relevance from the candidate's own text and vector scores.
+    let relevance: Vec<f32> = candidates
+        .iter()
+        .map(|c| {
+            let text_norm = if best_text > 0.0 {
+                c.text_score.max(0.0) / best_text
+            } else {
+                0.0
+            };
+            let raw = match w.fusion {
+                Fusion::Rrf => {
+                    w.text * rrf(w.rrf_k, c.text_rank) + w.vector * rrf(w.rrf_k, c.vector_rank)
+                }
+                // Real scores, whether or not the candidate ranked among a side's best: the store
+                // scores every candidate on both sides.
+                Fusion::Weighted => w.text * text_norm + w.vector * c.vector_score.max(0.0),
+            };
+            if norm > 0.0 { raw / norm } else { 0.0 }
+        })
+        .collect();
+    let by_id: std::collections::HashMap<Uuid, f32> = candidates
+        .iter()
+        .zip(&relevance)
+        .map(|(c, r)| (c.item.id(), *r))
+        .collect();
     let mut scored: Vec<Scored> = candidates
         .into_iter()
-        .map(|c| {
+        .zip(relevance)
+        .map(|(c, relevance)| {
             let (importance, confidence, at, subject) = match &c.item {
                 Item::Memory(m) => (
                     m.importance,
@@ -212,24 +268,21 @@ pub fn rank(
                 ),
                 Item::Episode(e) => (0.5, 1.0, e.occurred_at, None),
             };
-            let text_norm = match (c.text_rank, best_text > 0.0) {
-                (Some(_), true) => c.text_score / best_text,
-                _ => 0.0,
+            let text_norm = if best_text > 0.0 {
+                c.text_score.max(0.0) / best_text
+            } else {
+                0.0
             };
-            let raw = match w.fusion {
-                Fusion::Rrf => {
-                    w.text * rrf(w.rrf_k, c.text_rank) + w.vector * rrf(w.rrf_k, c.vector_rank)
-                }
-                Fusion::Weighted => {
-                    let v = if c.vector_rank.is_some() {
-                        c.vector_score.max(0.0)
-                    } else {
-                        0.0
-                    };
-                    w.text * text_norm + w.vector * v
-                }
+            let context = c
+                .neighbours
+                .iter()
+                .filter_map(|n| by_id.get(n))
+                .fold(0f32, |a, b| a.max(*b));
+            let fused = (relevance + w.context * context) / (1.0 + w.context.max(0.0));
+            let speaker_factor = match &c.item {
+                Item::Episode(e) if names(&query_words, e.name.as_deref()) => 1.0 + w.speaker,
+                _ => 1.0,
             };
-            let fused = if norm > 0.0 { raw / norm } else { 0.0 };
             let subject_factor = if about_someone_else(subject, &query_lower) {
                 1.0 - w.subject
             } else {
@@ -241,6 +294,7 @@ pub fn rank(
                 * (1.0 + w.importance * (importance - 0.5))
                 * confidence.max(0.0).powf(w.confidence)
                 * subject_factor
+                * speaker_factor
                 + w.recency * recency;
             Scored {
                 explain: Explain {
@@ -249,6 +303,7 @@ pub fn rank(
                     vector_score: c.vector_score,
                     vector_rank: c.vector_rank.unwrap_or(0),
                     fused,
+                    context,
                     importance,
                     recency,
                     confidence,
@@ -422,14 +477,110 @@ mod tests {
         }
     }
 
+    /// A candidate found by the searches whose ranks are given (and not matching the others).
     fn cand(m: Memory, text_rank: Option<u32>, vector_rank: Option<u32>) -> Candidate {
         Candidate {
             item: Item::Memory(Box::new(m)),
             text_rank,
-            text_score: 1.0,
+            text_score: if text_rank.is_some() { 1.0 } else { 0.0 },
             vector_rank,
-            vector_score: 0.5,
+            vector_score: if vector_rank.is_some() { 0.5 } else { 0.0 },
+            neighbours: Vec::new(),
         }
+    }
+
+    fn episode(id: u128, name: &str, text: f32, vector: f32, neighbours: &[u128]) -> Candidate {
+        let at = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        Candidate {
+            item: Item::Episode(Box::new(EpisodeHit {
+                id: Uuid::from_u128(id),
+                user_id: "u".into(),
+                namespace: "default".into(),
+                session_id: "s".into(),
+                role: MessageRole::User,
+                name: Some(name.into()),
+                content: format!("turn {id}"),
+                message_id: None,
+                occurred_at: at,
+                created_at: at,
+            })),
+            text_rank: None,
+            text_score: text,
+            vector_rank: None,
+            vector_score: vector,
+            neighbours: neighbours.iter().map(|n| Uuid::from_u128(*n)).collect(),
+        }
+    }
+
+    fn ids(items: &[Scored]) -> Vec<u128> {
+        items.iter().map(|s| s.item.id().as_u128()).collect()
+    }
+
+    #[test]
+    fn a_turn_after_a_relevant_one_gains_its_context() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        // 1 is the question that matches; 2 answers it; 3 matches a little on its own.
+        let cands = vec![
+            episode(1, "A", 1.0, 0.6, &[2]),
+            episode(2, "B", 0.0, 0.2, &[1, 4]),
+            episode(3, "B", 0.2, 0.3, &[]),
+            episode(4, "A", 0.0, 0.1, &[2]),
+        ];
+        let without = rank(cands.clone(), "q", &Weights::default(), now, None, 4);
+        assert_eq!(ids(&without)[1], 3);
+        let w = Weights {
+            context: 0.5,
+            ..Weights::default()
+        };
+        let with = rank(cands, "q", &w, now, None, 4);
+        assert_eq!(ids(&with)[..2], [1, 2]);
+        assert!(with[1].explain.context > 0.0);
+    }
+
+    #[test]
+    fn a_turn_whose_speaker_the_query_names_is_preferred() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        let cands = vec![
+            episode(1, "Ana", 0.5, 0.5, &[]),
+            episode(2, "Bo", 0.5, 0.5, &[]),
+        ];
+        let w = Weights {
+            speaker: 0.2,
+            ..Weights::default()
+        };
+        assert_eq!(
+            ids(&rank(cands.clone(), "what did bo say?", &w, now, None, 2)),
+            [2, 1]
+        );
+        // A name inside another word does not count.
+        assert_eq!(
+            ids(&rank(cands, "what about bonsai?", &w, now, None, 2)),
+            [1, 2]
+        );
+    }
+
+    #[test]
+    fn asking_for_more_never_reorders_the_first_items() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        let cands: Vec<Candidate> = (0..40u128)
+            .map(|i| {
+                episode(
+                    i,
+                    "A",
+                    (i % 7) as f32 / 7.0,
+                    (i % 5) as f32 / 5.0,
+                    &[(i + 1) % 40],
+                )
+            })
+            .collect();
+        let w = Weights {
+            context: 0.4,
+            speaker: 0.2,
+            ..Weights::default()
+        };
+        let ten = rank(cands.clone(), "a", &w, now, None, 10);
+        let all = rank(cands, "a", &w, now, None, 40);
+        assert_eq!(ids(&ten), ids(&all)[..10]);
     }
 
     #[test]

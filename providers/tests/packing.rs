@@ -31,6 +31,7 @@ proptest! {
             text_score: 1.0,
             vector_rank: Some((25 - i) as u32),
             vector_score: 0.5,
+            neighbours: Vec::new(),
         }).collect();
         let now = DateTime::from_timestamp(1_800_000_000, 0).expect("time");
         let items = rank(candidates, "q", &Weights::default(), now, None, 100);

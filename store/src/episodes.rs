@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use memoire_core::command::{Ingest, Ingested, NewMemory};
-use memoire_core::embed::Embedding;
+use memoire_core::embed::{Embedding, episode_text};
 use memoire_core::extract::{CandidateMemory, ExtractError, Extraction, KnownMemory, Turn};
 use memoire_core::model::{Basis, DeadLetter, MemoryKind, MessageRole, PiiMode, Scope, VersionOp};
 use memoire_core::pii;
@@ -224,6 +224,7 @@ impl PgStore {
         let mut out: Vec<Ingested> = Vec::with_capacity(cmd.messages.len());
         let (mut ids, mut roles, mut names, mut contents, mut message_ids, mut times) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut searched = vec![];
         for m in &cmd.messages {
             if let Some(mid) = &m.message_id
                 && let Some(first) = out
@@ -247,12 +248,15 @@ impl PgStore {
                 metrics::counter!("memoire_pii_scrubbed_total", "kind" => kind.as_str())
                     .increment(1);
             }
+            let at = m.occurred_at.unwrap_or(now);
+            let name = name.map(|n| n.text);
+            searched.push(episode_text(name.as_deref(), at, &content.text));
             ids.push(id);
             roles.push(m.role.as_str());
-            names.push(name.map(|n| n.text));
+            names.push(name);
             contents.push(content.text);
             message_ids.push(m.message_id.clone());
-            times.push(m.occurred_at.unwrap_or(now));
+            times.push(at);
             out.push(Ingested {
                 episode_id: id,
                 message_id: m.message_id.clone(),
@@ -261,10 +265,12 @@ impl PgStore {
         }
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO episodes (id, tenant_id, user_id, namespace, session_id, role, name, content, \
-               message_id, occurred_at, created_at) \
-             SELECT t.id, $1, $2, $3, $4, t.role, t.name, t.content, t.message_id, t.occurred_at, $11 \
-             FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[]) \
-               WITH ORDINALITY AS t(id, role, name, content, message_id, occurred_at, ord) \
+               message_id, occurred_at, created_at, tsv) \
+             SELECT t.id, $1, $2, $3, $4, t.role, t.name, t.content, t.message_id, t.occurred_at, $11, \
+               to_tsvector('english', t.searched) \
+             FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], \
+               $12::text[]) \
+               WITH ORDINALITY AS t(id, role, name, content, message_id, occurred_at, searched, ord) \
              ORDER BY t.ord \
              ON CONFLICT (tenant_id, user_id, namespace, message_id) WHERE message_id IS NOT NULL \
                DO NOTHING \
@@ -281,6 +287,7 @@ impl PgStore {
         .bind(&message_ids)
         .bind(&times)
         .bind(now)
+        .bind(&searched)
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
@@ -795,8 +802,9 @@ impl PgStore {
     pub async fn claim_unembedded(&self, batch: i64) -> Result<Option<EmbedClaim>> {
         let now = self.clock.now();
         let mut tx = self.pool.begin().await.map_err(db_error)?;
-        let rows: Vec<(Uuid, Uuid, String, i32)> = sqlx::query_as(
-            "SELECT id, tenant_id, content, embed_attempts FROM episodes \
+        #[allow(clippy::type_complexity)]
+        let rows: Vec<(Uuid, Uuid, String, i32, Option<String>, DateTime<Utc>)> = sqlx::query_as(
+            "SELECT id, tenant_id, content, embed_attempts, name, occurred_at FROM episodes \
              WHERE embedding IS NULL AND embed_dead_at IS NULL \
                AND (embed_after IS NULL OR embed_after <= $1) \
              ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
@@ -809,6 +817,17 @@ impl PgStore {
         if rows.is_empty() {
             return Ok(None);
         }
+        let rows = rows
+            .into_iter()
+            .map(|(id, tenant, content, attempts, name, at)| {
+                (
+                    id,
+                    tenant,
+                    episode_text(name.as_deref(), at, &content),
+                    attempts,
+                )
+            })
+            .collect();
         Ok(Some(EmbedClaim { tx, rows, now }))
     }
 
@@ -1066,7 +1085,7 @@ pub struct EmbedClaim {
 }
 
 impl EmbedClaim {
-    /// The episodes' texts, in order.
+    /// The episodes' texts (`core::embed::episode_text`), in order.
     pub fn texts(&self) -> Vec<String> {
         self.rows.iter().map(|r| r.2.clone()).collect()
     }

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use memoire_core::Result;
 use memoire_core::conscious::optimize_order;
-use memoire_core::embed::memory_text;
+use memoire_core::embed::{episode_text, memory_text};
 use memoire_core::model::{Basis, Memory, MessageRole, Scope, VersionOp};
 use memoire_core::summary::SessionTurn;
 use serde_json::json;
@@ -302,10 +302,13 @@ impl PgStore {
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         let (text_sql, stale) = match table {
             VectorTable::Memories => (
-                "content, subject, slot",
+                "content, subject, slot, NULL::timestamptz",
                 "status IN ('active', 'superseded') AND embedding_model IS DISTINCT FROM $1",
             ),
-            VectorTable::Episodes => ("content, NULL::text, NULL::text", "embedding_model <> $1"),
+            VectorTable::Episodes => (
+                "content, name, NULL::text, occurred_at",
+                "embedding_model <> $1",
+            ),
         };
         let sql = format!(
             "SELECT id, tenant_id, user_id, namespace, {text_sql} FROM {} \
@@ -323,6 +326,7 @@ impl PgStore {
             String,
             Option<String>,
             Option<String>,
+            Option<DateTime<Utc>>,
         )> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(model)
             .bind(f.tenant_id)
@@ -341,7 +345,10 @@ impl PgStore {
             ids: rows.iter().map(|r| r.0).collect(),
             texts: rows
                 .iter()
-                .map(|r| memory_text(&r.4, r.5.as_deref(), r.6.as_deref()))
+                .map(|r| match (table, r.7) {
+                    (VectorTable::Episodes, Some(at)) => episode_text(r.5.as_deref(), at, &r.4),
+                    _ => memory_text(&r.4, r.5.as_deref(), r.6.as_deref()),
+                })
                 .collect(),
             scopes: scopes(
                 rows.into_iter()

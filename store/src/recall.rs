@@ -248,14 +248,18 @@ fn has_filters(q: &RecallQuery) -> bool {
         || q.as_of.is_some()
 }
 
+/// BM25 scores of the scope's best documents for `q` — or, with `only`, of exactly those
+/// documents (statistics still over the whole scope), so that a candidate that vector search
+/// found gets its real text score too.
 async fn bm25(
     pool: &PgPool,
     table: Table,
     q: &RecallQuery,
     stats: ScopeStats,
     now: DateTime<Utc>,
+    only: Option<&[Uuid]>,
 ) -> Result<Vec<(Uuid, f32)>> {
-    if stats.docs == 0.0 || q.text.trim().is_empty() {
+    if stats.docs == 0.0 || q.text.trim().is_empty() || only.is_some_and(|o| o.is_empty()) {
         return Ok(Vec::new());
     }
     let mut b = QueryBuilder::<Postgres>::new(
@@ -301,16 +305,80 @@ async fn bm25(
         .push_bind(B)
         .push(" * p.dl / ")
         .push_bind(stats.avg_len.max(1.0))
-        .push(")))::float4 AS score FROM postings p JOIN df USING (lexeme) GROUP BY p.doc_id ORDER BY score DESC, p.doc_id");
+        .push(")))::float4 AS score FROM postings p JOIN df USING (lexeme)");
+    if let Some(only) = only {
+        b.push(" WHERE p.doc_id = ANY(")
+            .push_bind(only.to_vec())
+            .push(")");
+    }
+    b.push(" GROUP BY p.doc_id ORDER BY score DESC, p.doc_id");
     // Without filters only expiry can still drop a document: the best few suffice.
-    if !has_filters(q) {
+    if !has_filters(q) && only.is_none() {
         b.push(" LIMIT ").push_bind((q.candidates * 4) as i64);
     }
     b.push(") SELECT m.id, s.score");
     push_scope(&mut b, table, q, now, true);
-    b.push(" ORDER BY s.score DESC, m.id LIMIT ")
-        .push_bind(q.candidates as i64);
+    b.push(" ORDER BY s.score DESC, m.id");
+    if only.is_none() {
+        b.push(" LIMIT ").push_bind(q.candidates as i64);
+    }
     b.build_query_as().fetch_all(pool).await.map_err(db_error)
+}
+
+/// The turns said just before and just after each episode of `ids`, in its session (by time,
+/// then by the order of ingest): `(episode, neighbour)` pairs.
+async fn neighbours(pool: &PgPool, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let side = |cmp: &str, dir: &str| {
+        format!(
+            "SELECT c.id, x.id FROM c CROSS JOIN LATERAL (SELECT e.id FROM episodes e \
+               WHERE e.tenant_id = c.tenant_id AND e.user_id = c.user_id \
+                 AND e.namespace = c.namespace AND e.session_id = c.session_id \
+                 AND (e.occurred_at, e.seq) {cmp} (c.occurred_at, c.seq) \
+               ORDER BY e.occurred_at {dir}, e.seq {dir} LIMIT 1) x"
+        )
+    };
+    let sql = format!(
+        "WITH c AS (SELECT id, tenant_id, user_id, namespace, session_id, occurred_at, seq \
+           FROM episodes WHERE tenant_id = $1 AND id = ANY($2)) {} UNION ALL {}",
+        side("<", "DESC"),
+        side(">", "ASC")
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .bind(ids)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)
+}
+
+/// The cosine similarity of `vector` to each of `ids` that has a vector of the model.
+async fn cosines(
+    pool: &PgPool,
+    table: Table,
+    tenant_id: Uuid,
+    ids: &[Uuid],
+    vector: &[f32],
+    settings: &VectorSettings,
+) -> Result<Vec<(Uuid, f32)>> {
+    if ids.is_empty() || vector.len() != settings.dims as usize {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT id, (1 - (embedding <=> $3))::float4 FROM {} \
+         WHERE tenant_id = $1 AND id = ANY($2) AND embedding_model = $4",
+        table.name()
+    );
+    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .bind(ids)
+        .bind(Vector::from(vector.to_vec()))
+        .bind(&settings.model)
+        .fetch_all(pool)
+        .await
+        .map_err(db_error)
 }
 
 async fn nearest(
@@ -392,7 +460,7 @@ impl PgStore {
             .stats_cache
             .get(&self.pool, table, q, &vs.model)
             .await?;
-        let (text, near) = tokio::join!(bm25(&self.pool, table, q, stats, now), async {
+        let (text, near) = tokio::join!(bm25(&self.pool, table, q, stats, now, None), async {
             match vector {
                 Some(v) => nearest(&self.pool, table, q, v, vs, stats, now).await,
                 None => Ok(Vec::new()),
@@ -405,6 +473,48 @@ impl PgStore {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
+        // An episode's neighbouring turns are its context (an answer follows its question): they
+        // join the candidates, scored like the others, and fusion credits each turn with its
+        // neighbours' relevance.
+        let mut adjacent: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
+        // Not under a time filter: a neighbour may lie outside the window.
+        let unfiltered =
+            q.as_of.is_none() && q.created_after.is_none() && q.created_before.is_none();
+        if table == Table::Episodes && unfiltered {
+            for (id, n) in neighbours(&self.pool, q.tenant_id, &ids).await? {
+                adjacent.entry(id).or_default().push(n);
+            }
+            let mut more: Vec<Uuid> = adjacent.values().flatten().copied().collect();
+            more.sort();
+            more.dedup();
+            more.retain(|n| ids.binary_search(n).is_err());
+            ids.extend(more);
+            ids.sort();
+        }
+        // Every candidate gets both real scores: one that only one search ranked high is still
+        // scored for the other, so that fusion never counts a real similarity as 0 (and the
+        // order of the first items does not depend on how many were asked for).
+        let no_text: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !text.contains_key(id))
+            .copied()
+            .collect();
+        let no_vector: Vec<Uuid> = ids
+            .iter()
+            .filter(|id| !near.contains_key(id))
+            .copied()
+            .collect();
+        let (text_only, vector_only) = tokio::join!(
+            bm25(&self.pool, table, q, stats, now, Some(&no_text)),
+            async {
+                match vector {
+                    Some(v) => cosines(&self.pool, table, q.tenant_id, &no_vector, v, vs).await,
+                    None => Ok(Vec::new()),
+                }
+            }
+        );
+        let text_only: HashMap<Uuid, f32> = text_only?.into_iter().collect();
+        let vector_only: HashMap<Uuid, f32> = vector_only?.into_iter().collect();
         let items = match table {
             Table::Memories => self.hydrate_memories(q, &ids).await?,
             Table::Episodes => self.hydrate_episodes(q.tenant_id, &ids).await?,
@@ -416,12 +526,13 @@ impl PgStore {
                 let (text_rank, text_score) = text
                     .get(&id)
                     .map(|(r, s)| (Some(*r), *s))
-                    .unwrap_or((None, 0.0));
+                    .unwrap_or((None, text_only.get(&id).copied().unwrap_or(0.0)));
                 let (vector_rank, vector_score) = near
                     .get(&id)
                     .map(|(r, s)| (Some(*r), *s))
-                    .unwrap_or((None, 0.0));
+                    .unwrap_or((None, vector_only.get(&id).copied().unwrap_or(0.0)));
                 Candidate {
+                    neighbours: adjacent.remove(&id).unwrap_or_default(),
                     item,
                     text_rank,
                     text_score,

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod eval;
 pub mod fake_llm;
 
 use memoire_app::Listeners;

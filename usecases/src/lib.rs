@@ -43,7 +43,7 @@ pub struct RecallSettings {
     pub weights: Weights,
     /// Vector search settings.
     pub vectors: VectorSettings,
-    /// Candidates per search side.
+    /// Candidates per search side, whatever k is (at least the largest k).
     pub candidates: usize,
     /// The decay floor: memories below it are left out.
     pub min_confidence: f32,

@@ -56,8 +56,9 @@ impl UseCases {
     ) -> Result<Recalled> {
         let counter = Tiktoken::named("tokenizer", tokenizer)?;
         let s = &self.settings().recall;
-        // Enough candidates for k even when fusion reorders them.
-        query.candidates = s.candidates.max(k * 2);
+        // The same candidates whatever k is (the composition root makes the pool at least the
+        // largest k): the first items never depend on how many were asked for.
+        query.candidates = s.candidates.max(k);
         query.min_confidence = s.min_confidence;
         let tenant = query.tenant_id;
         let (vector, _cached) = self.inner.queries.embed(tenant, &query.text).await?;

@@ -316,6 +316,7 @@ pub fn recall_item(s: recall::Scored, explain: bool) -> pb::RecallItem {
             recency: e.recency,
             confidence: e.confidence,
             r#final: e.final_score,
+            context: e.context,
         }),
     }
 }

@@ -4,6 +4,7 @@
 //! (restarts Postgres) — stay binaries of their own, which cargo runs one after another.
 
 mod conscious;
+mod eval;
 mod foundation;
 mod ingest;
 mod maintenance;

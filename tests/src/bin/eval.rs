@@ -1,0 +1,102 @@
+//! `make eval`: recall quality on long conversations, through the real gRPC API, beside three
+//! baselines computed in the same run (see `memoire_tests::eval`).
+//!
+//! Usage: `eval [DATA_DIR] [--conversations N] [--dump FILE]`; the directory also comes from
+//! `MEMOIRE_EVAL_DATA` and defaults to `../shared/data/locomo-dev` next to the repository.
+//! `--dump` writes, per question, the 100 items Recall ranks first with their score components
+//! (JSON lines), for choosing fusion settings offline by cross-validation.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use memoire_tests::TestServer;
+use memoire_tests::eval;
+
+/// The value after `--name`.
+fn option(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+fn data_dir() -> PathBuf {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--")))
+        .map(|(_, a)| a.clone());
+    arg.map(PathBuf::from)
+        .or_else(|| std::env::var_os("MEMOIRE_EVAL_DATA").map(PathBuf::from))
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/locomo-dev")
+        })
+}
+
+fn pct(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let dir = data_dir();
+    if !dir.is_dir() {
+        eprintln!(
+            "eval: no evaluation data at {} — pass a directory of LoCoMo-format conversations \
+             (`make eval EVAL_DATA=…`, or MEMOIRE_EVAL_DATA); the development split lives in \
+             ../shared/data/locomo-dev",
+            dir.display()
+        );
+        std::process::exit(2);
+    }
+    let limit = option("--conversations").and_then(|n| n.parse::<usize>().ok());
+    let mut convs = eval::read_dir(&dir)?;
+    if let Some(n) = limit {
+        convs.truncate(n);
+    }
+    let questions: usize = convs.iter().map(|c| c.questions.len()).sum();
+    let turns: usize = convs.iter().map(|c| c.turns().count()).sum();
+    println!(
+        "eval: {} conversations, {turns} turns, {questions} questions (categories 1-4) from {}",
+        convs.len(),
+        dir.display()
+    );
+
+    let server = TestServer::start_with(|c| c.log = "warn".into(), None).await;
+    let mut file = match option("--dump") {
+        Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(&path)?)),
+        None => None,
+    };
+    let o = eval::evaluate(
+        &server,
+        &convs,
+        file.as_mut().map(|f| f as &mut dyn std::io::Write),
+    )
+    .await?;
+    println!(
+        "ingested and extracted in {:.1} s ({} memories)",
+        o.ingest_seconds, o.memories
+    );
+    println!();
+    print!(
+        "{}",
+        eval::report(&[
+            ("Recall, include_episodes (k=20)", &o.recall),
+            ("Recall, default flags (k=20)", &o.default),
+            ("baseline: Okapi BM25", &o.bm25),
+            ("baseline: MiniLM dense", &o.dense),
+            ("baseline: RRF(BM25, dense)", &o.rrf),
+        ])
+    );
+    println!(
+        "\nRecall latency (include_episodes, k=20, query embedding computed, c=1): p50 {:.1} ms, p95 {:.1} ms",
+        pct(&o.latencies, 0.5),
+        pct(&o.latencies, 0.95)
+    );
+    println!(
+        "k-stability: {} of {questions} questions had a different top 10 at k=100 than at k=10",
+        o.unstable
+    );
+    Ok(())
+}
