@@ -605,7 +605,7 @@ async fn wait_for_worker(server: &TestServer) -> anyhow::Result<()> {
 pub struct Outcome {
     /// Recall with `include_episodes`, k = 20.
     pub recall: Metrics,
-    /// Recall with no flags but k = 20 (what the SDK's `wrap()` asks).
+    /// Recall with no flags but k = 20 (what the SDK's `wrap()` asks; episodes unset).
     pub default: Metrics,
     /// Okapi BM25 over the rendered turns.
     pub bm25: Metrics,
@@ -679,7 +679,7 @@ pub async fn evaluate(
             dense.add(q, &ids(&dense_order));
             fused.add(q, &ids(&rrf(&[text_order, dense_order], docs.len())));
 
-            let ask = |k: u32, include_episodes: bool| pb::RecallRequest {
+            let ask = |k: u32, include_episodes: Option<bool>| pb::RecallRequest {
                 user_id: c.id.clone(),
                 query: q.text.clone(),
                 k,
@@ -688,15 +688,15 @@ pub async fn evaluate(
                 ..Default::default()
             };
             let t = Instant::now();
-            let reply = m.recall(ask(20, true)).await?.into_inner();
+            let reply = m.recall(ask(20, Some(true))).await?.into_inner();
             latencies.push(t.elapsed());
             let returned = turn_ids(&reply, &episodes);
             with_episodes.add(q, &returned);
-            let plain = m.recall(ask(20, false)).await?.into_inner();
+            let plain = m.recall(ask(20, None)).await?.into_inner();
             default.add(q, &turn_ids(&plain, &episodes));
             // Asking for more never reorders the first ones.
-            let ten = m.recall(ask(10, true)).await?.into_inner();
-            let hundred = m.recall(ask(100, true)).await?.into_inner();
+            let ten = m.recall(ask(10, Some(true))).await?.into_inner();
+            let hundred = m.recall(ask(100, Some(true))).await?.into_inner();
             let first = |r: &pb::RecallResponse, n: usize| -> Vec<String> {
                 r.items
                     .iter()
@@ -715,7 +715,7 @@ pub async fn evaluate(
                 let explained = m
                     .recall(pb::RecallRequest {
                         explain: true,
-                        ..ask(100, true)
+                        ..ask(100, Some(true))
                     })
                     .await?
                     .into_inner();

@@ -110,7 +110,7 @@ class _Api:
 
     def recall(self, query: str, *, user: Optional[str] = None, namespaces: Optional[Sequence[str]] = None,
                k: Optional[int] = None, token_budget: Optional[int] = None, tokenizer: Optional[str] = None,
-               filter: Optional[Mapping[str, Any]] = None, include_episodes: bool = False,
+               filter: Optional[Mapping[str, Any]] = None, include_episodes: Optional[bool] = None,
                explain: bool = False, timeout: Optional[float] = None) -> Any:
         f = dict(filter or {})
         if "kinds" in f:
@@ -121,7 +121,7 @@ class _Api:
         req = _drop_none({
             "user_id": user or self.user, "namespaces": self._namespaces(namespaces), "query": query,
             "k": k, "token_budget": token_budget, "tokenizer": tokenizer, "filter": f or None,
-            "include_episodes": include_episodes or None, "explain": explain or None,
+            "include_episodes": include_episodes, "explain": explain or None,
         })
         return self._call("Recall", req, timeout)
 

@@ -29,7 +29,7 @@ class Memoire(_Common):
                wait_timeout: Optional[float] = None, timeout: Optional[float] = None) -> _Reply: ...
     def recall(self, query: str, *, user: Optional[str] = None, namespaces: Optional[Sequence[str]] = None,
                k: Optional[int] = None, token_budget: Optional[int] = None, tokenizer: Optional[str] = None,
-               filter: Optional[Mapping[str, Any]] = None, include_episodes: bool = False,
+               filter: Optional[Mapping[str, Any]] = None, include_episodes: Optional[bool] = None,
                explain: bool = False, timeout: Optional[float] = None) -> _Reply: ...
     def conscious(self, *, user: Optional[str] = None, namespace: Optional[str] = None,
                   session_id: Optional[str] = None, token_budget: Optional[int] = None,
@@ -68,7 +68,7 @@ class AsyncMemoire(_Common):
                wait_timeout: Optional[float] = None, timeout: Optional[float] = None) -> Awaitable[_Reply]: ...
     def recall(self, query: str, *, user: Optional[str] = None, namespaces: Optional[Sequence[str]] = None,
                k: Optional[int] = None, token_budget: Optional[int] = None, tokenizer: Optional[str] = None,
-               filter: Optional[Mapping[str, Any]] = None, include_episodes: bool = False,
+               filter: Optional[Mapping[str, Any]] = None, include_episodes: Optional[bool] = None,
                explain: bool = False, timeout: Optional[float] = None) -> Awaitable[_Reply]: ...
     def conscious(self, *, user: Optional[str] = None, namespace: Optional[str] = None,
                   session_id: Optional[str] = None, token_budget: Optional[int] = None,

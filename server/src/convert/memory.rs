@@ -284,7 +284,7 @@ pub fn recall_request(
             created_before: convert::opt_time("filter.created_before", f.created_before.as_ref())?,
             as_of: convert::opt_time("filter.as_of", f.as_of.as_ref())?,
             include_superseded: f.include_superseded,
-            include_episodes: r.include_episodes,
+            include_episodes: r.include_episodes.unwrap_or(true),
             // Set by the use-case from its settings.
             candidates: 0,
             min_confidence: 0.0,

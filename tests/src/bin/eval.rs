@@ -82,7 +82,7 @@ async fn main() -> anyhow::Result<()> {
     print!(
         "{}",
         eval::report(&[
-            ("Recall, include_episodes (k=20)", &o.recall),
+            ("Recall, include_episodes=true (k=20)", &o.recall),
             ("Recall, default flags (k=20)", &o.default),
             ("baseline: Okapi BM25", &o.bm25),
             ("baseline: MiniLM dense", &o.dense),

@@ -798,7 +798,7 @@ async fn episodes_are_embedded_in_batches_and_recallable() {
         .recall(pb::RecallRequest {
             user_id: "u".into(),
             query: "Lisbon weather".into(),
-            include_episodes: true,
+            include_episodes: Some(true),
             ..Default::default()
         })
         .await

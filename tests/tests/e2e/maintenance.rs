@@ -418,7 +418,7 @@ async fn tokens_for_all_facts(client: &Client, include_episodes: bool) -> Option
                     .into(),
                 k: 100,
                 token_budget: budget,
-                include_episodes,
+                include_episodes: Some(include_episodes),
                 ..Default::default()
             })
             .await

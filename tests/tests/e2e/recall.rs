@@ -463,7 +463,7 @@ async fn forgotten_memories_are_never_recalled_even_in_the_past() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn episodes_are_searched_when_asked() {
+async fn episodes_are_searched_unless_told_not_to() {
     let (server, mut m, _) = seeded().await;
     let tenant: uuid::Uuid = sqlx::query_scalar("SELECT id FROM tenants WHERE name = 't'")
         .fetch_one(server.pool())
@@ -477,7 +477,14 @@ async fn episodes_are_searched_when_asked() {
     .execute(server.pool())
     .await
     .expect("episode");
-    let without = m.recall(ask("TP1337")).await.expect("recall").into_inner();
+    let without = m
+        .recall(pb::RecallRequest {
+            include_episodes: Some(false),
+            ..ask("TP1337")
+        })
+        .await
+        .expect("recall")
+        .into_inner();
     assert!(
         without
             .items
@@ -486,7 +493,7 @@ async fn episodes_are_searched_when_asked() {
     );
     let with = m
         .recall(pb::RecallRequest {
-            include_episodes: true,
+            include_episodes: Some(true),
             ..ask("TP1337")
         })
         .await
@@ -500,6 +507,9 @@ async fn episodes_are_searched_when_asked() {
         ("s-9", "m-1")
     );
     assert!(with.context.contains("## Conversation") && with.context.contains(&e.id));
+    // Unset is the default: turns are searched too.
+    let default = m.recall(ask("TP1337")).await.expect("recall").into_inner();
+    assert_eq!(default.items.first(), with.items.first());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
