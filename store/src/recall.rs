@@ -316,12 +316,15 @@ async fn bm25(
     if !has_filters(q) && only.is_none() {
         b.push(" LIMIT ").push_bind((q.candidates * 4) as i64);
     }
+    if only.is_some() {
+        // The documents named are candidates already, found within the scope.
+        b.push(") SELECT doc_id, score FROM scored");
+        return b.build_query_as().fetch_all(pool).await.map_err(db_error);
+    }
     b.push(") SELECT m.id, s.score");
     push_scope(&mut b, table, q, now, true);
-    b.push(" ORDER BY s.score DESC, m.id");
-    if only.is_none() {
-        b.push(" LIMIT ").push_bind(q.candidates as i64);
-    }
+    b.push(" ORDER BY s.score DESC, m.id LIMIT ")
+        .push_bind(q.candidates as i64);
     b.build_query_as().fetch_all(pool).await.map_err(db_error)
 }
 
@@ -466,7 +469,11 @@ impl PgStore {
                 None => Ok(Vec::new()),
             }
         });
-        let (text, near) = (ranked(&text?), ranked(&near?));
+        let text_all = text?;
+        // Fewer than the pool: every matching document is in it, and the others score 0.
+        let text_complete = text_all.len() < q.candidates;
+        let mut text_scores: HashMap<Uuid, f32> = text_all.iter().copied().collect();
+        let (text, near) = (ranked(&text_all), ranked(&near?));
         let mut ids: Vec<Uuid> = text.keys().chain(near.keys()).copied().collect();
         ids.sort();
         ids.dedup();
@@ -494,11 +501,14 @@ impl PgStore {
         // Every candidate gets both real scores: one that only one search ranked high is still
         // scored for the other, so that fusion never counts a real similarity as 0 (and the
         // order of the first items does not depend on how many were asked for).
-        let no_text: Vec<Uuid> = ids
-            .iter()
-            .filter(|id| !text.contains_key(id))
-            .copied()
-            .collect();
+        let no_text: Vec<Uuid> = if text_complete {
+            Vec::new()
+        } else {
+            ids.iter()
+                .filter(|id| !text_scores.contains_key(id))
+                .copied()
+                .collect()
+        };
         let no_vector: Vec<Uuid> = ids
             .iter()
             .filter(|id| !near.contains_key(id))
@@ -513,7 +523,7 @@ impl PgStore {
                 }
             }
         );
-        let text_only: HashMap<Uuid, f32> = text_only?.into_iter().collect();
+        text_scores.extend(text_only?);
         let vector_only: HashMap<Uuid, f32> = vector_only?.into_iter().collect();
         let items = match table {
             Table::Memories => self.hydrate_memories(q, &ids).await?,
@@ -526,7 +536,7 @@ impl PgStore {
                 let (text_rank, text_score) = text
                     .get(&id)
                     .map(|(r, s)| (Some(*r), *s))
-                    .unwrap_or((None, text_only.get(&id).copied().unwrap_or(0.0)));
+                    .unwrap_or((None, text_scores.get(&id).copied().unwrap_or(0.0)));
                 let (vector_rank, vector_score) = near
                     .get(&id)
                     .map(|(r, s)| (Some(*r), *s))

@@ -639,6 +639,9 @@ pub async fn evaluate(
         episodes.extend(ingest(&mut m, c).await?);
     }
     wait_for_worker(server).await?;
+    // What autovacuum does within a minute of a bulk load: without statistics the planner
+    // estimates one row per table and reads whole scopes; a deployment is measured with them.
+    sqlx::query("ANALYZE").execute(server.pool()).await?;
     let memories: i64 = sqlx::query_scalar("SELECT count(*) FROM memories")
         .fetch_one(server.pool())
         .await?;
