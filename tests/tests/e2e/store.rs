@@ -46,6 +46,21 @@ async fn ingest(server: &TestServer, scope: &Scope, n: usize) {
         .expect("ingest");
 }
 
+fn new_memory(kind: MemoryKind, content: &str) -> NewMemory {
+    NewMemory {
+        kind,
+        content: content.into(),
+        slot: None,
+        subject: None,
+        tags: vec![],
+        importance: 0.5,
+        confidence: 1.0,
+        pinned: false,
+        expires_at: None,
+        source_episode_ids: vec![],
+    }
+}
+
 fn no_worker(c: &mut memoire_config::Config) {
     c.worker_embedded = false;
 }
@@ -115,18 +130,7 @@ async fn a_correction_that_changes_the_text_asks_for_its_vector_and_writes_nothi
     let created = store
         .create_memory(
             scope.clone(),
-            NewMemory {
-                kind: MemoryKind::Fact,
-                content: "Lives in Lisbon".into(),
-                slot: None,
-                subject: None,
-                tags: vec![],
-                importance: 0.5,
-                confidence: 1.0,
-                pinned: false,
-                expires_at: None,
-                source_episode_ids: vec![],
-            },
+            new_memory(MemoryKind::Fact, "Lives in Lisbon"),
             false,
             None,
             Basis::Teach,
@@ -235,18 +239,7 @@ async fn writes_report_the_scopes_they_changed() {
         store
             .create_memory(
                 scope.clone(),
-                NewMemory {
-                    kind: MemoryKind::Preference,
-                    content: content.into(),
-                    slot: None,
-                    subject: None,
-                    tags: vec![],
-                    importance: 0.5,
-                    confidence: 1.0,
-                    pinned: false,
-                    expires_at: None,
-                    source_episode_ids: vec![],
-                },
+                new_memory(MemoryKind::Preference, content),
                 false,
                 None,
                 Basis::Teach,
