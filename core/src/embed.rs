@@ -56,8 +56,8 @@ pub fn memory_text(content: &str, subject: Option<&str>, slot: Option<&str>) -> 
 
 /// The text an episode is searched by, in full text and by vector: who said it and when are part
 /// of it, so that "what did Caroline say in May?" meets Caroline's turns of that month —
-/// `[8 May 2023] Caroline: …` (the date in UTC; without a name, the date alone). Migration 0006
-/// renders the same text in SQL for episodes stored before it.
+/// `[8 May 2023] Caroline: …` (the date in UTC; without a name, the date alone). Full-text search
+/// renders it in SQL (`memoire_episode_text`, migration 0006); a store test keeps the two equal.
 pub fn episode_text(
     name: Option<&str>,
     occurred_at: chrono::DateTime<chrono::Utc>,

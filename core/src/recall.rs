@@ -358,7 +358,7 @@ fn stand_in(scored: &mut Vec<Scored>) {
             }
         }
     }
-    scored.retain(|s| !covered.contains(&s.item.id()) || matches!(s.item, Item::Memory(_)));
+    scored.retain(|s| !covered.contains(&s.item.id()));
 }
 
 /// Counts tokens the way the target model family does.

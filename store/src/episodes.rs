@@ -224,7 +224,6 @@ impl PgStore {
         let mut out: Vec<Ingested> = Vec::with_capacity(cmd.messages.len());
         let (mut ids, mut roles, mut names, mut contents, mut message_ids, mut times) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
-        let mut searched = vec![];
         for m in &cmd.messages {
             if let Some(mid) = &m.message_id
                 && let Some(first) = out
@@ -248,15 +247,12 @@ impl PgStore {
                 metrics::counter!("memoire_pii_scrubbed_total", "kind" => kind.as_str())
                     .increment(1);
             }
-            let at = m.occurred_at.unwrap_or(now);
-            let name = name.map(|n| n.text);
-            searched.push(episode_text(name.as_deref(), at, &content.text));
             ids.push(id);
             roles.push(m.role.as_str());
-            names.push(name);
+            names.push(name.map(|n| n.text));
             contents.push(content.text);
             message_ids.push(m.message_id.clone());
-            times.push(at);
+            times.push(m.occurred_at.unwrap_or(now));
             out.push(Ingested {
                 episode_id: id,
                 message_id: m.message_id.clone(),
@@ -265,12 +261,10 @@ impl PgStore {
         }
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO episodes (id, tenant_id, user_id, namespace, session_id, role, name, content, \
-               message_id, occurred_at, created_at, tsv) \
-             SELECT t.id, $1, $2, $3, $4, t.role, t.name, t.content, t.message_id, t.occurred_at, $11, \
-               to_tsvector('english', t.searched) \
-             FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], \
-               $12::text[]) \
-               WITH ORDINALITY AS t(id, role, name, content, message_id, occurred_at, searched, ord) \
+               message_id, occurred_at, created_at) \
+             SELECT t.id, $1, $2, $3, $4, t.role, t.name, t.content, t.message_id, t.occurred_at, $11 \
+             FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[]) \
+               WITH ORDINALITY AS t(id, role, name, content, message_id, occurred_at, ord) \
              ORDER BY t.ord \
              ON CONFLICT (tenant_id, user_id, namespace, message_id) WHERE message_id IS NOT NULL \
                DO NOTHING \
@@ -287,7 +281,6 @@ impl PgStore {
         .bind(&message_ids)
         .bind(&times)
         .bind(now)
-        .bind(&searched)
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;

@@ -37,7 +37,8 @@ pub enum Step {
 /// How many memories one expiry transaction expires; small batches keep locks short.
 const EXPIRY_BATCH: i64 = 500;
 
-fn job_outcome(job: &'static str, outcome: &'static str) {
+/// Counts one outcome of a worker job (`memoire_jobs_total{job,outcome}`).
+pub fn job_outcome(job: &'static str, outcome: &'static str) {
     metrics::counter!("memoire_jobs_total", "job" => job, "outcome" => outcome).increment(1);
 }
 

@@ -26,7 +26,7 @@ use memoire_core::recall::Weights;
 use memoire_store::{ConsciousCache, ConsciousSettings, PgStore, VectorSettings};
 
 pub use auth::Authenticator;
-pub use extract::{ExtractSettings, Step};
+pub use extract::{ExtractSettings, Step, job_outcome};
 pub use memory::{ExtractionWait, Recalled};
 pub use query::QueryEmbedder;
 

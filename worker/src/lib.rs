@@ -29,7 +29,7 @@ use memoire_core::Error;
 use memoire_core::extract::Extractor;
 use memoire_core::model::Scope;
 use memoire_usecases::jobs::Schedule;
-use memoire_usecases::{JobScope, PendingEpisode, Step, UseCases};
+use memoire_usecases::{JobScope, PendingEpisode, Step, UseCases, job_outcome};
 use tokio::sync::{Notify, watch};
 
 /// The worker's own settings (what each step does is the use-cases' settings).
@@ -47,10 +47,6 @@ pub struct WorkerSettings {
 
 /// Episodes read per claim round.
 const EPISODES_PER_ROUND: i64 = 32;
-
-fn job_outcome(job: &'static str, outcome: &'static str) {
-    metrics::counter!("memoire_jobs_total", "job" => job, "outcome" => outcome).increment(1);
-}
 
 /// The extraction side of the worker, shared by its tasks.
 #[derive(Debug)]

@@ -136,14 +136,8 @@ async fn pending(server: &TestServer, column: &str) -> anyhow::Result<i64> {
         .await?)
 }
 
-/// Teach at concurrency 1: one user, distinct facts (each embedded and resolved against the
-/// user's memories), reported in halves so that growth with the user's history shows.
-async fn teach(calls: usize) -> anyhow::Result<()> {
-    println!("ingest-bench: Teach over gRPC, concurrency 1, one user ({calls} calls)");
-    println!(
-        "{:<16} {:>8} {:>8} {:>8} {:>10}",
-        "calls", "p50 ms", "p95 ms", "p99 ms", "calls/s"
-    );
+/// A quiet server without an embedded worker, and a writer of a tenant of it.
+async fn workerless() -> (TestServer, memoire_sdk::Client) {
     let server = TestServer::start_with(
         |c| {
             c.worker_embedded = false;
@@ -153,6 +147,18 @@ async fn teach(calls: usize) -> anyhow::Result<()> {
     )
     .await;
     let (_, client) = server.tenant("bench", pb::KeyRole::Writer).await;
+    (server, client)
+}
+
+/// Teach at concurrency 1: one user, distinct facts (each embedded and resolved against the
+/// user's memories), reported in halves so that growth with the user's history shows.
+async fn teach(calls: usize) -> anyhow::Result<()> {
+    println!("ingest-bench: Teach over gRPC, concurrency 1, one user ({calls} calls)");
+    println!(
+        "{:<16} {:>8} {:>8} {:>8} {:>10}",
+        "calls", "p50 ms", "p95 ms", "p99 ms", "calls/s"
+    );
+    let (_server, client) = workerless().await;
     let mut m = client.memory();
     for half in 0..2 {
         let mut took = Vec::with_capacity(calls / 2);
@@ -221,15 +227,7 @@ async fn main() -> anyhow::Result<()> {
 
     println!();
     println!("ingest-bench: extraction (rule extractor, local embedding model, one worker)");
-    let server = TestServer::start_with(
-        |c| {
-            c.worker_embedded = false;
-            c.log = "warn".into();
-        },
-        None,
-    )
-    .await;
-    let (_, client) = server.tenant("bench", pb::KeyRole::Writer).await;
+    let (server, client) = workerless().await;
     drive(&client, extraction_messages / 10, 10, 4, 0).await?;
     let started = Instant::now();
     let worker = server.start_worker(|c| c.worker_concurrency = 2).await;

@@ -294,3 +294,26 @@ async fn writes_report_the_scopes_they_changed() {
     assert_eq!(result.memories, 2);
     assert_eq!(touched, vec![scope]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn episodes_are_searched_by_the_text_they_are_embedded_from() {
+    let server = TestServer::start_with(no_worker, None).await;
+    let cases = [
+        (Some("Caroline"), "2023-05-08T13:56:00Z", "Hi Mel!"),
+        (Some("  "), "2024-12-31T23:59:59Z", "Happy new year"),
+        (None, "2022-01-01T00:00:00Z", "no speaker"),
+    ];
+    for (name, at, content) in cases {
+        let at = chrono::DateTime::parse_from_rfc3339(at)
+            .expect("time")
+            .to_utc();
+        let sql: String = sqlx::query_scalar("SELECT memoire_episode_text($1, $2, $3)")
+            .bind(name)
+            .bind(at)
+            .bind(content)
+            .fetch_one(server.pool())
+            .await
+            .expect("render");
+        assert_eq!(sql, memoire_core::embed::episode_text(name, at, content));
+    }
+}
