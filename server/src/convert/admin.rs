@@ -62,7 +62,7 @@ pub mod dead_letter_cursor {
         let t = micros
             .parse::<i64>()
             .ok()
-            .and_then(DateTime::from_timestamp_micros)
+            .and_then(crate::convert::from_micros)
             .ok_or_else(bad)?;
         Ok(Some((t, Uuid::parse_str(id).map_err(|_| bad())?)))
     }

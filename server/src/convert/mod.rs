@@ -26,9 +26,29 @@ pub fn ts(t: DateTime<Utc>) -> Timestamp {
 }
 
 /// A timestamp from the wire, checked.
+/// google.protobuf.Timestamp's range, 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z: every
+/// instant in it can be stored, none outside it is a date a client means.
+const MIN_SECONDS: i64 = -62_135_596_800;
+const MAX_SECONDS: i64 = 253_402_300_799;
+
+/// An instant in microseconds (from a page token), when it lies in the storable range.
+pub fn from_micros(micros: i64) -> Option<DateTime<Utc>> {
+    (MIN_SECONDS..=MAX_SECONDS)
+        .contains(&micros.div_euclid(1_000_000))
+        .then(|| DateTime::from_timestamp_micros(micros))
+        .flatten()
+}
+
 pub fn time(field: &str, t: &Timestamp) -> Result<DateTime<Utc>> {
+    if !(MIN_SECONDS..=MAX_SECONDS).contains(&t.seconds) {
+        return Err(Error::invalid(
+            field,
+            "is outside 0001-01-01T00:00:00Z..9999-12-31T23:59:59Z (google.protobuf.Timestamp's range)",
+        ));
+    }
     u32::try_from(t.nanos)
         .ok()
+        .filter(|n| *n < 1_000_000_000)
         .and_then(|n| DateTime::from_timestamp(t.seconds, n))
         .map(memoire_core::clock::to_micros)
         .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
@@ -379,7 +399,7 @@ pub mod page_token {
         }
         let micros: i64 = micros.parse().map_err(|_| bad())?;
         Ok(ListCursor {
-            created_at: DateTime::from_timestamp_micros(micros).ok_or_else(bad)?,
+            created_at: super::from_micros(micros).ok_or_else(bad)?,
             id: Uuid::parse_str(id).map_err(|_| bad())?,
         })
     }
@@ -388,6 +408,36 @@ pub mod page_token {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timestamps_postgres_cannot_store_are_the_clients_error() {
+        let at = |seconds, nanos| time("filter.as_of", &Timestamp { seconds, nanos });
+        assert!(at(MIN_SECONDS, 0).is_ok() && at(MAX_SECONDS, 999_999_999).is_ok());
+        for (seconds, nanos) in [
+            (MIN_SECONDS - 1, 0),
+            (-210_000_000_000, 0), // before 4713 BC
+            (MAX_SECONDS + 1, 0),
+            (0, 1_000_000_000),
+            (0, -1),
+        ] {
+            match at(seconds, nanos) {
+                Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "filter.as_of"),
+                other => panic!("{seconds}.{nanos}: {other:?}"),
+            }
+        }
+        // A hand-edited page token with an instant out of range.
+        let fp = page_token::fingerprint("a");
+        let raw = format!("v1|{}|{}|{fp}", i64::MIN + 1, Uuid::nil());
+        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        assert!(matches!(
+            page_token::decode("page_token", &token, &fp),
+            Err(Error::InvalidArgument { .. })
+        ));
+        assert!(
+            admin::dead_letter_cursor::decode(&format!("-9000000000000000000_{}", Uuid::nil()))
+                .is_err()
+        );
+    }
 
     #[test]
     fn page_tokens_round_trip_and_bind_to_filters() {

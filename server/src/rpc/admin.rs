@@ -304,17 +304,23 @@ impl AdminService for AdminSvc {
 
     type ExportMemoriesStream = ExportStream;
 
+    /// Not built yet; the caller is checked first, so that nobody learns more than that.
     async fn export_memories(
         &self,
-        _req: Request<pb::ExportMemoriesRequest>,
+        req: Request<pb::ExportMemoriesRequest>,
     ) -> Result<Response<Self::ExportMemoriesStream>, Status> {
+        let who = caller(&req)?.require(KeyRole::Admin).map_err(status)?;
+        target_tenant(who, &req.get_ref().tenant_id).map_err(status)?;
         Err(unimplemented("ExportMemories"))
     }
 
+    /// Not built yet; the caller is checked first (the tenant travels in the records, so only
+    /// the role can be checked before reading them).
     async fn import_memories(
         &self,
-        _req: Request<Streaming<pb::ExportRecord>>,
+        req: Request<Streaming<pb::ExportRecord>>,
     ) -> Result<Response<pb::ImportMemoriesResponse>, Status> {
+        caller(&req)?.require(KeyRole::Admin).map_err(status)?;
         Err(unimplemented("ImportMemories"))
     }
 }

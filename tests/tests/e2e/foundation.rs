@@ -1120,17 +1120,36 @@ async fn health_metrics_and_unimplemented_rpcs() {
             "{service}"
         );
     }
-    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
     let err = client
         .memory()
         .conscious(pb::ConsciousRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    // Export is not built yet, but the caller is checked before anything is said about it.
+    let export = |tenant_id: &str| pb::ExportMemoriesRequest {
+        tenant_id: tenant_id.into(),
+        user_id: "u".into(),
+        ..Default::default()
+    };
+    let err = client
+        .admin()
+        .export_memories(export(&tenant))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "a writer key: {err:?}");
+    let err = server
+        .client(None)
+        .admin()
+        .export_memories(export(&tenant))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unauthenticated, "no key: {err:?}");
     let err = server
         .admin()
         .admin()
-        .export_memories(pb::ExportMemoriesRequest::default())
+        .export_memories(export(&tenant))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
