@@ -255,6 +255,9 @@ pub struct NewEpisode {
     pub role: crate::model::MessageRole,
     /// The speaker's name.
     pub name: Option<String>,
+    /// Whether the speaker is the user (the owner of the scope's user id) rather than someone
+    /// else in the conversation: what they say about themself is about the user.
+    pub speaker_is_user: bool,
     /// What was said.
     pub content: String,
     /// The client's id, for idempotency.

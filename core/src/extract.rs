@@ -123,6 +123,182 @@ const NOT_NAMES: &[&str] = &[
     "interested",
 ];
 
+/// Verbs of wanting that are about the conversation, not a goal ("I want to ask …").
+const CONVERSATIONAL_VERBS: &[&str] = &[
+    "ask",
+    "say",
+    "share",
+    "add",
+    "thank",
+    "tell",
+    "brag",
+    "head",
+    "grab",
+    "call",
+    "think",
+    "understand",
+    "remember",
+    "hear",
+    "keep",
+    "check",
+    "know",
+    "mention",
+    "clarify",
+    "confirm",
+    "apologize",
+    "point",
+    "talk",
+    "chat",
+    "vent",
+    "rant",
+    "explain",
+    "show",
+    "update",
+    "let",
+    "hop",
+    "sleep",
+    "rest",
+    "figure",
+];
+
+/// Words after "this" / "that" that make it a time, not a thing: "this year", "that summer".
+const TIME_WORDS: &[&str] = &[
+    "year",
+    "month",
+    "week",
+    "weekend",
+    "summer",
+    "winter",
+    "spring",
+    "fall",
+    "autumn",
+    "morning",
+    "evening",
+    "afternoon",
+    "season",
+    "semester",
+    "quarter",
+    "time",
+];
+
+/// Whether a phrase points back into the conversation ("think about it", "keep this short")
+/// rather than naming something: "it" anywhere, "this" / "that" unless it names a time.
+fn points_back(phrase: &str) -> bool {
+    let words: Vec<String> = phrase
+        .split_whitespace()
+        .map(|w| w.to_lowercase())
+        .collect();
+    words.iter().enumerate().any(|(i, w)| {
+        w == "it"
+            || (["this", "that"].contains(&w.as_str())
+                && !words
+                    .get(i + 1)
+                    .is_some_and(|n| TIME_WORDS.contains(&n.as_str())))
+    })
+}
+
+/// Nationality and faith adjectives, which follow "I'm" and "my dad is" like names do.
+const DEMONYMS: &[&str] = &[
+    "american",
+    "canadian",
+    "mexican",
+    "brazilian",
+    "argentinian",
+    "argentine",
+    "chilean",
+    "peruvian",
+    "colombian",
+    "venezuelan",
+    "cuban",
+    "jamaican",
+    "british",
+    "english",
+    "scottish",
+    "welsh",
+    "irish",
+    "french",
+    "german",
+    "italian",
+    "spanish",
+    "portuguese",
+    "dutch",
+    "belgian",
+    "swiss",
+    "austrian",
+    "polish",
+    "czech",
+    "slovak",
+    "russian",
+    "ukrainian",
+    "greek",
+    "turkish",
+    "swedish",
+    "norwegian",
+    "danish",
+    "finnish",
+    "icelandic",
+    "hungarian",
+    "romanian",
+    "bulgarian",
+    "serbian",
+    "croatian",
+    "bosnian",
+    "albanian",
+    "chinese",
+    "japanese",
+    "korean",
+    "vietnamese",
+    "thai",
+    "filipino",
+    "filipina",
+    "indonesian",
+    "malaysian",
+    "singaporean",
+    "indian",
+    "pakistani",
+    "bangladeshi",
+    "nepali",
+    "sri lankan",
+    "iranian",
+    "persian",
+    "iraqi",
+    "israeli",
+    "lebanese",
+    "syrian",
+    "egyptian",
+    "moroccan",
+    "algerian",
+    "tunisian",
+    "nigerian",
+    "kenyan",
+    "ghanaian",
+    "ethiopian",
+    "somali",
+    "south african",
+    "australian",
+    "kiwi",
+    "asian",
+    "european",
+    "african",
+    "latino",
+    "latina",
+    "hispanic",
+    "arab",
+    "catholic",
+    "jewish",
+    "muslim",
+    "buddhist",
+    "hindu",
+    "sikh",
+    "mormon",
+    "protestant",
+    "atheist",
+];
+
+fn is_demonym(word: &str) -> bool {
+    DEMONYMS.contains(&word.to_lowercase().as_str())
+}
+
 const RELATIONS: &[&str] = &[
     "wife",
     "husband",
@@ -202,25 +378,90 @@ const DIETS: &[&str] = &[
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RuleExtractor;
 
-/// Splits text into sentences (., !, ?, ; and newlines), trimmed, without empty ones.
+/// Splits text into statements (sentences ending in `.`, `!`, `;` or a newline), trimmed, without
+/// empty ones. Questions — sentences ending in `?`, "I live in Phoenix?" included — are dropped:
+/// they ask, they do not tell.
 fn sentences(text: &str) -> Vec<&str> {
-    text.split(['.', '!', '?', ';', '\n'])
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect()
+    let mut out = Vec::new();
+    let mut start = 0;
+    for (i, c) in text.char_indices() {
+        if matches!(c, '.' | '!' | '?' | ';' | '\n') {
+            let s = text[start..i].trim();
+            if c != '?' && !s.is_empty() {
+                out.push(s);
+            }
+            start = i + c.len_utf8();
+        }
+    }
+    let rest = text[start..].trim();
+    if !rest.is_empty() {
+        out.push(rest);
+    }
+    out
 }
 
-/// Splits a sentence into first-person clauses at "and I …", ", and I …" and ", I …", keeping
-/// the "I" with the clause it starts.
+/// Words that open a subordinate clause whose statement is not asserted: "If I moved to
+/// Chicago, I want to …", "When I live in Rome …".
+const CONDITIONALS: &[&str] = &[
+    "if ",
+    "when ",
+    "whenever ",
+    "unless ",
+    "once ",
+    "as soon as ",
+    "even if ",
+    "suppose ",
+    "supposing ",
+    "imagine ",
+    "what if ",
+    "in case ",
+];
+
+/// Words after which a first-person clause is someone else's words: "She told me, I live in
+/// Graz", "his catchphrase: I hate traffic".
+const REPORTING: &[&str] = &[
+    "said",
+    "says",
+    "told",
+    "tells",
+    "wrote",
+    "writes",
+    "asked",
+    "asks",
+    "texted",
+    "replied",
+    "quote",
+    "quoted",
+    "joked",
+    "yelled",
+    "whispered",
+    "catchphrase",
+    "motto",
+];
+
+/// Splits a sentence into first-person clauses at "and I …", ", and I …", ", I …" and "and my …",
+/// keeping the "I" (or "my") with the clause it starts. A sentence that opens with a condition is
+/// not a statement at all; a clause after reported speech (a reporting verb, a colon or a quote
+/// mark before it) is someone else's and is dropped.
 fn clauses(s: &str) -> Vec<String> {
     let lower = s.to_lowercase();
+    if CONDITIONALS.iter().any(|c| lower.starts_with(c)) {
+        return Vec::new();
+    }
     let mut cuts = vec![0];
-    for sep in [" and i ", " and i'", ", i ", ", i'"] {
+    for (sep, keep) in [
+        (" and i ", 2),
+        (" and i'", 2),
+        (", i ", 2),
+        (", i'", 2),
+        (" and my ", 3),
+        (", my ", 3),
+    ] {
         let mut from = 0;
         while let Some(i) = lower[from..].find(sep) {
             let at = from + i;
-            // Cut right before the "i".
-            cuts.push(at + sep.len() - 2);
+            // Cut right before the "i" / "my".
+            cuts.push(at + sep.len() - keep);
             from = at + sep.len();
         }
     }
@@ -228,6 +469,7 @@ fn clauses(s: &str) -> Vec<String> {
     cuts.dedup();
     cuts.push(s.len());
     cuts.windows(2)
+        .filter(|w| !reported(&lower[..w[0]]))
         .map(|w| {
             s[w[0]..w[1]]
                 .trim()
@@ -240,24 +482,110 @@ fn clauses(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// The object of a statement: up to the first clause break, trimmed of filler, at most 8 words.
+/// Whether the text before a clause (lowercase) makes the clause reported speech.
+fn reported(before: &str) -> bool {
+    before.contains([':', '"', '“', '”'])
+        || before
+            .split(|c: char| !c.is_alphanumeric())
+            .any(|w| REPORTING.contains(&w))
+}
+
+/// Where the object of a statement ends: a reason, a contrast or an aside follows.
+const OBJECT_BREAKS: &[&str] = &[
+    " but ",
+    " because ",
+    " cause ",
+    " cuz ",
+    " since ",
+    " so ",
+    " though ",
+    " although ",
+    " and i ",
+    " - ",
+    " – ",
+    " — ",
+    " especially ",
+    " which ",
+    " when ",
+    " whenever ",
+];
+
+/// Filler that may end a statement without being part of its object ("I love jazz lol").
+const TRAILING_FILLER: &[&str] = &[
+    "lol",
+    "haha",
+    "hahaha",
+    "lmao",
+    "rofl",
+    "xd",
+    "so much",
+    "a lot",
+    "very much",
+    "too",
+    "as well",
+    "tbh",
+    "honestly",
+    "ngl",
+    "btw",
+    "though",
+];
+
+/// Objects that make "I love …" a reaction to the conversation rather than a taste: "I love
+/// that!", "I like the way you think", "I love it and …", "I enjoy talking with you".
+const REACTION_HEADS: &[&str] = &[
+    "that",
+    "this",
+    "it",
+    "these",
+    "those",
+    "them",
+    "him",
+    "her",
+    "how",
+    "what",
+    "when",
+    "where",
+    "why",
+    "the way",
+    "the thought",
+    "the idea",
+    "the fact",
+    "the sound of",
+];
+
+/// The object of a statement: up to the first clause break, trimmed of filler, at most 8 words;
+/// none when it speaks to or about the listener ("you", "your").
 fn object(rest: &str) -> Option<String> {
-    let cut = rest
-        .split([',', '(', ')'])
-        .next()
-        .unwrap_or("")
-        .split(" but ")
-        .next()
-        .unwrap_or("")
-        .split(" because ")
-        .next()
-        .unwrap_or("")
-        .split(" and i ")
-        .next()
-        .unwrap_or("")
-        .trim();
-    let words: Vec<&str> = cut.split_whitespace().collect();
+    let mut cut = rest.split([',', '(', ')', '!', ':']).next().unwrap_or("");
+    loop {
+        let lower = cut.to_lowercase();
+        match OBJECT_BREAKS.iter().filter_map(|b| lower.find(b)).min() {
+            Some(i) => cut = &cut[..i],
+            None => break,
+        }
+    }
+    let mut words: Vec<&str> = cut.split_whitespace().collect();
+    loop {
+        let lower: Vec<String> = words.iter().map(|w| w.to_lowercase()).collect();
+        let Some(n) = TRAILING_FILLER.iter().find_map(|f| {
+            let f: Vec<&str> = f.split(' ').collect();
+            (lower.len() > f.len() && lower[lower.len() - f.len()..] == f[..]).then_some(f.len())
+        }) else {
+            break;
+        };
+        words.truncate(words.len() - n);
+    }
     if words.is_empty() || words.len() > 8 {
+        return None;
+    }
+    if words.iter().any(|w| {
+        let w = w.to_lowercase();
+        let w = w.trim_matches(|c: char| !c.is_alphanumeric());
+        matches!(
+            w,
+            "you" | "your" | "yours" | "you're" | "ya" | "u" | "y'all"
+        )
+    }) {
         return None;
     }
     let trimmed = words.join(" ");
@@ -265,17 +593,39 @@ fn object(rest: &str) -> Option<String> {
     (!trimmed.is_empty()).then(|| trimmed.to_owned())
 }
 
-/// A place: capitalized words ("San Francisco", "New York City"), at most 4.
+/// Whether an object is a reaction to the conversation rather than a thing liked.
+fn reaction(object: &str) -> bool {
+    let lower = object.to_lowercase();
+    REACTION_HEADS
+        .iter()
+        .any(|h| lower == *h || lower.starts_with(&format!("{h} ")))
+}
+
+/// A place or an organization: capitalized words ("San Francisco", "New York City"), at most 4,
+/// joined by the small words of names ("Bank of America", "Rio de Janeiro"), after an optional
+/// "the" ("the Bay Area"). Stops at the first word that ends with punctuation.
 fn place(rest: &str) -> Option<String> {
-    let words: Vec<&str> = rest
-        .split_whitespace()
-        .map(|w| w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-'))
-        .take_while(|w| {
-            w.chars().next().is_some_and(char::is_uppercase)
-                || ["de", "la", "del", "do", "da"].contains(w)
-        })
-        .take(4)
-        .collect();
+    let raw: Vec<&str> = rest.split_whitespace().collect();
+    let capitalized = |w: &str| w.chars().next().is_some_and(char::is_uppercase);
+    let mut words: Vec<&str> = Vec::new();
+    for (i, w) in raw.iter().enumerate() {
+        let clean = w.trim_matches(|c: char| !c.is_alphanumeric() && c != '-' && c != '&');
+        let next_capitalized = raw.get(i + 1).is_some_and(|n| capitalized(n));
+        let joins = ["de", "la", "del", "do", "da", "of", "and", "&"].contains(&clean)
+            && !words.is_empty()
+            && next_capitalized;
+        let article = i == 0 && clean.eq_ignore_ascii_case("the") && next_capitalized;
+        if clean.is_empty() || !(capitalized(clean) || joins || article) || words.len() == 5 {
+            break;
+        }
+        words.push(clean);
+        if w.ends_with([',', '.', '!', '?', ';', ':']) {
+            break;
+        }
+    }
+    if words.len() == 1 && words[0].eq_ignore_ascii_case("the") {
+        return None;
+    }
     (!words.is_empty()).then(|| words.join(" "))
 }
 
@@ -288,10 +638,112 @@ fn name(rest: &str) -> Option<String> {
         .take(2)
         .collect();
     let first = words.first()?;
-    if NOT_NAMES.contains(&first.to_lowercase().as_str()) || first.len() < 2 {
+    if NOT_NAMES.contains(&first.to_lowercase().as_str()) || first.len() < 2 || is_demonym(first) {
         return None;
     }
     Some(words.join(" "))
+}
+
+/// Discourse markers that open a sentence without changing what it states.
+const OPENERS: &[&str] = &[
+    "hi",
+    "hello",
+    "hey",
+    "well",
+    "so",
+    "also",
+    "btw",
+    "oh",
+    "and",
+    "but",
+    "anyway",
+    "anyways",
+    "honestly",
+    "ngl",
+    "tbh",
+    "fyi",
+    "ok",
+    "okay",
+    "yeah",
+    "yes",
+    "actually",
+    "lol",
+    "haha",
+    "plus",
+    "basically",
+];
+
+/// The sentence without its leading discourse markers ("Honestly, so I …" → "I …").
+fn without_openers(s: &str) -> &str {
+    let mut s = s.trim_start();
+    loop {
+        let word_end = s.find(|c: char| !c.is_alphanumeric()).unwrap_or(s.len());
+        let word = s[..word_end].to_lowercase();
+        let rest = &s[word_end..];
+        // A marker is followed by a comma or a space, and something follows it.
+        let follows = rest.trim_start_matches([',', ' ']).trim_start();
+        if OPENERS.contains(&word.as_str())
+            && (rest.starts_with(',') || rest.starts_with(' '))
+            && !follows.is_empty()
+            && word_end > 0
+        {
+            s = follows;
+        } else {
+            return s;
+        }
+    }
+}
+
+/// Adverbs that may stand between "I" and its verb without changing the statement ("I also
+/// really love …", "I don't really like …", "I currently live in …").
+const ADVERBS: &[&str] = &[
+    "also",
+    "really",
+    "just",
+    "totally",
+    "absolutely",
+    "honestly",
+    "currently",
+    "still",
+    "actually",
+    "truly",
+    "definitely",
+    "seriously",
+    "genuinely",
+    "literally",
+    "personally",
+    "now",
+    "kinda",
+    "lowkey",
+];
+
+/// A clause in the extractor's canonical spelling: typographic apostrophes become `'`, the
+/// common apostrophe-less contractions get theirs back ("im", "dont", "ive"), and adverbs right
+/// after "I" (or after its negation) are dropped. Words are joined by single spaces.
+fn normalized_clause(c: &str) -> String {
+    let c = c.replace(['’', '‘'], "'");
+    let mut out: Vec<String> = Vec::new();
+    for word in c.split_whitespace() {
+        let lower = word.to_lowercase();
+        let prev = out.last().map(|w| w.to_lowercase()).unwrap_or_default();
+        let after_subject = matches!(
+            prev.as_str(),
+            "i" | "i'm" | "am" | "don't" | "not" | "i've" | "have"
+        );
+        if after_subject && ADVERBS.contains(&lower.as_str()) {
+            continue;
+        }
+        let fixed = match lower.as_str() {
+            "im" if out.is_empty() => "I'm".to_owned(),
+            "ive" if out.is_empty() => "I've".to_owned(),
+            "dont" => "don't".to_owned(),
+            "cant" => "can't".to_owned(),
+            "havent" => "haven't".to_owned(),
+            _ => word.to_owned(),
+        };
+        out.push(fixed);
+    }
+    out.join(" ")
 }
 
 fn strip_prefix_ci<'a>(s: &'a str, prefixes: &[&str]) -> Option<&'a str> {
@@ -335,19 +787,15 @@ impl RuleExtractor {
     pub fn extract(&self, text: &str) -> Vec<CandidateMemory> {
         let mut out = Vec::new();
         for s in sentences(text) {
-            // Leading discourse markers do not change the statement.
-            let s = strip_prefix_ci(
-                s,
-                &[
-                    "hi, ", "hi ", "hello, ", "hello ", "hey, ", "hey ", "well, ", "so, ",
-                    "also, ", "btw, ", "oh, ", "and ",
-                ],
-            )
-            .unwrap_or(s);
+            let s = without_openers(s);
             for clause in clauses(s) {
+                let clause = normalized_clause(without_openers(&clause));
                 let lower = clause.to_lowercase();
-                // Only first-person statements: "I …", "I'm …", "My …".
-                if !(lower.starts_with("i ") || lower.starts_with("i'") || lower.starts_with("my "))
+                // Only first-person statements: "I …", "I'm …", "My …", "We have a …".
+                if !(lower.starts_with("i ")
+                    || lower.starts_with("i'")
+                    || lower.starts_with("my ")
+                    || lower.starts_with("we have "))
                 {
                     continue;
                 }
@@ -368,6 +816,10 @@ impl RuleExtractor {
                 "i no longer live in ",
                 "i don't live in ",
                 "i do not live in ",
+                "i haven't lived in ",
+                "i have not lived in ",
+                "i moved away from ",
+                "i moved out of ",
             ],
         ) {
             let p = place(rest)?;
@@ -401,11 +853,12 @@ impl RuleExtractor {
             && let Some(n) = name(rest)
         {
             // "I'm Dana" but not "I'm Allergic" (handled below) nor "I'm from ..." (NOT_NAMES).
-            let next_word = rest
-                .split_whitespace()
-                .nth(n.split_whitespace().count())
-                .unwrap_or("");
+            let name_words = n.split_whitespace().count();
+            let last_name_word = rest.split_whitespace().nth(name_words - 1).unwrap_or("");
+            let next_word = rest.split_whitespace().nth(name_words).unwrap_or("");
             if next_word.is_empty()
+                || last_name_word.ends_with(',')
+                || ["btw", "here"].contains(&next_word.to_lowercase().as_str())
                 || !next_word.chars().next().is_some_and(char::is_lowercase)
                 || lower.starts_with("my name")
                 || lower.starts_with("call me")
@@ -457,6 +910,7 @@ impl RuleExtractor {
                 "i'm working at ",
                 "i am working at ",
                 "i just started at ",
+                "i started at ",
                 "i started working at ",
                 "i joined ",
             ],
@@ -503,8 +957,20 @@ impl RuleExtractor {
             ));
         }
         for diet in DIETS {
-            for p in ["i'm ", "i am ", "i'm a ", "i am a "] {
-                if lower == format!("{p}{diet}") || lower.starts_with(&format!("{p}{diet} ")) {
+            for p in [
+                "i'm ",
+                "i am ",
+                "i'm a ",
+                "i am a ",
+                "i've been ",
+                "i have been ",
+                "i've been a ",
+                "i have been a ",
+            ] {
+                let stated = format!("{p}{diet}");
+                if lower.starts_with(&stated)
+                    && !lower[stated.len()..].starts_with(|c: char| c.is_alphanumeric())
+                {
                     return Some(fact(format!("Is {diet}"), Some("user.diet".into()), 0.85));
                 }
             }
@@ -520,6 +986,17 @@ impl RuleExtractor {
             ],
         ) {
             let f = object(rest)?;
+            // "I don't eat much", "I never eat before noon", "I can't eat another bite".
+            let first = f.split_whitespace().next().unwrap_or("").to_lowercase();
+            if [
+                "much", "anything", "before", "after", "until", "till", "another", "more", "any",
+                "enough", "at", "in", "on", "during", "late", "early", "out", "that", "this", "it",
+                "a", "the", "right", "today", "tonight", "now", "lately", "yet",
+            ]
+            .contains(&first.as_str())
+            {
+                return None;
+            }
             return Some(of_kind(
                 MemoryKind::Preference,
                 format!("Does not eat {f}"),
@@ -551,9 +1028,24 @@ impl RuleExtractor {
         ) {
             let rest_lower = rest.to_lowercase();
             let head: Vec<&str> = rest_lower.split_whitespace().take(3).collect();
+            // The pet must be the head of the phrase: "a fish", "a dog named Bingo", but not "a
+            // fish tank" nor "a horse trailer".
+            let is_head = |pet: &str| {
+                let Some(at) = rest_lower.find(pet) else {
+                    return false;
+                };
+                let after = rest_lower[at + pet.len()..].trim_start_matches(['s', ',']);
+                let next = after.split_whitespace().next().unwrap_or("");
+                next.is_empty()
+                    || [
+                        "named", "called", "and", "who", "that", "which", "with", "from", "at",
+                        "in", "back", "mix", "puppy",
+                    ]
+                    .contains(&next)
+            };
             if let Some(pet) = PETS
                 .iter()
-                .find(|p| head.contains(p) || rest_lower.starts_with(*p))
+                .find(|p| (head.contains(p) || rest_lower.starts_with(*p)) && is_head(p))
             {
                 let o = object(rest)?;
                 let named = rest_lower
@@ -594,11 +1086,15 @@ impl RuleExtractor {
                 "i hope to ",
                 "i'm trying to ",
                 "i am trying to ",
-                "i'm going to ",
-                "i am going to ",
             ],
         ) {
             let g = object(rest)?;
+            // Intentions about the conversation itself are not goals: "I want to ask you
+            // something", "I'd like to add one more thing", "I'm trying to remember …".
+            let verb = g.split_whitespace().next().unwrap_or("").to_lowercase();
+            if CONVERSATIONAL_VERBS.contains(&verb.as_str()) || points_back(&g) {
+                return None;
+            }
             return Some(of_kind(
                 MemoryKind::Goal,
                 format!("Wants to {g}"),
@@ -629,6 +1125,9 @@ impl RuleExtractor {
             ],
         ) {
             let x = object(rest)?;
+            if reaction(&x) {
+                return None;
+            }
             return Some(of_kind(
                 MemoryKind::Preference,
                 format!("Dislikes {x}"),
@@ -650,13 +1149,13 @@ impl RuleExtractor {
                 "i am a fan of ",
                 "i'm a big fan of ",
                 "i am a big fan of ",
+                "i'm a huge fan of ",
+                "i am a huge fan of ",
             ],
         ) {
             let x = object(rest)?;
-            // "I love you" / "I like that" are reactions, not tastes.
-            if ["you", "it", "that", "this", "them", "him", "her"]
-                .contains(&x.to_lowercase().as_str())
-            {
+            // "I love that!", "I like the way …" are reactions, not tastes.
+            if reaction(&x) {
                 return None;
             }
             return Some(of_kind(
@@ -714,8 +1213,56 @@ pub struct Turn {
     pub role: MessageRole,
     /// The speaker's name, when known.
     pub name: Option<String>,
+    /// Whether the speaker is the user (the owner of the user id) rather than someone else in
+    /// the conversation.
+    pub speaker_is_user: bool,
     /// What was said.
     pub content: String,
+}
+
+impl Turn {
+    /// Who the speaker's statements about themself are about: `None` for the user, else the
+    /// speaker's name (a named speaker who is not the user).
+    pub fn speaker_subject(&self) -> Option<&str> {
+        if self.speaker_is_user {
+            return None;
+        }
+        self.name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+    }
+}
+
+impl Extraction {
+    /// The candidates filed under the turn's speaker when the speaker is not the user
+    /// ([`attribute_to_speaker`]); unchanged for the user's own turns.
+    pub fn filed_under_speaker(mut self, turn: &Turn) -> Self {
+        if let Some(speaker) = turn.speaker_subject() {
+            attribute_to_speaker(&mut self.candidates, speaker);
+        }
+        self
+    }
+}
+
+/// Files candidates that an extractor wrote about the speaker ("the user": a `user.…` slot, or
+/// no subject) under `speaker`, a named participant who is not the user: the subject becomes the
+/// speaker and `user.home_city` becomes `<speaker>.home_city`, so that what one person says about
+/// themself never supersedes another person's facts. A name with no ASCII letter or digit gives
+/// no slot key, and such a candidate keeps no slot rather than share one with other speakers.
+pub fn attribute_to_speaker(candidates: &mut [CandidateMemory], speaker: &str) {
+    let key = slot_key(speaker);
+    for c in candidates {
+        let about_speaker =
+            c.subject.is_none() || c.slot.as_deref().is_some_and(|s| s.starts_with("user."));
+        if !about_speaker {
+            continue;
+        }
+        c.subject = Some(speaker.to_owned());
+        if let Some(attribute) = c.slot.as_deref().and_then(|s| s.strip_prefix("user.")) {
+            c.slot = (!key.is_empty()).then(|| format!("{key}.{attribute}"));
+        }
+    }
 }
 
 /// A current memory shown to an extractor, so that it can say "update" or "delete" about it.
@@ -963,6 +1510,44 @@ mod tests {
                 RuleExtractor.extract(s)
             );
         }
+    }
+
+    #[test]
+    fn another_speakers_statements_are_filed_under_their_name() {
+        let turn = |name: Option<&str>, speaker_is_user| Turn {
+            role: MessageRole::User,
+            name: name.map(Into::into),
+            speaker_is_user,
+            content: String::new(),
+        };
+        let said = |text: &str| Extraction {
+            candidates: RuleExtractor.extract(text),
+            ..Extraction::default()
+        };
+        let melanie = said("I moved to Denver. My sister is named Ann.")
+            .filed_under_speaker(&turn(Some("Melanie"), false));
+        let got: Vec<_> = melanie
+            .candidates
+            .iter()
+            .map(|c| (c.subject.as_deref(), c.slot.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (Some("Melanie"), Some("melanie.home_city")),
+                (Some("Melanie"), Some("melanie.relation.sister")),
+            ]
+        );
+        // The user's own turns, named or not, stay the user's.
+        for t in [turn(Some("Caroline"), true), turn(None, true)] {
+            let own = said("I moved to Denver.").filed_under_speaker(&t);
+            assert_eq!(own.candidates[0].subject, None);
+            assert_eq!(own.candidates[0].slot.as_deref(), Some("user.home_city"));
+        }
+        // A name without a slot key keeps no slot rather than share one.
+        let other = said("I moved to Denver.").filed_under_speaker(&turn(Some("明"), false));
+        assert_eq!(other.candidates[0].subject.as_deref(), Some("明"));
+        assert_eq!(other.candidates[0].slot, None);
     }
 
     #[test]

@@ -134,6 +134,13 @@ pub fn user_prompt(input: &ExtractionInput, describe_schema: bool) -> String {
         role_label(input.turn.role, input.turn.name.as_deref()),
         input.turn.content
     ));
+    if let Some(speaker) = input.turn.speaker_subject() {
+        out.push_str(&format!(
+            "\nThe LAST message is by {speaker}, another participant, not the user: extract what \
+             {speaker} says about themself as if {speaker} were the user (slots `user.…`); it is \
+             filed under {speaker}'s name.\n"
+        ));
+    }
     if describe_schema {
         out.push_str("\nReply with one JSON object and nothing else, matching this JSON schema:\n");
         out.push_str(&reply_schema().to_string());
@@ -262,6 +269,7 @@ mod tests {
         let turns = vec![Turn {
             role: MessageRole::User,
             name: None,
+            speaker_is_user: true,
             content: "I moved to Dallas".into(),
         }];
         assert!(summary_prompt(&turns).contains("user: I moved to Dallas"));
@@ -343,11 +351,13 @@ mod tests {
             turn: Turn {
                 role: MessageRole::User,
                 name: Some("Dana".into()),
+                speaker_is_user: true,
                 content: "I just moved to Dallas.".into(),
             },
             context: vec![Turn {
                 role: MessageRole::Assistant,
                 name: None,
+                speaker_is_user: true,
                 content: "How is San Francisco?".into(),
             }],
             known: vec![KnownMemory {

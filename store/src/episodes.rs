@@ -63,6 +63,8 @@ pub struct PendingEpisode {
     pub role: String,
     /// Speaker name.
     pub name: Option<String>,
+    /// Whether the speaker is the user rather than someone else in the conversation.
+    pub speaker_is_user: bool,
     /// Content (scrubbed).
     pub content: String,
     /// When it was said.
@@ -89,6 +91,7 @@ impl PendingEpisode {
         Turn {
             role: MessageRole::parse(&self.role).unwrap_or(MessageRole::User),
             name: self.name.clone(),
+            speaker_is_user: self.speaker_is_user,
             content: self.content.clone(),
         }
     }
@@ -224,6 +227,7 @@ impl PgStore {
         let mut out: Vec<Ingested> = Vec::with_capacity(cmd.messages.len());
         let (mut ids, mut roles, mut names, mut contents, mut message_ids, mut times) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let mut speaker_is_user = vec![];
         for m in &cmd.messages {
             if let Some(mid) = &m.message_id
                 && let Some(first) = out
@@ -250,6 +254,7 @@ impl PgStore {
             ids.push(id);
             roles.push(m.role.as_str());
             names.push(name.map(|n| n.text));
+            speaker_is_user.push(m.speaker_is_user);
             contents.push(content.text);
             message_ids.push(m.message_id.clone());
             times.push(m.occurred_at.unwrap_or(now));
@@ -261,10 +266,12 @@ impl PgStore {
         }
         let inserted: Vec<Uuid> = sqlx::query_scalar(
             "INSERT INTO episodes (id, tenant_id, user_id, namespace, session_id, role, name, content, \
-               message_id, occurred_at, created_at) \
-             SELECT t.id, $1, $2, $3, $4, t.role, t.name, t.content, t.message_id, t.occurred_at, $11 \
-             FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[]) \
-               WITH ORDINALITY AS t(id, role, name, content, message_id, occurred_at, ord) \
+               message_id, occurred_at, created_at, speaker_is_user) \
+             SELECT t.id, $1, $2, $3, $4, t.role, t.name, t.content, t.message_id, t.occurred_at, $11, \
+               t.speaker_is_user \
+             FROM unnest($5::uuid[], $6::text[], $7::text[], $8::text[], $9::text[], $10::timestamptz[], \
+               $12::bool[]) \
+               WITH ORDINALITY AS t(id, role, name, content, message_id, occurred_at, speaker_is_user, ord) \
              ORDER BY t.ord \
              ON CONFLICT (tenant_id, user_id, namespace, message_id) WHERE message_id IS NOT NULL \
                DO NOTHING \
@@ -281,6 +288,7 @@ impl PgStore {
         .bind(&message_ids)
         .bind(&times)
         .bind(now)
+        .bind(&speaker_is_user)
         .fetch_all(&self.pool)
         .await
         .map_err(db_error)?;
@@ -367,8 +375,8 @@ impl PgStore {
     /// The scope's episodes waiting for extraction, in the order they were said.
     pub async fn pending_episodes(&self, scope: &Scope, limit: i64) -> Result<Vec<PendingEpisode>> {
         sqlx::query_as(
-            "SELECT id, tenant_id, user_id, namespace, session_id, role, name, content, occurred_at, \
-               seq, extract_attempts, extract_after \
+            "SELECT id, tenant_id, user_id, namespace, session_id, role, name, speaker_is_user, content, \
+               occurred_at, seq, extract_attempts, extract_after \
              FROM episodes WHERE tenant_id = $1 AND user_id = $2 AND namespace = $3 \
                AND extracted_at IS NULL AND extract_dead_at IS NULL \
              ORDER BY occurred_at, seq LIMIT $4",
@@ -387,9 +395,9 @@ impl PgStore {
         if n <= 0 {
             return Ok(Vec::new());
         }
-        let rows: Vec<(String, Option<String>, String)> = sqlx::query_as(
-            "SELECT role, name, content FROM ( \
-               SELECT role, name, content, occurred_at, seq FROM episodes \
+        let rows: Vec<(String, Option<String>, bool, String)> = sqlx::query_as(
+            "SELECT role, name, speaker_is_user, content FROM ( \
+               SELECT role, name, speaker_is_user, content, occurred_at, seq FROM episodes \
                WHERE tenant_id = $1 AND user_id = $2 AND namespace = $3 AND session_id = $4 \
                  AND (occurred_at, seq) < ($5, $6) \
                ORDER BY occurred_at DESC, seq DESC LIMIT $7) t \
@@ -407,9 +415,10 @@ impl PgStore {
         .map_err(db_error)?;
         Ok(rows
             .into_iter()
-            .map(|(role, name, content)| Turn {
+            .map(|(role, name, speaker_is_user, content)| Turn {
                 role: MessageRole::parse(&role).unwrap_or(MessageRole::User),
                 name,
+                speaker_is_user,
                 content,
             })
             .collect())

@@ -161,6 +161,17 @@ def call_shape(shape, fake, user, text, wrap=True, calls=1, **wrap_kw):
     return asyncio.run(go())
 
 
+def test_named_speakers_keep_their_own_facts_and_user_name_marks_the_user(endpoint, key):
+    m = memoire.Memoire(endpoint, key, user=new_user())
+    said = [{"role": "user", "name": "Caroline", "content": "I live in Boston."},
+            {"role": "user", "name": "Melanie", "content": "I live in Denver."}]
+    got = m.ingest(said, session_id="s1", user_name="Caroline", wait_for_extraction=True)
+    assert got["extraction"] == "EXTRACTION_STATE_COMPLETED"
+    memories = {x["slot"]: (x["content"], x.get("subject", "")) for x in m.list_memories()["memories"]}
+    assert memories == {"user.home_city": ("Lives in Boston", ""),
+                        "melanie.home_city": ("Lives in Denver", "Melanie")}
+
+
 @pytest.mark.parametrize("shape", SYNC + ASYNC, ids=lambda f: f.__name__)
 def test_wrap_injects_memory_and_ingests_the_exchange(shape, fake, endpoint, key):
     user = new_user()

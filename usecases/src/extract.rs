@@ -61,7 +61,11 @@ impl UseCases {
         };
         let outcome = match self.extraction_input(ep, s).await {
             Err(e) => Err(failed("preparing the extraction", e)?),
-            Ok(input) => match extractor.extract(&input).await {
+            Ok(input) => match extractor
+                .extract(&input)
+                .await
+                .map(|x| x.filed_under_speaker(&input.turn))
+            {
                 Err(e) => Err(e),
                 Ok(extraction) => match self.apply(ep, &extraction, extractor, s).await {
                     Err(e) => Err(failed("applying the extraction", e)?),

@@ -101,9 +101,10 @@ class _Api:
 
     def ingest(self, messages: Iterable[Mapping[str, Any]], *, session_id: str, user: Optional[str] = None,
                namespace: Optional[str] = None, wait_for_extraction: bool = False,
-               wait_timeout: Optional[float] = None, timeout: Optional[float] = None) -> Any:
+               wait_timeout: Optional[float] = None, timeout: Optional[float] = None,
+               user_name: Optional[str] = None) -> Any:
         msgs = [_message(m) for m in messages]
-        req = self._scoped(user, namespace, session_id=session_id, messages=msgs,
+        req = self._scoped(user, namespace, session_id=session_id, messages=msgs, user_name=user_name,
                            wait_for_extraction=wait_for_extraction or None,
                            wait_timeout=f"{wait_timeout}s" if wait_timeout else None)
         return self._call("Ingest", req, timeout)

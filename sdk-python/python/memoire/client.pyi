@@ -26,7 +26,8 @@ class _Common:
 class Memoire(_Common):
     def ingest(self, messages: Iterable[Mapping[str, Any]], *, session_id: str, user: Optional[str] = None,
                namespace: Optional[str] = None, wait_for_extraction: bool = False,
-               wait_timeout: Optional[float] = None, timeout: Optional[float] = None) -> _Reply: ...
+               wait_timeout: Optional[float] = None, timeout: Optional[float] = None,
+               user_name: Optional[str] = None) -> _Reply: ...
     def recall(self, query: str, *, user: Optional[str] = None, namespaces: Optional[Sequence[str]] = None,
                k: Optional[int] = None, token_budget: Optional[int] = None, tokenizer: Optional[str] = None,
                filter: Optional[Mapping[str, Any]] = None, include_episodes: Optional[bool] = None,
@@ -65,7 +66,8 @@ class Memoire(_Common):
 class AsyncMemoire(_Common):
     def ingest(self, messages: Iterable[Mapping[str, Any]], *, session_id: str, user: Optional[str] = None,
                namespace: Optional[str] = None, wait_for_extraction: bool = False,
-               wait_timeout: Optional[float] = None, timeout: Optional[float] = None) -> Awaitable[_Reply]: ...
+               wait_timeout: Optional[float] = None, timeout: Optional[float] = None,
+               user_name: Optional[str] = None) -> Awaitable[_Reply]: ...
     def recall(self, query: str, *, user: Optional[str] = None, namespaces: Optional[Sequence[str]] = None,
                k: Optional[int] = None, token_budget: Optional[int] = None, tokenizer: Optional[str] = None,
                filter: Optional[Mapping[str, Any]] = None, include_episodes: Optional[bool] = None,

@@ -8,7 +8,7 @@ use memoire_core::command::{
     Forget, ForgetSelector, ForgetTarget, Ingest, ListMemories, MemoryPatch, NewEpisode, NewMemory,
     RecallQuery, Teach, TeachResult,
 };
-use memoire_core::model::{Basis, Scope};
+use memoire_core::model::{Basis, MessageRole, Scope};
 use memoire_core::recall::{self as recall, Item};
 use memoire_core::validate::{self as v, Limits, MAX_ID_BYTES, MAX_REASON_BYTES};
 use memoire_core::{Error, Result};
@@ -374,12 +374,15 @@ pub fn ingest_command(
             ),
         ));
     }
+    let user_name = v::optional_text("user_name", r.user_name.as_deref(), MAX_ID_BYTES)?;
     let messages = r
         .messages
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
             let field = |f: &str| format!("messages[{i}].{f}");
+            let role = convert::role(&field("role"), m.role)?;
+            let name = v::optional_text(&field("name"), m.name.as_deref(), MAX_ID_BYTES)?;
             let occurred_at = convert::opt_time(&field("occurred_at"), m.occurred_at.as_ref())?;
             if let Some(t) = occurred_at
                 && t > now + chrono::Duration::minutes(5)
@@ -387,8 +390,10 @@ pub fn ingest_command(
                 return Err(Error::invalid(field("occurred_at"), "is in the future"));
             }
             Ok(NewEpisode {
-                role: convert::role(&field("role"), m.role)?,
-                name: v::optional_text(&field("name"), m.name.as_deref(), MAX_ID_BYTES)?,
+                speaker_is_user: role == MessageRole::User
+                    && speaker_is_user(name.as_deref(), user_name.as_deref()),
+                role,
+                name,
                 content: v::content(&field("content"), &m.content, limits.max_content_bytes)?,
                 message_id: non_empty(m.message_id)
                     .map(|id| v::required_id(&field("message_id"), &id))
@@ -402,6 +407,15 @@ pub fn ingest_command(
         session_id,
         messages,
     })
+}
+
+/// A user message is the user's own when it has no speaker name or the name the user goes by.
+fn speaker_is_user(name: Option<&str>, user_name: Option<&str>) -> bool {
+    match (name, user_name) {
+        (None, _) => true,
+        (Some(n), Some(u)) => n.trim().to_lowercase() == u.trim().to_lowercase(),
+        (Some(_), None) => false,
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,21 @@ fn user(content: &str) -> pb::Message {
     msg(pb::MessageRole::User, content, None)
 }
 
+/// An Ingest of `messages` in session "s1" that waits up to 30 s for extraction.
+fn waiting(user_id: &str, messages: Vec<pb::Message>) -> pb::IngestRequest {
+    pb::IngestRequest {
+        user_id: user_id.into(),
+        session_id: "s1".into(),
+        messages,
+        wait_for_extraction: true,
+        wait_timeout: Some(prost_types::Duration {
+            seconds: 30,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
 async fn ingest(
     client: &Client,
     user_id: &str,
@@ -33,15 +48,8 @@ async fn ingest(
     client
         .memory()
         .ingest(pb::IngestRequest {
-            user_id: user_id.into(),
-            session_id: "s1".into(),
-            messages,
             wait_for_extraction: wait,
-            wait_timeout: Some(prost_types::Duration {
-                seconds: 30,
-                nanos: 0,
-            }),
-            ..Default::default()
+            ..waiting(user_id, messages)
         })
         .await
         .expect("ingest")
@@ -212,6 +220,109 @@ async fn dana_moves_to_dallas_and_keeps_her_allergy() {
     .await
     .expect("audit");
     assert!(audited >= 4, "{audited} audit rows");
+}
+
+fn said_by(name: &str, content: &str) -> pb::Message {
+    pb::Message {
+        name: Some(name.into()),
+        ..user(content)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_people_talking_keep_their_own_facts() {
+    let server = TestServer::start().await;
+    let (_, client) = server.tenant("pair", pb::KeyRole::Writer).await;
+    let talk = |user_name: Option<&str>, messages: Vec<pb::Message>| {
+        let client = client.clone();
+        let request = pb::IngestRequest {
+            user_name: user_name.map(str::to_owned),
+            ..waiting("caroline", messages)
+        };
+        async move {
+            client
+                .memory()
+                .ingest(request)
+                .await
+                .expect("ingest")
+                .into_inner()
+        }
+    };
+    // Caroline owns the user id; Melanie is the friend she talks to.
+    let r = talk(
+        Some("Caroline"),
+        vec![
+            said_by("Caroline", "I live in Boston and I love pottery."),
+            said_by("Melanie", "I just moved to Denver! I love pottery too."),
+        ],
+    )
+    .await;
+    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    // Melanie moving again supersedes Melanie's home, never Caroline's.
+    talk(
+        Some("Caroline"),
+        vec![said_by("Melanie", "I moved to Austin last week.")],
+    )
+    .await;
+
+    let memories = current(&client, "caroline").await;
+    let by_slot = |slot: &str| -> Vec<(&str, &str)> {
+        memories
+            .iter()
+            .filter(|m| m.slot == slot)
+            .map(|m| (m.content.as_str(), m.subject.as_str()))
+            .collect()
+    };
+    assert_eq!(by_slot("user.home_city"), vec![("Lives in Boston", "")]);
+    assert_eq!(
+        by_slot("melanie.home_city"),
+        vec![("Lives in Austin", "Melanie")]
+    );
+    assert_eq!(by_slot("user.taste.pottery").len(), 1, "{memories:?}");
+    assert_eq!(
+        by_slot("melanie.taste.pottery"),
+        vec![("Likes pottery", "Melanie")]
+    );
+
+    // Recall says whose fact it is, and a question naming Melanie prefers hers.
+    let reply = client
+        .memory()
+        .recall(pb::RecallRequest {
+            user_id: "caroline".into(),
+            query: "Where does Melanie live?".into(),
+            k: 3,
+            include_episodes: Some(false),
+            ..Default::default()
+        })
+        .await
+        .expect("recall")
+        .into_inner();
+    let first = match &reply.items[0].item {
+        Some(pb::recall_item::Item::Memory(m)) => m.content.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(first, "Lives in Austin");
+    assert!(
+        reply.context.contains("Lives in Austin (about Melanie)"),
+        "{}",
+        reply.context
+    );
+
+    // Without `user_name`, every named speaker is someone else: nothing is filed as the user's.
+    let r = ingest(
+        &client,
+        "transcript",
+        vec![said_by("Nate", "I live in Oslo.")],
+        true,
+    )
+    .await;
+    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    let nate = current(&client, "transcript").await;
+    assert_eq!(nate.len(), 1);
+    assert_eq!(
+        (nate[0].slot.as_str(), nate[0].subject.as_str()),
+        ("nate.home_city", "Nate")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

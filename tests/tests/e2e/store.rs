@@ -36,6 +36,7 @@ async fn ingest(server: &TestServer, scope: &Scope, n: usize) {
                 .map(|i| NewEpisode {
                     role: MessageRole::User,
                     name: None,
+                    speaker_is_user: true,
                     content: format!("turn {i}"),
                     message_id: Some(format!("m{i}")),
                     occurred_at: None,
