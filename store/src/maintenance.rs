@@ -397,8 +397,16 @@ impl PgStore {
 
     /// A session's turns, in the order they were said.
     pub async fn session_turns(&self, scope: &Scope, session: &str) -> Result<Vec<SessionTurn>> {
-        let rows: Vec<(Uuid, String, String, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT id, role, content, occurred_at FROM episodes WHERE tenant_id = $1 \
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            id: Uuid,
+            role: String,
+            name: Option<String>,
+            content: String,
+            occurred_at: DateTime<Utc>,
+        }
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, role, name, content, occurred_at FROM episodes WHERE tenant_id = $1 \
              AND user_id = $2 AND namespace = $3 AND session_id = $4 ORDER BY occurred_at, seq",
         )
         .bind(scope.tenant_id)
@@ -410,11 +418,12 @@ impl PgStore {
         .map_err(db_error)?;
         Ok(rows
             .into_iter()
-            .map(|(id, role, content, occurred_at)| SessionTurn {
-                id,
-                role: MessageRole::parse(&role).unwrap_or(MessageRole::User),
-                content,
-                occurred_at,
+            .map(|r| SessionTurn {
+                id: r.id,
+                role: MessageRole::parse(&r.role).unwrap_or(MessageRole::User),
+                name: r.name,
+                content: r.content,
+                occurred_at: r.occurred_at,
             })
             .collect())
     }
