@@ -119,7 +119,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "recall_speaker_weight",
-        "boost of a conversation turn whose speaker the query names: x(1 + w)",
+        "boost of a conversation turn whose speaker, or a memory whose subject, the query names: x(1 + w)",
     ),
     (
         "recall_context_weight",

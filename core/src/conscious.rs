@@ -11,7 +11,7 @@
 use chrono::{DateTime, Duration, Utc};
 
 use crate::model::{Memory, MemoryKind};
-use crate::recall::{EpisodeHit, Packed, TokenCounter, one_line};
+use crate::recall::{EpisodeHit, Packed, TokenCounter, memory_line, one_line};
 
 /// Slot prefixes that identify the user: always essential.
 pub const IDENTITY_SLOTS: &[&str] = &[
@@ -100,10 +100,6 @@ pub fn optimize_order(memories: &[Memory], now: DateTime<Utc>, max: usize) -> Ve
         .collect();
     eligible.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     eligible.into_iter().take(max).map(|(_, id)| id).collect()
-}
-
-fn memory_line(m: &Memory) -> String {
-    format!("- {} [memory {}]\n", one_line(&m.content), m.id)
 }
 
 fn turn_line(e: &EpisodeHit) -> String {

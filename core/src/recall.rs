@@ -9,10 +9,11 @@
 //!             rrf:      (w_text / (k + text_rank) + w_vec / (k + vector_rank)) / ((w_text + w_vec) / (k + 1))
 //!             (bm25 and cosine are every candidate's real scores, not only the best few's)
 //! fused     = (relevance + w_ctx × context) / (1 + w_ctx)
-//! context   = for an episode, the best relevance of its neighbouring turns (0 for memories)
+//! context   = for an episode, the best relevance of its neighbouring turns and of the session
+//!             digests that quote it (0 for memories; with turns searched, digests are not items)
 //! final     = fused × (1 + w_imp × (importance − 0.5)) × confidence^w_conf × subject × speaker
 //!             + w_rec × recency
-//! speaker   = 1 + w_spk for an episode whose speaker the query names; else 1
+//! speaker   = 1 + w_spk for an episode whose speaker, or a memory whose subject, the query names; else 1
 //! subject   = 1 − w_subj when the memory is about someone else (its subject is set and is not
 //!             "user") and the query does not name them; else 1
 //! recency   = 0.5 ^ (age_days / half_life_days)
@@ -264,6 +265,32 @@ pub fn rank(
         .zip(&relevance)
         .map(|(c, r)| (c.item.id(), *r))
         .collect();
+    // When conversation turns are searched, a session digest is a route to its turns rather than
+    // an item of its own (its quotes are those turns): its relevance is context for the turns it
+    // links to, and it leaves the list. Without turns it is ranked like any memory.
+    let turns_searched = candidates
+        .iter()
+        .any(|c| matches!(c.item, Item::Episode(_)));
+    let mut via_digest: std::collections::HashMap<Uuid, f32> = std::collections::HashMap::new();
+    if turns_searched {
+        for (c, r) in candidates.iter().zip(&relevance) {
+            if let Item::Memory(m) = &c.item
+                && m.kind == MemoryKind::Summary
+            {
+                for id in &m.source_episode_ids {
+                    let best = via_digest.entry(*id).or_insert(0.0);
+                    *best = best.max(*r);
+                }
+            }
+        }
+    }
+    let (candidates, relevance): (Vec<Candidate>, Vec<f32>) = candidates
+        .into_iter()
+        .zip(relevance)
+        .filter(|(c, _)| {
+            !(turns_searched && matches!(&c.item, Item::Memory(m) if m.kind == MemoryKind::Summary))
+        })
+        .unzip();
     let mut scored: Vec<Scored> = candidates
         .into_iter()
         .zip(relevance)
@@ -286,11 +313,18 @@ pub fn rank(
                 .neighbours
                 .iter()
                 .filter_map(|n| by_id.get(n))
+                .chain(via_digest.get(&c.item.id()))
                 .fold(0f32, |a, b| a.max(*b));
             let fused = (relevance + w.context * context) / (1.0 + w.context.max(0.0));
-            let speaker_factor = match &c.item {
-                Item::Episode(e) if names(&query_words, e.name.as_deref()) => 1.0 + w.speaker,
-                _ => 1.0,
+            // Said by, or about, a person the query names.
+            let person = match &c.item {
+                Item::Episode(e) => e.name.as_deref(),
+                Item::Memory(m) => m.subject.as_deref(),
+            };
+            let speaker_factor = if names(&query_words, person) {
+                1.0 + w.speaker
+            } else {
+                1.0
             };
             let subject_factor = if about_someone_else(subject, &query_lower) {
                 1.0 - w.subject
@@ -402,7 +436,7 @@ pub(crate) fn one_line(s: &str) -> String {
 
 fn line(item: &Item) -> String {
     match item {
-        Item::Memory(m) => format!("- {} [memory {}]\n", one_line(&m.content), m.id),
+        Item::Memory(m) => memory_line(m),
         Item::Episode(e) => format!(
             "- {} ({}, {}): {} [episode {}]\n",
             e.name.as_deref().unwrap_or(e.role.as_str()),
@@ -411,6 +445,25 @@ fn line(item: &Item) -> String {
             one_line(&e.content),
             e.id
         ),
+    }
+}
+
+/// A memory as a line of packed context: its content, who it is about when that is not the user,
+/// and its id.
+pub(crate) fn memory_line(m: &Memory) -> String {
+    match m
+        .subject
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        Some(subject) if !subject.eq_ignore_ascii_case("user") => format!(
+            "- {} (about {}) [memory {}]\n",
+            one_line(&m.content),
+            one_line(subject),
+            m.id
+        ),
+        _ => format!("- {} [memory {}]\n", one_line(&m.content), m.id),
     }
 }
 
@@ -594,6 +647,44 @@ mod tests {
             ids(&rank(cands, "what about bonsai?", &w, now, None, 2)),
             [1, 2]
         );
+    }
+
+    #[test]
+    fn a_session_digest_routes_to_the_turns_it_quotes() {
+        let now = DateTime::from_timestamp(1_700_000_000, 0).expect("time");
+        let mut m = memory(
+            9,
+            MemoryKind::Summary,
+            "Session s, Ana: turn 2 | turn 3",
+            0.6,
+        );
+        m.source_episode_ids = vec![Uuid::from_u128(2)];
+        let digest = Candidate {
+            item: Item::Memory(Box::new(m)),
+            text_rank: None,
+            text_score: 1.0,
+            vector_rank: None,
+            vector_score: 0.9,
+            neighbours: Vec::new(),
+        };
+        let w = Weights {
+            context: 0.4,
+            ..Weights::default()
+        };
+        let cands = vec![
+            digest.clone(),
+            episode(2, "Ana", 0.3, 0.3, &[]),
+            episode(3, "Ana", 0.3, 0.3, &[]),
+        ];
+        let ranked = rank(cands, "q", &w, now, None, 3);
+        assert_eq!(
+            ids(&ranked),
+            [2, 3],
+            "the digest lifts turn 2 and leaves the list"
+        );
+        assert!(ranked[0].explain.context > 0.0);
+        // Memories only: the digest is an item like any other.
+        assert_eq!(ids(&rank(vec![digest], "q", &w, now, None, 3)), [9]);
     }
 
     #[test]

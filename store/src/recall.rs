@@ -431,45 +431,74 @@ fn ranked(hits: &[(Uuid, f32)]) -> HashMap<Uuid, (u32, f32)> {
 
 impl PgStore {
     /// Candidates for `q`: memories (and episodes when asked) found by full text or by vector,
-    /// with their ranks and scores, hydrated as of `q.as_of` when given.
+    /// with their ranks and scores, hydrated as of `q.as_of` when given. `vector` is the query's
+    /// embedding, still being computed: the full-text searches run meanwhile, and only the
+    /// vector side waits for it (`None`: no vector search).
     pub async fn recall_candidates(
         &self,
         q: &RecallQuery,
-        vector: Option<&[f32]>,
+        vector: impl std::future::Future<Output = Result<Option<Vec<f32>>>>,
         vs: &VectorSettings,
     ) -> Result<Vec<Candidate>> {
         let now = self.clock.now();
-        let mut out = self
-            .candidates_in(Table::Memories, q, vector, vs, now)
-            .await?;
-        if q.include_episodes {
-            out.extend(
-                self.candidates_in(Table::Episodes, q, vector, vs, now)
-                    .await?,
-            );
+        let tables: &[Table] = if q.include_episodes {
+            &[Table::Memories, Table::Episodes]
+        } else {
+            &[Table::Memories]
+        };
+        let (vector, texts) = tokio::join!(
+            vector,
+            futures::future::join_all(tables.iter().map(|t| self.text_hits(*t, q, vs, now)))
+        );
+        let vector = vector?;
+        let vector = vector.as_deref();
+        // The tables are searched at once: each is a chain of round trips.
+        let found =
+            futures::future::join_all(tables.iter().zip(texts).map(|(t, text)| async move {
+                let (stats, text) = text?;
+                self.candidates_in(*t, q, stats, text, vector, vs, now)
+                    .await
+            }))
+            .await;
+        let mut out = Vec::new();
+        for f in found {
+            out.extend(f?);
         }
         Ok(out)
     }
 
-    async fn candidates_in(
+    /// The scope's statistics and its best full-text matches in `table`.
+    async fn text_hits(
         &self,
         table: Table,
         q: &RecallQuery,
-        vector: Option<&[f32]>,
         vs: &VectorSettings,
         now: DateTime<Utc>,
-    ) -> Result<Vec<Candidate>> {
+    ) -> Result<(ScopeStats, Vec<(Uuid, f32)>)> {
         let stats = self
             .stats_cache
             .get(&self.pool, table, q, &vs.model)
             .await?;
-        let (text, near) = tokio::join!(bm25(&self.pool, table, q, stats, now, None), async {
-            match vector {
-                Some(v) => nearest(&self.pool, table, q, v, vs, stats, now).await,
-                None => Ok(Vec::new()),
-            }
-        });
-        let text_all = text?;
+        let text = bm25(&self.pool, table, q, stats, now, None).await?;
+        Ok((stats, text))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn candidates_in(
+        &self,
+        table: Table,
+        q: &RecallQuery,
+        stats: ScopeStats,
+        text_all: Vec<(Uuid, f32)>,
+        vector: Option<&[f32]>,
+        vs: &VectorSettings,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Candidate>> {
+        let near = match vector {
+            Some(v) => nearest(&self.pool, table, q, v, vs, stats, now).await,
+            None => Ok(Vec::new()),
+        };
+
         // Fewer than the pool: every matching document is in it, and the others score 0.
         let text_complete = text_all.len() < q.candidates;
         let mut text_scores: HashMap<Uuid, f32> = text_all.iter().copied().collect();
@@ -514,21 +543,24 @@ impl PgStore {
             .filter(|id| !near.contains_key(id))
             .copied()
             .collect();
-        let (text_only, vector_only) = tokio::join!(
+        let (text_only, vector_only, items) = tokio::join!(
             bm25(&self.pool, table, q, stats, now, Some(&no_text)),
             async {
                 match vector {
                     Some(v) => cosines(&self.pool, table, q.tenant_id, &no_vector, v, vs).await,
                     None => Ok(Vec::new()),
                 }
+            },
+            async {
+                match table {
+                    Table::Memories => self.hydrate_memories(q, &ids).await,
+                    Table::Episodes => self.hydrate_episodes(q.tenant_id, &ids).await,
+                }
             }
         );
         text_scores.extend(text_only?);
         let vector_only: HashMap<Uuid, f32> = vector_only?.into_iter().collect();
-        let items = match table {
-            Table::Memories => self.hydrate_memories(q, &ids).await?,
-            Table::Episodes => self.hydrate_episodes(q.tenant_id, &ids).await?,
-        };
+        let items = items?;
         Ok(items
             .into_iter()
             .map(|item| {

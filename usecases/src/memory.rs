@@ -44,8 +44,9 @@ pub enum ExtractionWait {
 const CORRECTION_ATTEMPTS: usize = 3;
 
 impl UseCases {
-    /// Recall: embed the query (cached) → full-text and vector candidates → rank (core) → pack
-    /// under the token budget (with `tokenizer`'s counts) → access statistics after the reply.
+    /// Recall: embed the query (cached; full text searches meanwhile) → vector candidates → rank
+    /// (core) → pack under the token budget (with `tokenizer`'s counts) → access statistics
+    /// after the reply.
     pub async fn recall(
         &self,
         mut query: RecallQuery,
@@ -61,10 +62,14 @@ impl UseCases {
         query.candidates = s.candidates.max(k);
         query.min_confidence = s.min_confidence;
         let tenant = query.tenant_id;
-        let (vector, _cached) = self.inner.queries.embed(tenant, &query.text).await?;
+        // The query is embedded while the full-text searches run.
+        let embedding = async {
+            let (vector, _cached) = self.inner.queries.embed(tenant, &query.text).await?;
+            Ok(Some(vector))
+        };
         let candidates = self
             .store()
-            .recall_candidates(&query, Some(&vector), &s.vectors)
+            .recall_candidates(&query, embedding, &s.vectors)
             .await?;
         let ranked = recall::rank(
             candidates,
