@@ -497,7 +497,7 @@ impl Metrics {
 
 /// A table of systems: overall columns, then R@10 per category.
 pub fn report(systems: &[(&str, &Metrics)]) -> String {
-    let mut out = format!("{:<34}", "system");
+    let mut out = format!("{:<42}", "system");
     for c in COLUMNS {
         out.push_str(&format!(" {c:>7}"));
     }
@@ -507,7 +507,7 @@ pub fn report(systems: &[(&str, &Metrics)]) -> String {
     out.push('\n');
     for (name, m) in systems {
         let (all, n) = m.mean(None);
-        out.push_str(&format!("{name:<34}"));
+        out.push_str(&format!("{name:<42}"));
         for x in all {
             out.push_str(&format!(" {x:>7.3}"));
         }
@@ -605,8 +605,11 @@ async fn wait_for_worker(server: &TestServer) -> anyhow::Result<()> {
 pub struct Outcome {
     /// Recall with `include_episodes`, k = 20.
     pub recall: Metrics,
-    /// Recall with no flags but k = 20 (what the SDK's `wrap()` asks; episodes unset).
+    /// Recall with no flags but k = 20 (episodes unset).
     pub default: Metrics,
+    /// What the Python SDK's `wrap()` puts into a prompt: the packed context of a Recall with its
+    /// defaults (k = [`WRAP_K`], [`WRAP_TOKEN_BUDGET`] tokens, no flags), in the order packed.
+    pub wrap: Metrics,
     /// Okapi BM25 over the rendered turns.
     pub bm25: Metrics,
     /// MiniLM dense search over the rendered turns.
@@ -623,12 +626,51 @@ pub struct Outcome {
     pub ingest_seconds: f64,
 }
 
-/// Ingests `convs` into `server` (one user each) through gRPC, asks every question through
-/// Recall and computes the baselines; with `dump`, writes each question's first 100 items with
-/// their score components as a JSON line.
+/// `wrap()`'s default `k` (sdk-python/python/memoire/_wrap.py).
+pub const WRAP_K: u32 = 10;
+/// `wrap()`'s default `token_budget`.
+pub const WRAP_TOKEN_BUDGET: u32 = 1024;
+
+/// The turn ids of the items a packed context holds, in the order packed.
+fn packed_turn_ids(reply: &pb::RecallResponse, episodes: &HashMap<String, String>) -> Vec<String> {
+    let by_id: HashMap<&str, &pb::RecallItem> = reply
+        .items
+        .iter()
+        .filter_map(|i| match &i.item {
+            Some(pb::recall_item::Item::Episode(e)) => Some((e.id.as_str(), i)),
+            Some(pb::recall_item::Item::Memory(m)) => Some((m.id.as_str(), i)),
+            None => None,
+        })
+        .collect();
+    let mut out = Vec::new();
+    for line in reply.context.lines() {
+        let Some(id) = line
+            .rsplit_once(' ')
+            .map(|(_, id)| id.trim_end_matches(']'))
+            .filter(|_| line.ends_with(']'))
+        else {
+            continue;
+        };
+        if let Some(item) = by_id.get(id) {
+            out.extend(turn_ids(
+                &pb::RecallResponse {
+                    items: vec![(*item).clone()],
+                    ..Default::default()
+                },
+                episodes,
+            ));
+        }
+    }
+    out
+}
+
+/// Ingests `convs` into `server` (one user each) through gRPC, runs the reflect job when asked
+/// (session digests), asks every question through Recall and computes the baselines; with
+/// `dump`, writes each question's first 100 items with their score components as a JSON line.
 pub async fn evaluate(
     server: &TestServer,
     convs: &[Conversation],
+    reflect: bool,
     mut dump: Option<&mut dyn std::io::Write>,
 ) -> anyhow::Result<Outcome> {
     let (_, client) = server.tenant("eval", pb::KeyRole::Writer).await;
@@ -639,6 +681,35 @@ pub async fn evaluate(
         episodes.extend(ingest(&mut m, c).await?);
     }
     wait_for_worker(server).await?;
+    if reflect {
+        let tenant: String = sqlx::query_scalar("SELECT id::text FROM tenants WHERE name = 'eval'")
+            .fetch_one(server.pool())
+            .await?;
+        let r = server
+            .admin()
+            .admin()
+            .run_maintenance(pb::RunMaintenanceRequest {
+                job: pb::MaintenanceJob::Reflect as i32,
+                tenant_id: tenant,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        // In the background (it outlasts a call's deadline on the full data): wait for its run.
+        let run: uuid::Uuid = r.job_id.parse()?;
+        loop {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM maintenance_runs WHERE id = $1")
+                    .bind(run)
+                    .fetch_optional(server.pool())
+                    .await?;
+            match status.as_deref() {
+                Some("running") | None => tokio::time::sleep(Duration::from_millis(500)).await,
+                Some("done") => break,
+                Some(other) => anyhow::bail!("reflect ended {other}"),
+            }
+        }
+    }
     // What autovacuum does within a minute of a bulk load: without statistics the planner
     // estimates one row per table and reads whole scopes; a deployment is measured with them.
     sqlx::query("ANALYZE").execute(server.pool()).await?;
@@ -649,7 +720,8 @@ pub async fn evaluate(
 
     let model = memoire_providers::LocalEmbedder::load(&crate::model_dir(), "all-MiniLM-L6-v2")
         .context("loading the local model for the dense baseline")?;
-    let (mut with_episodes, mut default, mut bm25, mut dense, mut fused) = (
+    let (mut with_episodes, mut default, mut wrap, mut bm25, mut dense, mut fused) = (
+        Metrics::default(),
         Metrics::default(),
         Metrics::default(),
         Metrics::default(),
@@ -697,6 +769,17 @@ pub async fn evaluate(
             with_episodes.add(q, &returned);
             let plain = m.recall(ask(20, None)).await?.into_inner();
             default.add(q, &turn_ids(&plain, &episodes));
+            let wrapped = m
+                .recall(pb::RecallRequest {
+                    user_id: c.id.clone(),
+                    query: q.text.clone(),
+                    k: WRAP_K,
+                    token_budget: WRAP_TOKEN_BUDGET,
+                    ..Default::default()
+                })
+                .await?
+                .into_inner();
+            wrap.add(q, &packed_turn_ids(&wrapped, &episodes));
             // Asking for more never reorders the first ones.
             let ten = m.recall(ask(10, Some(true))).await?.into_inner();
             let hundred = m.recall(ask(100, Some(true))).await?.into_inner();
@@ -769,6 +852,7 @@ pub async fn evaluate(
     Ok(Outcome {
         recall: with_episodes,
         default,
+        wrap,
         bm25,
         dense,
         rrf: fused,

@@ -478,8 +478,8 @@ def _install() -> None:
 
 def wrap(client: Any, *, user: Optional[str] = None, namespace: Optional[str] = None,
          endpoint: str = "http://127.0.0.1:50051", api_key: Optional[str] = None,
-         session_id: Optional[str] = None, recall_budget_ms: int = 200, k: int = 8,
-         token_budget: int = 512, conscious: bool = False,
+         session_id: Optional[str] = None, recall_budget_ms: int = 200, k: int = 10,
+         token_budget: int = 1024, conscious: bool = False,
          on_error: Optional[Callable[[BaseException], Any]] = None, breaker_threshold: int = 3,
          breaker_cooldown: float = 30.0, queue_size: int = 1000) -> Any:
     """Adds memory to an ``openai.OpenAI`` / ``AsyncOpenAI`` (or Azure) client and returns the

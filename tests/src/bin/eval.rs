@@ -1,10 +1,11 @@
 //! `make eval`: recall quality on long conversations, through the real gRPC API, beside three
 //! baselines computed in the same run (see `memoire_tests::eval`).
 //!
-//! Usage: `eval [DATA_DIR] [--conversations N] [--dump FILE]`; the directory also comes from
+//! Usage: `eval [DATA_DIR] [--conversations N] [--dump FILE] [--reflect]`; the directory also comes from
 //! `MEMOIRE_EVAL_DATA` and defaults to `../shared/data/locomo-dev` next to the repository.
 //! `--dump` writes, per question, the 100 items Recall ranks first with their score components
-//! (JSON lines), for choosing fusion settings offline by cross-validation.
+//! (JSON lines), for choosing fusion settings offline by cross-validation. `--reflect` runs the
+//! reflect job (session digests) after extraction, before the questions.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -71,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
     let o = eval::evaluate(
         &server,
         &convs,
+        std::env::args().any(|a| a == "--reflect"),
         file.as_mut().map(|f| f as &mut dyn std::io::Write),
     )
     .await?;
@@ -84,6 +86,14 @@ async fn main() -> anyhow::Result<()> {
         eval::report(&[
             ("Recall, include_episodes=true (k=20)", &o.recall),
             ("Recall, default flags (k=20)", &o.default),
+            (
+                &format!(
+                    "wrap(): packed context (k={}, {} tokens)",
+                    eval::WRAP_K,
+                    eval::WRAP_TOKEN_BUDGET
+                ),
+                &o.wrap,
+            ),
             ("baseline: Okapi BM25", &o.bm25),
             ("baseline: MiniLM dense", &o.dense),
             ("baseline: RRF(BM25, dense)", &o.rrf),

@@ -68,7 +68,7 @@ async fn the_harness_ingests_asks_and_scores_a_small_conversation() {
 
     let server = TestServer::start().await;
     let mut dump = Vec::new();
-    let o = eval::evaluate(&server, &convs, Some(&mut dump))
+    let o = eval::evaluate(&server, &convs, false, Some(&mut dump))
         .await
         .expect("evaluate");
     assert_eq!(o.recall.mean(None).1, 6);
