@@ -44,27 +44,39 @@ pub struct CandidateMemory {
     pub target: Option<uuid::Uuid>,
 }
 
-/// A slot key from free text: lowercase ASCII words joined by `_` ("Green Tea" → "green_tea").
+/// Longest slot key made from free text, in bytes.
+const MAX_KEY_BYTES: usize = 48;
+
+/// A slot key from free text: its words in slot form (NFKC, lowercase; any script) joined by `_`
+/// ("Green Tea" → "green_tea", "寿司" → "寿司"), at most 48 bytes on a character boundary.
+/// Punctuation separates words and is dropped.
 pub fn slot_key(s: &str) -> String {
+    let form = crate::validate::slot_form(s);
     let mut out = String::new();
-    for word in s
-        .split(|c: char| !c.is_alphanumeric())
+    for word in form
+        .split(|c: char| c == '_' || !crate::validate::slot_char(c))
         .filter(|w| !w.is_empty())
     {
-        let w: String = word
-            .chars()
-            .filter(char::is_ascii_alphanumeric)
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if w.is_empty() {
-            continue;
+        let sep = usize::from(!out.is_empty());
+        if out.len() + sep + word.len() > MAX_KEY_BYTES {
+            // A word that does not fit whole is cut on a character boundary, then the key ends.
+            if sep == 1 {
+                out.push('_');
+            }
+            for c in word.chars() {
+                if out.len() + c.len_utf8() > MAX_KEY_BYTES {
+                    break;
+                }
+                out.push(c);
+            }
+            break;
         }
-        if !out.is_empty() {
+        if sep == 1 {
             out.push('_');
         }
-        out.push_str(&w);
+        out.push_str(word);
     }
-    out.chars().take(48).collect()
+    out.trim_end_matches('_').to_owned()
 }
 
 /// Words that follow "I'm" without being a name.
@@ -1248,8 +1260,8 @@ impl Extraction {
 /// Files candidates that an extractor wrote about the speaker ("the user": a `user.…` slot, or
 /// no subject) under `speaker`, a named participant who is not the user: the subject becomes the
 /// speaker and `user.home_city` becomes `<speaker>.home_city`, so that what one person says about
-/// themself never supersedes another person's facts. A name with no ASCII letter or digit gives
-/// no slot key, and such a candidate keeps no slot rather than share one with other speakers.
+/// themself never supersedes another person's facts. A name with no letter or digit gives no slot
+/// key, and such a candidate keeps no slot rather than share one with other speakers.
 pub fn attribute_to_speaker(candidates: &mut [CandidateMemory], speaker: &str) {
     let key = slot_key(speaker);
     for c in candidates {
@@ -1544,15 +1556,41 @@ mod tests {
             assert_eq!(own.candidates[0].subject, None);
             assert_eq!(own.candidates[0].slot.as_deref(), Some("user.home_city"));
         }
-        // A name without a slot key keeps no slot rather than share one.
+        // Names in any script make slot keys; one without a letter keeps no slot rather than
+        // share one.
         let other = said("I moved to Denver.").filed_under_speaker(&turn(Some("明"), false));
         assert_eq!(other.candidates[0].subject.as_deref(), Some("明"));
+        assert_eq!(other.candidates[0].slot.as_deref(), Some("明.home_city"));
+        let other = said("I moved to Denver.").filed_under_speaker(&turn(Some("???"), false));
         assert_eq!(other.candidates[0].slot, None);
     }
 
     #[test]
     fn slot_keys() {
         assert_eq!(slot_key("Green Tea!"), "green_tea");
-        assert_eq!(slot_key("crème brûlée"), "crme_brle");
+        assert_eq!(slot_key("crème brûlée"), "crème_brûlée");
+        assert_eq!(slot_key("寿司"), "寿司");
+        assert_ne!(slot_key("寿司"), slot_key("焼肉"));
+        let long = slot_key(&"寿司 ".repeat(30));
+        assert!(long.len() <= 48 && !long.ends_with('_'), "{long}");
+        // Every key the extractor makes is a valid slot segment.
+        for s in [
+            "I love 寿司.",
+            "I love 焼肉.",
+            "I'm allergic to 花生.",
+            "I love борщ!",
+            "I love 🍣",
+        ] {
+            for c in RuleExtractor.extract(s) {
+                let slot = c.slot.expect("slot");
+                assert_eq!(crate::validate::slot("slot", &slot).unwrap(), slot, "{s}");
+            }
+        }
+        let got: Vec<_> = ["I love 寿司.", "I love 焼肉."]
+            .iter()
+            .flat_map(|s| RuleExtractor.extract(s))
+            .map(|c| c.slot)
+            .collect();
+        assert_ne!(got[0], got[1], "two foods, two slots");
     }
 }

@@ -167,15 +167,29 @@ pub fn optional_text(field: &str, s: Option<&str>, max_bytes: usize) -> Result<O
     Ok(Some(s.to_owned()))
 }
 
-/// A slot, normalized: lowercase, spaces and `-` become `_`; then it must read
-/// `subject.attribute` (two or more dot-separated parts of `a-z`, `0-9`, `_`).
+/// Whether `c` may stand in a slot segment: a letter or digit of any script, `_`, or a symbol
+/// such as an emoji — not white space, a control character, `.` (the separator) nor ASCII
+/// punctuation.
+pub fn slot_char(c: char) -> bool {
+    c == '_' || !(c.is_whitespace() || c.is_control() || c.is_ascii_punctuation())
+}
+
+/// Text in the form slots compare: NFKC-normalized (so that full-width "ＡＢ" and "AB", or a
+/// composed and a decomposed "é", are one key) and lowercased.
+pub fn slot_form(s: &str) -> String {
+    use unicode_normalization::UnicodeNormalization;
+    s.nfkc().collect::<String>().to_lowercase()
+}
+
+/// A slot, normalized: NFKC, lowercase, spaces and `-` become `_`; then it must read
+/// `subject.attribute` (two or more dot-separated segments of letters and digits of any script,
+/// `_`, or symbols such as emoji), at most [`MAX_SLOT_BYTES`] bytes.
 pub fn slot(field: &str, s: &str) -> Result<String> {
-    let normalized: String = s
-        .trim()
+    let normalized: String = slot_form(s.trim())
         .chars()
         .map(|c| match c {
             ' ' | '-' => '_',
-            c => c.to_ascii_lowercase(),
+            c => c,
         })
         .collect();
     if normalized.is_empty() {
@@ -195,17 +209,15 @@ pub fn slot(field: &str, s: &str) -> Result<String> {
     }
     let parts: Vec<&str> = normalized.split('.').collect();
     let well_formed = parts.len() >= 2
-        && parts.iter().all(|p| {
-            !p.is_empty()
-                && p.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
-        });
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(slot_char));
     if !well_formed {
         return Err(Error::invalid(
             field,
             format!(
                 "'{s}' is not a `subject.attribute` key such as `user.home_city` \
-                 (letters, digits and '_', dot-separated)"
+                 (letters and digits of any script, '_', dot-separated)"
             ),
         ));
     }
@@ -325,9 +337,52 @@ mod tests {
             slot("slot", "user.diet.allergy").unwrap(),
             "user.diet.allergy"
         );
-        for bad in ["user", "user.", ".city", "user..city", "user.city!", ""] {
+        for bad in [
+            "user",
+            "user.",
+            ".city",
+            "user..city",
+            "user.city!",
+            "",
+            "user.a\u{7}b",
+        ] {
             assert_eq!(field_of(slot("slot", bad).unwrap_err()), "slot", "{bad}");
         }
+    }
+
+    #[test]
+    fn slots_in_any_script_keep_different_words_apart() {
+        let taste = |w: &str| slot("slot", &format!("user.taste.{w}")).unwrap();
+        let words = [
+            "寿司",
+            "焼肉",
+            "花生",
+            "小麦",
+            "борщ",
+            "пельмени",
+            "كبسة",
+            "فلافل",
+            "crème_brûlée",
+            "creme_brulee",
+            "🍣",
+            "🍕",
+            "café",
+        ];
+        let slots: Vec<String> = words.iter().map(|w| taste(w)).collect();
+        let mut unique = slots.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), words.len(), "{slots:?}");
+        assert_eq!(taste("Борщ"), taste("борщ"), "lowercase");
+        // NFKC: full-width letters and a decomposed é are the same key as their plain forms.
+        assert_eq!(taste("ＳＵＳＨＩ"), "user.taste.sushi");
+        assert_eq!(taste("cafe\u{301}"), taste("café"));
+        let long = format!("user.{}", "寿".repeat(50));
+        assert_eq!(
+            field_of(slot("slot", &long).unwrap_err()),
+            "slot",
+            "bytes, not characters"
+        );
     }
 
     #[test]

@@ -326,6 +326,62 @@ async fn two_people_talking_keep_their_own_facts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn likes_and_allergies_in_any_script_keep_their_own_slots() {
+    let server = TestServer::start().await;
+    let (_, client) = server.tenant("unicode", pb::KeyRole::Writer).await;
+    for said in [
+        "I love 寿司.",
+        "I love 焼肉.",
+        "I'm allergic to 花生.",
+        "I'm allergic to 小麦.",
+        "I love борщ.",
+        "I love пельмени.",
+    ] {
+        let r = ingest(&client, "u", vec![user(said)], true).await;
+        assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    }
+    // Teach takes such slots too (NFKC + lowercase), and two words never share one.
+    for (content, slot) in [
+        ("Likes كبسة", "user.taste.كبسة"),
+        ("Likes فلافل", "user.taste.فلافل"),
+        ("Likes crème brûlée", "User.Taste.Crème_Brûlée"),
+    ] {
+        client
+            .memory()
+            .teach(pb::TeachRequest {
+                user_id: "u".into(),
+                kind: pb::MemoryKind::Preference as i32,
+                content: content.into(),
+                slot: Some(slot.into()),
+                ..Default::default()
+            })
+            .await
+            .expect("teach");
+    }
+    let mut slots: Vec<String> = current(&client, "u")
+        .await
+        .into_iter()
+        .map(|m| m.slot)
+        .collect();
+    slots.sort();
+    assert_eq!(
+        slots,
+        [
+            "user.allergy.小麦",
+            "user.allergy.花生",
+            "user.taste.crème_brûlée",
+            "user.taste.борщ",
+            "user.taste.пельмени",
+            "user.taste.فلافل",
+            "user.taste.كبسة",
+            "user.taste.寿司",
+            "user.taste.焼肉",
+        ],
+        "every one still active"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_is_idempotent_on_message_id() {
     let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
     let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
