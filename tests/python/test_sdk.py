@@ -297,6 +297,71 @@ def test_fail_open_when_memoire_is_down_slow_or_answers_garbage(shape, failure, 
     assert mem.breaker.is_open and mem.stats["skipped"] >= 1, mem.stats
 
 
+@pytest.mark.parametrize("up", [True, False], ids=["memoire-up", "memoire-down"])
+def test_messages_given_as_a_generator_reach_the_model_whole(up, fake, endpoint, key):
+    target = endpoint if up else _closed_port()
+    client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=target, api_key=key,
+                          recall_budget_ms=BUDGET_MS)
+    said = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello from a generator"}]
+    r = client.chat.completions.create(model="m", messages=(m for m in said), user=new_user())
+    assert r.choices[0].message.content == REPLY
+    got = [(m["role"], m["content"]) for m in fake.requests[-1]["body"]["messages"]]
+    assert got[0] == ("system", "Be brief.") and got[-1] == ("user", "hello from a generator"), got
+
+
+def test_settings_that_cannot_work_leave_the_client_without_memory_instead_of_raising(fake, endpoint, key):
+    errors = []
+    client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint="not a url",
+                          on_error=errors.append)
+    assert chat(client, new_user(), "hello") == REPLY
+    assert memoire.memory_of(client) is None
+    assert len(errors) == 1 and isinstance(errors[0], memoire.MemoireError), errors
+    # A key read from a file, newline and all, works.
+    client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=endpoint, api_key=key + "\n")
+    assert chat(client, new_user(), "hello") == REPLY
+    assert memoire.memory_of(client).stats["recalled"] == 1
+
+
+def test_one_warning_per_incident(fake, endpoint, server, caplog):
+    admin = memoire.Memoire(endpoint, server.admin_key)
+    tenant = admin.create_tenant(f"sdk-{uuid.uuid4().hex[:8]}")["tenant"]["id"]
+    reader = admin.create_api_key(tenant, role="reader")["secret"]
+    caplog.set_level("INFO", logger="memoire")
+    # A reader key: recall works, every ingest is refused — one warning, not one per call.
+    client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=endpoint, api_key=reader)
+    for _ in range(4):
+        assert chat(client, "u", "hello") == REPLY
+        assert memoire.memory_of(client).flush(10)
+    assert memoire.memory_of(client).stats["ingest_failures"] == 4
+    # (Earlier tests' clients may still be logging from their own threads: count this one's.)
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelname == "WARNING" and "PermissionDenied" in r.getMessage()]
+    assert len(warnings) == 1 and "ingest failed" in warnings[0], warnings
+    # Down: one warning though the breaker opens on the way.
+    caplog.clear()
+    client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=_closed_port(),
+                          recall_budget_ms=BUDGET_MS, breaker_threshold=2)
+    for _ in range(4):
+        assert chat(client, "u", "hello") == REPLY
+    assert len([r for r in caplog.records
+                if r.levelname == "WARNING" and "recall failed" in r.getMessage()]) == 1, caplog.records
+
+
+def test_after_the_cooldown_one_call_probes(fake):
+    client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=_closed_port(),
+                          recall_budget_ms=BUDGET_MS, breaker_threshold=2, breaker_cooldown=0.2)
+    mem = memoire.memory_of(client)
+    for _ in range(2):
+        chat(client, "u", "hello")
+    assert mem.flush(10)  # background ingests fail too; let them finish first
+    time.sleep(0.3)
+    failures, skipped = mem.stats["recall_failures"], mem.stats["skipped"]
+    chat(client, "u", "hello")  # the probe fails: open again at once
+    chat(client, "u", "hello")  # skipped: no second budget paid
+    assert mem.breaker.is_open, mem.stats
+    assert (mem.stats["recall_failures"], mem.stats["skipped"]) == (failures + 1, skipped + 1), mem.stats
+
+
 def test_the_breaker_opens_and_skips_memory_for_the_cooldown(fake):
     client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=_closed_port(),
                           recall_budget_ms=BUDGET_MS, breaker_threshold=2, breaker_cooldown=60)
@@ -350,3 +415,20 @@ def test_the_hand_written_stubs_match_the_runtime():
     r = subprocess.run([sys.executable, "-m", "mypy.stubtest", "memoire.client", "memoire._native",
                         "--ignore-missing-stub"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_wrap_keeps_the_clients_type(tmp_path):
+    """`wrap()` returns the client typed as given: a misspelt method fails type checking."""
+    code = tmp_path / "typed.py"
+    code.write_text(textwrap.dedent("""
+        import memoire
+        import openai
+
+        client = memoire.wrap(openai.OpenAI(api_key="sk"), user="u")
+        reveal_type(client)
+        client.chat.completions.craete(model="m", messages=[])
+    """))
+    r = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--no-incremental", str(code)],
+                       capture_output=True, text=True, timeout=600)
+    assert 'Revealed type is "openai._client.OpenAI"' in r.stdout, r.stdout + r.stderr
+    assert 'has no attribute "craete"' in r.stdout, r.stdout + r.stderr

@@ -8,9 +8,11 @@ and transport-level interception breaks where openai changed its HTTP library.
 
 The contract: the `try` surrounds only what the wrapper adds. Recall runs within
 `recall_budget_ms`; if Mémoire is down, slow, misconfigured or answers garbage, the call proceeds
-exactly as without the wrapper, a warning is logged once per incident, `on_error` is called, and
-after consecutive failures a circuit breaker skips memory for a cool-down. Errors of the model
-call itself propagate unchanged. The caller's `messages` are never mutated.
+exactly as without the wrapper, a warning is logged once per incident (per operation, until it
+works again), `on_error` is called, and after consecutive failures a circuit breaker skips memory
+for a cool-down (then one call probes). Errors of the model call itself propagate unchanged. The
+caller's `messages` are never mutated; one-shot iterables (generators) are read once into a list
+that both the wrapper and the model see.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import threading
 import time
 import uuid
 import weakref
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from .client import AsyncMemoire, Memoire
+
+_Client = TypeVar("_Client")
 
 log = logging.getLogger("memoire")
 
@@ -32,7 +36,9 @@ _MEMORY_HEADER = "Relevant memories about the user (from Mémoire; each line end
 
 
 class _Breaker:
-    """Consecutive failures open it for `cooldown` seconds; one success closes it."""
+    """Consecutive failures open it for `cooldown` seconds. After the cool-down one call probes
+    (half-open): a success closes it, a failure opens it again at once — so a service that is
+    still down costs one call's budget per cool-down, not `threshold` of them."""
 
     def __init__(self, threshold: int, cooldown: float) -> None:
         self.threshold, self.cooldown = threshold, cooldown
@@ -47,15 +53,15 @@ class _Breaker:
     def success(self) -> None:
         with self.lock:
             self.failures = 0
+            self.open_until = 0.0
 
-    def failure(self) -> bool:
-        """Records a failure; True when this one starts a new incident (log it)."""
+    def failure(self) -> None:
         with self.lock:
+            probing = self.open_until > 0.0  # it had opened, and the cool-down ended
             self.failures += 1
-            if self.failures >= self.threshold:
+            if probing or self.failures >= self.threshold:
                 self.open_until = time.monotonic() + self.cooldown
                 self.failures = 0
-            return self.failures == 1 or self.open_until > time.monotonic()
 
     @property
     def is_open(self) -> bool:
@@ -81,21 +87,37 @@ class _Memory:
         self.stats = {"recalled": 0, "recall_failures": 0, "skipped": 0, "ingested": 0,
                       "ingest_failures": 0, "dropped": 0}
         self.conscious_done: set = set()
+        # Operations ("recall", "ingest") in a failure incident: one warning when it starts, one
+        # info line when the operation works again.
+        self.incidents: set = set()
+        self.incidents_lock = threading.Lock()
         self.worker = threading.Thread(target=self._drain, name="memoire-ingest", daemon=True)
         self.worker.start()
 
     # --- failure handling -----------------------------------------------------------------
 
     def failed(self, what: str, e: BaseException) -> None:
-        if self.breaker.failure():
-            log.warning("memoire: %s failed (%s: %s); the LLM call proceeds without memory%s", what,
-                        type(e).__name__, e, "; memory paused for %.0fs" % self.breaker.cooldown
-                        if self.breaker.is_open else "")
+        self.breaker.failure()
+        with self.incidents_lock:
+            new = what not in self.incidents
+            self.incidents.add(what)
+        if new:
+            log.warning("memoire: %s failed (%s: %s); calls proceed without it until it works again "
+                        "(after %d failures in a row memory pauses for %.0fs)", what, type(e).__name__, e,
+                        self.breaker.threshold, self.breaker.cooldown)
         if self.on_error is not None:
             try:
                 self.on_error(e)
             except Exception:  # the callback must not break the call either
                 log.exception("memoire: on_error raised")
+
+    def worked(self, what: str) -> None:
+        self.breaker.success()
+        with self.incidents_lock:
+            ended = what in self.incidents
+            self.incidents.discard(what)
+        if ended:
+            log.info("memoire: %s works again", what)
 
     # --- recall ---------------------------------------------------------------------------
 
@@ -128,7 +150,7 @@ class _Memory:
             self.stats["recall_failures"] += 1
             self.failed("recall", e)
             return None
-        self.breaker.success()
+        self.worked("recall")
         self.stats["recalled"] += 1
         return block
 
@@ -146,7 +168,7 @@ class _Memory:
             self.stats["recall_failures"] += 1
             self.failed("recall", e)
             return None
-        self.breaker.success()
+        self.worked("recall")
         self.stats["recalled"] += 1
         return block
 
@@ -172,7 +194,7 @@ class _Memory:
             try:
                 self.writer.ingest(item["messages"], user=item["user"], session_id=self.session_id)
                 self.stats["ingested"] += 1
-                self.breaker.success()
+                self.worked("ingest")
             except Exception as e:
                 self.stats["ingest_failures"] += 1
                 self.failed("ingest", e)
@@ -353,17 +375,34 @@ class _Call:
         return result
 
 
-def _begin(resource: Any, kwargs: Dict[str, Any], said_of: Callable[[Dict[str, Any]], str]) -> Optional[_Call]:
-    """The wrapper's part of a call, or None when the client is not wrapped or has no user."""
+def _materialized(kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """`messages` / `input` given as a one-shot iterable (a generator, `map`, …) read once into a
+    list, so that the wrapper can look at the conversation and the model still receives all of
+    it. An error raised while reading it is the caller's, as it would be without the wrapper."""
+    out = kwargs
+    for key in ("messages", "input"):
+        value = kwargs.get(key)
+        if value is None or isinstance(value, (str, bytes, list, tuple, dict)):
+            continue
+        if hasattr(value, "__iter__"):
+            out = {**out, key: list(value)}
+    return out
+
+
+def _begin(resource: Any, kwargs: Dict[str, Any],
+           said_of: Callable[[Dict[str, Any]], str]) -> Tuple[Optional[_Call], Dict[str, Any]]:
+    """The wrapper's part of a call (None when the client is not wrapped or has no user), and the
+    call's arguments with one-shot iterables made lists."""
     mem = _memory_for(resource)
     user = kwargs.get("user") or (mem.user if mem else None)
     if mem is None or not user:
-        return None
+        return None, kwargs
+    kwargs = _materialized(kwargs)
     try:
         said = said_of(kwargs)
     except Exception:
         said = ""
-    return _Call(mem, user, said, bool(kwargs.get("stream")))
+    return _Call(mem, user, said, bool(kwargs.get("stream"))), kwargs
 
 
 def _chat_said(kwargs: Dict[str, Any]) -> str:
@@ -394,7 +433,7 @@ def _patch_sync(said_of: Callable[[Dict[str, Any]], str],
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _begin(self, kwargs, said_of)
+            call, kwargs = _begin(self, kwargs, said_of)
             if call is None or not call.said:
                 return original(self, *args, **kwargs)
             try:
@@ -415,7 +454,7 @@ def _patch_async(said_of: Callable[[Dict[str, Any]], str],
     def make(original: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(original)
         async def create(self: Any, *args: Any, **kwargs: Any) -> Any:
-            call = _begin(self, kwargs, said_of)
+            call, kwargs = _begin(self, kwargs, said_of)
             if call is None or not call.said:
                 return await original(self, *args, **kwargs)
             try:
@@ -476,21 +515,33 @@ def _install() -> None:
         _installed = True
 
 
-def wrap(client: Any, *, user: Optional[str] = None, namespace: Optional[str] = None,
+def wrap(client: _Client, *, user: Optional[str] = None, namespace: Optional[str] = None,
          endpoint: str = "http://127.0.0.1:50051", api_key: Optional[str] = None,
          session_id: Optional[str] = None, recall_budget_ms: int = 200, k: int = 10,
          token_budget: int = 1024, conscious: bool = False,
          on_error: Optional[Callable[[BaseException], Any]] = None, breaker_threshold: int = 3,
-         breaker_cooldown: float = 30.0, queue_size: int = 1000) -> Any:
+         breaker_cooldown: float = 30.0, queue_size: int = 1000) -> _Client:
     """Adds memory to an ``openai.OpenAI`` / ``AsyncOpenAI`` (or Azure) client and returns the
-    same client object. ``user`` is the default user (a call's own ``user=`` wins); calls without
-    a user go through untouched."""
+    same client object, typed as it was. ``user`` is the default user (a call's own ``user=``
+    wins); calls without a user go through untouched. A Mémoire setting that cannot work (an
+    endpoint that is not a URL, …) does not raise: it is logged, passed to ``on_error``, and the
+    client is returned without memory. An API key read from a file may end with a newline: white
+    space around it is ignored."""
     _install()
-    _registry[client] = _Memory(
-        endpoint=endpoint, api_key=api_key, user=user, namespace=namespace, session_id=session_id,
-        recall_budget_ms=recall_budget_ms, k=k, token_budget=token_budget, conscious=conscious,
-        on_error=on_error, breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown,
-        queue_size=queue_size)
+    try:
+        _registry[client] = _Memory(
+            endpoint=endpoint, api_key=api_key.strip() if api_key else api_key, user=user,
+            namespace=namespace, session_id=session_id, recall_budget_ms=recall_budget_ms, k=k,
+            token_budget=token_budget, conscious=conscious, on_error=on_error,
+            breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown, queue_size=queue_size)
+    except Exception as e:  # fail open: misconfigured memory never stops the application
+        log.warning("memoire: memory is off for this client, its settings cannot work (%s: %s)",
+                    type(e).__name__, e)
+        if on_error is not None:
+            try:
+                on_error(e)
+            except Exception:
+                log.exception("memoire: on_error raised")
     return client
 
 
