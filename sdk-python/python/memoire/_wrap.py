@@ -27,6 +27,7 @@ import weakref
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 from .client import AsyncMemoire, Memoire
+from .errors import PermissionDeniedError, UnauthenticatedError
 
 _Client = TypeVar("_Client")
 
@@ -91,6 +92,10 @@ class _Memory:
         # info line when the operation works again.
         self.incidents: set = set()
         self.incidents_lock = threading.Lock()
+        # A refused ingest (the key may not write) is not retried on every call: ingestion pauses
+        # for the breaker's cool-down.
+        self.ingest_paused_until = 0.0
+        self.said_no_user = False
         self.worker = threading.Thread(target=self._drain, name="memoire-ingest", daemon=True)
         self.worker.start()
 
@@ -177,6 +182,9 @@ class _Memory:
     def ingest_later(self, user: str, said: str, answer: str) -> None:
         if not (said or answer) or not self.breaker.allow():
             return
+        if time.monotonic() < self.ingest_paused_until:
+            self.stats["skipped"] += 1
+            return
         call = uuid.uuid4().hex
         messages = []
         if said:
@@ -197,6 +205,8 @@ class _Memory:
                 self.worked("ingest")
             except Exception as e:
                 self.stats["ingest_failures"] += 1
+                if isinstance(e, (PermissionDeniedError, UnauthenticatedError)):
+                    self.ingest_paused_until = time.monotonic() + self.breaker.cooldown
                 self.failed("ingest", e)
             finally:
                 self.queue.task_done()
@@ -395,6 +405,10 @@ def _begin(resource: Any, kwargs: Dict[str, Any],
     call's arguments with one-shot iterables made lists."""
     mem = _memory_for(resource)
     user = kwargs.get("user") or (mem.user if mem else None)
+    if mem is not None and not user and not mem.said_no_user:
+        mem.said_no_user = True
+        log.info("memoire: a call without `user=` (and no default user in wrap()) goes through "
+                 "without memory; this is said once per client")
     if mem is None or not user:
         return None, kwargs
     kwargs = _materialized(kwargs)
