@@ -254,7 +254,11 @@ impl ClientBuilder {
         // Only plaintext is built in: an `https://` endpoint is refused rather than spoken to
         // in the clear (which would send the API key unencrypted to a server the caller
         // believes is TLS).
-        match self.endpoint.split_once("://").map(|(scheme, _)| scheme.to_ascii_lowercase()) {
+        match self
+            .endpoint
+            .split_once("://")
+            .map(|(scheme, _)| scheme.to_ascii_lowercase())
+        {
             Some(scheme) if scheme == "http" => {}
             Some(scheme) if scheme == "https" => {
                 return Err(invalid(
@@ -680,7 +684,12 @@ mod tests {
 
     #[test]
     fn bad_endpoint_and_key_are_reported() {
-        for bad in ["not a uri", "127.0.0.1:50051", "https://127.0.0.1:50051", "ftp://x"] {
+        for bad in [
+            "not a uri",
+            "127.0.0.1:50051",
+            "https://127.0.0.1:50051",
+            "ftp://x",
+        ] {
             assert!(
                 matches!(
                     Client::builder(bad).build(),
