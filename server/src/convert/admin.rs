@@ -43,6 +43,20 @@ pub fn tenant_name(name: &str) -> Result<String> {
     Ok(name.to_owned())
 }
 
+/// Longest retention a tenant may set: 100 years (0 keeps forever).
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+/// A retention setting, bounded.
+pub fn retention_days(field: &str, days: Option<u32>) -> Result<Option<u32>> {
+    match days {
+        Some(d) if d > MAX_RETENTION_DAYS => Err(Error::invalid(
+            field,
+            format!("is {d} days; at most {MAX_RETENTION_DAYS} (100 years), or 0 to keep forever"),
+        )),
+        other => Ok(other),
+    }
+}
+
 /// Dead-letter pages: the last item's creation time and id (the list is ordered by both).
 pub mod dead_letter_cursor {
     use chrono::{DateTime, Utc};

@@ -440,6 +440,20 @@ mod tests {
     }
 
     #[test]
+    fn retention_is_bounded() {
+        assert_eq!(admin::retention_days("f", Some(0)).unwrap(), Some(0));
+        assert_eq!(
+            admin::retention_days("f", Some(36_500)).unwrap(),
+            Some(36_500)
+        );
+        assert_eq!(admin::retention_days("f", None).unwrap(), None);
+        match admin::retention_days("memory_retention_days", Some(u32::MAX)) {
+            Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "memory_retention_days"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
     fn page_tokens_round_trip_and_bind_to_filters() {
         let c = ListCursor {
             created_at: memoire_core::clock::to_micros(Utc::now()),

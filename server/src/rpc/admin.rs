@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::AppState;
 use crate::auth::caller;
 use crate::convert;
-use crate::convert::admin::{dead_letter_cursor, target_tenant, tenant_name};
+use crate::convert::admin::{dead_letter_cursor, retention_days, target_tenant, tenant_name};
 use crate::error::{status, unimplemented};
 
 /// The admin service.
@@ -90,8 +90,13 @@ impl AdminService for AdminSvc {
         let update = memoire_usecases::TenantUpdate {
             pii_mode: convert::pii_mode("pii_mode", r.pii_mode).map_err(status)?,
             extraction_create_only: r.extraction_create_only,
-            episode_retention_days: r.episode_retention_days,
-            memory_retention_days: r.memory_retention_days,
+            episode_retention_days: retention_days(
+                "episode_retention_days",
+                r.episode_retention_days,
+            )
+            .map_err(status)?,
+            memory_retention_days: retention_days("memory_retention_days", r.memory_retention_days)
+                .map_err(status)?,
         };
         let tenant = s.uc.update_tenant(tenant, &update).await.map_err(status)?;
         tracing::info!(tenant_id = %tenant.id, pii_mode = %tenant.pii_mode.as_str(), extraction_create_only = tenant.extraction_create_only, actor = %who.actor, "tenant updated");
