@@ -15,6 +15,9 @@ pub struct Principal {
     pub role: KeyRole,
     /// Recorded as the actor of every version it writes.
     pub actor: String,
+    /// The tenant's PII policy, applied to what the caller writes (`Off` for the bootstrap key,
+    /// which writes no memories).
+    pub pii_mode: crate::model::PiiMode,
 }
 
 impl Principal {
@@ -124,6 +127,24 @@ pub enum Teach {
         /// History note.
         reason: Option<String>,
     },
+}
+
+impl Teach {
+    /// The command with its content scrubbed of PII under `mode` (what a client teaches is
+    /// scrubbed like what it ingests), and what was found.
+    pub fn scrubbed(mut self, mode: crate::model::PiiMode) -> (Self, Vec<crate::pii::PiiKind>) {
+        let content = match &mut self {
+            Teach::Create { memory, .. } => Some(&mut memory.content),
+            Teach::Correct { patch, .. } => patch.content.as_mut(),
+        };
+        let mut found = Vec::new();
+        if let Some(content) = content {
+            let s = crate::pii::scrub(content, mode);
+            *content = s.text;
+            found = s.found;
+        }
+        (self, found)
+    }
 }
 
 /// The result of a Teach.

@@ -2,7 +2,7 @@
 
 use base64::Engine as _;
 use memoire_core::command::Principal;
-use memoire_core::model::{ApiKey, KeyRole, Stats, Tenant};
+use memoire_core::model::{ApiKey, KeyRole, PiiMode, Stats, Tenant};
 use memoire_core::{Error, Result};
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
@@ -208,19 +208,23 @@ impl PgStore {
         if !secret.starts_with(SECRET_PREFIX) {
             return Ok(None);
         }
-        let row: Option<(Uuid, Uuid, String)> = sqlx::query_as(
-            "SELECT id, tenant_id, role FROM api_keys WHERE secret_hash = $1 AND revoked_at IS NULL",
+        let row: Option<(Uuid, Uuid, String, String)> = sqlx::query_as(
+            "SELECT k.id, k.tenant_id, k.role, t.pii_mode FROM api_keys k \
+             JOIN tenants t ON t.id = k.tenant_id \
+             WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash_secret(secret).as_slice())
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?;
-        row.map(|(id, tenant_id, role)| {
+        row.map(|(id, tenant_id, role, pii_mode)| {
             Ok(Principal {
                 tenant_id: Some(tenant_id),
                 role: KeyRole::parse(&role)
                     .ok_or_else(|| Error::Internal(format!("unknown key role '{role}'")))?,
                 actor: format!("key:{id}"),
+                pii_mode: PiiMode::parse(&pii_mode)
+                    .ok_or_else(|| Error::Internal(format!("unknown PII mode '{pii_mode}'")))?,
             })
         })
         .transpose()

@@ -46,6 +46,7 @@ impl Authenticator {
                     tenant_id: Some(tenant),
                     role: KeyRole::Admin,
                     actor: "dev".into(),
+                    pii_mode: self.store.tenant(tenant).await?.pii_mode,
                 }),
                 None => Err(Error::Unauthenticated(
                     "missing API key: send `authorization: Bearer <key>` metadata".into(),
@@ -66,6 +67,7 @@ impl Authenticator {
                 tenant_id: None,
                 role: KeyRole::Admin,
                 actor: BOOTSTRAP_ACTOR.into(),
+                pii_mode: memoire_core::model::PiiMode::Off,
             });
         }
         self.store

@@ -137,8 +137,13 @@ impl MemoryService for MemorySvc {
         let s = &self.state;
         let who = caller(&req)?.clone();
         let tenant = who.tenant(KeyRole::Writer).map_err(status)?;
-        let cmd = c::teach_command(req.into_inner(), tenant, &s.limits, s.uc.store().now())
-            .map_err(status)?;
+        let (cmd, found) =
+            c::teach_command(req.into_inner(), tenant, &s.limits, s.uc.store().now())
+                .map_err(status)?
+                .scrubbed(who.pii_mode);
+        for kind in found {
+            metrics::counter!("memoire_pii_scrubbed_total", "kind" => kind.as_str()).increment(1);
+        }
         let result = s.uc.teach(cmd, &who.actor).await.map_err(status)?;
         metrics::counter!("memoire_teach_outcomes_total", "outcome" => format!("{:?}", result.outcome).to_lowercase()).increment(1);
         Ok(Response::new(c::teach_response(result)))

@@ -612,6 +612,32 @@ async fn stored_episodes_hold_no_raw_pii_per_tenant_policy() {
         text.contains("[EMAIL]") && text.contains("[CARD]"),
         "{text}"
     );
+    // What a client teaches is scrubbed by the same policy, and so is a correction.
+    let teach = |content: &str, memory_id: Option<&str>| pb::TeachRequest {
+        user_id: "u".into(),
+        kind: pb::MemoryKind::Fact as i32,
+        content: content.into(),
+        memory_id: memory_id.map(Into::into),
+        ..Default::default()
+    };
+    let taught = client
+        .memory()
+        .teach(teach("Her email is dana.k@example.com", None))
+        .await
+        .expect("teach")
+        .into_inner()
+        .memory
+        .expect("memory");
+    assert_eq!(taught.content, "Her email is [EMAIL]");
+    let corrected = client
+        .memory()
+        .teach(teach("Her card is 4111 1111 1111 1111", Some(&taught.id)))
+        .await
+        .expect("correct")
+        .into_inner()
+        .memory
+        .expect("memory");
+    assert_eq!(corrected.content, "Her card is [CARD]");
     // Near misses stay: a number failing the Luhn check, a date, a version.
     for kept in ["4111 1111 1111 1112", "2024-03-05", "v1.2.3"] {
         assert!(text.contains(kept), "{kept} was scrubbed: {text}");
