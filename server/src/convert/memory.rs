@@ -583,3 +583,141 @@ mod tests {
         );
     }
 }
+
+/// Arbitrary request messages through conversion and validation: whatever a client sends, the
+/// answer is a value or a client error naming a field — never a panic, never `INTERNAL`.
+#[cfg(test)]
+mod arbitrary_requests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Text a client might send: empty, ordinary, padded, control characters, any script, long.
+    fn text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just(String::new()),
+            "[a-z]{1,12}",
+            " ?[A-Za-z_.\\-]{0,20} ?",
+            "\\PC{0,40}",
+            ".{0,12}",
+            "[\\x00-\\x1f]{1,4}",
+            "x{200,600}",
+        ]
+    }
+
+    fn opt_text() -> impl Strategy<Value = Option<String>> {
+        prop::option::of(text())
+    }
+
+    fn time() -> impl Strategy<Value = Option<prost_types::Timestamp>> {
+        prop::option::of(
+            (
+                prop_oneof![
+                    any::<i64>(),
+                    -62_135_596_900i64..253_402_300_900i64,
+                    // The edges of the storable range, and years Postgres cannot hold.
+                    -62_135_596_801i64..-62_135_596_799i64,
+                    253_402_300_798i64..253_402_300_801i64,
+                    -300_000_000_000i64..-62_135_596_801i64,
+                    253_402_300_800i64..9_000_000_000_000i64,
+                ],
+                prop_oneof![0i32..1_000_000_000, any::<i32>()],
+            )
+                .prop_map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+        )
+    }
+
+    fn float() -> impl Strategy<Value = Option<f32>> {
+        prop::option::of(prop_oneof![any::<f32>(), -1.0f32..2.0f32])
+    }
+
+    /// A client error names what it refused.
+    fn client_error<T>(r: Result<T>) -> std::result::Result<(), TestCaseError> {
+        match r {
+            Ok(_) | Err(Error::InvalidArgument { .. }) | Err(Error::FailedPrecondition(_)) => {
+                Ok(())
+            }
+            Err(other) => Err(TestCaseError::fail(format!(
+                "not a client error: {other:?}"
+            ))),
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        /// A timestamp accepted at the edge is one Postgres can store (year 1 to 9999).
+        #[test]
+        fn accepted_timestamps_are_storable(t in time()) {
+            use chrono::Datelike;
+            if let Some(t) = t
+                && let Ok(at) = crate::convert::time("t", &t)
+            {
+                prop_assert!((1..=9999).contains(&at.year()), "{at}");
+            }
+        }
+
+        #[test]
+        fn teach(user_id in text(), namespace in text(), memory_id in opt_text(), kind in any::<i32>(),
+                 content in text(), slot in opt_text(), subject in opt_text(),
+                 tags in prop::collection::vec(text(), 0..4), importance in float(),
+                 confidence in float(), expires_at in time(), reason in opt_text()) {
+            let r = pb::TeachRequest {
+                user_id, namespace, memory_id, kind, content, slot, subject, tags, importance,
+                confidence, expires_at, reason, ..Default::default()
+            };
+            client_error(teach_command(r, Uuid::nil(), &Limits::default(), chrono::Utc::now()))?;
+        }
+
+        #[test]
+        fn recall(user_id in text(), namespaces in prop::collection::vec(text(), 0..3), query in text(),
+                  k in any::<u32>(), token_budget in any::<u32>(), tokenizer in text(),
+                  kinds in prop::collection::vec(any::<i32>(), 0..3), slot in opt_text(),
+                  created_after in time(), created_before in time(), as_of in time(),
+                  min_score in float()) {
+            let r = pb::RecallRequest {
+                user_id, namespaces, query, k, token_budget, tokenizer,
+                filter: Some(pb::RecallFilter {
+                    kinds, slot, created_after, created_before, as_of, min_score,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let defaults = RecallDefaults { default_k: 8, default_token_budget: 512 };
+            client_error(recall_request(r, Uuid::nil(), &Limits::default(), &defaults))?;
+        }
+
+        #[test]
+        fn ingest(user_id in text(), session_id in text(), user_name in opt_text(),
+                  messages in prop::collection::vec(
+                      (any::<i32>(), opt_text(), text(), opt_text(), time()), 0..4)) {
+            let r = pb::IngestRequest {
+                user_id, session_id, user_name,
+                messages: messages.into_iter().map(|(role, name, content, message_id, occurred_at)| {
+                    pb::Message { role, name, content, message_id, occurred_at }
+                }).collect(),
+                ..Default::default()
+            };
+            client_error(ingest_command(r, Uuid::nil(), &Limits::default(), chrono::Utc::now()))?;
+        }
+
+        #[test]
+        fn list_and_forget(user_id in text(), kinds in prop::collection::vec(any::<i32>(), 0..3),
+                           slot in opt_text(), created_after in time(), created_before in time(),
+                           page_size in any::<i32>(), page_token in text(),
+                           memory_ids in prop::collection::vec(text(), 0..3), mode in any::<i32>(),
+                           before in time(), kind in any::<i32>()) {
+            let list = pb::ListMemoriesRequest {
+                user_id: user_id.clone(), kinds, slot: slot.clone(), created_after, created_before,
+                page_size, page_token, ..Default::default()
+            };
+            client_error(list_query(list, Uuid::nil(), &Limits::default()))?;
+            let forget = pb::ForgetRequest {
+                memory_ids,
+                selector: Some(pb::ForgetSelector { user_id, slot, before, kind, ..Default::default() }),
+                mode,
+                ..Default::default()
+            };
+            client_error(forget_command(forget, Uuid::nil(), &Limits::default()))?;
+        }
+    }
+}
