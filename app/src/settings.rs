@@ -38,6 +38,7 @@ pub fn server_settings(config: &Config) -> ServerSettings {
         request_timeout: Duration::from_millis(config.request_timeout_ms),
         max_concurrent_requests: config.max_concurrent_requests,
         max_request_bytes: config.max_request_bytes,
+        page_token_secret: config.page_token_secret.clone(),
     }
 }
 

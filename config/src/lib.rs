@@ -49,6 +49,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "bootstrap admin API key (secret; at least 16 characters); unset closes the admin service",
     ),
     (
+        "page_token_secret",
+        "key that page tokens are sealed with (secret; at least 16 characters); set the same on every replica — unset, each process makes its own and tokens do not survive a restart",
+    ),
+    (
         "dev_mode",
         "accept requests without an API key, as the admin of a single tenant named 'dev' (local use only)",
     ),
@@ -369,6 +373,7 @@ pub struct Config {
     pub database_acquire_timeout_ms: u64,
     pub redis_url: String,
     pub admin_key: Option<String>,
+    pub page_token_secret: Option<String>,
     pub dev_mode: bool,
     pub migrate_on_start: bool,
     pub embedding_provider: EmbeddingProvider,
@@ -455,6 +460,7 @@ impl Default for Config {
             database_acquire_timeout_ms: 5_000,
             redis_url: "redis://127.0.0.1:6379".into(),
             admin_key: None,
+            page_token_secret: None,
             dev_mode: false,
             migrate_on_start: true,
             embedding_provider: EmbeddingProvider::Local,
@@ -690,6 +696,14 @@ impl Config {
                     "admin_key",
                     "must be at least 16 characters without spaces; generate one with `openssl rand -hex 24`".into(),
                 );
+        }
+        if let Some(secret) = &self.page_token_secret
+            && secret.len() < 16
+        {
+            bad(
+                "page_token_secret",
+                "must be at least 16 characters; generate one with `openssl rand -hex 24`".into(),
+            );
         }
         if self.grpc_addr == self.http_addr && self.grpc_addr.port() != 0 {
             bad(
@@ -1033,6 +1047,7 @@ impl Config {
         shown.admin_key = shown.admin_key.map(|_| "***".into());
         shown.embedding_api_key = shown.embedding_api_key.map(|_| "***".into());
         shown.llm_api_key = shown.llm_api_key.map(|_| "***".into());
+        shown.page_token_secret = shown.page_token_secret.map(|_| "***".into());
         shown.database_url = redact_url(&shown.database_url);
         shown.redis_url = redact_url(&shown.redis_url);
         let data = serde_json::to_value(&shown).unwrap_or_default();

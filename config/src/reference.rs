@@ -59,7 +59,7 @@ fn group_of(key: &str) -> Option<&'static str> {
         | "shutdown_grace_secs" => "Server and network",
         "migrate_on_start" => "Database",
         "query_cache_ttl_secs" => "Redis",
-        "admin_key" | "dev_mode" => "Authentication",
+        "admin_key" | "dev_mode" | "page_token_secret" => "Authentication",
         "embed_batch_size" => "Embedding",
         "extractor" | "expiry_sweep_interval_secs" => "Worker and extraction",
         "log" | "log_format" => "Logging",
@@ -87,9 +87,9 @@ fn group_of(key: &str) -> Option<&'static str> {
 /// tests pass).
 const OTHER: &str = "Other";
 
-/// A secret: an API key, never given a default and never shown.
+/// A secret: an API key or a signing secret, never given a default and never shown.
 fn is_secret(key: &str) -> bool {
-    key.split('_').any(|word| word == "key")
+    key.split('_').any(|word| word == "key" || word == "secret")
 }
 
 /// The environment variable of a setting.

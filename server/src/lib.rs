@@ -54,6 +54,8 @@ pub struct ServerSettings {
     pub max_concurrent_requests: usize,
     /// Largest request message.
     pub max_request_bytes: usize,
+    /// The key page tokens are sealed with (`None`: a random one, valid for this process).
+    pub page_token_secret: Option<String>,
 }
 
 /// What every RPC adapter shares.
@@ -65,6 +67,8 @@ pub struct AppState {
     pub limits: Limits,
     /// Recall's defaults.
     pub recall: RecallDefaults,
+    /// Seals and opens page tokens.
+    pub page_key: convert::PageKey,
 }
 
 /// Accepted gRPC connections with TCP_NODELAY: without it, a response's small HTTP/2 frames wait
@@ -101,6 +105,7 @@ pub async fn serve(
         uc,
         limits: settings.limits,
         recall: settings.recall,
+        page_key: convert::PageKey::new(settings.page_token_secret.as_deref()),
     };
     let max = settings.max_request_bytes;
     let memory =

@@ -57,22 +57,26 @@ pub fn retention_days(field: &str, days: Option<u32>) -> Result<Option<u32>> {
     }
 }
 
-/// Dead-letter pages: the last item's creation time and id (the list is ordered by both).
+/// Dead-letter pages: the last item's creation time and id (the list is ordered by both),
+/// sealed with the server's page key.
 pub mod dead_letter_cursor {
     use chrono::{DateTime, Utc};
     use memoire_core::{Error, Result};
     use uuid::Uuid;
 
-    pub fn encode(t: DateTime<Utc>, id: Uuid) -> String {
-        format!("{}_{id}", t.timestamp_micros())
+    use crate::convert::PageKey;
+
+    pub fn encode(key: &PageKey, t: DateTime<Utc>, id: Uuid) -> String {
+        key.seal(&format!("{}_{id}", t.timestamp_micros()))
     }
 
-    pub fn decode(token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>> {
+    pub fn decode(key: &PageKey, token: &str) -> Result<Option<(DateTime<Utc>, Uuid)>> {
         if token.is_empty() {
             return Ok(None);
         }
         let bad = || Error::invalid("page_token", "is not a token this list returned");
-        let (micros, id) = token.split_once('_').ok_or_else(bad)?;
+        let raw = key.open("page_token", token)?;
+        let (micros, id) = raw.split_once('_').ok_or_else(bad)?;
         let t = micros
             .parse::<i64>()
             .ok()

@@ -193,6 +193,7 @@ pub fn list_query(
     r: pb::ListMemoriesRequest,
     tenant_id: Uuid,
     limits: &Limits,
+    page_key: &convert::PageKey,
 ) -> Result<ListMemories> {
     let mut q = ListMemories {
         tenant_id,
@@ -209,6 +210,7 @@ pub fn list_query(
     };
     if !r.page_token.is_empty() {
         q.after = Some(page_token::decode(
+            page_key,
             "page_token",
             &r.page_token,
             &list_fingerprint(&q),
@@ -578,7 +580,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            field(list_query(r, Uuid::nil(), &Limits::default()).unwrap_err()),
+            field(
+                list_query(
+                    r,
+                    Uuid::nil(),
+                    &Limits::default(),
+                    &convert::PageKey::new(None)
+                )
+                .unwrap_err()
+            ),
             "page_size"
         );
     }
@@ -710,7 +720,7 @@ mod arbitrary_requests {
                 user_id: user_id.clone(), kinds, slot: slot.clone(), created_after, created_before,
                 page_size, page_token, ..Default::default()
             };
-            client_error(list_query(list, Uuid::nil(), &Limits::default()))?;
+            client_error(list_query(list, Uuid::nil(), &Limits::default(), &convert::PageKey::new(None)))?;
             let forget = pb::ForgetRequest {
                 memory_ids,
                 selector: Some(pb::ForgetSelector { user_id, slot, before, kind, ..Default::default() }),

@@ -359,6 +359,64 @@ pub fn key_pb(k: ApiKey) -> pb::ApiKey {
 
 /// Opaque page tokens: the cursor plus a fingerprint of the filters it was issued for, so that a
 /// token reused with other filters is rejected instead of silently skipping rows.
+/// The server's key for page tokens: a token is its payload and a MAC, so a changed token is
+/// refused instead of being read.
+#[derive(Clone)]
+pub struct PageKey(std::sync::Arc<[u8]>);
+
+impl std::fmt::Debug for PageKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PageKey(..)")
+    }
+}
+
+impl PageKey {
+    /// The key from the configured secret, or a random one (tokens then hold for this process).
+    pub fn new(secret: Option<&str>) -> Self {
+        match secret {
+            Some(s) => PageKey(s.as_bytes().into()),
+            None => {
+                let mut key = [0u8; 32];
+                rand::Rng::fill(&mut rand::rng(), &mut key);
+                PageKey(key.as_slice().into())
+            }
+        }
+    }
+
+    fn mac(&self, payload: &str) -> hmac::Hmac<Sha256> {
+        use hmac::Mac as _;
+        let mut mac = <hmac::Hmac<Sha256>>::new_from_slice(&self.0).expect("HMAC takes any key");
+        mac.update(payload.as_bytes());
+        mac
+    }
+
+    /// `payload` and its MAC (16 bytes), as URL-safe base64.
+    pub fn seal(&self, payload: &str) -> String {
+        use hmac::Mac as _;
+        let tag = self.mac(payload).finalize().into_bytes();
+        let raw = format!("{payload}|{}", hex::encode(&tag[..16]));
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    }
+
+    /// The payload of a token this key sealed; anything else, changed by one bit, is refused.
+    pub fn open(&self, field: &str, token: &str) -> Result<String> {
+        use hmac::Mac as _;
+        let bad = || Error::invalid(field, "is not a page token issued by this server");
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| bad())?;
+        let raw = String::from_utf8(raw).map_err(|_| bad())?;
+        let (payload, tag) = raw.rsplit_once('|').ok_or_else(bad)?;
+        let tag = hex::decode(tag).map_err(|_| bad())?;
+        self.mac(payload)
+            .verify_truncated_left(&tag)
+            .ok()
+            .filter(|_| tag.len() == 16)
+            .ok_or_else(bad)?;
+        Ok(payload.to_owned())
+    }
+}
+
 pub mod page_token {
     use super::*;
 
@@ -368,27 +426,28 @@ pub mod page_token {
     }
 
     /// Encodes a cursor.
-    pub fn encode(cursor: ListCursor, fingerprint: &str) -> String {
-        let raw = format!(
-            "v1|{}|{}|{fingerprint}",
+    pub fn encode(key: &PageKey, cursor: ListCursor, fingerprint: &str) -> String {
+        key.seal(&format!(
+            "v2|{}|{}|{fingerprint}",
             cursor.created_at.timestamp_micros(),
             cursor.id
-        );
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+        ))
     }
 
     /// Decodes a cursor issued for the same filters.
-    pub fn decode(field: &str, token: &str, fingerprint: &str) -> Result<ListCursor> {
+    pub fn decode(
+        key: &PageKey,
+        field: &str,
+        token: &str,
+        fingerprint: &str,
+    ) -> Result<ListCursor> {
         let bad = || Error::invalid(field, "is not a page token issued by this server");
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(token)
-            .map_err(|_| bad())?;
-        let raw = String::from_utf8(raw).map_err(|_| bad())?;
+        let raw = key.open(field, token)?;
         let parts: Vec<&str> = raw.split('|').collect();
         let [version, micros, id, fp] = parts.as_slice() else {
             return Err(bad());
         };
-        if *version != "v1" {
+        if *version != "v2" {
             return Err(bad());
         }
         if *fp != fingerprint {
@@ -425,18 +484,16 @@ mod tests {
                 other => panic!("{seconds}.{nanos}: {other:?}"),
             }
         }
-        // A hand-edited page token with an instant out of range.
+        // A token (even one sealed with the server's key) holding an instant out of range.
+        let key = PageKey::new(None);
         let fp = page_token::fingerprint("a");
-        let raw = format!("v1|{}|{}|{fp}", i64::MIN + 1, Uuid::nil());
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+        let token = key.seal(&format!("v2|{}|{}|{fp}", i64::MIN + 1, Uuid::nil()));
         assert!(matches!(
-            page_token::decode("page_token", &token, &fp),
+            page_token::decode(&key, "page_token", &token, &fp),
             Err(Error::InvalidArgument { .. })
         ));
-        assert!(
-            admin::dead_letter_cursor::decode(&format!("-9000000000000000000_{}", Uuid::nil()))
-                .is_err()
-        );
+        let token = key.seal(&format!("-9000000000000000000_{}", Uuid::nil()));
+        assert!(admin::dead_letter_cursor::decode(&key, &token).is_err());
     }
 
     #[test]
@@ -459,11 +516,51 @@ mod tests {
             created_at: memoire_core::clock::to_micros(Utc::now()),
             id: Uuid::now_v7(),
         };
+        let key = PageKey::new(Some("a secret of sixteen+"));
         let fp = page_token::fingerprint("a");
-        let token = page_token::encode(c, &fp);
-        assert_eq!(page_token::decode("page_token", &token, &fp).unwrap(), c);
-        assert!(page_token::decode("page_token", &token, &page_token::fingerprint("b")).is_err());
-        assert!(page_token::decode("page_token", "garbage!", &fp).is_err());
+        let token = page_token::encode(&key, c, &fp);
+        assert_eq!(
+            page_token::decode(&key, "page_token", &token, &fp).unwrap(),
+            c
+        );
+        assert!(
+            page_token::decode(&key, "page_token", &token, &page_token::fingerprint("b")).is_err()
+        );
+        assert!(page_token::decode(&key, "page_token", "garbage!", &fp).is_err());
+        // Tamper-evident: a token changed in its payload, or sealed with another key, is refused.
+        let raw = String::from_utf8(
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(&token)
+                .unwrap(),
+        )
+        .unwrap();
+        let forged = raw.replacen(&c.id.to_string(), &Uuid::nil().to_string(), 1);
+        let forged = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(forged);
+        for bad in [forged, page_token::encode(&PageKey::new(None), c, &fp)] {
+            match page_token::decode(&key, "page_token", &bad, &fp) {
+                Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "page_token"),
+                other => panic!("{other:?}"),
+            }
+        }
+        let cursor = admin::dead_letter_cursor::encode(&key, c.created_at, c.id);
+        assert_eq!(
+            admin::dead_letter_cursor::decode(&key, &cursor).unwrap(),
+            Some((c.created_at, c.id))
+        );
+        assert!(admin::dead_letter_cursor::decode(&PageKey::new(None), &cursor).is_err());
+    }
+
+    #[test]
+    fn the_mac_is_hmac_sha256() {
+        // RFC 4231, test case 2.
+        use hmac::Mac as _;
+        let tag = PageKey::new(Some("Jefe"))
+            .mac("what do ya want for nothing?")
+            .finalize();
+        assert_eq!(
+            hex::encode(tag.into_bytes()),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
     }
 
     #[test]

@@ -252,7 +252,7 @@ impl AdminService for AdminSvc {
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
         let size = v::page_size("page_size", r.page_size, 500).map_err(status)?;
-        let after = dead_letter_cursor::decode(&r.page_token).map_err(status)?;
+        let after = dead_letter_cursor::decode(&s.page_key, &r.page_token).map_err(status)?;
         let mut letters =
             s.uc.list_dead_letters(tenant, size as i64 + 1, after)
                 .await
@@ -260,7 +260,7 @@ impl AdminService for AdminSvc {
         let more = letters.len() > size;
         letters.truncate(size);
         let next_page_token = match (more, letters.last()) {
-            (true, Some(last)) => dead_letter_cursor::encode(last.created_at, last.id),
+            (true, Some(last)) => dead_letter_cursor::encode(&s.page_key, last.created_at, last.id),
             _ => String::new(),
         };
         Ok(Response::new(pb::ListDeadLettersResponse {

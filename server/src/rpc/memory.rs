@@ -191,12 +191,12 @@ impl MemoryService for MemorySvc {
     ) -> Result<Response<pb::ListMemoriesResponse>, Status> {
         let s = &self.state;
         let tenant = caller(&req)?.tenant(KeyRole::Reader).map_err(status)?;
-        let q = c::list_query(req.into_inner(), tenant, &s.limits).map_err(status)?;
+        let q = c::list_query(req.into_inner(), tenant, &s.limits, &s.page_key).map_err(status)?;
         let (memories, next) = s.uc.list_memories(&q).await.map_err(status)?;
         Ok(Response::new(pb::ListMemoriesResponse {
             memories: memories.into_iter().map(convert::memory_pb).collect(),
             next_page_token: next
-                .map(|cur| page_token::encode(cur, &c::list_fingerprint(&q)))
+                .map(|cur| page_token::encode(&s.page_key, cur, &c::list_fingerprint(&q)))
                 .unwrap_or_default(),
         }))
     }
