@@ -44,7 +44,7 @@ pub use maintenance::{JobOutput, JobScope, VectorClaim, VectorTable};
 pub use memories::Correction;
 pub use recall::VectorSettings;
 pub use schema::vector_index_name;
-pub use tenants::{NewApiKey, TenantUpdate, hash_secret};
+pub use tenants::{NewApiKey, PRINCIPAL_TTL, TenantUpdate, hash_secret};
 
 /// Stores `vectors` (of `model`) for the rows `ids` of `table` (`memories` or `episodes`).
 pub(crate) async fn write_vectors(
@@ -87,6 +87,7 @@ pub struct PgStore {
     pool: PgPool,
     clock: Arc<dyn Clock>,
     stats_cache: Arc<recall::StatsCache>,
+    principals: Arc<tenants::PrincipalCache>,
 }
 
 impl PgStore {
@@ -117,6 +118,7 @@ impl PgStore {
             pool,
             clock: Arc::new(SystemClock),
             stats_cache: Arc::default(),
+            principals: Arc::default(),
         }
     }
 

@@ -42,6 +42,40 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
 }
 
+/// How long a key's principal is reused without asking Postgres. A revocation or tenant update
+/// made through this process empties the cache at once; one made through another replica takes
+/// effect here within this long.
+pub const PRINCIPAL_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Principals of recently used keys, by the hash of the secret (never the secret itself).
+#[derive(Debug, Default)]
+pub(crate) struct PrincipalCache(
+    std::sync::Mutex<std::collections::HashMap<[u8; 32], (std::time::Instant, Principal)>>,
+);
+
+impl PrincipalCache {
+    fn get(&self, hash: &[u8; 32]) -> Option<Principal> {
+        let map = self.0.lock().ok()?;
+        let (at, p) = map.get(hash)?;
+        (at.elapsed() < PRINCIPAL_TTL).then(|| p.clone())
+    }
+
+    fn put(&self, hash: [u8; 32], p: Principal) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() > 10_000 {
+                map.retain(|_, (at, _)| at.elapsed() < PRINCIPAL_TTL);
+            }
+            map.insert(hash, (std::time::Instant::now(), p));
+        }
+    }
+
+    fn clear(&self) {
+        if let Ok(mut map) = self.0.lock() {
+            map.clear();
+        }
+    }
+}
+
 /// A newly created API key: its record and its secret (shown once).
 #[derive(Debug, Clone)]
 pub struct NewApiKey {
@@ -118,6 +152,8 @@ impl PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
+        // Principals carry the tenant's PII policy.
+        self.principals.clear();
         found(row, id)
     }
 
@@ -196,6 +232,7 @@ impl PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
+        self.principals.clear();
         row.ok_or_else(|| Error::NotFound {
             what: "api key",
             id: key_id.to_string(),
@@ -208,26 +245,39 @@ impl PgStore {
         if !secret.starts_with(SECRET_PREFIX) {
             return Ok(None);
         }
+        let hash = hash_secret(secret);
+        if let Some(p) = self.principals.get(&hash) {
+            metrics::counter!("memoire_cache_requests_total", "cache" => "principal", "result" => "hit")
+                .increment(1);
+            return Ok(Some(p));
+        }
+        metrics::counter!("memoire_cache_requests_total", "cache" => "principal", "result" => "miss")
+            .increment(1);
         let row: Option<(Uuid, Uuid, String, String)> = sqlx::query_as(
             "SELECT k.id, k.tenant_id, k.role, t.pii_mode FROM api_keys k \
              JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
-        .bind(hash_secret(secret).as_slice())
+        .bind(hash.as_slice())
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?;
-        row.map(|(id, tenant_id, role, pii_mode)| {
-            Ok(Principal {
-                tenant_id: Some(tenant_id),
-                role: KeyRole::parse(&role)
-                    .ok_or_else(|| Error::Internal(format!("unknown key role '{role}'")))?,
-                actor: format!("key:{id}"),
-                pii_mode: PiiMode::parse(&pii_mode)
-                    .ok_or_else(|| Error::Internal(format!("unknown PII mode '{pii_mode}'")))?,
+        let principal = row
+            .map(|(id, tenant_id, role, pii_mode)| {
+                Ok(Principal {
+                    tenant_id: Some(tenant_id),
+                    role: KeyRole::parse(&role)
+                        .ok_or_else(|| Error::Internal(format!("unknown key role '{role}'")))?,
+                    actor: format!("key:{id}"),
+                    pii_mode: PiiMode::parse(&pii_mode)
+                        .ok_or_else(|| Error::Internal(format!("unknown PII mode '{pii_mode}'")))?,
+                })
             })
-        })
-        .transpose()
+            .transpose()?;
+        if let Some(p) = &principal {
+            self.principals.put(hash, p.clone());
+        }
+        Ok(principal)
     }
 
     /// Counts of what a tenant stores.

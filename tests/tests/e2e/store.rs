@@ -318,3 +318,45 @@ async fn episodes_are_searched_by_the_text_they_are_embedded_from() {
         assert_eq!(sql, memoire_core::embed::episode_text(name, at, content));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_key_is_refused_at_once_here_and_within_the_cache_ttl_on_another_replica() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let tenant = server.store.create_tenant("t").await.expect("tenant");
+    let key = server
+        .store
+        .create_api_key(tenant.id, "k", memoire_core::model::KeyRole::Writer)
+        .await
+        .expect("key");
+    // Two replicas: the server's store and another process's, on the same database.
+    let here = &server.store;
+    let there = memoire_store::PgStore::from_pool(server.pool().clone());
+    for store in [here, &there] {
+        assert!(
+            store
+                .principal_for_secret(&key.secret)
+                .await
+                .expect("lookup")
+                .is_some()
+        );
+    }
+    here.revoke_api_key(key.key.id, Some(tenant.id))
+        .await
+        .expect("revoke");
+    assert!(
+        here.principal_for_secret(&key.secret)
+            .await
+            .expect("lookup")
+            .is_none(),
+        "the replica that revoked refuses at once"
+    );
+    tokio::time::sleep(memoire_store::PRINCIPAL_TTL + Duration::from_millis(100)).await;
+    assert!(
+        there
+            .principal_for_secret(&key.secret)
+            .await
+            .expect("lookup")
+            .is_none(),
+        "another replica refuses within the cache's lifetime"
+    );
+}
