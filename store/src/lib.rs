@@ -23,6 +23,7 @@ mod recall;
 mod rows;
 mod schema;
 mod tenants;
+mod ttl;
 
 use std::sync::Arc;
 use std::time::Duration;

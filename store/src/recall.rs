@@ -12,8 +12,7 @@
 //! tenant/user filter does not starve the result.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use memoire_core::Result;
@@ -60,8 +59,14 @@ struct ScopeStats {
 }
 
 /// Per-scope statistics, cached briefly (BM25's N and average length; the exact/HNSW choice).
-#[derive(Debug, Default)]
-pub struct StatsCache(Mutex<HashMap<String, (Instant, ScopeStats)>>);
+#[derive(Debug)]
+pub struct StatsCache(crate::ttl::TtlMap<String, ScopeStats>);
+
+impl Default for StatsCache {
+    fn default() -> Self {
+        StatsCache(crate::ttl::TtlMap::new(STATS_TTL))
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Table {
@@ -199,11 +204,8 @@ impl StatsCache {
         model: &str,
     ) -> Result<ScopeStats> {
         let key = scope_key(table, q, model);
-        if let Ok(map) = self.0.lock()
-            && let Some((at, stats)) = map.get(&key)
-            && at.elapsed() < STATS_TTL
-        {
-            return Ok(*stats);
+        if let Some(stats) = self.0.get(&key) {
+            return Ok(stats);
         }
         let sql = format!(
             "SELECT count(*)::float8, coalesce(avg(length(tsv)), 0)::float8, \
@@ -224,14 +226,8 @@ impl StatsCache {
             avg_len,
             vectors: vectors.max(0) as u64,
         };
-        if docs < STATS_CACHE_MIN_DOCS {
-            return Ok(stats);
-        }
-        if let Ok(mut map) = self.0.lock() {
-            if map.len() > 10_000 {
-                map.retain(|_, (at, _)| at.elapsed() < STATS_TTL);
-            }
-            map.insert(key, (Instant::now(), stats));
+        if docs >= STATS_CACHE_MIN_DOCS {
+            self.0.put(key, stats);
         }
         Ok(stats)
     }

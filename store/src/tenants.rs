@@ -48,31 +48,12 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
 pub const PRINCIPAL_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Principals of recently used keys, by the hash of the secret (never the secret itself).
-#[derive(Debug, Default)]
-pub(crate) struct PrincipalCache(
-    std::sync::Mutex<std::collections::HashMap<[u8; 32], (std::time::Instant, Principal)>>,
-);
+#[derive(Debug)]
+pub(crate) struct PrincipalCache(crate::ttl::TtlMap<[u8; 32], Principal>);
 
-impl PrincipalCache {
-    fn get(&self, hash: &[u8; 32]) -> Option<Principal> {
-        let map = self.0.lock().ok()?;
-        let (at, p) = map.get(hash)?;
-        (at.elapsed() < PRINCIPAL_TTL).then(|| p.clone())
-    }
-
-    fn put(&self, hash: [u8; 32], p: Principal) {
-        if let Ok(mut map) = self.0.lock() {
-            if map.len() > 10_000 {
-                map.retain(|_, (at, _)| at.elapsed() < PRINCIPAL_TTL);
-            }
-            map.insert(hash, (std::time::Instant::now(), p));
-        }
-    }
-
-    fn clear(&self) {
-        if let Ok(mut map) = self.0.lock() {
-            map.clear();
-        }
+impl Default for PrincipalCache {
+    fn default() -> Self {
+        PrincipalCache(crate::ttl::TtlMap::new(PRINCIPAL_TTL))
     }
 }
 
@@ -153,7 +134,7 @@ impl PgStore {
             .await
             .map_err(db_error)?;
         // Principals carry the tenant's PII policy.
-        self.principals.clear();
+        self.principals.0.clear();
         found(row, id)
     }
 
@@ -232,7 +213,7 @@ impl PgStore {
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
-        self.principals.clear();
+        self.principals.0.clear();
         row.ok_or_else(|| Error::NotFound {
             what: "api key",
             id: key_id.to_string(),
@@ -246,7 +227,7 @@ impl PgStore {
             return Ok(None);
         }
         let hash = hash_secret(secret);
-        if let Some(p) = self.principals.get(&hash) {
+        if let Some(p) = self.principals.0.get(&hash) {
             metrics::counter!("memoire_cache_requests_total", "cache" => "principal", "result" => "hit")
                 .increment(1);
             return Ok(Some(p));
@@ -275,7 +256,7 @@ impl PgStore {
             })
             .transpose()?;
         if let Some(p) = &principal {
-            self.principals.put(hash, p.clone());
+            self.principals.0.put(hash, p.clone());
         }
         Ok(principal)
     }
