@@ -78,6 +78,9 @@ pub struct Scrubbed {
 struct Detector {
     kind: PiiKind,
     re: Regex,
+    /// Whether `re` has the `v` group (else the whole match is the finding, found without the
+    /// slower capturing search).
+    has_value: bool,
     check: fn(&str) -> bool,
 }
 
@@ -136,11 +139,15 @@ fn iban(s: &str) -> bool {
 fn detectors() -> &'static [Detector] {
     static P: OnceLock<Vec<Detector>> = OnceLock::new();
     P.get_or_init(|| {
-        let d = |kind, pattern: &str, check: fn(&str) -> bool| Detector {
-            kind,
-            re: Regex::new(pattern)
-                .unwrap_or_else(|e| panic!("built-in PII pattern {pattern}: {e}")),
-            check,
+        let d = |kind, pattern: &str, check: fn(&str) -> bool| {
+            let re = Regex::new(pattern)
+                .unwrap_or_else(|e| panic!("built-in PII pattern {pattern}: {e}"));
+            Detector {
+                kind,
+                has_value: re.capture_names().any(|n| n == Some("v")),
+                re,
+                check,
+            }
         };
         // Order matters only for ties at the same start: secrets first (they may contain digits
         // and dots), then the rest.
@@ -274,10 +281,14 @@ pub fn scrub(text: &str, mode: PiiMode) -> Scrubbed {
     // Every candidate span of every kind, then the earliest (longest on ties) non-overlapping ones.
     let mut spans: Vec<(usize, usize, PiiKind)> = Vec::new();
     for d in detectors() {
-        for c in d.re.captures_iter(text) {
-            let Some(m) = c.name("v").or_else(|| c.get(0)) else {
-                continue;
-            };
+        let found: Vec<regex::Match> = if d.has_value {
+            d.re.captures_iter(text)
+                .filter_map(|c| c.name("v"))
+                .collect()
+        } else {
+            d.re.find_iter(text).collect()
+        };
+        for m in found {
             if (d.check)(m.as_str()) {
                 spans.push((m.start(), m.end(), d.kind));
             }

@@ -76,11 +76,11 @@ pub async fn abstractive(
     Ok(Summary { content, sources })
 }
 
-/// How much a turn says: statements the rule extractor recognises weigh most, then names and
-/// numbers (capitalised words not at the start, digits), then its content words; a question
-/// counts for half.
-fn salience(text: &str) -> f32 {
-    let statements = RuleExtractor.extract(text).len() as f32;
+/// How much a turn says, given how many statements the rule extractor recognises in it: those
+/// weigh most, then names and numbers (capitalised words not at the start, digits), then its
+/// content words; a question counts for half.
+fn salience(text: &str, statements: usize) -> f32 {
+    let statements = statements as f32;
     let words: Vec<&str> = text.split_whitespace().collect();
     let names = words
         .iter()
@@ -136,11 +136,11 @@ pub fn extractive(
         let mut scored: Vec<(f32, usize)> = people
             .iter()
             .filter(|(_, t)| speaker(t) == *who)
-            .filter(|(_, t)| {
-                significant_words(&t.content).len() >= MIN_WORDS
-                    || !RuleExtractor.extract(&t.content).is_empty()
+            .filter_map(|(i, t)| {
+                let statements = RuleExtractor.extract(&t.content).len();
+                (statements > 0 || significant_words(&t.content).len() >= MIN_WORDS)
+                    .then(|| (salience(&t.content, statements), *i))
             })
-            .map(|(i, t)| (salience(&t.content), *i))
             .collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         chosen.extend(scored.into_iter().take(share).map(|(_, i)| i));
