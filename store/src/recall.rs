@@ -12,7 +12,8 @@
 //! tenant/user filter does not starve the result.
 
 use std::collections::HashMap;
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use memoire_core::Result;
@@ -324,26 +325,33 @@ async fn bm25(
     b.build_query_as().fetch_all(pool).await.map_err(db_error)
 }
 
-/// The turns said just before and just after each episode of `ids`, in its session (by time,
-/// then by the order of ingest): `(episode, neighbour)` pairs.
-async fn neighbours(pool: &PgPool, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<(Uuid, Uuid)>> {
+/// An episode's turns said just before and just after it in its session (by time, then by the
+/// order of ingest), when there are.
+type Adjacent = (Uuid, Option<Uuid>, Option<Uuid>);
+
+/// The select-list expressions for the turns just before and just after the episode `alias`
+/// (which must carry its tenant, user, namespace, session, time and seq): two index probes.
+fn adjacent_turns(alias: &str) -> String {
+    let side = |cmp: &str, dir: &str| {
+        format!(
+            "(SELECT e.id FROM episodes e \
+               WHERE e.tenant_id = {alias}.tenant_id AND e.user_id = {alias}.user_id \
+                 AND e.namespace = {alias}.namespace AND e.session_id = {alias}.session_id \
+                 AND (e.occurred_at, e.seq) {cmp} ({alias}.occurred_at, {alias}.seq) \
+               ORDER BY e.occurred_at {dir}, e.seq {dir} LIMIT 1)"
+        )
+    };
+    format!("{}, {}", side("<", "DESC"), side(">", "ASC"))
+}
+
+/// The turns said just before and just after each episode of `ids`.
+async fn neighbours(pool: &PgPool, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<Adjacent>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    let side = |cmp: &str, dir: &str| {
-        format!(
-            "SELECT c.id, x.id FROM c CROSS JOIN LATERAL (SELECT e.id FROM episodes e \
-               WHERE e.tenant_id = c.tenant_id AND e.user_id = c.user_id \
-                 AND e.namespace = c.namespace AND e.session_id = c.session_id \
-                 AND (e.occurred_at, e.seq) {cmp} (c.occurred_at, c.seq) \
-               ORDER BY e.occurred_at {dir}, e.seq {dir} LIMIT 1) x"
-        )
-    };
     let sql = format!(
-        "WITH c AS (SELECT id, tenant_id, user_id, namespace, session_id, occurred_at, seq \
-           FROM episodes WHERE tenant_id = $1 AND id = ANY($2)) {} UNION ALL {}",
-        side("<", "DESC"),
-        side(">", "ASC")
+        "SELECT c.id, {} FROM episodes c WHERE c.tenant_id = $1 AND c.id = ANY($2)",
+        adjacent_turns("c")
     );
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(tenant_id)
@@ -380,6 +388,10 @@ async fn cosines(
         .map_err(db_error)
 }
 
+/// The scope's `q.candidates` nearest neighbours of `vector`, with their similarity; with
+/// `adjacent`, each episode's turns just before and after it too (in the same statement, so that
+/// the neighbouring turns cost no round trip after the vector search).
+#[allow(clippy::too_many_arguments)]
 async fn nearest(
     pool: &PgPool,
     table: Table,
@@ -388,7 +400,8 @@ async fn nearest(
     settings: &VectorSettings,
     stats: ScopeStats,
     now: DateTime<Utc>,
-) -> Result<Vec<(Uuid, f32)>> {
+    adjacent: bool,
+) -> Result<Vec<(Uuid, f32, Option<Uuid>, Option<Uuid>)>> {
     if stats.vectors == 0 || vector.len() != settings.dims as usize {
         return Ok(Vec::new());
     }
@@ -403,7 +416,21 @@ async fn nearest(
     } else {
         format!("m.embedding::vector({dims}) <=> ")
     };
-    let mut b = QueryBuilder::<Postgres>::new("SELECT id, sim FROM (SELECT m.id, (1 - (");
+    let (outer, inner) = if adjacent {
+        (
+            format!("SELECT x.id, x.sim, {} FROM", adjacent_turns("x")),
+            ", m.tenant_id, m.user_id, m.namespace, m.session_id, m.occurred_at, m.seq",
+        )
+    } else {
+        (
+            "SELECT x.id, x.sim, NULL::uuid, NULL::uuid FROM".to_owned(),
+            "",
+        )
+    };
+    let mut b = QueryBuilder::<Postgres>::new(outer);
+    b.push(" (SELECT m.id");
+    b.push(inner);
+    b.push(", (1 - (");
     b.push(&distance)
         .push_bind(Vector::from(vector.to_vec()))
         .push(format!("::vector({dims})))::float4 AS sim"));
@@ -414,8 +441,40 @@ async fn nearest(
         .push(format!("::vector({dims}) LIMIT "));
     b.push_bind(q.candidates as i64);
     // Iterative scans may return neighbours slightly out of order: order them here.
-    b.push(") x ORDER BY sim DESC, id");
+    b.push(") x ORDER BY x.sim DESC, x.id");
     b.build_query_as().fetch_all(pool).await.map_err(db_error)
+}
+
+/// Records how long one stage of Recall took, in `memoire_recall_stage_seconds{stage, table}`
+/// (`table` is `memories`, `episodes`, or `all` for a stage over both): the profile the recall
+/// bench and the evaluation print.
+pub fn record_stage(stage: &'static str, table: &'static str, started: Instant) {
+    metrics::histogram!("memoire_recall_stage_seconds", "stage" => stage, "table" => table)
+        .record(started.elapsed().as_secs_f64());
+}
+
+async fn staged<T>(stage: &'static str, table: Table, work: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = work.await;
+    record_stage(stage, table.name(), started);
+    out
+}
+
+/// A table's full-text side of Recall: the scope's statistics, the best matches, and (for
+/// conversation turns) their neighbouring turns.
+struct TextHits {
+    stats: ScopeStats,
+    hits: Vec<(Uuid, f32)>,
+    adjacent: Vec<Adjacent>,
+}
+
+/// Whether `table`'s candidates bring their neighbouring turns as context: conversation turns,
+/// and not under a time filter (a neighbour may lie outside the window).
+fn with_context(table: Table, q: &RecallQuery) -> bool {
+    table == Table::Episodes
+        && q.as_of.is_none()
+        && q.created_after.is_none()
+        && q.created_before.is_none()
 }
 
 fn ranked(hits: &[(Uuid, f32)]) -> HashMap<Uuid, (u32, f32)> {
@@ -442,18 +501,21 @@ impl PgStore {
         } else {
             &[Table::Memories]
         };
-        let (vector, texts) = tokio::join!(
-            vector,
-            futures::future::join_all(tables.iter().map(|t| self.text_hits(*t, q, vs, now)))
-        );
+        let (vector, (texts, searched)) = tokio::join!(vector, async {
+            let texts =
+                futures::future::join_all(tables.iter().map(|t| self.text_hits(*t, q, vs, now)))
+                    .await;
+            (texts, Instant::now())
+        });
+        // How long the vector side still waited for the query's embedding once the full-text
+        // searches were done: the embedding's share of the critical path.
+        record_stage("embedding_wait", "all", searched);
         let vector = vector?;
         let vector = vector.as_deref();
         // The tables are searched at once: each is a chain of round trips.
         let found =
             futures::future::join_all(tables.iter().zip(texts).map(|(t, text)| async move {
-                let (stats, text) = text?;
-                self.candidates_in(*t, q, stats, text, vector, vs, now)
-                    .await
+                self.candidates_in(*t, q, text?, vector, vs, now).await
             }))
             .await;
         let mut out = Vec::new();
@@ -463,20 +525,43 @@ impl PgStore {
         Ok(out)
     }
 
-    /// The scope's statistics and its best full-text matches in `table`.
+    /// The scope's statistics and its best full-text matches in `table`; with `adjacent`, their
+    /// neighbouring turns too (while the query is still being embedded).
     async fn text_hits(
         &self,
         table: Table,
         q: &RecallQuery,
         vs: &VectorSettings,
         now: DateTime<Utc>,
-    ) -> Result<(ScopeStats, Vec<(Uuid, f32)>)> {
-        let stats = self
-            .stats_cache
-            .get(&self.pool, table, q, &vs.model)
-            .await?;
-        let text = bm25(&self.pool, table, q, stats, now, None).await?;
-        Ok((stats, text))
+    ) -> Result<TextHits> {
+        let stats = staged(
+            "scope_stats",
+            table,
+            self.stats_cache.get(&self.pool, table, q, &vs.model),
+        )
+        .await?;
+        let hits = staged(
+            "full_text",
+            table,
+            bm25(&self.pool, table, q, stats, now, None),
+        )
+        .await?;
+        let adjacent = if with_context(table, q) {
+            let ids: Vec<Uuid> = hits.iter().map(|(id, _)| *id).collect();
+            staged(
+                "neighbours",
+                table,
+                neighbours(&self.pool, q.tenant_id, &ids),
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
+        Ok(TextHits {
+            stats,
+            hits,
+            adjacent,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -484,21 +569,34 @@ impl PgStore {
         &self,
         table: Table,
         q: &RecallQuery,
-        stats: ScopeStats,
-        text_all: Vec<(Uuid, f32)>,
+        text: TextHits,
         vector: Option<&[f32]>,
         vs: &VectorSettings,
         now: DateTime<Utc>,
     ) -> Result<Vec<Candidate>> {
-        let near = match vector {
-            Some(v) => nearest(&self.pool, table, q, v, vs, stats, now).await,
-            None => Ok(Vec::new()),
+        let TextHits {
+            stats,
+            hits: text_all,
+            adjacent: text_adjacent,
+        } = text;
+        let context = with_context(table, q);
+        let near_all = match vector {
+            Some(v) => {
+                staged(
+                    "vector",
+                    table,
+                    nearest(&self.pool, table, q, v, vs, stats, now, context),
+                )
+                .await?
+            }
+            None => Vec::new(),
         };
 
         // Fewer than the pool: every matching document is in it, and the others score 0.
         let text_complete = text_all.len() < q.candidates;
         let mut text_scores: HashMap<Uuid, f32> = text_all.iter().copied().collect();
-        let (text, near) = (ranked(&text_all), ranked(&near?));
+        let near_hits: Vec<(Uuid, f32)> = near_all.iter().map(|(id, s, _, _)| (*id, *s)).collect();
+        let (text, near) = (ranked(&text_all), ranked(&near_hits));
         let mut ids: Vec<Uuid> = text.keys().chain(near.keys()).copied().collect();
         ids.sort();
         ids.dedup();
@@ -507,14 +605,19 @@ impl PgStore {
         }
         // An episode's neighbouring turns are its context (an answer follows its question): they
         // join the candidates, scored like the others, and fusion credits each turn with its
-        // neighbours' relevance.
+        // neighbours' relevance. They came with the searches' hits.
         let mut adjacent: HashMap<Uuid, Vec<Uuid>> = HashMap::new();
-        // Not under a time filter: a neighbour may lie outside the window.
-        let unfiltered =
-            q.as_of.is_none() && q.created_after.is_none() && q.created_before.is_none();
-        if table == Table::Episodes && unfiltered {
-            for (id, n) in neighbours(&self.pool, q.tenant_id, &ids).await? {
-                adjacent.entry(id).or_default().push(n);
+        if context {
+            let found = text_adjacent
+                .into_iter()
+                .chain(near_all.into_iter().map(|(id, _, b, a)| (id, b, a)));
+            for (id, before, after) in found {
+                let entry = adjacent.entry(id).or_default();
+                for n in [before, after].into_iter().flatten() {
+                    if !entry.contains(&n) {
+                        entry.push(n);
+                    }
+                }
             }
             let mut more: Vec<Uuid> = adjacent.values().flatten().copied().collect();
             more.sort();
@@ -540,19 +643,23 @@ impl PgStore {
             .copied()
             .collect();
         let (text_only, vector_only, items) = tokio::join!(
-            bm25(&self.pool, table, q, stats, now, Some(&no_text)),
-            async {
+            staged(
+                "text_scores",
+                table,
+                bm25(&self.pool, table, q, stats, now, Some(&no_text))
+            ),
+            staged("vector_scores", table, async {
                 match vector {
                     Some(v) => cosines(&self.pool, table, q.tenant_id, &no_vector, v, vs).await,
                     None => Ok(Vec::new()),
                 }
-            },
-            async {
+            }),
+            staged("hydrate", table, async {
                 match table {
                     Table::Memories => self.hydrate_memories(q, &ids).await,
                     Table::Episodes => self.hydrate_episodes(q.tenant_id, &ids).await,
                 }
-            }
+            })
         );
         text_scores.extend(text_only?);
         let vector_only: HashMap<Uuid, f32> = vector_only?.into_iter().collect();

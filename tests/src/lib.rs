@@ -362,3 +362,42 @@ pub fn violated_field(status: &tonic::Status) -> Option<String> {
         .get_details_bad_request()
         .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
 }
+
+/// Recall's profile from a `/metrics` page: the mean of each `memoire_recall_stage_seconds`
+/// series and of the query embedding, in ms, one line per stage (stages of the two tables run
+/// concurrently, so the means do not add up to a recall's latency).
+pub fn recall_profile(metrics: &str) -> String {
+    let series = |name: &str| -> Vec<(String, f64)> {
+        metrics
+            .lines()
+            .filter_map(|l| l.strip_prefix(name))
+            .filter_map(|rest| {
+                let (labels, value) = rest.rsplit_once(' ')?;
+                Some((labels.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let mut out = String::new();
+    for metric in [
+        "memoire_embedding_duration_seconds",
+        "memoire_recall_stage_seconds",
+    ] {
+        let counts = series(&format!("{metric}_count"));
+        for (labels, sum) in series(&format!("{metric}_sum")) {
+            if metric.starts_with("memoire_embedding") && !labels.contains("\"query\"") {
+                continue;
+            }
+            let Some((_, n)) = counts.iter().find(|(l, _)| *l == labels) else {
+                continue;
+            };
+            if *n > 0.0 {
+                out.push_str(&format!(
+                    "  {:<58} {:>7.2} ms mean over {n}\n",
+                    format!("{}{labels}", metric.trim_start_matches("memoire_")),
+                    sum / n * 1e3
+                ));
+            }
+        }
+    }
+    out
+}

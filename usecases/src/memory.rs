@@ -11,7 +11,7 @@ use memoire_core::model::{ForgetMode, Memory, MemoryVersion, Scope, WriteOutcome
 use memoire_core::recall::{self, Item, Packed, Scored};
 use memoire_core::{Error, Result};
 use memoire_providers::Tiktoken;
-use memoire_store::{ConsciousSource, ConsciousView, Correction};
+use memoire_store::{ConsciousSource, ConsciousView, Correction, record_stage};
 use uuid::Uuid;
 
 use crate::UseCases;
@@ -71,6 +71,7 @@ impl UseCases {
             .store()
             .recall_candidates(&query, embedding, &s.vectors)
             .await?;
+        let started = std::time::Instant::now();
         let ranked = recall::rank(
             candidates,
             &query.text,
@@ -79,7 +80,10 @@ impl UseCases {
             min_score,
             k,
         );
+        record_stage("rank", "all", started);
+        let started = std::time::Instant::now();
         let packed = recall::pack(&ranked, budget, &counter);
+        record_stage("pack", "all", started);
         let touched: Vec<Uuid> = ranked
             .iter()
             .filter_map(|x| match &x.item {
