@@ -34,6 +34,8 @@ pub struct LocalEmbedder {
     // concurrent passes on two cores raised computed-recall throughput at concurrency 8 from
     // 52 to 60 QPS (recall-bench, 10k scope); more than that only adds contention.
     permits: Arc<Semaphore>,
+    // Forward passes run at once over a batch's chunks: one per core.
+    passes: usize,
 }
 
 impl std::fmt::Debug for LocalEmbedder {
@@ -103,6 +105,7 @@ impl LocalEmbedder {
             model_id: model_id.to_owned(),
             dims,
             permits: Arc::new(Semaphore::new(threads.max(1))),
+            passes: threads.max(1),
         })
     }
 
@@ -111,10 +114,41 @@ impl LocalEmbedder {
         // Sort by length so that each batch pads little; restore the order at the end.
         let mut order: Vec<usize> = (0..texts.len()).collect();
         order.sort_by_key(|&i| texts[i].len());
-        let mut out = vec![Vec::new(); texts.len()];
-        for chunk in order.chunks(BATCH) {
+        let chunks: Vec<&[usize]> = order.chunks(BATCH).collect();
+        let forward = |chunk: &[usize]| {
             let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-            for (&i, v) in chunk.iter().zip(self.model.forward(&batch)?) {
+            self.model.forward(&batch)
+        };
+        // Chunks are spread over the cores, one single-threaded forward pass per core: with
+        // RAYON_NUM_THREADS=1 (see `single_threaded_passes`) a pass never waits for a second
+        // thread that another process descheduled.
+        let lanes = self.passes.min(chunks.len()).max(1);
+        let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> = chunks.iter().map(|_| None).collect();
+        std::thread::scope(|scope| {
+            let (chunks, forward) = (&chunks, &forward);
+            let handles: Vec<_> = (0..lanes)
+                .map(|lane| {
+                    scope.spawn(move || {
+                        chunks
+                            .iter()
+                            .enumerate()
+                            .skip(lane)
+                            .step_by(lanes)
+                            .map(|(i, c)| (i, forward(c)))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            for h in handles {
+                for (i, r) in h.join().unwrap_or_default() {
+                    results[i] = Some(r);
+                }
+            }
+        });
+        let mut out = vec![Vec::new(); texts.len()];
+        for (chunk, vectors) in chunks.iter().zip(results) {
+            let vectors = vectors.unwrap_or_else(|| Err(model_err("a forward pass panicked")))?;
+            for (&i, v) in chunk.iter().zip(vectors) {
                 out[i] = v;
             }
         }

@@ -41,6 +41,8 @@ fn pct(sorted: &[Duration], p: f64) -> f64 {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Measured as the binaries run: one core per forward pass of the model.
+    memoire_app::one_core_per_model_pass("eval");
     let dir = data_dir();
     if !dir.is_dir() {
         eprintln!(
@@ -107,6 +109,11 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "k-stability: {} of {questions} questions had a different top 10 at k=100 than at k=10",
         o.unstable
+    );
+    let metrics = memoire_tests::http_get(server.http_addr, "/metrics").await;
+    println!(
+        "\nRecall's profile (all recalls of the run, cached query embeddings included):\n{}",
+        memoire_tests::recall_profile(&metrics)
     );
     Ok(())
 }
