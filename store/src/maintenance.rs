@@ -23,7 +23,7 @@ use uuid::Uuid;
 
 use crate::episodes::scopes;
 use crate::memories::{audit, delete_episodes, expire, lock_user, record_versions};
-use crate::rows::{MEMORY_COLUMNS, MemoryRow, convert_all};
+use crate::rows::{MEMORY_COLUMNS, MemoryRow, convert_all, last_accessed};
 use crate::{PgStore, db_error, write_vectors};
 
 /// Which part of the data a job runs on: everything, one tenant, or one user of a tenant.
@@ -139,7 +139,7 @@ impl PgStore {
         let mut changed = Scopes::new();
         loop {
             let mut tx = self.pool.begin().await.map_err(db_error)?;
-            let rows: Vec<(Uuid, Uuid, String, String, f32, f32)> = sqlx::query_as(
+            let rows: Vec<(Uuid, Uuid, String, String, f32, f32)> = sqlx::query_as(concat!(
                 "WITH batch AS ( \
                    SELECT id, confidence AS before FROM memories \
                    WHERE status = 'active' AND NOT pinned \
@@ -147,12 +147,13 @@ impl PgStore {
                      AND ($2::uuid IS NULL OR tenant_id = $2) AND ($3::text IS NULL OR user_id = $3) \
                    ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
                  UPDATE memories m SET decayed_at = $1, confidence = (m.confidence * power(0.5, \
-                     GREATEST(0, extract(epoch FROM ($1 - GREATEST(m.updated_at, \
-                       COALESCE(m.last_accessed_at, m.updated_at), COALESCE(m.decayed_at, m.updated_at))))) \
+                     GREATEST(0, extract(epoch FROM ($1 - GREATEST(m.updated_at, ",
+                last_accessed!("m"),
+                ", COALESCE(m.decayed_at, m.updated_at))))) \
                      / $5))::real \
                  FROM batch WHERE m.id = batch.id \
                  RETURNING m.id, m.tenant_id, m.user_id, m.namespace, batch.before, m.confidence",
-            )
+            ))
             .bind(now)
             .bind(f.tenant_id)
             .bind(&f.user_id)
@@ -219,15 +220,17 @@ impl PgStore {
         let mut by_policy = 0u64;
         loop {
             let mut tx = self.pool.begin().await.map_err(db_error)?;
-            let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(
+            let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(concat!(
                 "SELECT m.id, m.tenant_id, m.user_id, m.namespace FROM memories m \
                  JOIN tenants t ON t.id = m.tenant_id \
                  WHERE t.memory_retention_days > 0 AND m.status = 'active' AND NOT m.pinned \
-                   AND GREATEST(m.updated_at, COALESCE(m.last_accessed_at, m.updated_at)) \
+                   AND GREATEST(m.updated_at, ",
+                last_accessed!("m"),
+                ") \
                        < $1 - make_interval(days => t.memory_retention_days) \
                    AND ($2::uuid IS NULL OR m.tenant_id = $2) AND ($3::text IS NULL OR m.user_id = $3) \
                  ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED",
-            )
+            ))
             .bind(now)
             .bind(f.tenant_id)
             .bind(&f.user_id)

@@ -24,7 +24,9 @@ use pgvector::Vector;
 use sqlx::{PgPool, Postgres, QueryBuilder};
 use uuid::Uuid;
 
-use crate::rows::{EPISODE_COLUMNS, EpisodeRow, MEMORY_COLUMNS, MemoryRow};
+use crate::rows::{
+    EPISODE_COLUMNS, EpisodeRow, MEMORY_COLUMNS, MemoryRow, access_count, last_accessed,
+};
 use crate::{PgStore, db_error};
 
 /// Query words that carry no information in a memory store (stemmed, as in the index).
@@ -696,15 +698,18 @@ impl PgStore {
             }
             Some(as_of) => {
                 // Every field a version records comes from the version in force at `as_of`.
-                sqlx::query_as(
+                sqlx::query_as(concat!(
                     "SELECT m.id, m.tenant_id, m.user_id, m.namespace, v.kind, v.content, m.content_key, v.slot, \
                        v.subject, v.tags, v.importance, v.confidence, v.pinned, m.essential, v.expires_at, v.status, \
-                       v.superseded_by, v.version, m.created_at, v.created_at AS updated_at, m.last_accessed_at, \
-                       m.access_count, m.embedding_model, m.source_episode_ids \
+                       v.superseded_by, v.version, m.created_at, v.created_at AS updated_at, ",
+                    last_accessed!("m"),
+                    " AS last_accessed_at, ",
+                    access_count!("m"),
+                    " AS access_count, m.embedding_model, m.source_episode_ids \
                      FROM memories m JOIN LATERAL (SELECT * FROM memory_versions v WHERE v.memory_id = m.id \
                        AND v.created_at <= $3 ORDER BY v.version DESC LIMIT 1) v ON true \
                      WHERE m.tenant_id = $1 AND m.id = ANY($2)",
-                )
+                ))
                 .bind(q.tenant_id)
                 .bind(ids)
                 .bind(as_of)
@@ -732,15 +737,21 @@ impl PgStore {
             .collect()
     }
 
-    /// Records that recall returned these memories (last access time, count). Meant to run in
-    /// the background, after the reply.
+    /// Records that recall returned these memories (last access time, count) in
+    /// `memory_access`, never in the memories' own rows (migration 0008). Meant to run in the
+    /// background, after the reply.
     pub async fn touch_memories(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
+        // In id order, so that two recalls touching the same memories cannot deadlock; only
+        // memories that still exist (one may have been deleted since the recall).
         sqlx::query(
-            "UPDATE memories SET last_accessed_at = $3, access_count = access_count + 1 \
-             WHERE tenant_id = $1 AND id = ANY($2)",
+            "INSERT INTO memory_access (memory_id, last_accessed_at, hits) \
+             SELECT id, $3, 1 FROM memories WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id \
+             ON CONFLICT (memory_id) DO UPDATE SET \
+               last_accessed_at = GREATEST(memory_access.last_accessed_at, EXCLUDED.last_accessed_at), \
+               hits = memory_access.hits + 1",
         )
         .bind(tenant_id)
         .bind(ids)

@@ -47,11 +47,48 @@ impl TryFrom<EpisodeRow> for EpisodeHit {
     }
 }
 
-/// The columns of `memories` that [`MemoryRow`] reads, in order.
-pub(crate) const MEMORY_COLUMNS: &str = "id, tenant_id, user_id, namespace, kind, content, \
-    content_key, slot, subject, tags, importance, confidence, pinned, essential, expires_at, \
-    status, superseded_by, version, created_at, updated_at, last_accessed_at, access_count, \
-    embedding_model, source_episode_ids";
+/// A memory's last access time, for the `memories` row aliased `$t`: what its own column
+/// recorded and its row in `memory_access` (migration 0008), the later of the two.
+macro_rules! last_accessed {
+    ($t:literal) => {
+        concat!(
+            "GREATEST(",
+            $t,
+            ".last_accessed_at, (SELECT a.last_accessed_at FROM memory_access a \
+             WHERE a.memory_id = ",
+            $t,
+            ".id))"
+        )
+    };
+}
+pub(crate) use last_accessed;
+
+/// A memory's access count, for the `memories` row aliased `$t`: its own column plus its row in
+/// `memory_access`.
+macro_rules! access_count {
+    ($t:literal) => {
+        concat!(
+            "(",
+            $t,
+            ".access_count + COALESCE((SELECT a.hits FROM memory_access a \
+             WHERE a.memory_id = ",
+            $t,
+            ".id), 0))"
+        )
+    };
+}
+pub(crate) use access_count;
+
+/// The columns of `memories` that [`MemoryRow`] reads, in order (the table unaliased).
+pub(crate) const MEMORY_COLUMNS: &str = concat!(
+    "id, tenant_id, user_id, namespace, kind, content, content_key, slot, subject, tags, \
+     importance, confidence, pinned, essential, expires_at, status, superseded_by, version, \
+     created_at, updated_at, ",
+    last_accessed!("memories"),
+    " AS last_accessed_at, ",
+    access_count!("memories"),
+    " AS access_count, embedding_model, source_episode_ids"
+);
 
 fn parse<T>(what: &str, s: &str, f: impl Fn(&str) -> Option<T>) -> Result<T, Error> {
     f(s).ok_or_else(|| Error::Internal(format!("unknown {what} '{s}' in the database")))

@@ -379,7 +379,7 @@ async fn explain_shows_each_component_and_scores_are_ordered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn corrections_are_re_embedded_and_access_is_counted() {
-    let (_server, mut m, ids) = seeded().await;
+    let (server, mut m, ids) = seeded().await;
     m.teach(pb::TeachRequest {
         user_id: "u".into(),
         memory_id: Some(ids[3].clone()),
@@ -431,6 +431,57 @@ async fn corrections_are_re_embedded_and_access_is_counted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(count >= 1, "access_count {count}");
+
+    // Counting never rewrites the memory's own row (and with it every index of the table): the
+    // statistics go to memory_access, and reads add them up.
+    let row_version = || async {
+        sqlx::query_scalar::<_, String>("SELECT xmin::text FROM memories WHERE id = $1::uuid")
+            .bind(&ids[3])
+            .fetch_one(server.pool())
+            .await
+            .expect("xmin")
+    };
+    let reader = m.clone();
+    let accesses = || {
+        let (mut m, id) = (reader.clone(), ids[3].clone());
+        async move {
+            m.get_memory(pb::GetMemoryRequest { memory_id: id })
+                .await
+                .expect("get")
+                .into_inner()
+                .memory
+                .expect("m")
+                .access_count
+        }
+    };
+    // Earlier recalls' counts have landed once the count holds still.
+    let mut settled = accesses().await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = accesses().await;
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
+    let before = row_version().await;
+    m.recall(ask("Rides an electric scooter to work"))
+        .await
+        .expect("recall");
+    let mut again = settled;
+    for _ in 0..50 {
+        again = accesses().await;
+        if again > settled {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(again, settled + 1, "one more recall, one more access");
+    assert_eq!(
+        row_version().await,
+        before,
+        "the memory's row was rewritten"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
