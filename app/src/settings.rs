@@ -116,6 +116,7 @@ pub fn usecase_settings(
                 ExtractorKind::Rules => 0,
                 ExtractorKind::Llm => config.extraction_known_memories,
             },
+            max_backlog: config.max_extraction_backlog,
         },
     }
 }

@@ -176,6 +176,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ("max_query_bytes", "largest Recall query, in bytes"),
     ("max_k", "most items one Recall returns"),
     (
+        "max_extraction_backlog",
+        "messages a tenant may have waiting for extraction; past it Ingest answers RESOURCE_EXHAUSTED with a retry delay (0: no bound)",
+    ),
+    (
         "max_token_budget",
         "largest token budget of a packed context",
     ),
@@ -410,6 +414,7 @@ pub struct Config {
     pub max_page_size: usize,
     pub max_query_bytes: usize,
     pub max_k: usize,
+    pub max_extraction_backlog: u64,
     pub max_token_budget: usize,
     pub request_timeout_ms: u64,
     pub max_concurrent_requests: usize,
@@ -497,6 +502,9 @@ impl Default for Config {
             max_page_size: 500,
             max_query_bytes: 4096,
             max_k: 100,
+            // About an hour of a worker's extraction at this machine's measured drain: generous
+            // enough for an import, and a bound on work acknowledged but not done for hours.
+            max_extraction_backlog: 1_000_000,
             max_token_budget: 32_000,
             request_timeout_ms: 30_000,
             max_concurrent_requests: 512,
@@ -820,12 +828,18 @@ impl Config {
         {
             bad("recall_recency_half_life_days", "must be positive".into());
         }
-        let ranges: [(&str, u64, u64, u64); 44] = [
+        let ranges: [(&str, u64, u64, u64); 45] = [
             (
                 "embedding_timeout_ms",
                 self.embedding_timeout_ms,
                 1,
                 600_000,
+            ),
+            (
+                "max_extraction_backlog",
+                self.max_extraction_backlog,
+                0,
+                1_000_000_000,
             ),
             (
                 "recall_default_k",

@@ -32,9 +32,15 @@ pub enum Error {
     /// The credentials are valid but do not allow this operation.
     #[error("{0}")]
     PermissionDenied(String),
-    /// A quota or rate limit was hit.
-    #[error("{0}")]
-    ResourceExhausted(String),
+    /// A quota, rate limit or backlog bound was hit; `retry_after` says when trying again
+    /// makes sense, when known.
+    #[error("{message}")]
+    ResourceExhausted {
+        /// What was exhausted.
+        message: String,
+        /// When to retry.
+        retry_after: Option<std::time::Duration>,
+    },
     /// Postgres is unreachable (or shutting down).
     #[error("storage unavailable: {0}")]
     Unavailable(String),

@@ -18,7 +18,14 @@ pub fn status(e: Error) -> Status {
         Error::FailedPrecondition(m) => Status::failed_precondition(m),
         Error::Unauthenticated(m) => Status::unauthenticated(m),
         Error::PermissionDenied(m) => Status::permission_denied(m),
-        Error::ResourceExhausted(m) => Status::resource_exhausted(m),
+        Error::ResourceExhausted {
+            message,
+            retry_after,
+        } => Status::with_error_details(
+            Code::ResourceExhausted,
+            message,
+            ErrorDetails::with_retry_info(retry_after),
+        ),
         Error::Unavailable(m) => {
             tracing::warn!(error = %m, "storage unavailable");
             Status::unavailable("the database is unavailable; retry with backoff")

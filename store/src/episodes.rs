@@ -147,6 +147,25 @@ pub struct QueueDepths {
     pub embed: i64,
     /// Dead letters.
     pub dead_letters: i64,
+    /// How long the oldest episode waiting for extraction has waited (0 when none does).
+    pub extract_oldest_age: Duration,
+    /// How long the oldest episode waiting for an embedding has waited (0 when none does).
+    pub embed_oldest_age: Duration,
+}
+
+/// How long a tenant's counted extraction backlog is reused by Ingest's bound: counting is an
+/// index-only scan of the tenant's waiting messages, so a tenant is counted at most once a
+/// second per process, whatever its ingest rate.
+pub const BACKLOG_TTL: Duration = Duration::from_secs(1);
+
+/// Tenants' extraction backlogs, as last counted.
+#[derive(Debug)]
+pub(crate) struct BacklogCache(crate::ttl::TtlMap<Uuid, u64>);
+
+impl Default for BacklogCache {
+    fn default() -> Self {
+        BacklogCache(crate::ttl::TtlMap::new(BACKLOG_TTL))
+    }
 }
 
 /// A worker's exclusive claim on one user+namespace; released when dropped (the transaction that
@@ -835,20 +854,51 @@ impl PgStore {
 
     /// Queue sizes across tenants (for the worker's gauges).
     pub async fn queue_depths(&self) -> Result<QueueDepths> {
-        let (extract, embed, dead_letters): (i64, i64, i64) = sqlx::query_as(
-            "SELECT \
-               (SELECT count(*) FROM episodes WHERE extracted_at IS NULL AND extract_dead_at IS NULL), \
-               (SELECT count(*) FROM episodes WHERE embedding IS NULL AND embed_dead_at IS NULL), \
-               (SELECT count(*) FROM dead_letters)",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(db_error)?;
+        // The oldest waiting episode of each queue is the first of its partial index by seq
+        // (the order of arrival): one index probe each.
+        let (extract, embed, dead_letters, extract_age, embed_age): (i64, i64, i64, f64, f64) =
+            sqlx::query_as(
+                "SELECT \
+                   (SELECT count(*) FROM episodes WHERE extracted_at IS NULL AND extract_dead_at IS NULL), \
+                   (SELECT count(*) FROM episodes WHERE embedding IS NULL AND embed_dead_at IS NULL), \
+                   (SELECT count(*) FROM dead_letters), \
+                   COALESCE((SELECT extract(epoch FROM $1 - created_at)::float8 FROM episodes \
+                     WHERE extracted_at IS NULL AND extract_dead_at IS NULL ORDER BY seq LIMIT 1), 0), \
+                   COALESCE((SELECT extract(epoch FROM $1 - created_at)::float8 FROM episodes \
+                     WHERE embedding IS NULL AND embed_dead_at IS NULL ORDER BY seq LIMIT 1), 0)",
+            )
+            .bind(self.clock.now())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_error)?;
+        let age = |secs: f64| Duration::from_secs_f64(secs.max(0.0));
         Ok(QueueDepths {
             extract,
             embed,
             dead_letters,
+            extract_oldest_age: age(extract_age),
+            embed_oldest_age: age(embed_age),
         })
+    }
+
+    /// How many of `tenant_id`'s messages wait for extraction, counted up to `cap` (an
+    /// index-only scan of at most `cap` entries), reused for [`BACKLOG_TTL`].
+    pub async fn extraction_backlog(&self, tenant_id: Uuid, cap: u64) -> Result<u64> {
+        if let Some(n) = self.backlogs.0.get(&tenant_id) {
+            return Ok(n);
+        }
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM (SELECT 1 FROM episodes WHERE tenant_id = $1 \
+               AND extracted_at IS NULL AND extract_dead_at IS NULL LIMIT $2) waiting",
+        )
+        .bind(tenant_id)
+        .bind(i64::try_from(cap).unwrap_or(i64::MAX))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        let n = n.max(0) as u64;
+        self.backlogs.0.put(tenant_id, n);
+        Ok(n)
     }
 
     /// A tenant's dead letters, oldest first, after the keyset `after`.

@@ -37,8 +37,8 @@ pub use conscious::{
     CacheTicket, ConsciousCache, ConsciousSettings, ConsciousSource, ConsciousView,
 };
 pub use episodes::{
-    Applied, EPISODES_CHANNEL, EmbedClaim, Failure, PendingEpisode, QueueDepths, RetryPolicy,
-    ScopeClaim,
+    Applied, BACKLOG_TTL, EPISODES_CHANNEL, EmbedClaim, Failure, PendingEpisode, QueueDepths,
+    RetryPolicy, ScopeClaim,
 };
 pub use error::db_error;
 pub use maintenance::{JobOutput, JobScope, VectorClaim, VectorTable};
@@ -89,6 +89,7 @@ pub struct PgStore {
     clock: Arc<dyn Clock>,
     stats_cache: Arc<recall::StatsCache>,
     principals: Arc<tenants::PrincipalCache>,
+    backlogs: Arc<episodes::BacklogCache>,
 }
 
 impl PgStore {
@@ -120,6 +121,7 @@ impl PgStore {
             clock: Arc::new(SystemClock),
             stats_cache: Arc::default(),
             principals: Arc::default(),
+            backlogs: Arc::default(),
         }
     }
 

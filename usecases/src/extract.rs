@@ -23,6 +23,9 @@ pub struct ExtractSettings {
     pub context_turns: u32,
     /// Related current memories an extractor sees (0 for the rule extractor, which needs none).
     pub known_memories: u32,
+    /// Messages a tenant may have waiting for extraction before Ingest refuses more (0: no
+    /// bound).
+    pub max_backlog: u64,
 }
 
 /// What extracting one episode came to.

@@ -40,6 +40,10 @@ pub enum ExtractionWait {
     TimedOut,
 }
 
+/// The delay an Ingest refused for the tenant's backlog suggests: a few seconds of a worker's
+/// drain, and longer than the backlog count is reused.
+const BACKLOG_RETRY: Duration = Duration::from_secs(5);
+
 /// How many times a correction is re-embedded when its text changed under it.
 const CORRECTION_ATTEMPTS: usize = 3;
 
@@ -210,6 +214,7 @@ impl UseCases {
     ) -> Result<(Vec<Ingested>, ExtractionWait)> {
         let scope = cmd.scope.clone();
         let count = cmd.messages.len() as u64;
+        self.check_backlog(scope.tenant_id).await?;
         let ingested = self.store().ingest(cmd).await?;
         let new = ingested.iter().filter(|i| !i.duplicate).count() as u64;
         metrics::counter!("memoire_ingested_messages_total").increment(count);
@@ -228,6 +233,30 @@ impl UseCases {
             None => ExtractionWait::Queued,
         };
         Ok((ingested, state))
+    }
+
+    /// Refuses more messages while the tenant has `max_backlog` or more waiting for extraction:
+    /// acknowledging work the worker will not reach for hours helps nobody, and the caller's
+    /// retry after the delay finds room as the worker drains. A call that crosses the bound is
+    /// accepted whole (no batch is split), and the count is reused for a second, so a tenant
+    /// can overshoot by what it sends in that second.
+    async fn check_backlog(&self, tenant: Uuid) -> Result<()> {
+        let max = self.settings().extract.max_backlog;
+        if max == 0 {
+            return Ok(());
+        }
+        let waiting = self.store().extraction_backlog(tenant, max).await?;
+        if waiting < max {
+            return Ok(());
+        }
+        metrics::counter!("memoire_ingest_refused_total", "reason" => "backlog").increment(1);
+        Err(memoire_core::Error::ResourceExhausted {
+            message: format!(
+                "this tenant has {waiting} or more messages waiting for extraction \
+                 (max_extraction_backlog); retry after the delay, as the worker catches up"
+            ),
+            retry_after: Some(BACKLOG_RETRY),
+        })
     }
 
     /// Polls until every episode of `ids` is extracted or dead-lettered, or `deadline` passes.

@@ -139,6 +139,10 @@ async fn publish_gauges(uc: &UseCases) -> memoire_core::Result<()> {
     metrics::gauge!("memoire_queue_depth", "queue" => "extract").set(d.extract as f64);
     metrics::gauge!("memoire_queue_depth", "queue" => "embed").set(d.embed as f64);
     metrics::gauge!("memoire_dead_letters").set(d.dead_letters as f64);
+    metrics::gauge!("memoire_queue_oldest_age_seconds", "queue" => "extract")
+        .set(d.extract_oldest_age.as_secs_f64());
+    metrics::gauge!("memoire_queue_oldest_age_seconds", "queue" => "embed")
+        .set(d.embed_oldest_age.as_secs_f64());
     Ok(())
 }
 

@@ -429,6 +429,90 @@ async fn ingest_is_idempotent_on_message_id() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_past_its_extraction_backlog_is_told_to_retry_and_nothing_is_stored() {
+    let server = TestServer::start_with(
+        |c| {
+            c.worker_embedded = false;
+            c.max_extraction_backlog = 3;
+        },
+        None,
+    )
+    .await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let (_, other) = server.tenant("other", pb::KeyRole::Writer).await;
+    let batch = |ids: &[&str]| -> Vec<pb::Message> {
+        ids.iter()
+            .map(|id| msg(pb::MessageRole::User, &format!("message {id}"), Some(id)))
+            .collect()
+    };
+    // Under the bound, a call is accepted whole, even one that crosses it.
+    ingest(&client, "u", batch(&["a", "b"]), false).await;
+    ingest(&client, "u", batch(&["c", "d"]), false).await;
+    // The count is reused for a second: past it, the tenant is refused.
+    tokio::time::sleep(memoire_store::BACKLOG_TTL + Duration::from_millis(100)).await;
+    let refused = client
+        .memory()
+        .ingest(pb::IngestRequest {
+            wait_for_extraction: false,
+            ..waiting("u", batch(&["e"]))
+        })
+        .await
+        .expect_err("past the backlog bound");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("max_extraction_backlog"),
+        "{}",
+        refused.message()
+    );
+    use tonic_types::StatusExt as _;
+    let retry = refused
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("a retry delay");
+    assert!(retry >= Duration::from_secs(1), "{retry:?}");
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM episodes")
+        .fetch_one(server.pool())
+        .await
+        .expect("count");
+    assert_eq!(stored, 4, "the refused message was not stored");
+    // Another tenant's backlog is its own.
+    ingest(&other, "u", batch(&["x"]), false).await;
+
+    // The lag: how long the oldest waiting message has waited.
+    let uc = server.usecases().await;
+    let lag = uc.store().queue_depths().await.expect("depths");
+    assert_eq!(lag.extract, 5);
+    assert!(
+        lag.extract_oldest_age >= memoire_store::BACKLOG_TTL
+            && lag.extract_oldest_age < Duration::from_secs(60),
+        "{lag:?}"
+    );
+
+    // The worker drains the backlog; the retried call is then accepted, once.
+    let worker = server.start_worker(|_| {}).await;
+    server.wait_extracted(Duration::from_secs(60)).await;
+    let lag = uc.store().queue_depths().await.expect("depths");
+    assert_eq!(
+        (lag.extract, lag.extract_oldest_age),
+        (0, Duration::ZERO),
+        "{lag:?}"
+    );
+    let metrics = memoire_tests::http_get(server.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("memoire_ingest_refused_total{reason=\"backlog\"} 1"),
+        "{metrics}"
+    );
+    tokio::time::sleep(memoire_store::BACKLOG_TTL + Duration::from_millis(100)).await;
+    let accepted = ingest(&client, "u", batch(&["e"]), false).await;
+    assert!(!accepted.episodes[0].duplicate);
+    worker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_ingest_requests_name_the_field_and_store_nothing() {
     let server = TestServer::start_with(
         |c| {
