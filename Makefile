@@ -1,7 +1,7 @@
 # The commands the README and CI use. `make run` and `make test` set up what is missing first.
 EVAL_DATA ?= ../shared/data/locomo-dev
 
-.PHONY: setup run test eval bench bench-recall bench-ingest bench-conscious bench-sdk python-sdk build release lint fmt migrate check-config
+.PHONY: setup run test wheel eval bench bench-recall bench-ingest bench-conscious bench-sdk python-sdk build release lint fmt migrate check-config
 
 MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
 export MEMOIRE_ADMIN_KEY
@@ -36,6 +36,11 @@ bench-conscious: setup
 # What the Python SDK adds to a Recall over plain grpcio (against the release server).
 bench-sdk: release python-sdk
 	.venv/bin/python tests/python/bench_sdk.py
+
+# The Python SDK as an abi3 manylinux wheel in dist/: installs with pip, no Rust needed.
+wheel:
+	@scripts/setup.sh
+	@scripts/wheel.sh
 
 # Builds the Python SDK (maturin) into .venv.
 python-sdk:

@@ -23,6 +23,7 @@ echo "== python SDK (maturin wheel into .venv)"
 cargo fmt --manifest-path sdk-python/Cargo.toml -- --check
 CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path sdk-python/Cargo.toml --locked --quiet -- -D warnings
 PATH="$PWD/.venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target" .venv/bin/pip install --quiet --no-build-isolation ./sdk-python
+scripts/wheel.sh
 echo "== python tests"
 cargo build --locked --quiet -p memoire-app
 set +e
