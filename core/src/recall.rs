@@ -93,7 +93,6 @@ impl Default for Weights {
     }
 }
 
-/// Whether a memory about `subject` is about someone the query does not name.
 /// Whether `name` appears in the query as a word of its own (case-insensitive).
 fn names(query_words: &[String], name: Option<&str>) -> bool {
     let Some(name) = name.map(str::trim).filter(|n| !n.is_empty()) else {
@@ -114,6 +113,7 @@ fn words(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// Whether a memory about `subject` is about someone the query does not name.
 fn about_someone_else(subject: Option<&str>, query_lower: &str) -> bool {
     match subject.map(str::trim).filter(|s| !s.is_empty()) {
         None => false,

@@ -363,10 +363,9 @@ pub fn violated_field(status: &tonic::Status) -> Option<String> {
         .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
 }
 
-/// Recall's profile from a `/metrics` page: the mean of each `memoire_recall_stage_seconds`
-/// series and of the query embedding, in ms, one line per stage (stages of the two tables run
-/// concurrently, so the means do not add up to a recall's latency).
-pub fn recall_profile(metrics: &str) -> String {
+/// Recall's stage timings on a `/metrics` page: per series of `memoire_recall_stage_seconds`
+/// and of the query embedding, its label set with the sum of seconds and the count.
+pub fn recall_stage_totals(metrics: &str) -> Vec<(String, f64, f64)> {
     let series = |name: &str| -> Vec<(String, f64)> {
         metrics
             .lines()
@@ -377,7 +376,7 @@ pub fn recall_profile(metrics: &str) -> String {
             })
             .collect()
     };
-    let mut out = String::new();
+    let mut out = Vec::new();
     for metric in [
         "memoire_embedding_duration_seconds",
         "memoire_recall_stage_seconds",
@@ -387,16 +386,34 @@ pub fn recall_profile(metrics: &str) -> String {
             if metric.starts_with("memoire_embedding") && !labels.contains("\"query\"") {
                 continue;
             }
-            let Some((_, n)) = counts.iter().find(|(l, _)| *l == labels) else {
-                continue;
-            };
-            if *n > 0.0 {
-                out.push_str(&format!(
-                    "  {:<58} {:>7.2} ms mean over {n}\n",
-                    format!("{}{labels}", metric.trim_start_matches("memoire_")),
-                    sum / n * 1e3
-                ));
+            if let Some((_, n)) = counts.iter().find(|(l, _)| *l == labels) {
+                let name = format!("{}{labels}", metric.trim_start_matches("memoire_"));
+                out.push((name, sum, *n));
             }
+        }
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Recall's profile between two `/metrics` pages (`before` empty: since the start): the mean of
+/// each stage in ms, one line per stage (stages of the two tables run concurrently, and the
+/// full-text side overlaps the query embedding, so the means do not add up to a latency).
+pub fn recall_profile(before: &str, after: &str) -> String {
+    let before = recall_stage_totals(before);
+    let mut out = String::new();
+    for (name, sum, n) in recall_stage_totals(after) {
+        let (sum0, n0) = before
+            .iter()
+            .find(|(b, _, _)| *b == name)
+            .map(|(_, s, c)| (*s, *c))
+            .unwrap_or((0.0, 0.0));
+        let (sum, n) = (sum - sum0, n - n0);
+        if n > 0.0 {
+            out.push_str(&format!(
+                "  {name:<58} {:>7.2} ms mean over {n}\n",
+                sum / n * 1e3
+            ));
         }
     }
     out

@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = memoire_tests::http_get(server.http_addr, "/metrics").await;
     println!(
         "\nRecall's profile (all recalls of the run, cached query embeddings included):\n{}",
-        memoire_tests::recall_profile(&metrics)
+        memoire_tests::recall_profile("", &metrics)
     );
     Ok(())
 }

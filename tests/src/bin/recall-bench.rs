@@ -2,15 +2,16 @@
 //! with exact search, at several scope sizes. Run it in release:
 //!
 //! ```sh
-//! cargo run --release -p memoire-tests --bin recall-bench            # 10k and 100k scopes
-//! cargo run --release -p memoire-tests --bin recall-bench -- --quick # 2k and 10k, fewer queries
+//! cargo run --release -p memoire-tests --bin recall-bench            # 1k, 10k and 100k scopes
+//! cargo run --release -p memoire-tests --bin recall-bench -- --quick # 1k, 2k and 10k, fewer queries
 //! # --keep-db keeps the seeded database for EXPLAIN ANALYZE
 //! ```
 //!
 //! It generates realistic user memories (no downloads), embeds them with the local model (cached
 //! under target/bench-cache so reruns skip it), bulk-loads them into a fresh database (COPY, then
 //! the HNSW index is built), starts two servers on that database — one caching query embeddings
-//! in Redis, one computing every query — and drives Recall at concurrency 1 and 8.
+//! in Redis, one computing every query — and drives Recall at concurrency 1 and 8, then prints
+//! where the time of each scope's c=1 run went (`memoire_recall_stage_seconds`).
 //! Everything (server, Postgres, Redis, load generator) shares this machine.
 
 use std::collections::BTreeSet;
@@ -644,8 +645,13 @@ async fn main() -> anyhow::Result<()> {
         "{:<8} {:<16} {:>4} {:>9} {:>9} {:>9} {:>8}",
         "scope", "query embedding", "conc", "p50 ms", "p95 ms", "p99 ms", "qps"
     );
-    for n in &opts.scopes {
-        let user = format!("user-{n}");
+    let mut profiles = Vec::new();
+    // A 1k user (one of the small ones), then the large scopes.
+    let measured: Vec<(String, usize)> = std::iter::once(("small-0".to_owned(), 1_000))
+        .chain(opts.scopes.iter().map(|n| (format!("user-{n}"), *n)))
+        .collect();
+    for (user, n) in &measured {
+        let user = user.clone();
         // Warm up connections, plans and the scope statistics (not measured).
         drive(&computed, &key, &user, &queries[..10.min(queries.len())], 2).await?;
         for (label, endpoint) in [("computed", &computed), ("cached", &cached)] {
@@ -653,7 +659,17 @@ async fn main() -> anyhow::Result<()> {
                 drive(endpoint, &key, &user, &queries, 4).await?; // fills the cache
             }
             for c in [1usize, 8] {
+                let before = memoire_app::ops::metrics_handle().render();
                 let (lat, qps) = drive(endpoint, &key, &user, &queries, c).await?;
+                if c == 1 {
+                    profiles.push((
+                        format!("{}k, query embedding {label}, c=1", n / 1000),
+                        memoire_tests::recall_profile(
+                            &before,
+                            &memoire_app::ops::metrics_handle().render(),
+                        ),
+                    ));
+                }
                 println!(
                     "{:<8} {:<16} {:>4} {:>9.2} {:>9.2} {:>9.2} {:>8.1}",
                     format!("{}k", n / 1000),
@@ -666,6 +682,12 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+    }
+
+    println!();
+    println!("Where a Recall's time goes (memoire_recall_stage_seconds, means per stage):");
+    for (row, profile) in &profiles {
+        println!("{row}\n{profile}");
     }
 
     // Does filtered vector search return the true top-10 of the scope?
