@@ -217,6 +217,8 @@ PY
 # --- Python tools for the test suite ----------------------------------------------------------
 ensure_python() {
   local venv="$here/.venv" stamp="$here/.venv/.memoire-requirements" req="$here/tests/python/requirements.txt"
+  # The Python TLS test makes its throwaway certificates with the openssl command.
+  command -v openssl >/dev/null 2>&1 || apt_install openssl
   if [ -f "$stamp" ] && cmp -s "$stamp" "$req"; then return 0; fi
   command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv python3-pip
   if [ ! -x "$venv/bin/python" ]; then

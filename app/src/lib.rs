@@ -101,6 +101,12 @@ pub async fn migrate(config: &Config, store: &PgStore) -> anyhow::Result<()> {
 pub async fn probe(config: &Config) -> anyhow::Result<()> {
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    anyhow::ensure!(
+        config.tls_cert_path.is_none(),
+        "the probe speaks plaintext gRPC and this server serves TLS; probe the HTTP health \
+         endpoint instead (http://{}/readyz)",
+        config.http_addr
+    );
     let mut addr = config.grpc_addr;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());

@@ -39,6 +39,14 @@ pub fn server_settings(config: &Config) -> ServerSettings {
         max_concurrent_requests: config.max_concurrent_requests,
         max_request_bytes: config.max_request_bytes,
         page_token_secret: config.page_token_secret.clone(),
+        tls: match (&config.tls_cert_path, &config.tls_key_path) {
+            (Some(cert), Some(key)) => Some(memoire_server::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca_path.clone(),
+            }),
+            _ => None,
+        },
     }
 }
 

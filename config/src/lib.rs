@@ -25,6 +25,15 @@ pub const ENV_PREFIX: &str = "MEMOIRE_";
 pub const SETTINGS: &[(&str, &str)] = &[
     ("grpc_addr", "address the gRPC server listens on"),
     (
+        "tls_cert_path",
+        "PEM certificate chain the gRPC port serves TLS with (with tls_key_path; unset: plaintext)",
+    ),
+    ("tls_key_path", "PEM private key of tls_cert_path"),
+    (
+        "tls_client_ca_path",
+        "PEM CA certificates: when set, the gRPC port requires client certificates they issued (mTLS)",
+    ),
+    (
         "http_addr",
         "address of the HTTP server for /metrics, /healthz and /readyz",
     ),
@@ -371,6 +380,9 @@ pub enum LlmJsonMode {
 #[allow(missing_docs)]
 pub struct Config {
     pub grpc_addr: SocketAddr,
+    pub tls_cert_path: Option<PathBuf>,
+    pub tls_key_path: Option<PathBuf>,
+    pub tls_client_ca_path: Option<PathBuf>,
     pub http_addr: SocketAddr,
     pub database_url: String,
     pub database_max_connections: u32,
@@ -474,6 +486,9 @@ impl Default for Config {
             embedding_model_dir: PathBuf::from(".models/all-MiniLM-L6-v2"),
             embedding_base_url: "https://api.openai.com/v1".into(),
             embedding_api_key: None,
+            tls_cert_path: None,
+            tls_key_path: None,
+            tls_client_ca_path: None,
             embedding_send_dimensions: false,
             embedding_timeout_ms: 10_000,
             query_cache_ttl_secs: 7 * 24 * 3600,
@@ -696,6 +711,28 @@ impl Config {
                 "redis_url",
                 format!("'{}' is not a redis:// URL", redact_url(&self.redis_url)),
             );
+        }
+        match (&self.tls_cert_path, &self.tls_key_path) {
+            (Some(_), None) => bad("tls_key_path", "must be set with tls_cert_path".into()),
+            (None, Some(_)) => bad("tls_cert_path", "must be set with tls_key_path".into()),
+            _ => {}
+        }
+        if self.tls_client_ca_path.is_some() && self.tls_cert_path.is_none() {
+            bad(
+                "tls_client_ca_path",
+                "client certificates need TLS: set tls_cert_path and tls_key_path".into(),
+            );
+        }
+        for (key, path) in [
+            ("tls_cert_path", &self.tls_cert_path),
+            ("tls_key_path", &self.tls_key_path),
+            ("tls_client_ca_path", &self.tls_client_ca_path),
+        ] {
+            if let Some(path) = path
+                && !path.is_file()
+            {
+                bad(key, format!("{} is not a readable file", path.display()));
+            }
         }
         if let Some(key) = &self.admin_key
             && (key.len() < 16 || key.chars().any(char::is_whitespace))

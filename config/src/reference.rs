@@ -52,6 +52,9 @@ const GROUPS: &[(&str, &str)] = &[
 fn group_of(key: &str) -> Option<&'static str> {
     let group = match key {
         "grpc_addr"
+        | "tls_cert_path"
+        | "tls_key_path"
+        | "tls_client_ca_path"
         | "http_addr"
         | "worker_http_addr"
         | "request_timeout_ms"
@@ -89,7 +92,8 @@ const OTHER: &str = "Other";
 
 /// A secret: an API key or a signing secret, never given a default and never shown.
 fn is_secret(key: &str) -> bool {
-    key.split('_').any(|word| word == "key" || word == "secret")
+    // A `_path` names the file that holds a secret, not the secret.
+    !key.ends_with("_path") && key.split('_').any(|word| word == "key" || word == "secret")
 }
 
 /// The environment variable of a setting.

@@ -105,6 +105,8 @@ fn describe(e: &Error) -> (&'static str, String, Option<String>) {
 struct NativeClient {
     endpoint: String,
     api_key: Option<String>,
+    tls_ca: Option<Vec<u8>>,
+    tls_identity: Option<(Vec<u8>, Vec<u8>)>,
     timeout: Duration,
     retry: RetryPolicy,
     client: Mutex<Option<(u32, Client)>>,
@@ -125,6 +127,12 @@ impl NativeClient {
             .retry(self.retry);
         if let Some(k) = &self.api_key {
             b = b.api_key(k.clone());
+        }
+        if let Some(ca) = &self.tls_ca {
+            b = b.tls_ca_pem(ca.clone());
+        }
+        if let Some((cert, key)) = &self.tls_identity {
+            b = b.tls_identity_pem(cert.clone(), key.clone());
         }
         b.build()
     }
@@ -170,18 +178,52 @@ fn error(e: &Error) -> PyErr {
 
 #[pymethods]
 impl NativeClient {
-    /// A client for `endpoint` (e.g. `http://127.0.0.1:50051`); connects on first use.
+    /// A client for `endpoint` (`http://…` plaintext, `https://…` TLS with the system's roots,
+    /// plus `tls_ca_file`, and `tls_cert_file` + `tls_key_file` for mTLS); connects on first use.
     #[new]
-    #[pyo3(signature = (endpoint, api_key=None, timeout=10.0, max_retries=2))]
+    #[pyo3(signature = (endpoint, api_key=None, timeout=10.0, max_retries=2, tls_ca_file=None, tls_cert_file=None, tls_key_file=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         endpoint: String,
         api_key: Option<String>,
         timeout: f64,
         max_retries: u32,
+        tls_ca_file: Option<std::path::PathBuf>,
+        tls_cert_file: Option<std::path::PathBuf>,
+        tls_key_file: Option<std::path::PathBuf>,
     ) -> PyResult<Self> {
+        let read = |field: &str, path: &Option<std::path::PathBuf>| -> PyResult<Option<Vec<u8>>> {
+            path.as_ref()
+                .map(|p| {
+                    std::fs::read(p).map_err(|e| {
+                        CallError::new_err((
+                            "configuration",
+                            format!("{field}: cannot read {}: {e}", p.display()),
+                            Some(field.to_owned()),
+                        ))
+                    })
+                })
+                .transpose()
+        };
+        let tls_identity = match (
+            read("tls_cert_file", &tls_cert_file)?,
+            read("tls_key_file", &tls_key_file)?,
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => {
+                return Err(CallError::new_err((
+                    "configuration",
+                    "tls_cert_file and tls_key_file go together (a client certificate and its key)",
+                    Some("tls_cert_file".to_owned()),
+                )));
+            }
+        };
         let c = NativeClient {
             endpoint,
             api_key,
+            tls_ca: read("tls_ca_file", &tls_ca_file)?,
+            tls_identity,
             timeout: seconds(timeout)?,
             retry: RetryPolicy {
                 max_retries,

@@ -38,7 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_types::StatusExt as _;
 
 pub use memoire_proto::v1 as pb;
@@ -206,9 +206,25 @@ pub struct ClientBuilder {
     retry: RetryPolicy,
     default_user: Option<String>,
     default_namespace: Option<String>,
+    tls_ca_pem: Option<Vec<u8>>,
+    tls_identity_pem: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 impl ClientBuilder {
+    /// For `https://` endpoints: trust this CA (PEM) in addition to the system's roots, e.g. a
+    /// private CA that issued the server's certificate.
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.tls_ca_pem = Some(pem.into());
+        self
+    }
+
+    /// For `https://` endpoints whose server asks for client certificates (mTLS): this
+    /// certificate chain and its private key (PEM).
+    pub fn tls_identity_pem(mut self, cert: impl Into<Vec<u8>>, key: impl Into<Vec<u8>>) -> Self {
+        self.tls_identity_pem = Some((cert.into(), key.into()));
+        self
+    }
+
     /// The API key sent with every call.
     pub fn api_key(mut self, key: impl Into<String>) -> Self {
         self.api_key = Some(key.into());
@@ -251,32 +267,48 @@ impl ClientBuilder {
             endpoint: self.endpoint.clone(),
             reason,
         };
-        // Only plaintext is built in: an `https://` endpoint is refused rather than spoken to
-        // in the clear (which would send the API key unencrypted to a server the caller
-        // believes is TLS).
-        match self
+        // `https://` is TLS (the system's roots, plus a CA and a client certificate when given)
+        // and `http://` plaintext; nothing falls back from one to the other, and TLS settings
+        // on an `http://` endpoint are an error rather than ignored.
+        let tls = match self
             .endpoint
             .split_once("://")
             .map(|(scheme, _)| scheme.to_ascii_lowercase())
         {
-            Some(scheme) if scheme == "http" => {}
+            Some(scheme) if scheme == "http" => {
+                if self.tls_ca_pem.is_some() || self.tls_identity_pem.is_some() {
+                    return Err(invalid(
+                        "TLS settings were given for an http:// (plaintext) endpoint; use https://"
+                            .into(),
+                    ));
+                }
+                None
+            }
             Some(scheme) if scheme == "https" => {
-                return Err(invalid(
-                    "TLS (https://) is not supported by this client yet, and it never falls back \
-                     to plaintext; use http:// to a server on loopback or a trusted network"
-                        .into(),
-                ));
+                let mut tls = ClientTlsConfig::new().with_native_roots();
+                if let Some(ca) = &self.tls_ca_pem {
+                    tls = tls.ca_certificate(Certificate::from_pem(ca));
+                }
+                if let Some((cert, key)) = &self.tls_identity_pem {
+                    tls = tls.identity(Identity::from_pem(cert, key));
+                }
+                Some(tls)
             }
             _ => {
                 return Err(invalid(
                     "needs a scheme and an address, e.g. http://127.0.0.1:50051".into(),
                 ));
             }
-        }
-        let endpoint = Endpoint::from_shared(self.endpoint.clone())
+        };
+        let mut endpoint = Endpoint::from_shared(self.endpoint.clone())
             .map_err(|e| invalid(e.to_string()))?
             .connect_timeout(self.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls)
+                .map_err(|e| invalid(format!("TLS: {e}")))?;
+        }
         let auth = self
             .api_key
             .as_deref()
@@ -319,7 +351,8 @@ fn fill(field: &mut String, default: &str) {
 }
 
 impl Client {
-    /// A builder for `endpoint`, e.g. `http://127.0.0.1:50051`.
+    /// A builder for `endpoint`: `http://127.0.0.1:50051` (plaintext) or
+    /// `https://memoire.internal:50051` (TLS).
     pub fn builder(endpoint: impl Into<String>) -> ClientBuilder {
         ClientBuilder {
             endpoint: endpoint.into(),
@@ -329,6 +362,8 @@ impl Client {
             retry: RetryPolicy::default(),
             default_user: None,
             default_namespace: None,
+            tls_ca_pem: None,
+            tls_identity_pem: None,
         }
     }
 
@@ -684,12 +719,7 @@ mod tests {
 
     #[test]
     fn bad_endpoint_and_key_are_reported() {
-        for bad in [
-            "not a uri",
-            "127.0.0.1:50051",
-            "https://127.0.0.1:50051",
-            "ftp://x",
-        ] {
+        for bad in ["not a uri", "127.0.0.1:50051", "ftp://x"] {
             assert!(
                 matches!(
                     Client::builder(bad).build(),
@@ -701,6 +731,11 @@ mod tests {
         assert!(matches!(
             Client::builder("http://x").api_key("bad\nkey").build(),
             Err(Error::InvalidApiKey)
+        ));
+        // TLS settings never silently apply to plaintext.
+        assert!(matches!(
+            Client::builder("http://x").tls_ca_pem("pem").build(),
+            Err(Error::InvalidEndpoint { .. })
         ));
     }
 

@@ -56,6 +56,36 @@ pub struct ServerSettings {
     pub max_request_bytes: usize,
     /// The key page tokens are sealed with (`None`: a random one, valid for this process).
     pub page_token_secret: Option<String>,
+    /// TLS on the gRPC port (`None`: plaintext).
+    pub tls: Option<TlsFiles>,
+}
+
+/// The PEM files the gRPC port serves TLS with.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// The certificate chain.
+    pub cert: std::path::PathBuf,
+    /// Its private key.
+    pub key: std::path::PathBuf,
+    /// CA certificates whose client certificates are required (mTLS); `None`: no client
+    /// certificates.
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+impl TlsFiles {
+    /// tonic's TLS configuration, from the files (each error names its file).
+    fn server_config(&self) -> anyhow::Result<tonic::transport::ServerTlsConfig> {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let mut config = ServerTlsConfig::new()
+            .identity(Identity::from_pem(read(&self.cert)?, read(&self.key)?));
+        if let Some(ca) = &self.client_ca {
+            config = config.client_ca_root(Certificate::from_pem(read(ca)?));
+        }
+        Ok(config)
+    }
 }
 
 /// What every RPC adapter shares.
@@ -112,7 +142,18 @@ pub async fn serve(
         MemoryServiceServer::new(MemorySvc::new(state.clone())).max_decoding_message_size(max);
     let admin = AdminServiceServer::new(AdminSvc::new(state)).max_decoding_message_size(max);
     let grpc_addr = listener.local_addr()?;
-    tracing::info!(%grpc_addr, "gRPC listening");
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &settings.tls {
+        builder = builder
+            .tls_config(tls.server_config()?)
+            .context("the TLS certificate or key (tls_cert_path, tls_key_path) is not valid PEM")?;
+    }
+    tracing::info!(
+        %grpc_addr,
+        tls = settings.tls.is_some(),
+        client_certificates = settings.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+        "gRPC listening"
+    );
 
     let drain = {
         let health = health.clone();
@@ -127,7 +168,7 @@ pub async fn serve(
                 .await;
         }
     };
-    tonic::transport::Server::builder()
+    builder
         .timeout(settings.request_timeout)
         .layer(
             ServiceBuilder::new()

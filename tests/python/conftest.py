@@ -108,6 +108,10 @@ def running_server(tmp_path_factory, **extra_env: str):
     srv.env = env
 
     def serving() -> bool:
+        if "MEMOIRE_TLS_CERT_PATH" in extra_env:  # the plaintext probe cannot speak TLS: ask /readyz
+            import urllib.request
+            with urllib.request.urlopen(f"http://{srv.http}/readyz", timeout=1) as r:
+                return r.status == 200
         c = srv.client()
         try:
             return c.call("grpc.health.v1.Health/Check", {}).get("status") == "SERVING"

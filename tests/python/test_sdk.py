@@ -450,31 +450,80 @@ def test_wrap_keeps_the_clients_type(tmp_path):
     assert 'has no attribute "craete"' in r.stdout, r.stdout + r.stderr
 
 
-def test_an_https_endpoint_is_never_spoken_to_in_plaintext(fake, key):
-    """TLS is not built into the client yet: `https://` is refused, not downgraded, so the API key
-    never travels in the clear; the wrapper fails open."""
+def test_an_https_endpoint_never_sends_the_key_in_the_clear(fake, key):
+    """`https://` is TLS: to a listener that does not speak it the client sends a handshake and
+    nothing else — never the key — and the call fails; the wrapper fails open."""
     received = []
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(8)
     sock.settimeout(0.5)
+    done = threading.Event()
 
     def serve():
-        try:
-            conn, _ = sock.accept()
-            received.append(conn.recv(4096))
+        while not done.is_set():
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                continue
+            conn.settimeout(2)
+            try:
+                received.append(conn.recv(4096))
+            except OSError:
+                pass
             conn.close()
-        except OSError:
-            pass
 
     t = threading.Thread(target=serve, daemon=True)
     t.start()
     url = f"https://127.0.0.1:{sock.getsockname()[1]}"
-    with pytest.raises(memoire.MemoireError) as e:
-        memoire.Memoire(url, key).recall("x", user="u")
-    assert "https" in str(e.value).lower() or "tls" in str(e.value).lower(), e.value
+    with pytest.raises(memoire.MemoireError):
+        memoire.Memoire(url, key, max_retries=0).recall("x", user="u")
     client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=url, api_key=key)
     assert chat(client, new_user(), "hello") == REPLY
+    done.set()
     t.join(2)
     sock.close()
-    assert received == [], "nothing, and no key, was sent"
+    assert received, "the client connected"
+    assert all(r[:1] == b"\x16" for r in received if r), "each connection began with a TLS handshake"
+    assert not any(key.encode() in r for r in received), "the key was sent in the clear"
+
+
+def openssl(*args: str, cwd) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_tls_end_to_end_with_a_private_ca(tmp_path_factory, fake):
+    """A server serving TLS with a certificate of a private CA: the client and wrap() reach it
+    with `tls_ca_file`; without it (system roots only) the call fails and the wrapper fails open."""
+    from conftest import running_server
+
+    d = tmp_path_factory.mktemp("pki")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Memoire test CA",
+            "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+            "-out", "server.csr", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=d)
+    with running_server(tmp_path_factory, MEMOIRE_TLS_CERT_PATH=str(d / "server.pem"),
+                        MEMOIRE_TLS_KEY_PATH=str(d / "server.key")) as srv:
+        url = f"https://localhost:{srv.target.rsplit(':', 1)[1]}"
+        ca = str(d / "ca.pem")
+        admin = memoire.Memoire(url, srv.admin_key, tls_ca_file=ca)
+        tenant = admin.create_tenant("tls")["tenant"]["id"]
+        key = admin.create_api_key(tenant, role="writer")["secret"]
+        m = memoire.Memoire(url, key, user="dana", tls_ca_file=ca)
+        m.teach("Lives in Porto", kind="fact", slot="user.home_city")
+        assert any("Porto" in x["content"] for x in m.list_memories()["memories"])
+        client = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=url, api_key=key,
+                              user="dana", tls_ca_file=ca)
+        chat(client, "dana", "Where should I eat tonight?")
+        assert "Porto" in fake.system_text(), "memory came over TLS"
+
+        with pytest.raises(memoire.UnavailableError):
+            memoire.Memoire(url, key, user="dana", max_retries=0).list_memories()
+        plain = memoire.wrap(openai.OpenAI(base_url=fake.url, api_key="sk"), endpoint=url, api_key=key,
+                             user="dana")
+        assert chat(plain, "dana", "hello") == REPLY
+        with pytest.raises(memoire.ConfigurationError):
+            memoire.Memoire(url, key, tls_ca_file=str(d / "missing.pem"))

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod eval;
 pub mod fake_llm;
+pub mod tls;
 
 use memoire_app::Listeners;
 use memoire_config::Config;
@@ -46,6 +47,15 @@ pub fn with_database(url: &str, db: &str) -> String {
     format!("{server}/{db}")
 }
 
+/// What a test client presents to a TLS server.
+#[derive(Debug, Clone)]
+pub struct ClientTls {
+    /// The CA (PEM) that issued the server's certificate.
+    pub ca: String,
+    /// A client certificate, for servers that require one.
+    pub identity: Option<tls::Pem>,
+}
+
 /// A running server with its own database.
 pub struct TestServer {
     /// gRPC address.
@@ -60,6 +70,9 @@ pub struct TestServer {
     pub store: PgStore,
     /// The configuration the server runs with.
     pub config: Config,
+    /// How clients reach a TLS server: the CA to trust and, for mTLS, a client certificate
+    /// (`None`: plaintext).
+    pub tls: Option<ClientTls>,
     db_name: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -75,6 +88,20 @@ impl TestServer {
     pub async fn start_with(
         configure: impl FnOnce(&mut Config),
         clock: Option<Arc<dyn Clock>>,
+    ) -> Self {
+        Self::start_inner(configure, clock, None).await
+    }
+
+    /// Starts a server whose configuration (after `configure`) serves TLS, and whose clients
+    /// connect with `tls`.
+    pub async fn start_tls(configure: impl FnOnce(&mut Config), tls: ClientTls) -> Self {
+        Self::start_inner(configure, None, Some(tls)).await
+    }
+
+    async fn start_inner(
+        configure: impl FnOnce(&mut Config),
+        clock: Option<Arc<dyn Clock>>,
+        tls: Option<ClientTls>,
     ) -> Self {
         let base = base_database_url();
         let db_name = format!("memoire_test_{}", Uuid::new_v4().simple());
@@ -130,6 +157,7 @@ impl TestServer {
             database_url,
             store,
             config,
+            tls,
             db_name,
             shutdown: Some(tx),
             task: Some(task),
@@ -160,10 +188,20 @@ impl TestServer {
         panic!("the server did not report SERVING within 5 s");
     }
 
-    /// A client with `key` (or none).
+    /// A client with `key` (or none); over TLS to `localhost` when the server serves TLS.
     pub fn client(&self, key: Option<&str>) -> Client {
-        let mut b =
-            Client::builder(format!("http://{}", self.grpc_addr)).timeout(Duration::from_secs(30));
+        let mut b = match &self.tls {
+            None => Client::builder(format!("http://{}", self.grpc_addr)),
+            Some(tls) => {
+                let b = Client::builder(format!("https://localhost:{}", self.grpc_addr.port()))
+                    .tls_ca_pem(tls.ca.clone());
+                match &tls.identity {
+                    Some(id) => b.tls_identity_pem(id.cert.clone(), id.key.clone()),
+                    None => b,
+                }
+            }
+        }
+        .timeout(Duration::from_secs(30));
         if let Some(k) = key {
             b = b.api_key(k);
         }

@@ -8,7 +8,8 @@ class CallError(Exception):
 @final
 class NativeClient:
     def __new__(cls, endpoint: str, api_key: Optional[str] = None, timeout: float = 10.0,
-                max_retries: int = 2) -> "NativeClient": ...
+                max_retries: int = 2, tls_ca_file: Optional[str] = None, tls_cert_file: Optional[str] = None,
+                tls_key_file: Optional[str] = None) -> "NativeClient": ...
     def call(self, path: str, body: bytes, idempotent: bool, timeout: Optional[float] = None) -> bytes: ...
     def call_async(
         self,

@@ -75,11 +75,12 @@ class _Memory:
     def __init__(self, *, endpoint: str, api_key: Optional[str], user: Optional[str], namespace: Optional[str],
                  session_id: Optional[str], recall_budget_ms: int, k: int, token_budget: int,
                  conscious: bool, on_error: Optional[Callable[[BaseException], Any]],
-                 breaker_threshold: int, breaker_cooldown: float, queue_size: int) -> None:
+                 breaker_threshold: int, breaker_cooldown: float, queue_size: int,
+                 tls: Dict[str, Optional[str]]) -> None:
         budget = max(recall_budget_ms, 1) / 1000.0
-        self.sync = Memoire(endpoint, api_key, namespace=namespace, timeout=budget, max_retries=0)
-        self.aio = AsyncMemoire(endpoint, api_key, namespace=namespace, timeout=budget, max_retries=0)
-        self.writer = Memoire(endpoint, api_key, namespace=namespace, timeout=5.0, max_retries=2)
+        self.sync = Memoire(endpoint, api_key, namespace=namespace, timeout=budget, max_retries=0, **tls)
+        self.aio = AsyncMemoire(endpoint, api_key, namespace=namespace, timeout=budget, max_retries=0, **tls)
+        self.writer = Memoire(endpoint, api_key, namespace=namespace, timeout=5.0, max_retries=2, **tls)
         self.user, self.session_id = user, session_id or uuid.uuid4().hex
         self.k, self.token_budget, self.conscious = k, token_budget, conscious
         self.on_error = on_error
@@ -534,20 +535,25 @@ def wrap(client: _Client, *, user: Optional[str] = None, namespace: Optional[str
          session_id: Optional[str] = None, recall_budget_ms: int = 200, k: int = 10,
          token_budget: int = 1024, conscious: bool = False,
          on_error: Optional[Callable[[BaseException], Any]] = None, breaker_threshold: int = 3,
-         breaker_cooldown: float = 30.0, queue_size: int = 1000) -> _Client:
+         breaker_cooldown: float = 30.0, queue_size: int = 1000, tls_ca_file: Optional[str] = None,
+         tls_cert_file: Optional[str] = None, tls_key_file: Optional[str] = None) -> _Client:
     """Adds memory to an ``openai.OpenAI`` / ``AsyncOpenAI`` (or Azure) client and returns the
     same client object, typed as it was. ``user`` is the default user (a call's own ``user=``
     wins); calls without a user go through untouched. A Mémoire setting that cannot work (an
     endpoint that is not a URL, …) does not raise: it is logged, passed to ``on_error``, and the
     client is returned without memory. An API key read from a file may end with a newline: white
-    space around it is ignored."""
+    space around it is ignored. An ``https://`` endpoint is TLS with the system's roots, plus
+    ``tls_ca_file`` (a PEM CA) and ``tls_cert_file`` + ``tls_key_file`` (a client certificate, for
+    servers that require one); ``http://`` is plaintext, and nothing falls back from one to the
+    other."""
     _install()
     try:
         _registry[client] = _Memory(
             endpoint=endpoint, api_key=api_key.strip() if api_key else api_key, user=user,
             namespace=namespace, session_id=session_id, recall_budget_ms=recall_budget_ms, k=k,
             token_budget=token_budget, conscious=conscious, on_error=on_error,
-            breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown, queue_size=queue_size)
+            breaker_threshold=breaker_threshold, breaker_cooldown=breaker_cooldown, queue_size=queue_size,
+            tls={"tls_ca_file": tls_ca_file, "tls_cert_file": tls_cert_file, "tls_key_file": tls_key_file})
     except Exception as e:  # fail open: misconfigured memory never stops the application
         log.warning("memoire: memory is off for this client, its settings cannot work (%s: %s)",
                     type(e).__name__, e)

@@ -71,9 +71,13 @@ class _Api:
         namespace: Optional[str] = None,
         timeout: float = 10.0,
         max_retries: int = 2,
+        tls_ca_file: Optional[str] = None,
+        tls_cert_file: Optional[str] = None,
+        tls_key_file: Optional[str] = None,
     ) -> None:
         try:
-            self._native = _native.NativeClient(endpoint, api_key, timeout, max_retries)
+            self._native = _native.NativeClient(endpoint, api_key, timeout, max_retries, tls_ca_file,
+                                                tls_cert_file, tls_key_file)
         except _native.CallError as e:
             raise from_native(*e.args) from None
         self.endpoint = endpoint

@@ -21,6 +21,9 @@ class _Common:
         namespace: Optional[str] = None,
         timeout: float = 10.0,
         max_retries: int = 2,
+        tls_ca_file: Optional[str] = None,
+        tls_cert_file: Optional[str] = None,
+        tls_key_file: Optional[str] = None,
     ) -> None: ...
 
 class Memoire(_Common):

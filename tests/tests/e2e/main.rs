@@ -12,3 +12,4 @@ mod openai_embeddings;
 mod recall;
 mod sdk;
 mod store;
+mod tls;
