@@ -72,6 +72,37 @@ def main() -> None:
             print(f"{name:<26} {pct(xs, .5):>8.3f} {pct(xs, .95):>8.3f} {pct(xs, .99):>8.3f}")
         print(f"SDK overhead at p50: {pct(sdk_t, .5) - pct(raw_t, .5):+.3f} ms "
               f"(mean {1000 * (statistics.mean(sdk_t) - statistics.mean(raw_t)):+.3f} ms)")
+        tls_overhead(m, query, calls)
+
+
+def tls_overhead(plain: "memoire.Memoire", query: str, calls: int) -> None:
+    """The same Recall through the SDK to a second server that serves TLS (same data), interleaved
+    with the plaintext one, on warm connections."""
+    import tempfile
+    ca, cert, key_file = conftest.private_pki(Path(tempfile.mkdtemp(prefix="pki")))
+    with conftest.running_server(_Factory(), MEMOIRE_LOG="warn", MEMOIRE_TLS_CERT_PATH=str(cert),
+                                 MEMOIRE_TLS_KEY_PATH=str(key_file)) as srv:
+        url = f"https://localhost:{srv.target.rsplit(':', 1)[1]}"
+        admin = memoire.Memoire(url, srv.admin_key, tls_ca_file=str(ca))
+        tenant = admin.create_tenant("bench")["tenant"]["id"]
+        key = admin.create_api_key(tenant, role="writer")["secret"]
+        m = memoire.Memoire(url, key, user="u", tls_ca_file=str(ca))
+        for i in range(200):
+            m.teach(f"Statement {i} about the user's favourite places and plans", kind="fact")
+        for _ in range(50):
+            m.recall(query, k=10)
+            plain.recall(query, k=10)
+        tls_t, plain_t = [], []
+        for _ in range(calls):
+            t = time.perf_counter()
+            plain.recall(query, k=10)
+            plain_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            m.recall(query, k=10)
+            tls_t.append(time.perf_counter() - t)
+        print(f"{'memoire, plaintext':<26} {pct(plain_t, .5):>8.3f} {pct(plain_t, .95):>8.3f} {pct(plain_t, .99):>8.3f}")
+        print(f"{'memoire, TLS (warm)':<26} {pct(tls_t, .5):>8.3f} {pct(tls_t, .95):>8.3f} {pct(tls_t, .99):>8.3f}")
+        print(f"TLS overhead at p50: {pct(tls_t, .5) - pct(plain_t, .5):+.3f} ms")
 
 
 if __name__ == "__main__":

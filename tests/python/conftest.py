@@ -82,6 +82,22 @@ def binary(name: str) -> Path:
     return path
 
 
+def private_pki(d: Path) -> "tuple[Path, Path, Path]":
+    """A throwaway CA and a server certificate it issued for localhost and 127.0.0.1, made with the
+    openssl command in `d`: (CA certificate, server certificate, server key)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Memoire test CA",
+            "-keyout", "ca.key", "-out", "ca.pem")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
+            "-out", "server.csr")
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "2", "-extfile", "san.ext", "-out", "server.pem")
+    return d / "ca.pem", d / "server.pem", d / "server.key"
+
+
 @contextlib.contextmanager
 def running_server(tmp_path_factory, **extra_env: str):
     """A `memoire-server` on a fresh database; `extra_env` adds MEMOIRE_* settings."""

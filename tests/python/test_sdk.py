@@ -488,27 +488,17 @@ def test_an_https_endpoint_never_sends_the_key_in_the_clear(fake, key):
     assert not any(key.encode() in r for r in received), "the key was sent in the clear"
 
 
-def openssl(*args: str, cwd) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
 def test_tls_end_to_end_with_a_private_ca(tmp_path_factory, fake):
     """A server serving TLS with a certificate of a private CA: the client and wrap() reach it
     with `tls_ca_file`; without it (system roots only) the call fails and the wrapper fails open."""
-    from conftest import running_server
+    from conftest import private_pki, running_server
 
     d = tmp_path_factory.mktemp("pki")
-    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=Memoire test CA",
-            "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
-    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "server.key",
-            "-out", "server.csr", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-extfile", "san.ext", "-out", "server.pem", cwd=d)
-    with running_server(tmp_path_factory, MEMOIRE_TLS_CERT_PATH=str(d / "server.pem"),
-                        MEMOIRE_TLS_KEY_PATH=str(d / "server.key")) as srv:
+    ca_pem, cert, key_file = private_pki(d)
+    with running_server(tmp_path_factory, MEMOIRE_TLS_CERT_PATH=str(cert),
+                        MEMOIRE_TLS_KEY_PATH=str(key_file)) as srv:
         url = f"https://localhost:{srv.target.rsplit(':', 1)[1]}"
-        ca = str(d / "ca.pem")
+        ca = str(ca_pem)
         admin = memoire.Memoire(url, srv.admin_key, tls_ca_file=ca)
         tenant = admin.create_tenant("tls")["tenant"]["id"]
         key = admin.create_api_key(tenant, role="writer")["secret"]
