@@ -18,6 +18,9 @@ pub struct Principal {
     /// The tenant's PII policy, applied to what the caller writes (`Off` for the bootstrap key,
     /// which writes no memories).
     pub pii_mode: crate::model::PiiMode,
+    /// The policy applied to Teach content: `pii_mode`, or `Off` where the tenant turned
+    /// `scrub_teach` off.
+    pub teach_pii_mode: crate::model::PiiMode,
 }
 
 impl Principal {

@@ -353,6 +353,8 @@ pub struct Tenant {
     pub episode_retention_days: u32,
     /// Unpinned memories untouched this many days expire (0: kept).
     pub memory_retention_days: u32,
+    /// Whether the PII policy applies to Teach content too.
+    pub scrub_teach: bool,
 }
 
 /// An API key record (never the secret).

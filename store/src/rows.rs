@@ -211,7 +211,7 @@ impl TryFrom<VersionRow> for MemoryVersion {
 }
 
 pub(crate) const TENANT_COLUMNS: &str = "id, name, pii_mode, extraction_create_only, rate_limit_rps, max_memories, created_at, \
-     episode_retention_days, memory_retention_days";
+     episode_retention_days, memory_retention_days, scrub_teach";
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct TenantRow {
@@ -224,6 +224,7 @@ pub(crate) struct TenantRow {
     pub created_at: DateTime<Utc>,
     pub episode_retention_days: i32,
     pub memory_retention_days: i32,
+    pub scrub_teach: bool,
 }
 
 impl TryFrom<TenantRow> for Tenant {
@@ -240,6 +241,7 @@ impl TryFrom<TenantRow> for Tenant {
             created_at: r.created_at,
             episode_retention_days: r.episode_retention_days.max(0) as u32,
             memory_retention_days: r.memory_retention_days.max(0) as u32,
+            scrub_teach: r.scrub_teach,
         })
     }
 }

@@ -26,6 +26,8 @@ pub struct TenantUpdate {
     pub episode_retention_days: Option<u32>,
     /// Memory retention, days.
     pub memory_retention_days: Option<u32>,
+    /// Whether the PII policy applies to Teach content.
+    pub scrub_teach: Option<bool>,
 }
 
 /// The tenant a query found, or `NOT_FOUND`.
@@ -120,7 +122,8 @@ impl PgStore {
             "UPDATE tenants SET pii_mode = COALESCE($2, pii_mode), \
              extraction_create_only = COALESCE($3, extraction_create_only), \
              episode_retention_days = COALESCE($4, episode_retention_days), \
-             memory_retention_days = COALESCE($5, memory_retention_days) \
+             memory_retention_days = COALESCE($5, memory_retention_days), \
+             scrub_teach = COALESCE($6, scrub_teach) \
              WHERE id = $1 RETURNING {TENANT_COLUMNS}"
         );
         let days = |d: Option<u32>| d.map(|d| d.min(i32::MAX as u32) as i32);
@@ -130,6 +133,7 @@ impl PgStore {
             .bind(u.extraction_create_only)
             .bind(days(u.episode_retention_days))
             .bind(days(u.memory_retention_days))
+            .bind(u.scrub_teach)
             .fetch_optional(&self.pool)
             .await
             .map_err(db_error)?;
@@ -234,8 +238,8 @@ impl PgStore {
         }
         metrics::counter!("memoire_cache_requests_total", "cache" => "principal", "result" => "miss")
             .increment(1);
-        let row: Option<(Uuid, Uuid, String, String)> = sqlx::query_as(
-            "SELECT k.id, k.tenant_id, k.role, t.pii_mode FROM api_keys k \
+        let row: Option<(Uuid, Uuid, String, String, bool)> = sqlx::query_as(
+            "SELECT k.id, k.tenant_id, k.role, t.pii_mode, t.scrub_teach FROM api_keys k \
              JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
@@ -244,14 +248,16 @@ impl PgStore {
         .await
         .map_err(db_error)?;
         let principal = row
-            .map(|(id, tenant_id, role, pii_mode)| {
+            .map(|(id, tenant_id, role, pii_mode, scrub_teach)| {
+                let pii_mode = PiiMode::parse(&pii_mode)
+                    .ok_or_else(|| Error::Internal(format!("unknown PII mode '{pii_mode}'")))?;
                 Ok(Principal {
                     tenant_id: Some(tenant_id),
                     role: KeyRole::parse(&role)
                         .ok_or_else(|| Error::Internal(format!("unknown key role '{role}'")))?,
                     actor: format!("key:{id}"),
-                    pii_mode: PiiMode::parse(&pii_mode)
-                        .ok_or_else(|| Error::Internal(format!("unknown PII mode '{pii_mode}'")))?,
+                    pii_mode,
+                    teach_pii_mode: if scrub_teach { pii_mode } else { PiiMode::Off },
                 })
             })
             .transpose()?;

@@ -42,12 +42,20 @@ impl Authenticator {
     ) -> Result<Principal, Error> {
         let Some(value) = authorization else {
             return match self.dev_tenant {
-                Some(tenant) => Ok(Principal {
-                    tenant_id: Some(tenant),
-                    role: KeyRole::Admin,
-                    actor: "dev".into(),
-                    pii_mode: self.store.tenant(tenant).await?.pii_mode,
-                }),
+                Some(tenant) => {
+                    let t = self.store.tenant(tenant).await?;
+                    Ok(Principal {
+                        tenant_id: Some(tenant),
+                        role: KeyRole::Admin,
+                        actor: "dev".into(),
+                        pii_mode: t.pii_mode,
+                        teach_pii_mode: if t.scrub_teach {
+                            t.pii_mode
+                        } else {
+                            memoire_core::model::PiiMode::Off
+                        },
+                    })
+                }
                 None => Err(Error::Unauthenticated(
                     "missing API key: send `authorization: Bearer <key>` metadata".into(),
                 )),
@@ -68,6 +76,7 @@ impl Authenticator {
                 role: KeyRole::Admin,
                 actor: BOOTSTRAP_ACTOR.into(),
                 pii_mode: memoire_core::model::PiiMode::Off,
+                teach_pii_mode: memoire_core::model::PiiMode::Off,
             });
         }
         self.store

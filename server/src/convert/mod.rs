@@ -341,6 +341,7 @@ pub fn tenant_pb(t: Tenant) -> pb::Tenant {
         max_memories: t.max_memories.max(0) as u64,
         episode_retention_days: t.episode_retention_days,
         memory_retention_days: t.memory_retention_days,
+        scrub_teach: t.scrub_teach,
     }
 }
 

@@ -97,6 +97,7 @@ impl AdminService for AdminSvc {
             .map_err(status)?,
             memory_retention_days: retention_days("memory_retention_days", r.memory_retention_days)
                 .map_err(status)?,
+            scrub_teach: r.scrub_teach,
         };
         let tenant = s.uc.update_tenant(tenant, &update).await.map_err(status)?;
         tracing::info!(tenant_id = %tenant.id, pii_mode = %tenant.pii_mode.as_str(), extraction_create_only = tenant.extraction_create_only, actor = %who.actor, "tenant updated");

@@ -140,7 +140,7 @@ impl MemoryService for MemorySvc {
         let (cmd, found) =
             c::teach_command(req.into_inner(), tenant, &s.limits, s.uc.store().now())
                 .map_err(status)?
-                .scrubbed(who.pii_mode);
+                .scrubbed(who.teach_pii_mode);
         for kind in found {
             metrics::counter!("memoire_pii_scrubbed_total", "kind" => kind.as_str()).increment(1);
         }

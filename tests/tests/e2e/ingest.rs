@@ -722,6 +722,45 @@ async fn stored_episodes_hold_no_raw_pii_per_tenant_policy() {
         .memory
         .expect("memory");
     assert_eq!(corrected.content, "Her card is [CARD]");
+    // A tenant may keep its policy for messages but not for what it teaches (on by default).
+    let t = admin
+        .admin()
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant_id: tenant.clone(),
+            scrub_teach: Some(false),
+            ..Default::default()
+        })
+        .await
+        .expect("update")
+        .into_inner()
+        .tenant
+        .expect("tenant");
+    assert!(!t.scrub_teach);
+    let verbatim = client
+        .memory()
+        .teach(teach("Her work email is dana@work.example.com", None))
+        .await
+        .expect("teach")
+        .into_inner()
+        .memory
+        .expect("memory");
+    assert_eq!(verbatim.content, "Her work email is dana@work.example.com");
+    let r = ingest(&client, "u", vec![user(PII_MESSAGE)], false).await;
+    assert!(
+        stored(r.episodes[0].episode_id.clone())
+            .await
+            .contains("[EMAIL]"),
+        "messages are still scrubbed"
+    );
+    admin
+        .admin()
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant_id: tenant.clone(),
+            scrub_teach: Some(true),
+            ..Default::default()
+        })
+        .await
+        .expect("update");
     // Near misses stay: a number failing the Luhn check, a date, a version.
     for kept in ["4111 1111 1111 1112", "2024-03-05", "v1.2.3"] {
         assert!(text.contains(kept), "{kept} was scrubbed: {text}");
