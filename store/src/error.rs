@@ -14,6 +14,12 @@ pub fn db_error(e: sqlx::Error) -> Error {
                     "already exists ({})",
                     db.constraint().unwrap_or("unique constraint")
                 )),
+                // configuration_limit_exceeded: raised by the memory-quota trigger (migration
+                // 0011), whose message names the quota.
+                "53400" => Error::ResourceExhausted {
+                    message: db.message().to_owned(),
+                    retry_after: None,
+                },
                 // connection exceptions, admin/crash shutdown, cannot connect now, too many connections
                 c if c.starts_with("08") || matches!(c, "57P01" | "57P02" | "57P03" | "53300") => {
                     Error::Unavailable(format!("postgres: {e}"))

@@ -28,6 +28,8 @@ pub struct TenantUpdate {
     pub memory_retention_days: Option<u32>,
     /// Whether the PII policy applies to Teach content.
     pub scrub_teach: Option<bool>,
+    /// Most active memories (0: no quota).
+    pub max_memories: Option<u64>,
 }
 
 /// The tenant a query found, or `NOT_FOUND`.
@@ -127,6 +129,29 @@ impl PgStore {
              WHERE id = $1 RETURNING {TENANT_COLUMNS}"
         );
         let days = |d: Option<u32>| d.map(|d| d.min(i32::MAX as u32) as i32);
+        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        if let Some(max) = u.max_memories {
+            let max = i64::try_from(max).unwrap_or(i64::MAX);
+            if max > 0 {
+                // Counting starts exact: writers in flight finish first, new ones wait for the
+                // count (a rare administrative step; see migration 0011).
+                sqlx::query("LOCK TABLE memories IN SHARE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            }
+            sqlx::query(
+                "UPDATE tenants SET max_memories = $2, active_memories = CASE WHEN $2 = 0 THEN NULL \
+                   ELSE COALESCE(active_memories, (SELECT count(*) FROM memories \
+                     WHERE tenant_id = $1 AND status = 'active')) END \
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(max)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
         let row: Option<TenantRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(id)
             .bind(u.pii_mode.map(|m| m.as_str()))
@@ -134,9 +159,10 @@ impl PgStore {
             .bind(days(u.episode_retention_days))
             .bind(days(u.memory_retention_days))
             .bind(u.scrub_teach)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         // Principals carry the tenant's PII policy.
         self.principals.0.clear();
         found(row, id)

@@ -17,6 +17,10 @@ use crate::convert;
 use crate::convert::admin::{dead_letter_cursor, retention_days, target_tenant, tenant_name};
 use crate::error::{status, unimplemented};
 
+/// The largest memory quota a tenant can be given (a trillion: far past any real tenant, and a
+/// bound that keeps the value an exact `bigint`).
+const MAX_MEMORIES_QUOTA: u64 = 1_000_000_000_000;
+
 /// The admin service.
 #[derive(Debug, Clone)]
 pub struct AdminSvc {
@@ -82,10 +86,16 @@ impl AdminService for AdminSvc {
             .clone();
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
-        if r.rate_limit_rps.is_some() || r.max_memories.is_some() {
+        if r.rate_limit_rps.is_some() {
             return Err(unimplemented(
-                "UpdateTenant rate_limit_rps / max_memories (quotas are not enforced yet)",
+                "UpdateTenant rate_limit_rps (rate limits are not enforced yet)",
             ));
+        }
+        if r.max_memories.is_some_and(|m| m > MAX_MEMORIES_QUOTA) {
+            return Err(status(Error::invalid(
+                "max_memories",
+                format!("at most {MAX_MEMORIES_QUOTA} (0: no quota)"),
+            )));
         }
         let update = memoire_usecases::TenantUpdate {
             pii_mode: convert::pii_mode("pii_mode", r.pii_mode).map_err(status)?,
@@ -98,6 +108,7 @@ impl AdminService for AdminSvc {
             memory_retention_days: retention_days("memory_retention_days", r.memory_retention_days)
                 .map_err(status)?,
             scrub_teach: r.scrub_teach,
+            max_memories: r.max_memories,
         };
         let tenant = s.uc.update_tenant(tenant, &update).await.map_err(status)?;
         tracing::info!(tenant_id = %tenant.id, pii_mode = %tenant.pii_mode.as_str(), extraction_create_only = tenant.extraction_create_only, actor = %who.actor, "tenant updated");

@@ -1167,3 +1167,123 @@ async fn health_metrics_and_unimplemented_rpcs() {
     // Graceful stop: the server returns cleanly.
     server.stop().await.expect("clean shutdown");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_quota_holds_under_fifty_concurrent_writes() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (tenant, client) = server.tenant("quota", pb::KeyRole::Writer).await;
+    let teach = |user: &str, content: &str| pb::TeachRequest {
+        user_id: user.into(),
+        kind: pb::MemoryKind::Fact as i32,
+        content: content.into(),
+        ..Default::default()
+    };
+    for i in 0..4 {
+        client
+            .memory()
+            .teach(teach("u", &format!("Fact number {i} about the user")))
+            .await
+            .expect("teach");
+    }
+    let set = |max: u64| pb::UpdateTenantRequest {
+        tenant_id: tenant.clone(),
+        max_memories: Some(max),
+        ..Default::default()
+    };
+    // Past the bound: the field is named.
+    let err = server
+        .admin()
+        .admin()
+        .update_tenant(set(2_000_000_000_000))
+        .await
+        .expect_err("too large");
+    assert_eq!(
+        violated_field(&err).as_deref(),
+        Some("max_memories"),
+        "{err:?}"
+    );
+    let t = server
+        .admin()
+        .admin()
+        .update_tenant(set(5))
+        .await
+        .expect("quota")
+        .into_inner()
+        .tenant
+        .expect("tenant");
+    assert_eq!(t.max_memories, 5);
+
+    // One slot left, fifty writers (different users, so no per-user lock orders them).
+    let attempts: Vec<_> = (0..50)
+        .map(|i| {
+            let c = client.clone();
+            let req = teach(
+                &format!("user-{i}"),
+                &format!("A fact taught by writer {i}"),
+            );
+            tokio::spawn(async move { c.memory().teach(req).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for a in attempts {
+        results.push(a.await.expect("task"));
+    }
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "exactly one write took the last slot");
+    for err in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("max_memories"), "{}", err.message());
+    }
+    let active: i64 = sqlx::query_scalar("SELECT count(*) FROM memories WHERE status = 'active'")
+        .fetch_one(server.pool())
+        .await
+        .expect("count");
+    assert_eq!(active, 5, "nothing half-written");
+
+    // A new fact in a slot replaces the old one: no new slot is needed at the quota.
+    let slotted = |content: &str| pb::TeachRequest {
+        slot: Some("user.home_city".into()),
+        ..teach("u", content)
+    };
+    client
+        .memory()
+        .teach(slotted("Lives in Lisbon"))
+        .await
+        .expect_err("a sixth memory");
+    // Forgetting frees a slot; lifting the quota removes the bound.
+    let first: String = sqlx::query_scalar(
+        "SELECT id::text FROM memories WHERE status = 'active' ORDER BY created_at LIMIT 1",
+    )
+    .fetch_one(server.pool())
+    .await
+    .expect("id");
+    client
+        .memory()
+        .forget(pb::ForgetRequest {
+            memory_ids: vec![first],
+            ..Default::default()
+        })
+        .await
+        .expect("forget");
+    client
+        .memory()
+        .teach(slotted("Lives in Lisbon"))
+        .await
+        .expect("a freed slot");
+    client
+        .memory()
+        .teach(slotted("Lives in Porto"))
+        .await
+        .expect("a supersession needs no new slot");
+    server
+        .admin()
+        .admin()
+        .update_tenant(set(0))
+        .await
+        .expect("no quota");
+    client
+        .memory()
+        .teach(teach("u", "One more fact, with no quota"))
+        .await
+        .expect("no bound");
+}

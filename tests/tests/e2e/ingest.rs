@@ -804,16 +804,16 @@ async fn stored_episodes_hold_no_raw_pii_per_tenant_policy() {
     let r = ingest(&client, "u", vec![user(PII_MESSAGE)], false).await;
     assert_eq!(stored(r.episodes[0].episode_id.clone()).await, PII_MESSAGE);
 
-    // Quotas are not enforced yet: asking for one says so instead of pretending.
+    // Rate limits are not enforced yet: asking for one says so instead of pretending.
     let err = admin
         .admin()
         .update_tenant(pb::UpdateTenantRequest {
             tenant_id: tenant,
-            max_memories: Some(10),
+            rate_limit_rps: Some(10),
             ..Default::default()
         })
         .await
-        .expect_err("quota");
+        .expect_err("rate limit");
     assert_eq!(err.code(), tonic::Code::Unimplemented);
 }
 
