@@ -187,7 +187,7 @@ class _Api:
 
     def update_tenant(self, tenant_id: str = "", *, timeout: Optional[float] = None, **fields: Any) -> Any:
         """Fields: pii_mode, extraction_create_only, episode_retention_days, memory_retention_days,
-        scrub_teach."""
+        scrub_teach, max_memories (a quota of active memories; 0: none)."""
         if "pii_mode" in fields:
             fields["pii_mode"] = _enum("pii_mode", fields["pii_mode"])
         return self._call("UpdateTenant", _drop_none({"tenant_id": tenant_id or None, **fields}), timeout)
