@@ -20,7 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use memoire_config::LogFormat;
 use memoire_store::{ConsciousCache, PgSettings, PgStore, RedisCache};
-use memoire_usecases::{Authenticator, QueryEmbedder, UseCases};
+use memoire_usecases::{Authenticator, QueryEmbedder, RateLimiter, UseCases};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -155,7 +155,8 @@ pub async fn usecases(config: &Config, store: PgStore) -> anyhow::Result<UseCase
         store,
         embedder,
         queries,
-        Some(ConsciousCache::new(cache)),
+        Some(ConsciousCache::new(cache.clone())),
+        RateLimiter::new(Some(cache)),
         settings,
     ))
 }

@@ -21,6 +21,44 @@ pub struct Principal {
     /// The policy applied to Teach content: `pii_mode`, or `Off` where the tenant turned
     /// `scrub_teach` off.
     pub teach_pii_mode: crate::model::PiiMode,
+    /// The API key used (`None` for the bootstrap key and dev mode).
+    pub key_id: Option<Uuid>,
+    /// The rate limits its calls count against.
+    pub limits: CallerLimits,
+}
+
+/// The rate limits a caller's calls count against (`None`: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CallerLimits {
+    /// Requests per second of the whole tenant, with its burst.
+    pub tenant: Option<crate::ratelimit::Limit>,
+    /// Requests per second of the key (burst: one second's worth).
+    pub key: Option<crate::ratelimit::Limit>,
+    /// Ingested messages per second of the tenant (burst: one second's worth).
+    pub ingest: Option<crate::ratelimit::Limit>,
+}
+
+impl CallerLimits {
+    /// The limits of a tenant's settings and a key's rate (all 0: none).
+    pub fn new(tenant_rps: i32, tenant_burst: i32, ingest_mps: i32, key_rps: i32) -> Self {
+        use crate::ratelimit::Limit;
+        let n = |v: i32| v.max(0) as u32;
+        CallerLimits {
+            tenant: Limit::per_second(n(tenant_rps), n(tenant_burst)),
+            key: Limit::per_second(n(key_rps), 0),
+            ingest: Limit::per_second(n(ingest_mps), 0),
+        }
+    }
+
+    /// The limits of `tenant`'s settings, for a caller without a key of its own.
+    pub fn of_tenant(t: &crate::model::Tenant) -> Self {
+        CallerLimits::new(
+            t.rate_limit_rps,
+            t.rate_limit_burst,
+            t.ingest_rate_limit_mps,
+            0,
+        )
+    }
 }
 
 impl Principal {

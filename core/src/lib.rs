@@ -8,6 +8,7 @@
 //! - [`embed`]: the embedding boundary (trait) and what a memory is embedded from.
 //! - [`extract`]: candidate memories from conversation turns (the built-in rule extractor).
 //! - [`pii`]: PII scrubbing (redact / mask) before anything is stored or sent to an LLM.
+//! - [`ratelimit`]: rate limits (GCRA), the arithmetic Redis and the in-process fallback share.
 //! - [`recall`]: fusion, deterministic ordering and token-budget packing.
 //! - [`conscious`]: which memories are essential, and packing the working memory.
 //! - [`llm`]: the LLM extractor's prompt, JSON schema and reply parser.
@@ -22,6 +23,7 @@ pub mod extract;
 pub mod llm;
 pub mod model;
 pub mod pii;
+pub mod ratelimit;
 pub mod recall;
 pub mod resolve;
 pub mod summary;

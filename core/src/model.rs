@@ -343,8 +343,12 @@ pub struct Tenant {
     pub pii_mode: PiiMode,
     /// Extraction kill switch.
     pub extraction_create_only: bool,
-    /// Requests per second (0: unlimited).
+    /// Requests per second for the whole tenant (0: unlimited).
     pub rate_limit_rps: i32,
+    /// Requests admitted at once after a quiet spell (0: one second's worth).
+    pub rate_limit_burst: i32,
+    /// Ingested messages per second (0: unlimited).
+    pub ingest_rate_limit_mps: i32,
     /// Memory quota (0: unlimited).
     pub max_memories: i64,
     /// Creation time.
@@ -370,6 +374,8 @@ pub struct ApiKey {
     pub role: KeyRole,
     /// First characters of the secret.
     pub prefix: String,
+    /// Requests per second for this key (0: only the tenant's limit applies).
+    pub rate_limit_rps: i32,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Revocation time.

@@ -39,6 +39,7 @@ async fn main() -> Result<(), Error> {
             tenant_id: tenant.id.clone(),
             name: "my-app".into(),
             role: pb::KeyRole::Writer as i32,
+            ..Default::default()
         })
         .await?;
     println!("key (shown once): {}", key.secret);

@@ -2,13 +2,15 @@
 //! [`Principal`] (see `memoire_usecases::auth`) before the call is decoded, and put into the
 //! request's extensions; a caller that cannot be resolved is answered `UNAUTHENTICATED` here.
 //! Each adapter then asks the principal for the role its call needs ([`caller`]). Health and
-//! reflection stay open.
+//! reflection stay open. The call is then counted against the caller's rate limits: over one,
+//! it is answered `RESOURCE_EXHAUSTED` with a `RetryInfo`; under them, the reply carries
+//! `x-ratelimit-remaining` (calls still admissible at once) when a limit applies.
 
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
 use memoire_core::command::Principal;
-use memoire_usecases::Authenticator;
+use memoire_usecases::{Authenticator, RateLimiter};
 use tonic::{Request, Status};
 
 use crate::error::status;
@@ -16,16 +18,20 @@ use crate::error::status;
 /// The gRPC paths that need a caller.
 const AUTHENTICATED_PREFIX: &str = "/memoire.v1.";
 
+/// The response metadata with the calls a caller may still make at once.
+pub const REMAINING_HEADER: &str = "x-ratelimit-remaining";
+
 /// Resolves callers for the services it wraps.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     auth: Authenticator,
+    limiter: RateLimiter,
 }
 
 impl AuthLayer {
-    /// The layer over `auth`.
-    pub fn new(auth: Authenticator) -> Self {
-        AuthLayer { auth }
+    /// The layer over `auth`, counting calls with `limiter`.
+    pub fn new(auth: Authenticator, limiter: RateLimiter) -> Self {
+        AuthLayer { auth, limiter }
     }
 }
 
@@ -36,6 +42,7 @@ impl<S> tower::Layer<S> for AuthLayer {
         Auth {
             inner,
             auth: self.auth.clone(),
+            limiter: self.limiter.clone(),
         }
     }
 }
@@ -45,6 +52,7 @@ impl<S> tower::Layer<S> for AuthLayer {
 pub struct Auth<S> {
     inner: S,
     auth: Authenticator,
+    limiter: RateLimiter,
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Auth<S>
@@ -72,20 +80,39 @@ where
             return Box::pin(inner.call(req));
         }
         let auth = self.auth.clone();
+        let limiter = self.limiter.clone();
         Box::pin(async move {
             let header = req
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.to_str().map_err(|_| ()));
-            match auth.principal(header).await {
-                Ok(principal) => {
-                    req.extensions_mut().insert(principal);
-                    inner.call(req).await
-                }
-                Err(e) => Ok(status(e).into_http()),
+            let principal = match auth.principal(header).await {
+                Ok(principal) => principal,
+                Err(e) => return Ok(status(e).into_http()),
+            };
+            let remaining = match limiter.admit_call(&principal).await {
+                Ok(remaining) => remaining,
+                Err(e) => return Ok(rate_limited(e).into_http()),
+            };
+            req.extensions_mut().insert(principal);
+            let mut response = inner.call(req).await?;
+            if let Some(remaining) = remaining {
+                response
+                    .headers_mut()
+                    .insert(REMAINING_HEADER, http::HeaderValue::from(remaining));
             }
+            Ok(response)
         })
     }
+}
+
+/// The status of a call refused by a rate limit: the error, and nothing remaining.
+pub fn rate_limited(e: memoire_core::Error) -> Status {
+    let mut refused = status(e);
+    refused
+        .metadata_mut()
+        .insert(REMAINING_HEADER, tonic::metadata::MetadataValue::from(0u32));
+    refused
 }
 
 /// The caller of a request that passed the auth layer.

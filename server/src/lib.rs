@@ -131,6 +131,7 @@ pub async fn serve(
         .build_v1alpha()
         .context("building reflection v1alpha")?;
 
+    let limiter = uc.limiter().clone();
     let state = AppState {
         uc,
         limits: settings.limits,
@@ -179,7 +180,7 @@ pub async fn serve(
                     settings.max_concurrent_requests,
                 ))
                 // Inside the limit: resolving a key reads Postgres.
-                .layer(auth::AuthLayer::new(auth))
+                .layer(auth::AuthLayer::new(auth, limiter))
                 .into_inner(),
         )
         .add_service(health_service)

@@ -9,7 +9,7 @@ use fred::prelude::*;
 /// A Redis-backed cache.
 #[derive(Clone)]
 pub struct RedisCache {
-    client: Client,
+    pub(crate) client: Client,
     timeout: Duration,
 }
 
@@ -92,7 +92,7 @@ impl RedisCache {
 
 impl RedisCache {
     /// Runs `op` with the command timeout; `None` when disconnected, slow or failing.
-    async fn attempt<T>(
+    pub(crate) async fn attempt<T>(
         &self,
         what: &str,
         op: impl std::future::Future<Output = Result<T, fred::error::Error>>,

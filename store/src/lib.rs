@@ -9,6 +9,7 @@
 //! - `schema`: migrations and the per-model vector indexes.
 //! - `recall`: BM25 and vector candidates for Recall, hydrated as of a time.
 //! - `cache`: Redis (fred) as a best-effort cache.
+//! - `ratelimit`: the rate limits every replica shares, decided by one Lua script in Redis.
 //! - `conscious`: the working memory (essential memories, recent turns), built from Postgres and
 //!   kept in Redis under generation keys that every write bumps.
 //! - `error`: sqlx errors classified by SQLSTATE into the domain error.
@@ -19,6 +20,7 @@ mod episodes;
 mod error;
 mod maintenance;
 mod memories;
+mod ratelimit;
 mod recall;
 mod rows;
 mod schema;

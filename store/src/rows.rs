@@ -2,6 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use memoire_core::Error;
+use memoire_core::command::{CallerLimits, Principal};
 use memoire_core::model::{
     ApiKey, Basis, KeyRole, Memory, MemoryKind, MemoryStatus, MemoryVersion, MessageRole, PiiMode,
     Tenant, VersionOp,
@@ -210,8 +211,8 @@ impl TryFrom<VersionRow> for MemoryVersion {
     }
 }
 
-pub(crate) const TENANT_COLUMNS: &str = "id, name, pii_mode, extraction_create_only, rate_limit_rps, max_memories, created_at, \
-     episode_retention_days, memory_retention_days, scrub_teach";
+pub(crate) const TENANT_COLUMNS: &str = "id, name, pii_mode, extraction_create_only, rate_limit_rps, rate_limit_burst, \
+     ingest_rate_limit_mps, max_memories, created_at, episode_retention_days, memory_retention_days, scrub_teach";
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct TenantRow {
@@ -220,6 +221,8 @@ pub(crate) struct TenantRow {
     pub pii_mode: String,
     pub extraction_create_only: bool,
     pub rate_limit_rps: i32,
+    pub rate_limit_burst: i32,
+    pub ingest_rate_limit_mps: i32,
     pub max_memories: i64,
     pub created_at: DateTime<Utc>,
     pub episode_retention_days: i32,
@@ -237,6 +240,8 @@ impl TryFrom<TenantRow> for Tenant {
             pii_mode: parse("pii_mode", &r.pii_mode, PiiMode::parse)?,
             extraction_create_only: r.extraction_create_only,
             rate_limit_rps: r.rate_limit_rps,
+            rate_limit_burst: r.rate_limit_burst,
+            ingest_rate_limit_mps: r.ingest_rate_limit_mps,
             max_memories: r.max_memories,
             created_at: r.created_at,
             episode_retention_days: r.episode_retention_days.max(0) as u32,
@@ -246,7 +251,8 @@ impl TryFrom<TenantRow> for Tenant {
     }
 }
 
-pub(crate) const KEY_COLUMNS: &str = "id, tenant_id, name, role, prefix, created_at, revoked_at";
+pub(crate) const KEY_COLUMNS: &str =
+    "id, tenant_id, name, role, prefix, rate_limit_rps, created_at, revoked_at";
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct KeyRow {
@@ -255,6 +261,7 @@ pub(crate) struct KeyRow {
     pub name: String,
     pub role: String,
     pub prefix: String,
+    pub rate_limit_rps: i32,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
@@ -269,6 +276,7 @@ impl TryFrom<KeyRow> for ApiKey {
             name: r.name,
             role: parse("role", &r.role, KeyRole::parse)?,
             prefix: r.prefix,
+            rate_limit_rps: r.rate_limit_rps,
             created_at: r.created_at,
             revoked_at: r.revoked_at,
         })
@@ -281,4 +289,44 @@ where
     T: TryFrom<R, Error = Error>,
 {
     rows.into_iter().map(T::try_from).collect()
+}
+
+/// An API key with what its principal needs of its tenant.
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct PrincipalRow {
+    pub id: Uuid,
+    pub tenant_id: Uuid,
+    pub role: String,
+    pub pii_mode: String,
+    pub scrub_teach: bool,
+    pub rate_limit_rps: i32,
+    pub rate_limit_burst: i32,
+    pub ingest_rate_limit_mps: i32,
+    pub key_rate_limit_rps: i32,
+}
+
+impl TryFrom<PrincipalRow> for Principal {
+    type Error = Error;
+
+    fn try_from(r: PrincipalRow) -> Result<Self, Error> {
+        let pii_mode = parse("pii_mode", &r.pii_mode, PiiMode::parse)?;
+        Ok(Principal {
+            tenant_id: Some(r.tenant_id),
+            role: parse("role", &r.role, KeyRole::parse)?,
+            actor: format!("key:{}", r.id),
+            pii_mode,
+            teach_pii_mode: if r.scrub_teach {
+                pii_mode
+            } else {
+                PiiMode::Off
+            },
+            key_id: Some(r.id),
+            limits: CallerLimits::new(
+                r.rate_limit_rps,
+                r.rate_limit_burst,
+                r.ingest_rate_limit_mps,
+                r.key_rate_limit_rps,
+            ),
+        })
+    }
 }

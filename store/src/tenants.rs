@@ -2,14 +2,14 @@
 
 use base64::Engine as _;
 use memoire_core::command::Principal;
-use memoire_core::model::{ApiKey, KeyRole, PiiMode, Stats, Tenant};
+use memoire_core::model::{ApiKey, KeyRole, Stats, Tenant};
 use memoire_core::{Error, Result};
 use rand::RngCore as _;
 use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use crate::rows::{KEY_COLUMNS, KeyRow, TENANT_COLUMNS, TenantRow, convert_all};
+use crate::rows::{KEY_COLUMNS, KeyRow, PrincipalRow, TENANT_COLUMNS, TenantRow, convert_all};
 use crate::{PgStore, db_error};
 
 /// The prefix every Mémoire API key secret starts with, so that leaked keys are recognisable.
@@ -30,6 +30,12 @@ pub struct TenantUpdate {
     pub scrub_teach: Option<bool>,
     /// Most active memories (0: no quota).
     pub max_memories: Option<u64>,
+    /// Requests per second for the tenant (0: unlimited).
+    pub rate_limit_rps: Option<u32>,
+    /// Requests admitted at once (0: one second's worth).
+    pub rate_limit_burst: Option<u32>,
+    /// Ingested messages per second (0: unlimited).
+    pub ingest_rate_limit_mps: Option<u32>,
 }
 
 /// The tenant a query found, or `NOT_FOUND`.
@@ -125,10 +131,13 @@ impl PgStore {
              extraction_create_only = COALESCE($3, extraction_create_only), \
              episode_retention_days = COALESCE($4, episode_retention_days), \
              memory_retention_days = COALESCE($5, memory_retention_days), \
-             scrub_teach = COALESCE($6, scrub_teach) \
+             scrub_teach = COALESCE($6, scrub_teach), \
+             rate_limit_rps = COALESCE($7, rate_limit_rps), \
+             rate_limit_burst = COALESCE($8, rate_limit_burst), \
+             ingest_rate_limit_mps = COALESCE($9, ingest_rate_limit_mps) \
              WHERE id = $1 RETURNING {TENANT_COLUMNS}"
         );
-        let days = |d: Option<u32>| d.map(|d| d.min(i32::MAX as u32) as i32);
+        let int = |d: Option<u32>| d.map(|d| d.min(i32::MAX as u32) as i32);
         let mut tx = self.pool.begin().await.map_err(db_error)?;
         if let Some(max) = u.max_memories {
             let max = i64::try_from(max).unwrap_or(i64::MAX);
@@ -156,14 +165,17 @@ impl PgStore {
             .bind(id)
             .bind(u.pii_mode.map(|m| m.as_str()))
             .bind(u.extraction_create_only)
-            .bind(days(u.episode_retention_days))
-            .bind(days(u.memory_retention_days))
+            .bind(int(u.episode_retention_days))
+            .bind(int(u.memory_retention_days))
             .bind(u.scrub_teach)
+            .bind(int(u.rate_limit_rps))
+            .bind(int(u.rate_limit_burst))
+            .bind(int(u.ingest_rate_limit_mps))
             .fetch_optional(&mut *tx)
             .await
             .map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
-        // Principals carry the tenant's PII policy.
+        // Principals carry the tenant's PII policy and rate limits.
         self.principals.0.clear();
         found(row, id)
     }
@@ -187,6 +199,7 @@ impl PgStore {
         tenant_id: Uuid,
         name: &str,
         role: KeyRole,
+        rate_limit_rps: u32,
     ) -> Result<NewApiKey> {
         self.tenant(tenant_id).await?;
         let mut raw = [0u8; 24];
@@ -197,8 +210,8 @@ impl PgStore {
         );
         let prefix: String = secret.chars().take(SECRET_PREFIX.len() + 6).collect();
         let sql = format!(
-            "INSERT INTO api_keys (id, tenant_id, name, role, prefix, secret_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {KEY_COLUMNS}"
+            "INSERT INTO api_keys (id, tenant_id, name, role, prefix, secret_hash, created_at, \
+             rate_limit_rps) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {KEY_COLUMNS}"
         );
         let row: KeyRow = sqlx::query_as(AssertSqlSafe(sql))
             .bind(Uuid::now_v7())
@@ -208,6 +221,7 @@ impl PgStore {
             .bind(&prefix)
             .bind(hash_secret(&secret).as_slice())
             .bind(self.clock.now())
+            .bind(i32::try_from(rate_limit_rps).unwrap_or(i32::MAX))
             .fetch_one(&self.pool)
             .await
             .map_err(db_error)?;
@@ -264,8 +278,10 @@ impl PgStore {
         }
         metrics::counter!("memoire_cache_requests_total", "cache" => "principal", "result" => "miss")
             .increment(1);
-        let row: Option<(Uuid, Uuid, String, String, bool)> = sqlx::query_as(
-            "SELECT k.id, k.tenant_id, k.role, t.pii_mode, t.scrub_teach FROM api_keys k \
+        let row: Option<PrincipalRow> = sqlx::query_as(
+            "SELECT k.id, k.tenant_id, k.role, t.pii_mode, t.scrub_teach, t.rate_limit_rps, \
+               t.rate_limit_burst, t.ingest_rate_limit_mps, k.rate_limit_rps AS key_rate_limit_rps \
+             FROM api_keys k \
              JOIN tenants t ON t.id = k.tenant_id \
              WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
@@ -273,20 +289,7 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(db_error)?;
-        let principal = row
-            .map(|(id, tenant_id, role, pii_mode, scrub_teach)| {
-                let pii_mode = PiiMode::parse(&pii_mode)
-                    .ok_or_else(|| Error::Internal(format!("unknown PII mode '{pii_mode}'")))?;
-                Ok(Principal {
-                    tenant_id: Some(tenant_id),
-                    role: KeyRole::parse(&role)
-                        .ok_or_else(|| Error::Internal(format!("unknown key role '{role}'")))?,
-                    actor: format!("key:{id}"),
-                    pii_mode,
-                    teach_pii_mode: if scrub_teach { pii_mode } else { PiiMode::Off },
-                })
-            })
-            .transpose()?;
+        let principal = row.map(Principal::try_from).transpose()?;
         if let Some(p) = &principal {
             self.principals.0.put(hash, p.clone());
         }

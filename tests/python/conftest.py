@@ -99,11 +99,13 @@ def private_pki(d: Path) -> "tuple[Path, Path, Path]":
 
 
 @contextlib.contextmanager
-def running_server(tmp_path_factory, **extra_env: str):
-    """A `memoire-server` on a fresh database; `extra_env` adds MEMOIRE_* settings."""
+def running_server(tmp_path_factory, database: str | None = None, **extra_env: str):
+    """A `memoire-server` on a fresh database (or on `database`, another server's, which it
+    leaves in place: a second replica); `extra_env` adds MEMOIRE_* settings."""
     exe = binary("memoire-server")
-    db = f"memoire_pytest_{uuid.uuid4().hex}"
-    psql(f"CREATE DATABASE {db}")
+    db = database or f"memoire_pytest_{uuid.uuid4().hex}"
+    if database is None:
+        psql(f"CREATE DATABASE {db}")
     grpc_port, http_port = free_port(), free_port()
     admin_key = secrets.token_hex(24)
     log = tmp_path_factory.mktemp("server") / "server.log"
@@ -122,6 +124,7 @@ def running_server(tmp_path_factory, **extra_env: str):
         proc = subprocess.Popen([str(exe)], env=env, stdout=out, stderr=subprocess.STDOUT)
     srv = Server(proc, f"127.0.0.1:{grpc_port}", f"127.0.0.1:{http_port}", admin_key, log)
     srv.env = env
+    srv.database = db
 
     def serving() -> bool:
         if "MEMOIRE_TLS_CERT_PATH" in extra_env:  # the plaintext probe cannot speak TLS: ask /readyz
@@ -141,7 +144,8 @@ def running_server(tmp_path_factory, **extra_env: str):
         try:
             stop(proc, log, "memoire-server")
         finally:
-            psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
+            if database is None:
+                psql(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
 
 
 @pytest.fixture(scope="module")

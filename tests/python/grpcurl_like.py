@@ -102,7 +102,9 @@ class ReflectionClient:
         md_list = list(metadata or [])
         if key:
             md_list.append(("authorization", f"Bearer {key}"))
-        reply = rpc(request, metadata=md_list, timeout=30)
+        reply, call = rpc.with_call(request, metadata=md_list, timeout=30)
+        # What `grpcurl -v` prints as response headers.
+        self.last_headers = dict(call.initial_metadata())
         return json_format.MessageToDict(reply)
 
     def leading_comment(self, file_name: str, contains: str) -> bool:

@@ -236,6 +236,7 @@ impl TestServer {
                 tenant_id: tenant_id.into(),
                 name: "test".into(),
                 role: role as i32,
+                ..Default::default()
             })
             .await
             .expect("create key")
@@ -343,7 +344,10 @@ impl Drop for TestServer {
                 return;
             };
             rt.block_on(async move {
-                pool.close().await;
+                // A connection the server was still returning to the pool when the test ended
+                // cannot come back: its return task is queued on the test's runtime, which this
+                // drop is blocking. Close what can be closed; FORCE ends the rest.
+                let _ = tokio::time::timeout(Duration::from_millis(500), pool.close()).await;
                 if let Ok(mut conn) = PgConnection::connect(&base).await {
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {db} WITH (FORCE)"

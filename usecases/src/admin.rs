@@ -31,14 +31,18 @@ impl UseCases {
         self.store().list_tenants(only).await
     }
 
-    /// A new API key (its secret is returned once, stored hashed).
+    /// A new API key (its secret is returned once, stored hashed), limited to `rate_limit_rps`
+    /// requests per second on its own (0: only the tenant's limit).
     pub async fn create_api_key(
         &self,
         tenant: Uuid,
         name: &str,
         role: KeyRole,
+        rate_limit_rps: u32,
     ) -> Result<NewApiKey> {
-        self.store().create_api_key(tenant, name, role).await
+        self.store()
+            .create_api_key(tenant, name, role, rate_limit_rps)
+            .await
     }
 
     /// A tenant's keys.

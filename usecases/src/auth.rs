@@ -7,7 +7,7 @@
 //! is [`Principal::require`]'s question, asked by each adapter.
 
 use memoire_core::Error;
-use memoire_core::command::Principal;
+use memoire_core::command::{CallerLimits, Principal};
 use memoire_core::model::KeyRole;
 use memoire_store::{PgStore, hash_secret};
 use subtle::ConstantTimeEq as _;
@@ -54,6 +54,8 @@ impl Authenticator {
                         } else {
                             memoire_core::model::PiiMode::Off
                         },
+                        key_id: None,
+                        limits: CallerLimits::of_tenant(&t),
                     })
                 }
                 None => Err(Error::Unauthenticated(
@@ -77,6 +79,8 @@ impl Authenticator {
                 actor: BOOTSTRAP_ACTOR.into(),
                 pii_mode: memoire_core::model::PiiMode::Off,
                 teach_pii_mode: memoire_core::model::PiiMode::Off,
+                key_id: None,
+                limits: CallerLimits::default(),
             });
         }
         self.store

@@ -9,12 +9,13 @@
 //!   sweep expired memories.
 //! - [`jobs`]: the periodic jobs (optimize, decay, reflect, retention, re-embed).
 //! - `admin`: tenants, keys, stats, dead letters.
-//! - [`auth`]: who is calling; [`query`]: the query-embedding cache.
+//! - [`auth`]: who is calling; `limits`: rate limits; [`query`]: the query-embedding cache.
 
 mod admin;
 pub mod auth;
 mod extract;
 pub mod jobs;
+mod limits;
 mod memory;
 pub mod query;
 
@@ -27,6 +28,7 @@ use memoire_store::{ConsciousCache, ConsciousSettings, PgStore, VectorSettings};
 
 pub use auth::Authenticator;
 pub use extract::{ExtractSettings, Step, job_outcome};
+pub use limits::RateLimiter;
 pub use memory::{ExtractionWait, Recalled};
 pub use query::QueryEmbedder;
 
@@ -77,17 +79,20 @@ struct Inner {
     queries: QueryEmbedder,
     /// Conscious entries in Redis (`None`: always rebuilt from Postgres).
     conscious: Option<ConsciousCache>,
+    /// Rate limits.
+    limiter: RateLimiter,
     settings: Settings,
 }
 
 impl UseCases {
     /// The use-cases over `store`, writing vectors with `embedder`, embedding queries with
-    /// `queries` and keeping Conscious in `conscious` when given.
+    /// `queries`, keeping Conscious in `conscious` when given and rate-limiting with `limiter`.
     pub fn new(
         store: PgStore,
         embedder: Arc<dyn Embedder>,
         queries: QueryEmbedder,
         conscious: Option<ConsciousCache>,
+        limiter: RateLimiter,
         settings: Settings,
     ) -> Self {
         UseCases {
@@ -96,6 +101,7 @@ impl UseCases {
                 embedder,
                 queries,
                 conscious,
+                limiter,
                 settings,
             }),
         }
@@ -110,6 +116,7 @@ impl UseCases {
                 embedder,
                 queries: self.inner.queries.clone(),
                 conscious: self.inner.conscious.clone(),
+                limiter: self.inner.limiter.clone(),
                 settings: self.inner.settings.clone(),
             }),
         }
@@ -118,6 +125,11 @@ impl UseCases {
     /// The store (health checks, the worker's queue, tests).
     pub fn store(&self) -> &PgStore {
         &self.inner.store
+    }
+
+    /// The rate limiter.
+    pub fn limiter(&self) -> &RateLimiter {
+        &self.inner.limiter
     }
 
     /// The settings.

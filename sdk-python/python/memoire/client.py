@@ -187,14 +187,19 @@ class _Api:
 
     def update_tenant(self, tenant_id: str = "", *, timeout: Optional[float] = None, **fields: Any) -> Any:
         """Fields: pii_mode, extraction_create_only, episode_retention_days, memory_retention_days,
-        scrub_teach, max_memories (a quota of active memories; 0: none)."""
+        scrub_teach, max_memories (a quota of active memories; 0: none), rate_limit_rps and
+        rate_limit_burst (requests per second of all the tenant's keys; 0: none),
+        ingest_rate_limit_mps (ingested messages per second; 0: none)."""
         if "pii_mode" in fields:
             fields["pii_mode"] = _enum("pii_mode", fields["pii_mode"])
         return self._call("UpdateTenant", _drop_none({"tenant_id": tenant_id or None, **fields}), timeout)
 
     def create_api_key(self, tenant_id: str = "", *, role: str = "writer", name: str = "",
-                       timeout: Optional[float] = None) -> Any:
-        req = _drop_none({"tenant_id": tenant_id or None, "role": _enum("key_role", role), "name": name or None})
+                       rate_limit_rps: int = 0, timeout: Optional[float] = None) -> Any:
+        """A key acting for the tenant; `rate_limit_rps` limits it on its own (0: only the
+        tenant's limit). The secret is in the reply, shown once."""
+        req = _drop_none({"tenant_id": tenant_id or None, "role": _enum("key_role", role), "name": name or None,
+                          "rate_limit_rps": rate_limit_rps or None})
         return self._call("CreateApiKey", req, timeout)
 
     def list_api_keys(self, tenant_id: str = "", *, timeout: Optional[float] = None) -> Any:

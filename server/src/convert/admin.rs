@@ -57,6 +57,20 @@ pub fn retention_days(field: &str, days: Option<u32>) -> Result<Option<u32>> {
     }
 }
 
+/// The most any rate limit (requests or messages per second, or a burst) may be set to.
+pub const MAX_RATE: u32 = 1_000_000;
+
+/// A rate-limit setting within bounds (0: unlimited).
+pub fn rate(field: &str, value: Option<u32>) -> Result<Option<u32>> {
+    match value {
+        Some(r) if r > MAX_RATE => Err(Error::invalid(
+            field,
+            format!("is {r}; at most {MAX_RATE} per second, or 0 for no limit"),
+        )),
+        other => Ok(other),
+    }
+}
+
 /// Dead-letter pages: the last item's creation time and id (the list is ordered by both),
 /// sealed with the server's page key.
 pub mod dead_letter_cursor {

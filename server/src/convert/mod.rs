@@ -338,6 +338,8 @@ pub fn tenant_pb(t: Tenant) -> pb::Tenant {
         pii_mode: pii_pb(t.pii_mode) as i32,
         extraction_create_only: t.extraction_create_only,
         rate_limit_rps: t.rate_limit_rps.max(0) as u32,
+        rate_limit_burst: t.rate_limit_burst.max(0) as u32,
+        ingest_rate_limit_mps: t.ingest_rate_limit_mps.max(0) as u32,
         max_memories: t.max_memories.max(0) as u64,
         episode_retention_days: t.episode_retention_days,
         memory_retention_days: t.memory_retention_days,
@@ -353,6 +355,7 @@ pub fn key_pb(k: ApiKey) -> pb::ApiKey {
         name: k.name,
         role: key_role_pb(k.role) as i32,
         prefix: k.prefix,
+        rate_limit_rps: k.rate_limit_rps.max(0) as u32,
         created_at: Some(ts(k.created_at)),
         revoked_at: k.revoked_at.map(ts),
     }

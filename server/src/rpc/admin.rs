@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::AppState;
 use crate::auth::caller;
 use crate::convert;
-use crate::convert::admin::{dead_letter_cursor, retention_days, target_tenant, tenant_name};
+use crate::convert::admin::{dead_letter_cursor, rate, retention_days, target_tenant, tenant_name};
 use crate::error::{status, unimplemented};
 
 /// The largest memory quota a tenant can be given (a trillion: far past any real tenant, and a
@@ -86,11 +86,6 @@ impl AdminService for AdminSvc {
             .clone();
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
-        if r.rate_limit_rps.is_some() {
-            return Err(unimplemented(
-                "UpdateTenant rate_limit_rps (rate limits are not enforced yet)",
-            ));
-        }
         if r.max_memories.is_some_and(|m| m > MAX_MEMORIES_QUOTA) {
             return Err(status(Error::invalid(
                 "max_memories",
@@ -109,6 +104,10 @@ impl AdminService for AdminSvc {
                 .map_err(status)?,
             scrub_teach: r.scrub_teach,
             max_memories: r.max_memories,
+            rate_limit_rps: rate("rate_limit_rps", r.rate_limit_rps).map_err(status)?,
+            rate_limit_burst: rate("rate_limit_burst", r.rate_limit_burst).map_err(status)?,
+            ingest_rate_limit_mps: rate("ingest_rate_limit_mps", r.ingest_rate_limit_mps)
+                .map_err(status)?,
         };
         let tenant = s.uc.update_tenant(tenant, &update).await.map_err(status)?;
         tracing::info!(tenant_id = %tenant.id, pii_mode = %tenant.pii_mode.as_str(), extraction_create_only = tenant.extraction_create_only, actor = %who.actor, "tenant updated");
@@ -127,17 +126,18 @@ impl AdminService for AdminSvc {
             .map_err(status)?
             .clone();
         let r = req.into_inner();
-        let (tenant, name, role) = (|| {
+        let (tenant, name, role, rps) = (|| {
             if r.tenant_id.is_empty() {
                 return Err(Error::invalid("tenant_id", "is required"));
             }
             let tenant = target_tenant(&who, &r.tenant_id)?;
             let name = v::optional_text("name", Some(&r.name), 128)?.unwrap_or_default();
-            Ok((tenant, name, convert::key_role("role", r.role)?))
+            let rps = rate("rate_limit_rps", Some(r.rate_limit_rps))?.unwrap_or(0);
+            Ok((tenant, name, convert::key_role("role", r.role)?, rps))
         })()
         .map_err(status)?;
         let created =
-            s.uc.create_api_key(tenant, &name, role)
+            s.uc.create_api_key(tenant, &name, role, rps)
                 .await
                 .map_err(status)?;
         tracing::info!(key_id = %created.key.id, tenant_id = %tenant, role = %role, actor = %who.actor, "api key created");

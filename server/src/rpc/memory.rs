@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::caller;
+use crate::auth::{caller, rate_limited};
 use crate::convert::memory::{self as c, CONSCIOUS_DEFAULT_BUDGET, non_empty};
 use crate::convert::{self, page_token};
 use crate::error::status;
@@ -37,11 +37,16 @@ impl MemoryService for MemorySvc {
         req: Request<pb::IngestRequest>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
         let s = &self.state;
-        let tenant = caller(&req)?.tenant(KeyRole::Writer).map_err(status)?;
+        let who = caller(&req)?.clone();
+        let tenant = who.tenant(KeyRole::Writer).map_err(status)?;
         let r = req.into_inner();
         let wait = r.wait_for_extraction;
         let deadline = c::wait_timeout(r.wait_timeout.as_ref()).map_err(status)?;
         let cmd = c::ingest_command(r, tenant, &s.limits, s.uc.store().now()).map_err(status)?;
+        s.uc.limiter()
+            .admit_messages(&who, cmd.messages.len())
+            .await
+            .map_err(rate_limited)?;
         let (ingested, extraction) =
             s.uc.ingest(cmd, wait.then_some(deadline))
                 .await

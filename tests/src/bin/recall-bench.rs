@@ -559,7 +559,7 @@ async fn main() -> anyhow::Result<()> {
     let store = memoire_app::connect(&config).await?;
     let tenant = store.create_tenant("bench").await?;
     let key = store
-        .create_api_key(tenant.id, "bench", KeyRole::Writer)
+        .create_api_key(tenant.id, "bench", KeyRole::Writer, 0)
         .await?
         .secret;
 

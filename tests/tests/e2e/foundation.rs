@@ -96,6 +96,7 @@ async fn admin_bootstrap_creates_tenants_and_keys_and_auth_is_enforced() {
             tenant_id: tenant.id.clone(),
             name: "app".into(),
             role: pb::KeyRole::Writer as i32,
+            ..Default::default()
         })
         .await
         .expect("create key")
@@ -197,6 +198,7 @@ async fn admin_bootstrap_creates_tenants_and_keys_and_auth_is_enforced() {
             tenant_id: other.id.clone(),
             name: String::new(),
             role: pb::KeyRole::Admin as i32,
+            ..Default::default()
         })
         .await
         .unwrap_err();

@@ -804,17 +804,21 @@ async fn stored_episodes_hold_no_raw_pii_per_tenant_policy() {
     let r = ingest(&client, "u", vec![user(PII_MESSAGE)], false).await;
     assert_eq!(stored(r.episodes[0].episode_id.clone()).await, PII_MESSAGE);
 
-    // Rate limits are not enforced yet: asking for one says so instead of pretending.
+    // Rate limits are bounded, and the error names the setting.
     let err = admin
         .admin()
         .update_tenant(pb::UpdateTenantRequest {
             tenant_id: tenant,
-            rate_limit_rps: Some(10),
+            ingest_rate_limit_mps: Some(2_000_000),
             ..Default::default()
         })
         .await
-        .expect_err("rate limit");
-    assert_eq!(err.code(), tonic::Code::Unimplemented);
+        .expect_err("rate limit out of bounds");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        violated_field(&err).as_deref(),
+        Some("ingest_rate_limit_mps")
+    );
 }
 
 fn llm_config(c: &mut Config, url: &str) {

@@ -7,6 +7,7 @@ mod conscious;
 mod eval;
 mod foundation;
 mod ingest;
+mod limits;
 mod maintenance;
 mod openai_embeddings;
 mod recall;

@@ -47,6 +47,7 @@ async fn every_rpc_through_the_typed_client() {
             tenant_id: tenant.id.clone(),
             name: "app".into(),
             role: pb::KeyRole::Admin as i32,
+            ..Default::default()
         })
         .await
         .expect("create key");

@@ -325,7 +325,7 @@ async fn a_revoked_key_is_refused_at_once_here_and_within_the_cache_ttl_on_anoth
     let tenant = server.store.create_tenant("t").await.expect("tenant");
     let key = server
         .store
-        .create_api_key(tenant.id, "k", memoire_core::model::KeyRole::Writer)
+        .create_api_key(tenant.id, "k", memoire_core::model::KeyRole::Writer, 0)
         .await
         .expect("key");
     // Two replicas: the server's store and another process's, on the same database.

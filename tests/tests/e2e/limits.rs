@@ -1,0 +1,286 @@
+//! Rate limits over real gRPC: the tenant's request rate with its burst, a key's own rate, the
+//! Ingest message rate (nothing stored when refused), and the in-process fallback when Redis is
+//! unreachable. Two server processes sharing one budget are tested from Python
+//! (`tests/python/test_rate_limits.py`).
+
+use std::time::{Duration, Instant};
+
+use memoire_sdk::Client;
+use memoire_tests::{TestServer, proto as pb, violated_field};
+use tonic_types::StatusExt as _;
+
+/// Sets `tenant`'s limits (unset fields keep their value).
+async fn limit(server: &TestServer, update: pb::UpdateTenantRequest) -> pb::Tenant {
+    server
+        .admin()
+        .admin()
+        .update_tenant(update)
+        .await
+        .expect("update tenant")
+        .into_inner()
+        .tenant
+        .expect("tenant")
+}
+
+/// `n` cheap calls as fast as they go: how many were admitted, the first refusal, and how long
+/// the calls took. Every admitted call reports what remains exactly when `limited`.
+async fn burst(
+    client: &Client,
+    n: usize,
+    limited: bool,
+) -> (usize, Option<tonic::Status>, Duration) {
+    let start = Instant::now();
+    let (mut admitted, mut refused) = (0, None);
+    for _ in 0..n {
+        let r = client
+            .memory()
+            .list_memories(pb::ListMemoriesRequest {
+                user_id: "u".into(),
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(reply) => {
+                admitted += 1;
+                let remaining = reply.metadata().get("x-ratelimit-remaining");
+                assert_eq!(remaining.is_some(), limited, "{remaining:?}");
+            }
+            Err(e) if refused.is_none() => refused = Some(e),
+            Err(_) => {}
+        }
+    }
+    (admitted, refused, start.elapsed())
+}
+
+/// The burst plus what `rate` refills in `elapsed`, plus one for the boundary.
+fn at_most(burst: u32, rate: u32, elapsed: Duration) -> usize {
+    (burst as f64 + rate as f64 * elapsed.as_secs_f64()).floor() as usize + 1
+}
+
+fn assert_refused(status: &tonic::Status, setting: &str) {
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    assert!(status.message().contains(setting), "{}", status.message());
+    let retry = status
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("a retry delay");
+    assert!(
+        retry > Duration::ZERO && retry <= Duration::from_secs(2),
+        "{retry:?}"
+    );
+    assert_eq!(
+        status
+            .metadata()
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok()),
+        Some("0")
+    );
+}
+
+#[tokio::test]
+async fn a_tenant_rate_admits_its_burst_then_refuses_with_retry_info() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let (_, other) = server.tenant("other", pb::KeyRole::Writer).await;
+    let t = limit(
+        &server,
+        pb::UpdateTenantRequest {
+            tenant_id: tenant.clone(),
+            rate_limit_rps: Some(4),
+            rate_limit_burst: Some(6),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!((t.rate_limit_rps, t.rate_limit_burst), (4, 6));
+    // Principals are reused for up to a second: wait for the new limits to reach them.
+    tokio::time::sleep(memoire_store::PRINCIPAL_TTL + Duration::from_millis(100)).await;
+
+    let (admitted, refused, elapsed) = burst(&client, 30, true).await;
+    assert!(admitted >= 6, "the burst: {admitted}");
+    assert!(
+        admitted <= at_most(6, 4, elapsed),
+        "{admitted} in {elapsed:?}"
+    );
+    assert_refused(&refused.expect("refused"), "rate_limit_rps");
+
+    // Another tenant has its own budget (none).
+    let (admitted, refused, _) = burst(&other, 30, false).await;
+    assert_eq!((admitted, refused.map(|s| s.code())), (30, None));
+
+    // After a rest the rate refills.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (admitted, _, _) = burst(&client, 1, true).await;
+    assert_eq!(admitted, 1);
+
+    // Out-of-range settings are refused by name.
+    let err = server
+        .admin()
+        .admin()
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant_id: tenant.clone(),
+            rate_limit_burst: Some(1_000_001),
+            ..Default::default()
+        })
+        .await
+        .expect_err("burst out of range");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_eq!(violated_field(&err).as_deref(), Some("rate_limit_burst"));
+
+    // The refusals are counted per tenant and limit.
+    let metrics = memoire_tests::http_get(server.http_addr, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("memoire_rate_limited_total")
+                && l.contains(&tenant)
+                && l.contains("limit=\"tenant_rps\"")),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_rate_limits_that_key_only() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (tenant, unlimited) = server.tenant("t", pb::KeyRole::Writer).await;
+    let created = server
+        .admin()
+        .admin()
+        .create_api_key(pb::CreateApiKeyRequest {
+            tenant_id: tenant.clone(),
+            name: "slow".into(),
+            role: pb::KeyRole::Reader as i32,
+            rate_limit_rps: 3,
+        })
+        .await
+        .expect("create key")
+        .into_inner();
+    assert_eq!(created.key.expect("key").rate_limit_rps, 3);
+    let slow = server.client(Some(&created.secret));
+
+    let (admitted, refused, elapsed) = burst(&slow, 20, true).await;
+    assert!(
+        admitted >= 3 && admitted <= at_most(3, 3, elapsed),
+        "{admitted}"
+    );
+    assert_refused(&refused.expect("refused"), "API key's rate_limit_rps");
+    // The tenant's other key is not slowed, and reports no limit.
+    let (admitted, _, _) = burst(&unlimited, 10, false).await;
+    assert_eq!(admitted, 10);
+
+    let err = server
+        .admin()
+        .admin()
+        .create_api_key(pb::CreateApiKeyRequest {
+            tenant_id: tenant,
+            name: "too fast".into(),
+            role: pb::KeyRole::Reader as i32,
+            rate_limit_rps: 5_000_000,
+        })
+        .await
+        .expect_err("rate out of range");
+    assert_eq!(violated_field(&err).as_deref(), Some("rate_limit_rps"));
+}
+
+fn messages(prefix: &str, n: usize) -> Vec<pb::Message> {
+    (0..n)
+        .map(|i| pb::Message {
+            role: pb::MessageRole::User as i32,
+            content: format!("message {prefix}{i}"),
+            message_id: Some(format!("{prefix}{i}")),
+            ..Default::default()
+        })
+        .collect()
+}
+
+async fn ingest(client: &Client, batch: Vec<pb::Message>) -> Result<(), tonic::Status> {
+    client
+        .memory()
+        .ingest(pb::IngestRequest {
+            user_id: "u".into(),
+            session_id: "s".into(),
+            messages: batch,
+            ..Default::default()
+        })
+        .await
+        .map(|_| ())
+}
+
+#[tokio::test]
+async fn the_ingest_message_rate_counts_messages_and_stores_nothing_it_refuses() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    limit(
+        &server,
+        pb::UpdateTenantRequest {
+            tenant_id: tenant,
+            ingest_rate_limit_mps: Some(10),
+            ..Default::default()
+        },
+    )
+    .await;
+    tokio::time::sleep(memoire_store::PRINCIPAL_TTL + Duration::from_millis(100)).await;
+    let stored = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM episodes")
+            .fetch_one(server.pool())
+            .await
+            .expect("count")
+    };
+
+    ingest(&client, messages("a", 8))
+        .await
+        .expect("within the burst");
+    let refused = ingest(&client, messages("b", 8))
+        .await
+        .expect_err("past it");
+    assert_refused(&refused, "ingest_rate_limit_mps");
+    assert_eq!(stored().await, 8, "nothing of the refused call was stored");
+
+    // A call larger than a second's worth goes through once the budget is rested, then the
+    // tenant waits its debt off.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    ingest(&client, messages("c", 25)).await.expect("rested");
+    let refused = ingest(&client, messages("d", 1))
+        .await
+        .expect_err("in debt");
+    let retry = refused
+        .get_details_retry_info()
+        .and_then(|r| r.retry_delay)
+        .expect("retry");
+    assert!(retry >= Duration::from_millis(1200), "{retry:?}");
+    assert_eq!(stored().await, 33);
+}
+
+#[tokio::test]
+async fn without_redis_each_replica_limits_on_its_own() {
+    let server = TestServer::start_with(
+        |c| {
+            c.worker_embedded = false;
+            c.redis_url = "redis://127.0.0.1:1".into();
+        },
+        None,
+    )
+    .await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    limit(
+        &server,
+        pb::UpdateTenantRequest {
+            tenant_id: tenant,
+            rate_limit_rps: Some(5),
+            ..Default::default()
+        },
+    )
+    .await;
+    tokio::time::sleep(memoire_store::PRINCIPAL_TTL + Duration::from_millis(100)).await;
+    let (admitted, refused, elapsed) = burst(&client, 30, true).await;
+    assert!(
+        admitted >= 5 && admitted <= at_most(5, 5, elapsed),
+        "{admitted}"
+    );
+    assert_refused(&refused.expect("refused"), "rate_limit_rps");
+    let metrics = memoire_tests::http_get(server.http_addr, "/metrics").await;
+    assert!(
+        metrics.contains("memoire_rate_limit_fallback_total"),
+        "{metrics}"
+    );
+}
