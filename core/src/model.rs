@@ -351,6 +351,10 @@ pub struct Tenant {
     pub ingest_rate_limit_mps: i32,
     /// Memory quota (0: unlimited).
     pub max_memories: i64,
+    /// Episode quota (0: unlimited).
+    pub max_episodes: i64,
+    /// Content quota in bytes: messages and memory versions (0: unlimited).
+    pub max_content_bytes: i64,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Episodes older than this many days are deleted by retention (0: kept).
@@ -397,6 +401,8 @@ pub struct Stats {
     pub versions: i64,
     /// Episodes.
     pub episodes: i64,
+    /// Bytes of stored content: messages and memory versions.
+    pub content_bytes: i64,
 }
 
 #[cfg(test)]

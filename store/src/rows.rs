@@ -212,7 +212,8 @@ impl TryFrom<VersionRow> for MemoryVersion {
 }
 
 pub(crate) const TENANT_COLUMNS: &str = "id, name, pii_mode, extraction_create_only, rate_limit_rps, rate_limit_burst, \
-     ingest_rate_limit_mps, max_memories, created_at, episode_retention_days, memory_retention_days, scrub_teach";
+     ingest_rate_limit_mps, max_memories, max_episodes, max_content_bytes, created_at, \
+     episode_retention_days, memory_retention_days, scrub_teach";
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct TenantRow {
@@ -224,6 +225,8 @@ pub(crate) struct TenantRow {
     pub rate_limit_burst: i32,
     pub ingest_rate_limit_mps: i32,
     pub max_memories: i64,
+    pub max_episodes: i64,
+    pub max_content_bytes: i64,
     pub created_at: DateTime<Utc>,
     pub episode_retention_days: i32,
     pub memory_retention_days: i32,
@@ -243,6 +246,8 @@ impl TryFrom<TenantRow> for Tenant {
             rate_limit_burst: r.rate_limit_burst,
             ingest_rate_limit_mps: r.ingest_rate_limit_mps,
             max_memories: r.max_memories,
+            max_episodes: r.max_episodes,
+            max_content_bytes: r.max_content_bytes,
             created_at: r.created_at,
             episode_retention_days: r.episode_retention_days.max(0) as u32,
             memory_retention_days: r.memory_retention_days.max(0) as u32,

@@ -36,6 +36,10 @@ pub struct TenantUpdate {
     pub rate_limit_burst: Option<u32>,
     /// Ingested messages per second (0: unlimited).
     pub ingest_rate_limit_mps: Option<u32>,
+    /// Most stored episodes (0: no quota).
+    pub max_episodes: Option<u64>,
+    /// Most bytes of stored content: messages and memory versions (0: no quota).
+    pub max_content_bytes: Option<u64>,
 }
 
 /// The tenant a query found, or `NOT_FOUND`.
@@ -157,6 +161,44 @@ impl PgStore {
             )
             .bind(id)
             .bind(max)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        }
+        if u.max_episodes.is_some() || u.max_content_bytes.is_some() {
+            let quota = |q: Option<u64>| q.map(|q| i64::try_from(q).unwrap_or(i64::MAX));
+            let (episodes, bytes) = (quota(u.max_episodes), quota(u.max_content_bytes));
+            if episodes.unwrap_or(0) > 0 || bytes.unwrap_or(0) > 0 {
+                // As for max_memories: the counts start exact (migration 0013).
+                sqlx::query("LOCK TABLE episodes, memory_versions IN SHARE MODE")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            }
+            sqlx::query(
+                "UPDATE tenants SET max_episodes = COALESCE($2, max_episodes), \
+                   max_content_bytes = COALESCE($3, max_content_bytes) WHERE id = $1",
+            )
+            .bind(id)
+            .bind(episodes)
+            .bind(bytes)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            sqlx::query(
+                "UPDATE tenants SET \
+                   stored_episodes = CASE WHEN max_episodes = 0 AND max_content_bytes = 0 THEN NULL \
+                     ELSE COALESCE(stored_episodes, \
+                       (SELECT count(*) FROM episodes WHERE tenant_id = $1)) END, \
+                   content_bytes = CASE WHEN max_episodes = 0 AND max_content_bytes = 0 THEN NULL \
+                     ELSE COALESCE(content_bytes, \
+                       (SELECT COALESCE(sum(octet_length(content)), 0) FROM episodes \
+                         WHERE tenant_id = $1) \
+                       + (SELECT COALESCE(sum(octet_length(content)), 0) FROM memory_versions \
+                         WHERE tenant_id = $1)) END \
+                 WHERE id = $1",
+            )
+            .bind(id)
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -298,8 +340,16 @@ impl PgStore {
 
     /// Counts of what a tenant stores.
     pub async fn stats(&self, tenant_id: Uuid) -> Result<Stats> {
-        let (users, active, superseded, forgotten, versions, episodes): (i64, i64, i64, i64, i64, i64) =
-            sqlx::query_as(
+        #[allow(clippy::type_complexity)]
+        let (users, active, superseded, forgotten, versions, episodes, content_bytes): (
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+            i64,
+        ) = sqlx::query_as(
                 "SELECT \
                    (SELECT count(*) FROM (SELECT user_id FROM memories WHERE tenant_id = $1 \
                                           UNION SELECT user_id FROM episodes WHERE tenant_id = $1) u), \
@@ -308,7 +358,12 @@ impl PgStore {
                    (SELECT count(*) FROM memories WHERE tenant_id = $1 \
                                                    AND status IN ('tombstoned', 'expired')), \
                    (SELECT count(*) FROM memory_versions WHERE tenant_id = $1), \
-                   (SELECT count(*) FROM episodes WHERE tenant_id = $1)",
+                   (SELECT count(*) FROM episodes WHERE tenant_id = $1), \
+                   COALESCE((SELECT content_bytes FROM tenants WHERE id = $1), \
+                     (SELECT COALESCE(sum(octet_length(content)), 0) FROM episodes \
+                       WHERE tenant_id = $1)::bigint \
+                     + (SELECT COALESCE(sum(octet_length(content)), 0) FROM memory_versions \
+                       WHERE tenant_id = $1)::bigint)",
             )
             .bind(tenant_id)
             .fetch_one(&self.pool)
@@ -321,6 +376,7 @@ impl PgStore {
             forgotten_memories: forgotten,
             versions,
             episodes,
+            content_bytes,
         })
     }
 }

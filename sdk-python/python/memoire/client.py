@@ -187,7 +187,7 @@ class _Api:
 
     def update_tenant(self, tenant_id: str = "", *, timeout: Optional[float] = None, **fields: Any) -> Any:
         """Fields: pii_mode, extraction_create_only, episode_retention_days, memory_retention_days,
-        scrub_teach, max_memories (a quota of active memories; 0: none), rate_limit_rps and
+        scrub_teach, the quotas max_memories, max_episodes and max_content_bytes (0: none), rate_limit_rps and
         rate_limit_burst (requests per second of all the tenant's keys; 0: none),
         ingest_rate_limit_mps (ingested messages per second; 0: none)."""
         if "pii_mode" in fields:

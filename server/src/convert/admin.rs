@@ -57,6 +57,23 @@ pub fn retention_days(field: &str, days: Option<u32>) -> Result<Option<u32>> {
     }
 }
 
+/// The most a count quota (max_memories, max_episodes) may be set to.
+pub const MAX_COUNT_QUOTA: u64 = 1_000_000_000_000;
+
+/// The most the content quota (max_content_bytes) may be set to: a petabyte.
+pub const MAX_BYTES_QUOTA: u64 = 1_000_000_000_000_000;
+
+/// A quota setting within `max` (0: none).
+pub fn quota(field: &str, value: Option<u64>, max: u64) -> Result<Option<u64>> {
+    match value {
+        Some(q) if q > max => Err(Error::invalid(
+            field,
+            format!("is {q}; at most {max}, or 0 for no quota"),
+        )),
+        other => Ok(other),
+    }
+}
+
 /// The most any rate limit (requests or messages per second, or a burst) may be set to.
 pub const MAX_RATE: u32 = 1_000_000;
 

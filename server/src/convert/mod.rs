@@ -341,6 +341,8 @@ pub fn tenant_pb(t: Tenant) -> pb::Tenant {
         rate_limit_burst: t.rate_limit_burst.max(0) as u32,
         ingest_rate_limit_mps: t.ingest_rate_limit_mps.max(0) as u32,
         max_memories: t.max_memories.max(0) as u64,
+        max_episodes: t.max_episodes.max(0) as u64,
+        max_content_bytes: t.max_content_bytes.max(0) as u64,
         episode_retention_days: t.episode_retention_days,
         memory_retention_days: t.memory_retention_days,
         scrub_teach: t.scrub_teach,

@@ -14,12 +14,11 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::AppState;
 use crate::auth::caller;
 use crate::convert;
-use crate::convert::admin::{dead_letter_cursor, rate, retention_days, target_tenant, tenant_name};
+use crate::convert::admin::{
+    MAX_BYTES_QUOTA, MAX_COUNT_QUOTA, dead_letter_cursor, quota, rate, retention_days,
+    target_tenant, tenant_name,
+};
 use crate::error::{status, unimplemented};
-
-/// The largest memory quota a tenant can be given (a trillion: far past any real tenant, and a
-/// bound that keeps the value an exact `bigint`).
-const MAX_MEMORIES_QUOTA: u64 = 1_000_000_000_000;
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -86,12 +85,6 @@ impl AdminService for AdminSvc {
             .clone();
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
-        if r.max_memories.is_some_and(|m| m > MAX_MEMORIES_QUOTA) {
-            return Err(status(Error::invalid(
-                "max_memories",
-                format!("at most {MAX_MEMORIES_QUOTA} (0: no quota)"),
-            )));
-        }
         let update = memoire_usecases::TenantUpdate {
             pii_mode: convert::pii_mode("pii_mode", r.pii_mode).map_err(status)?,
             extraction_create_only: r.extraction_create_only,
@@ -103,7 +96,10 @@ impl AdminService for AdminSvc {
             memory_retention_days: retention_days("memory_retention_days", r.memory_retention_days)
                 .map_err(status)?,
             scrub_teach: r.scrub_teach,
-            max_memories: r.max_memories,
+            max_memories: quota("max_memories", r.max_memories, MAX_COUNT_QUOTA).map_err(status)?,
+            max_episodes: quota("max_episodes", r.max_episodes, MAX_COUNT_QUOTA).map_err(status)?,
+            max_content_bytes: quota("max_content_bytes", r.max_content_bytes, MAX_BYTES_QUOTA)
+                .map_err(status)?,
             rate_limit_rps: rate("rate_limit_rps", r.rate_limit_rps).map_err(status)?,
             rate_limit_burst: rate("rate_limit_burst", r.rate_limit_burst).map_err(status)?,
             ingest_rate_limit_mps: rate("ingest_rate_limit_mps", r.ingest_rate_limit_mps)
@@ -193,9 +189,14 @@ impl AdminService for AdminSvc {
             .map_err(status)?
             .clone();
         let tenant = target_tenant(&who, &req.get_ref().tenant_id).map_err(status)?;
-        s.uc.tenant(tenant).await.map_err(status)?;
+        let t = s.uc.tenant(tenant).await.map_err(status)?;
         let st = s.uc.stats(tenant).await.map_err(status)?;
         let n = |x: i64| x.max(0) as u64;
+        let usage = |name: &str, used: i64, limit: i64| pb::QuotaUsage {
+            name: name.into(),
+            used: n(used),
+            limit: n(limit),
+        };
         Ok(Response::new(pb::GetStatsResponse {
             users: n(st.users),
             active_memories: n(st.active_memories),
@@ -203,6 +204,17 @@ impl AdminService for AdminSvc {
             forgotten_memories: n(st.forgotten_memories),
             versions: n(st.versions),
             episodes: n(st.episodes),
+            content_bytes: n(st.content_bytes),
+            quotas: vec![
+                usage("max_memories", st.active_memories, t.max_memories),
+                usage("max_episodes", st.episodes, t.max_episodes),
+                usage("max_content_bytes", st.content_bytes, t.max_content_bytes),
+            ],
+            rate_limits: vec![
+                usage("rate_limit_rps", 0, t.rate_limit_rps.into()),
+                usage("rate_limit_burst", 0, t.rate_limit_burst.into()),
+                usage("ingest_rate_limit_mps", 0, t.ingest_rate_limit_mps.into()),
+            ],
         }))
     }
 

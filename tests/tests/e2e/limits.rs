@@ -284,3 +284,157 @@ async fn without_redis_each_replica_limits_on_its_own() {
         "{metrics}"
     );
 }
+
+/// `name`'s entry in GetStats' quotas: (used, limit).
+async fn quota_usage(server: &TestServer, tenant: &str, name: &str) -> (u64, u64) {
+    let stats = server
+        .admin()
+        .admin()
+        .get_stats(pb::GetStatsRequest {
+            tenant_id: tenant.into(),
+        })
+        .await
+        .expect("stats")
+        .into_inner();
+    let q = stats
+        .quotas
+        .iter()
+        .find(|q| q.name == name)
+        .unwrap_or_else(|| panic!("no quota {name} in {stats:?}"));
+    (q.used, q.limit)
+}
+
+#[tokio::test]
+async fn an_episode_quota_holds_under_fifty_concurrent_ingests_and_stats_show_it() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    ingest(&client, messages("a", 4))
+        .await
+        .expect("before the quota");
+    assert_eq!(quota_usage(&server, &tenant, "max_episodes").await, (4, 0));
+    let err = server
+        .admin()
+        .admin()
+        .update_tenant(pb::UpdateTenantRequest {
+            tenant_id: tenant.clone(),
+            max_episodes: Some(2_000_000_000_000),
+            ..Default::default()
+        })
+        .await
+        .expect_err("too large");
+    assert_eq!(violated_field(&err).as_deref(), Some("max_episodes"));
+    let t = limit(
+        &server,
+        pb::UpdateTenantRequest {
+            tenant_id: tenant.clone(),
+            max_episodes: Some(5),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(t.max_episodes, 5);
+
+    // One episode left, fifty callers of two messages or one.
+    let attempts: Vec<_> = (0..50)
+        .map(|i| {
+            let c = client.clone();
+            let batch = messages(&format!("w{i}-"), 1 + i % 2);
+            tokio::spawn(async move { ingest(&c, batch).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for a in attempts {
+        results.push(a.await.expect("task"));
+    }
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(ok, 1, "exactly one call took the last episode");
+    for err in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains("max_episodes"), "{}", err.message());
+    }
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM episodes")
+        .fetch_one(server.pool())
+        .await
+        .expect("count");
+    assert_eq!(stored, 5, "nothing half-written");
+    assert_eq!(quota_usage(&server, &tenant, "max_episodes").await, (5, 5));
+    // A retried message is a duplicate, not a new episode: it needs no room.
+    ingest(&client, messages("a", 1)).await.expect("duplicate");
+}
+
+#[tokio::test]
+async fn a_content_quota_counts_messages_and_memory_versions() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    ingest(&client, messages("a", 2)).await.expect("ingest");
+    let teach = |content: &str| pb::TeachRequest {
+        user_id: "u".into(),
+        kind: pb::MemoryKind::Fact as i32,
+        content: content.into(),
+        ..Default::default()
+    };
+    client
+        .memory()
+        .teach(teach("Likes green tea"))
+        .await
+        .expect("teach");
+    // "message a0", "message a1" and one version of "Likes green tea".
+    let used = (2 * "message a0".len() + "Likes green tea".len()) as u64;
+    assert_eq!(
+        quota_usage(&server, &tenant, "max_content_bytes").await,
+        (used, 0)
+    );
+    limit(
+        &server,
+        pb::UpdateTenantRequest {
+            tenant_id: tenant.clone(),
+            max_content_bytes: Some(used + 20),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        quota_usage(&server, &tenant, "max_content_bytes").await,
+        (used, used + 20)
+    );
+    // 19 bytes fit; 19 more do not, and nothing of the refused write stays.
+    client
+        .memory()
+        .teach(teach("Plays the cello. 19"))
+        .await
+        .expect("fits");
+    let err = client
+        .memory()
+        .teach(teach("Speaks Portuguese."))
+        .await
+        .expect_err("past the quota");
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message().contains("max_content_bytes"),
+        "{}",
+        err.message()
+    );
+    let err = ingest(&client, messages("b", 1))
+        .await
+        .expect_err("past the quota");
+    assert!(
+        err.message().contains("max_content_bytes"),
+        "{}",
+        err.message()
+    );
+    assert_eq!(
+        quota_usage(&server, &tenant, "max_content_bytes").await,
+        (used + 19, used + 20)
+    );
+    // Lifting the quota lifts the bound.
+    limit(
+        &server,
+        pb::UpdateTenantRequest {
+            tenant_id: tenant.clone(),
+            max_content_bytes: Some(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    ingest(&client, messages("b", 1)).await.expect("no quota");
+}
