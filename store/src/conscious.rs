@@ -192,7 +192,7 @@ impl PgStore {
             .bind(now)
             .bind(settings.max_essential as i64)
             .bind(settings.min_confidence)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(scope.tenant_id).await?)
             .await
             .map_err(db_error)?;
         let essential = convert_all(rows)?;
@@ -213,7 +213,7 @@ impl PgStore {
                     .bind(session)
                     .bind(since)
                     .bind(settings.recent_turns as i64)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.conn(scope.tenant_id).await?)
                     .await
                     .map_err(db_error)?;
                 rows.reverse();

@@ -30,7 +30,7 @@ use crate::memories::{
     NewRow, audit, derived_from_edges, insert_memory, lock_user, record_versions, slot_holder,
     supersede, supersedes_edge,
 };
-use crate::{PgStore, db_error, write_vectors};
+use crate::{PgStore, Rows, db_error, write_vectors};
 
 /// (tenant, user, namespace) rows as scopes.
 pub(crate) fn scopes(rows: Vec<(Uuid, String, String)>) -> Vec<Scope> {
@@ -233,7 +233,7 @@ impl PgStore {
         let scope = &cmd.scope;
         let mode: String = sqlx::query_scalar("SELECT pii_mode FROM tenants WHERE id = $1")
             .bind(scope.tenant_id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn(scope.tenant_id).await?)
             .await
             .map_err(db_error)?
             .ok_or_else(|| Error::NotFound {
@@ -308,7 +308,7 @@ impl PgStore {
         .bind(&times)
         .bind(now)
         .bind(&speaker_is_user)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(scope.tenant_id).await?)
         .await
         .map_err(db_error)?;
 
@@ -327,7 +327,7 @@ impl PgStore {
             .bind(&scope.user_id)
             .bind(&scope.namespace)
             .bind(&retried)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(scope.tenant_id).await?)
             .await
             .map_err(db_error)?;
             for o in &mut out {
@@ -351,7 +351,7 @@ impl PgStore {
         )
         .bind(tenant_id)
         .bind(ids)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn(tenant_id).await?)
         .await
         .map_err(db_error)
     }
@@ -373,7 +373,7 @@ impl PgStore {
         )
         .bind(self.clock.now())
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(Rows::All).await?)
         .await
         .map_err(db_error)?;
         Ok(scopes(rows))
@@ -381,7 +381,7 @@ impl PgStore {
 
     /// Claims `scope` for extraction; `None` when another worker holds it.
     pub async fn claim_scope(&self, scope: &Scope) -> Result<Option<ScopeClaim>> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(scope.tenant_id).await?;
         let got: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
                 .bind(claim_key(scope))
@@ -404,7 +404,7 @@ impl PgStore {
         .bind(&scope.user_id)
         .bind(&scope.namespace)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(scope.tenant_id).await?)
         .await
         .map_err(db_error)
     }
@@ -429,7 +429,7 @@ impl PgStore {
         .bind(ep.occurred_at)
         .bind(ep.seq)
         .bind(n)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(ep.tenant_id).await?)
         .await
         .map_err(db_error)?;
         Ok(rows
@@ -469,7 +469,7 @@ impl PgStore {
             .bind(&e.model)
             .bind(Vector::from(e.vector.clone()))
             .bind(k)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(ep.tenant_id).await?)
             .await
             .map_err(db_error)?,
             None => Vec::new(),
@@ -510,7 +510,7 @@ impl PgStore {
             .collect();
         vectors.resize(extraction.candidates.len(), None);
 
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(ep.tenant_id).await?;
         lock_user(&mut tx, scope.tenant_id, &scope.user_id, &scope.namespace).await?;
         let pending: Option<bool> = sqlx::query_scalar(
             "SELECT extracted_at IS NULL AND extract_dead_at IS NULL FROM episodes \
@@ -768,7 +768,7 @@ impl PgStore {
     ) -> Result<Failure> {
         let now = self.clock.now();
         let attempts = ep.extract_attempts as u32 + 1;
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(ep.tenant_id).await?;
         if attempts >= policy.max_attempts {
             sqlx::query(
                 "UPDATE episodes SET extract_attempts = $2, extract_error = $3, extract_dead_at = $4 \
@@ -822,7 +822,7 @@ impl PgStore {
     /// completes or fails the claim.
     pub async fn claim_unembedded(&self, batch: i64) -> Result<Option<EmbedClaim>> {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(Rows::All).await?;
         #[allow(clippy::type_complexity)]
         let rows: Vec<(Uuid, Uuid, String, i32, Option<String>, DateTime<Utc>)> = sqlx::query_as(
             "SELECT id, tenant_id, content, embed_attempts, name, occurred_at FROM episodes \
@@ -868,7 +868,7 @@ impl PgStore {
                      WHERE embedding IS NULL AND embed_dead_at IS NULL ORDER BY seq LIMIT 1), 0)",
             )
             .bind(self.clock.now())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn(Rows::All).await?)
             .await
             .map_err(db_error)?;
         let age = |secs: f64| Duration::from_secs_f64(secs.max(0.0));
@@ -893,7 +893,7 @@ impl PgStore {
         )
         .bind(tenant_id)
         .bind(i64::try_from(cap).unwrap_or(i64::MAX))
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn(tenant_id).await?)
         .await
         .map_err(db_error)?;
         let n = n.max(0) as u64;
@@ -919,7 +919,7 @@ impl PgStore {
         .bind(after_time)
         .bind(after_id)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(tenant_id).await?)
         .await
         .map_err(db_error)?;
         Ok(rows
@@ -941,7 +941,7 @@ impl PgStore {
     /// Puts dead letters back on the queue (all of the tenant's when `ids` is empty): their
     /// episodes become pending again with a fresh attempt count. Returns how many.
     pub async fn replay_dead_letters(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<u64> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(tenant_id).await?;
         let replayed: Vec<(Uuid, String)> = sqlx::query_as(
             "DELETE FROM dead_letters WHERE tenant_id = $1 AND (cardinality($2::uuid[]) = 0 OR id = ANY($2)) \
              RETURNING episode_id, job",

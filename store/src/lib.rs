@@ -30,9 +30,12 @@ mod ttl;
 use std::sync::Arc;
 use std::time::Duration;
 
+use memoire_core::Result;
 use memoire_core::clock::{Clock, SystemClock};
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use uuid::Uuid;
 
 pub use cache::RedisCache;
 pub use conscious::{
@@ -82,6 +85,39 @@ pub struct PgSettings {
     pub acquire_timeout: Duration,
     /// `hnsw.ef_search` for every connection (approximate vector search).
     pub hnsw_ef_search: u32,
+}
+
+/// Whose rows a connection may touch: the row-level security policies (migration 0014) admit a
+/// row only when its tenant is the connection's `memoire.tenant` setting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    /// One tenant's.
+    Tenant(Uuid),
+    /// Every tenant's: the worker's queue, the periodic jobs, key lookup, the bootstrap admin.
+    All,
+}
+
+impl Rows {
+    /// The value of `memoire.tenant` (a UUID's canonical text, or `*`: nothing to quote).
+    fn setting(self) -> String {
+        match self {
+            Rows::Tenant(t) => t.to_string(),
+            Rows::All => "*".to_owned(),
+        }
+    }
+}
+
+impl From<Uuid> for Rows {
+    fn from(t: Uuid) -> Self {
+        Rows::Tenant(t)
+    }
+}
+
+impl From<Option<Uuid>> for Rows {
+    /// `None`: every tenant (the bootstrap admin's view).
+    fn from(t: Option<Uuid>) -> Self {
+        t.map_or(Rows::All, Rows::Tenant)
+    }
 }
 
 /// The Postgres store.
@@ -143,9 +179,40 @@ impl PgStore {
         self.clock.now()
     }
 
-    /// The pool, for health checks and tests.
+    /// The pool, for health checks and LISTEN. Its connections carry no row scope of their own:
+    /// what they may read depends on who used them last, so store code takes connections from
+    /// [`Self::conn`] and [`Self::begin`] only.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// A connection that sees `rows` (one tenant's, or all) under row-level security.
+    pub(crate) async fn conn(&self, rows: impl Into<Rows>) -> Result<PoolConnection<Postgres>> {
+        let rows = rows.into();
+        let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        sqlx::raw_sql(AssertSqlSafe(format!(
+            "SET memoire.tenant = '{}'",
+            rows.setting()
+        )))
+        .execute(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        Ok(conn)
+    }
+
+    /// A transaction that sees `rows`: the setting is local to it, sent with its BEGIN.
+    pub(crate) async fn begin(
+        &self,
+        rows: impl Into<Rows>,
+    ) -> Result<Transaction<'static, Postgres>> {
+        let rows = rows.into();
+        self.pool
+            .begin_with(AssertSqlSafe(format!(
+                "BEGIN; SET LOCAL memoire.tenant = '{}'",
+                rows.setting()
+            )))
+            .await
+            .map_err(db_error)
     }
 
     /// Whether Postgres answers.

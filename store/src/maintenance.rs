@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::episodes::scopes;
 use crate::memories::{audit, delete_episodes, expire, lock_user, record_versions};
 use crate::rows::{MEMORY_COLUMNS, MemoryRow, convert_all, last_accessed};
-use crate::{PgStore, db_error, write_vectors};
+use crate::{PgStore, Rows, db_error, write_vectors};
 
 /// Which part of the data a job runs on: everything, one tenant, or one user of a tenant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -50,7 +50,7 @@ impl PgStore {
         )
         .bind(f.tenant_id)
         .bind(&f.user_id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(f.tenant_id).await?)
         .await
         .map_err(db_error)?;
         Ok(scopes(rows))
@@ -65,7 +65,7 @@ impl PgStore {
         let scopes = self.memory_scopes(f).await?;
         let mut changed = Vec::new();
         for scope in &scopes {
-            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let mut tx = self.begin(scope.tenant_id).await?;
             lock_user(&mut tx, scope.tenant_id, &scope.user_id, &scope.namespace).await?;
             let sql = format!(
                 "SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant_id = $1 AND user_id = $2 \
@@ -138,7 +138,7 @@ impl PgStore {
         let (mut decayed, mut below) = (0u64, 0u64);
         let mut changed = Scopes::new();
         loop {
-            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let mut tx = self.begin(f.tenant_id).await?;
             let rows: Vec<(Uuid, Uuid, String, String, f32, f32)> = sqlx::query_as(concat!(
                 "WITH batch AS ( \
                    SELECT id, confidence AS before FROM memories \
@@ -219,7 +219,7 @@ impl PgStore {
         }
         let mut by_policy = 0u64;
         loop {
-            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let mut tx = self.begin(f.tenant_id).await?;
             let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(concat!(
                 "SELECT m.id, m.tenant_id, m.user_id, m.namespace FROM memories m \
                  JOIN tenants t ON t.id = m.tenant_id \
@@ -256,7 +256,7 @@ impl PgStore {
         }
         let mut episodes = 0u64;
         loop {
-            let mut tx = self.pool.begin().await.map_err(db_error)?;
+            let mut tx = self.begin(f.tenant_id).await?;
             let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(
                 "SELECT e.id, e.tenant_id, e.user_id, e.namespace FROM episodes e \
                  JOIN tenants t ON t.id = e.tenant_id \
@@ -302,7 +302,7 @@ impl PgStore {
         f: &JobScope,
         batch: i64,
     ) -> Result<Option<VectorClaim>> {
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(f.tenant_id).await?;
         let (text_sql, stale) = match table {
             VectorTable::Memories => (
                 "content, subject, slot, NULL::timestamptz",
@@ -380,7 +380,7 @@ impl PgStore {
         .bind(&f.user_id)
         .bind(min_turns)
         .bind(quiet_since)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(f.tenant_id).await?)
         .await
         .map_err(db_error)?;
         Ok(sessions
@@ -416,7 +416,7 @@ impl PgStore {
         .bind(&scope.user_id)
         .bind(&scope.namespace)
         .bind(session)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn(scope.tenant_id).await?)
         .await
         .map_err(db_error)?;
         Ok(rows
@@ -444,7 +444,7 @@ impl PgStore {
         .bind(&scope.namespace)
         .bind(slot)
         .bind(episode)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn(scope.tenant_id).await?)
         .await
         .map_err(db_error)
     }
@@ -465,7 +465,7 @@ impl PgStore {
         .bind(memory)
         .bind(episodes)
         .bind(self.clock.now())
-        .execute(&self.pool)
+        .execute(&mut *self.conn(tenant_id).await?)
         .await
         .map_err(db_error)?;
         Ok(())
@@ -482,7 +482,7 @@ impl PgStore {
         .bind(&f.user_id)
         .bind(job)
         .bind(self.clock.now())
-        .execute(&self.pool)
+        .execute(&mut *self.conn(f.tenant_id).await?)
         .await
         .map_err(db_error)?;
         Ok(())
@@ -501,7 +501,7 @@ impl PgStore {
         .bind(status)
         .bind(body)
         .bind(self.clock.now())
-        .execute(&self.pool)
+        .execute(&mut *self.conn(Rows::All).await?)
         .await
         .map_err(db_error)?;
         Ok(())

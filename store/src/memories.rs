@@ -24,7 +24,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::rows::{MEMORY_COLUMNS, MemoryRow, VERSION_COLUMNS, VersionRow, convert_all};
-use crate::{PgStore, db_error};
+use crate::{PgStore, Rows, db_error};
 
 /// The reason of an `expire` version when `expires_at` passed.
 const EXPIRY_PASSED: &str = "expiry time passed";
@@ -385,7 +385,7 @@ impl PgStore {
         let now = self.clock.now();
         let key = content_key(&new.content);
         let (vector, model) = embedding.map(|e| (Vector::from(e.vector), e.model)).unzip();
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(scope.tenant_id).await?;
         lock_user(&mut tx, scope.tenant_id, &scope.user_id, &scope.namespace).await?;
 
         let mut holder = None;
@@ -536,7 +536,7 @@ impl PgStore {
             what: "memory",
             id: memory_id.to_string(),
         };
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(scope.tenant_id).await?;
         // Read without a lock to learn the memory's namespace, lock its user+namespace, then re-read locked.
         let current = fetch_memory(&mut tx, scope.tenant_id, memory_id, false)
             .await?
@@ -719,7 +719,7 @@ impl PgStore {
     pub async fn forget(&self, cmd: Forget, actor: &str) -> Result<(ForgetResult, Vec<Scope>)> {
         let now = self.clock.now();
         let tenant = cmd.tenant_id;
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(tenant).await?;
         // Tombstoning only touches what is still visible; purge erases whatever state it is in.
         let statuses: &[&str] = match cmd.mode {
             ForgetMode::Tombstone => CURRENT_AND_SUPERSEDED,
@@ -955,7 +955,7 @@ impl PgStore {
             .bind(id)
             .bind(CURRENT_AND_SUPERSEDED)
             .bind(self.clock.now())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn(tenant_id).await?)
             .await
             .map_err(db_error)?;
         row.ok_or_else(|| Error::NotFound {
@@ -1014,7 +1014,7 @@ impl PgStore {
             .push_bind(q.page_size as i64 + 1);
         let rows: Vec<MemoryRow> = b
             .build_query_as()
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(q.tenant_id).await?)
             .await
             .map_err(db_error)?;
         let mut memories: Vec<Memory> = convert_all(rows)?;
@@ -1038,7 +1038,7 @@ impl PgStore {
         let rows: Vec<VersionRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(tenant_id)
             .bind(memory_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(tenant_id).await?)
             .await
             .map_err(db_error)?;
         if rows.is_empty() {
@@ -1055,7 +1055,7 @@ impl PgStore {
     /// other's rows.
     pub async fn expire_due(&self, batch: i64) -> Result<u64> {
         let now = self.clock.now();
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(Rows::All).await?;
         let ids: Vec<Uuid> = sqlx::query_scalar(
             "SELECT id FROM memories WHERE status = 'active' AND expires_at <= $1 \
              ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",

@@ -21,7 +21,7 @@ use memoire_core::command::RecallQuery;
 use memoire_core::model::Memory;
 use memoire_core::recall::{Candidate, EpisodeHit, Item};
 use pgvector::Vector;
-use sqlx::{PgPool, Postgres, QueryBuilder};
+use sqlx::{Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::rows::{
@@ -201,7 +201,7 @@ fn scope_key(table: Table, q: &RecallQuery, model: &str) -> String {
 impl StatsCache {
     async fn get(
         &self,
-        pool: &PgPool,
+        store: &PgStore,
         table: Table,
         q: &RecallQuery,
         model: &str,
@@ -221,7 +221,7 @@ impl StatsCache {
             .bind(&q.user_id)
             .bind(&q.namespaces)
             .bind(model)
-            .fetch_one(pool)
+            .fetch_one(&mut *store.conn(q.tenant_id).await?)
             .await
             .map_err(db_error)?;
         let stats = ScopeStats {
@@ -251,7 +251,7 @@ fn has_filters(q: &RecallQuery) -> bool {
 /// documents (statistics still over the whole scope), so that a candidate that vector search
 /// found gets its real text score too.
 async fn bm25(
-    pool: &PgPool,
+    store: &PgStore,
     table: Table,
     q: &RecallQuery,
     stats: ScopeStats,
@@ -318,13 +318,20 @@ async fn bm25(
     if only.is_some() {
         // The documents named are candidates already, found within the scope.
         b.push(") SELECT doc_id, score FROM scored");
-        return b.build_query_as().fetch_all(pool).await.map_err(db_error);
+        return b
+            .build_query_as()
+            .fetch_all(&mut *store.conn(q.tenant_id).await?)
+            .await
+            .map_err(db_error);
     }
     b.push(") SELECT m.id, s.score");
     push_scope(&mut b, table, q, now, true);
     b.push(" ORDER BY s.score DESC, m.id LIMIT ")
         .push_bind(q.candidates as i64);
-    b.build_query_as().fetch_all(pool).await.map_err(db_error)
+    b.build_query_as()
+        .fetch_all(&mut *store.conn(q.tenant_id).await?)
+        .await
+        .map_err(db_error)
 }
 
 /// An episode's turns said just before and just after it in its session (by time, then by the
@@ -347,7 +354,7 @@ fn adjacent_turns(alias: &str) -> String {
 }
 
 /// The turns said just before and just after each episode of `ids`.
-async fn neighbours(pool: &PgPool, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<Adjacent>> {
+async fn neighbours(store: &PgStore, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<Adjacent>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -358,14 +365,14 @@ async fn neighbours(pool: &PgPool, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(tenant_id)
         .bind(ids)
-        .fetch_all(pool)
+        .fetch_all(&mut *store.conn(tenant_id).await?)
         .await
         .map_err(db_error)
 }
 
 /// The cosine similarity of `vector` to each of `ids` that has a vector of the model.
 async fn cosines(
-    pool: &PgPool,
+    store: &PgStore,
     table: Table,
     tenant_id: Uuid,
     ids: &[Uuid],
@@ -385,7 +392,7 @@ async fn cosines(
         .bind(ids)
         .bind(Vector::from(vector.to_vec()))
         .bind(&settings.model)
-        .fetch_all(pool)
+        .fetch_all(&mut *store.conn(tenant_id).await?)
         .await
         .map_err(db_error)
 }
@@ -395,7 +402,7 @@ async fn cosines(
 /// the neighbouring turns cost no round trip after the vector search).
 #[allow(clippy::too_many_arguments)]
 async fn nearest(
-    pool: &PgPool,
+    store: &PgStore,
     table: Table,
     q: &RecallQuery,
     vector: &[f32],
@@ -444,7 +451,10 @@ async fn nearest(
     b.push_bind(q.candidates as i64);
     // Iterative scans may return neighbours slightly out of order: order them here.
     b.push(") x ORDER BY x.sim DESC, x.id");
-    b.build_query_as().fetch_all(pool).await.map_err(db_error)
+    b.build_query_as()
+        .fetch_all(&mut *store.conn(q.tenant_id).await?)
+        .await
+        .map_err(db_error)
 }
 
 /// Records how long one stage of Recall took, in `memoire_recall_stage_seconds{stage, table}`
@@ -539,23 +549,13 @@ impl PgStore {
         let stats = staged(
             "scope_stats",
             table,
-            self.stats_cache.get(&self.pool, table, q, &vs.model),
+            self.stats_cache.get(self, table, q, &vs.model),
         )
         .await?;
-        let hits = staged(
-            "full_text",
-            table,
-            bm25(&self.pool, table, q, stats, now, None),
-        )
-        .await?;
+        let hits = staged("full_text", table, bm25(self, table, q, stats, now, None)).await?;
         let adjacent = if with_context(table, q) {
             let ids: Vec<Uuid> = hits.iter().map(|(id, _)| *id).collect();
-            staged(
-                "neighbours",
-                table,
-                neighbours(&self.pool, q.tenant_id, &ids),
-            )
-            .await?
+            staged("neighbours", table, neighbours(self, q.tenant_id, &ids)).await?
         } else {
             Vec::new()
         };
@@ -587,7 +587,7 @@ impl PgStore {
                 staged(
                     "vector",
                     table,
-                    nearest(&self.pool, table, q, v, vs, stats, now, context),
+                    nearest(self, table, q, v, vs, stats, now, context),
                 )
                 .await?
             }
@@ -648,11 +648,11 @@ impl PgStore {
             staged(
                 "text_scores",
                 table,
-                bm25(&self.pool, table, q, stats, now, Some(&no_text))
+                bm25(self, table, q, stats, now, Some(&no_text))
             ),
             staged("vector_scores", table, async {
                 match vector {
-                    Some(v) => cosines(&self.pool, table, q.tenant_id, &no_vector, v, vs).await,
+                    Some(v) => cosines(self, table, q.tenant_id, &no_vector, v, vs).await,
                     None => Ok(Vec::new()),
                 }
             }),
@@ -694,7 +694,7 @@ impl PgStore {
         let rows: Vec<MemoryRow> = match q.as_of {
             None => {
                 let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant_id = $1 AND id = ANY($2)");
-                sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(q.tenant_id).bind(ids).fetch_all(&self.pool).await
+                sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(q.tenant_id).bind(ids).fetch_all(&mut *self.conn(q.tenant_id).await?).await
             }
             Some(as_of) => {
                 // Every field a version records comes from the version in force at `as_of`.
@@ -713,7 +713,7 @@ impl PgStore {
                 .bind(q.tenant_id)
                 .bind(ids)
                 .bind(as_of)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn(q.tenant_id).await?)
                 .await
             }
         }
@@ -729,7 +729,7 @@ impl PgStore {
         let rows: Vec<EpisodeRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(tenant_id)
             .bind(ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(tenant_id).await?)
             .await
             .map_err(db_error)?;
         rows.into_iter()
@@ -756,7 +756,7 @@ impl PgStore {
         .bind(tenant_id)
         .bind(ids)
         .bind(self.clock.now())
-        .execute(&self.pool)
+        .execute(&mut *self.conn(tenant_id).await?)
         .await
         .map_err(db_error)?;
         Ok(())

@@ -4,7 +4,7 @@ use memoire_core::Error;
 use sha2::{Digest, Sha256};
 use sqlx::AssertSqlSafe;
 
-use crate::{PgStore, db_error};
+use crate::{PgStore, Rows, db_error};
 
 /// The migrations in `migrations/` at the repository root, embedded at build time.
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -24,7 +24,23 @@ impl PgStore {
         MIGRATOR.run(&self.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => db_error(e),
             other => Error::Internal(format!("migration failed: {other}")),
-        })
+        })?;
+        // Row-level security (migration 0014) does not hold back a superuser or a BYPASSRLS role.
+        let (superuser, bypass): (bool, bool) = sqlx::query_as(
+            "SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if superuser || bypass {
+            tracing::warn!(
+                superuser,
+                bypass_rls = bypass,
+                "the database role bypasses row-level security: tenant isolation rests on the \
+                 queries alone; connect as a role without SUPERUSER and BYPASSRLS"
+            );
+        }
+        Ok(())
     }
 
     /// Creates, when missing, the HNSW cosine indexes of memories and episodes for the embedding
@@ -47,7 +63,7 @@ impl PgStore {
                 "must be between 1 and 16000",
             ));
         }
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(Rows::All).await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(INDEX_LOCK_KEY)
             .execute(&mut *tx)

@@ -10,7 +10,7 @@ use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
 use crate::rows::{KEY_COLUMNS, KeyRow, PrincipalRow, TENANT_COLUMNS, TenantRow, convert_all};
-use crate::{PgStore, db_error};
+use crate::{PgStore, Rows, db_error};
 
 /// The prefix every Mémoire API key secret starts with, so that leaked keys are recognisable.
 const SECRET_PREFIX: &str = "mem_";
@@ -90,7 +90,7 @@ impl PgStore {
             .bind(Uuid::now_v7())
             .bind(name)
             .bind(self.clock.now())
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn(Rows::All).await?)
             .await
             .map_err(|e| match db_error(e) {
                 Error::AlreadyExists(_) => {
@@ -108,7 +108,7 @@ impl PgStore {
                 let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE name = $1");
                 let row: TenantRow = sqlx::query_as(AssertSqlSafe(sql))
                     .bind(name)
-                    .fetch_one(&self.pool)
+                    .fetch_one(&mut *self.conn(Rows::All).await?)
                     .await
                     .map_err(db_error)?;
                 row.try_into()
@@ -122,7 +122,7 @@ impl PgStore {
         let sql = format!("SELECT {TENANT_COLUMNS} FROM tenants WHERE id = $1");
         let row: Option<TenantRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn(id).await?)
             .await
             .map_err(db_error)?;
         found(row, id)
@@ -142,7 +142,7 @@ impl PgStore {
              WHERE id = $1 RETURNING {TENANT_COLUMNS}"
         );
         let int = |d: Option<u32>| d.map(|d| d.min(i32::MAX as u32) as i32);
-        let mut tx = self.pool.begin().await.map_err(db_error)?;
+        let mut tx = self.begin(id).await?;
         if let Some(max) = u.max_memories {
             let max = i64::try_from(max).unwrap_or(i64::MAX);
             if max > 0 {
@@ -229,7 +229,7 @@ impl PgStore {
         );
         let rows: Vec<TenantRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(only)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(only).await?)
             .await
             .map_err(db_error)?;
         convert_all(rows)
@@ -264,7 +264,7 @@ impl PgStore {
             .bind(hash_secret(&secret).as_slice())
             .bind(self.clock.now())
             .bind(i32::try_from(rate_limit_rps).unwrap_or(i32::MAX))
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn(tenant_id).await?)
             .await
             .map_err(db_error)?;
         Ok(NewApiKey {
@@ -280,7 +280,7 @@ impl PgStore {
         );
         let rows: Vec<KeyRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(tenant_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn(tenant_id).await?)
             .await
             .map_err(db_error)?;
         convert_all(rows)
@@ -296,7 +296,7 @@ impl PgStore {
             .bind(key_id)
             .bind(tenant_id)
             .bind(self.clock.now())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn(tenant_id).await?)
             .await
             .map_err(db_error)?;
         self.principals.0.clear();
@@ -328,7 +328,7 @@ impl PgStore {
              WHERE k.secret_hash = $1 AND k.revoked_at IS NULL",
         )
         .bind(hash.as_slice())
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn(Rows::All).await?)
         .await
         .map_err(db_error)?;
         let principal = row.map(Principal::try_from).transpose()?;
@@ -366,7 +366,7 @@ impl PgStore {
                        WHERE tenant_id = $1)::bigint)",
             )
             .bind(tenant_id)
-            .fetch_one(&self.pool)
+            .fetch_one(&mut *self.conn(tenant_id).await?)
             .await
             .map_err(db_error)?;
         Ok(Stats {

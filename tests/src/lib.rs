@@ -73,6 +73,9 @@ pub struct TestServer {
     /// How clients reach a TLS server: the CA to trust and, for mTLS, a client certificate
     /// (`None`: plaintext).
     pub tls: Option<ClientTls>,
+    /// Connections that see every tenant's rows (row-level security's `*`), for tests that look
+    /// at tables directly.
+    inspect: PgPool,
     db_name: String,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
@@ -150,7 +153,20 @@ impl TestServer {
                 let _ = rx.await;
             },
         ));
+        let inspect = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql("SET memoire.tenant = '*'")
+                        .execute(conn)
+                        .await
+                        .map(|_| ())
+                })
+            })
+            .connect_lazy(&database_url)
+            .expect("inspection pool");
         let server = TestServer {
+            inspect,
             grpc_addr,
             http_addr,
             admin_key,
@@ -307,9 +323,10 @@ impl TestServer {
         }
     }
 
-    /// The test database's pool, for looking at tables directly.
+    /// A pool on the test database that sees every tenant's rows, for looking at tables
+    /// directly.
     pub fn pool(&self) -> &PgPool {
-        self.store.pool()
+        &self.inspect
     }
 
     /// Stops the server gracefully and returns how it ended.
@@ -335,7 +352,7 @@ impl Drop for TestServer {
         // Drop the database from a thread of its own: Drop cannot await, and the test's runtime
         // may be single-threaded.
         let (base, db) = (base_database_url(), self.db_name.clone());
-        let pool = self.store.pool().clone();
+        let pools = [self.store.pool().clone(), self.inspect.clone()];
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -347,7 +364,9 @@ impl Drop for TestServer {
                 // A connection the server was still returning to the pool when the test ended
                 // cannot come back: its return task is queued on the test's runtime, which this
                 // drop is blocking. Close what can be closed; FORCE ends the rest.
-                let _ = tokio::time::timeout(Duration::from_millis(500), pool.close()).await;
+                for pool in pools {
+                    let _ = tokio::time::timeout(Duration::from_millis(500), pool.close()).await;
+                }
                 if let Ok(mut conn) = PgConnection::connect(&base).await {
                     let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                         "DROP DATABASE IF EXISTS {db} WITH (FORCE)"

@@ -8,7 +8,7 @@ use memoire_core::command::{Ingest, MemoryPatch, NewEpisode, NewMemory};
 use memoire_core::embed::Embedding;
 use memoire_core::model::{Basis, ForgetMode, MemoryKind, MessageRole, Scope};
 use memoire_store::{Correction, JobScope, RetryPolicy, VectorTable};
-use memoire_tests::TestServer;
+use memoire_tests::{TestServer, proto as pb};
 
 fn vector(x: f32) -> Vec<f32> {
     let mut v = vec![0.0; 384];
@@ -359,4 +359,123 @@ async fn a_revoked_key_is_refused_at_once_here_and_within_the_cache_ttl_on_anoth
             .is_none(),
         "another replica refuses within the cache's lifetime"
     );
+}
+
+/// Row-level security on its own: a connection of the service role with another tenant's
+/// setting, or none, sees none of a tenant's rows and cannot write one, whatever its WHERE says.
+#[tokio::test]
+async fn row_level_security_is_a_wall_of_its_own() {
+    use sqlx::Connection as _;
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (a, client) = server.tenant("a", pb::KeyRole::Writer).await;
+    let (b, _) = server.tenant("b", pb::KeyRole::Writer).await;
+    client
+        .memory()
+        .teach(pb::TeachRequest {
+            user_id: "u".into(),
+            kind: pb::MemoryKind::Fact as i32,
+            content: "Keeps bees".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("teach");
+    client
+        .memory()
+        .ingest(pb::IngestRequest {
+            user_id: "u".into(),
+            session_id: "s".into(),
+            messages: vec![pb::Message {
+                role: pb::MessageRole::User as i32,
+                content: "I keep bees.".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("ingest");
+
+    let mut conn = sqlx::PgConnection::connect(&server.database_url)
+        .await
+        .expect("connect");
+    // The wall only stands for a role that cannot bypass it.
+    let (superuser, bypass): (bool, bool) =
+        sqlx::query_as("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user")
+            .fetch_one(&mut conn)
+            .await
+            .expect("role");
+    assert!(
+        !superuser && !bypass,
+        "the test role must be subject to RLS"
+    );
+
+    for (t, n) in rls_counts(&mut conn, &a, None).await {
+        assert_eq!(n, 0, "{t} with no setting");
+    }
+    for (t, n) in rls_counts(&mut conn, &a, Some(&b)).await {
+        assert_eq!(n, 0, "{t} as the other tenant");
+    }
+    let own = rls_counts(&mut conn, &a, Some(&a)).await;
+    for t in [
+        "tenants",
+        "api_keys",
+        "memories",
+        "memory_versions",
+        "episodes",
+    ] {
+        assert!(
+            own.iter().any(|(name, n)| *name == t && *n > 0),
+            "{t} as its tenant: {own:?}"
+        );
+    }
+    // Writing another tenant's row is refused by the policy's check.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET memoire.tenant = '{b}'")))
+        .execute(&mut conn)
+        .await
+        .expect("set");
+    let err = sqlx::query(
+        "INSERT INTO edges (tenant_id, src_type, src_id, relation, dst_type, dst_id, created_at) \
+         VALUES ($1::uuid, 'memory', gen_random_uuid(), 'relates_to', 'memory', gen_random_uuid(), now())",
+    )
+    .bind(&a)
+    .execute(&mut conn)
+    .await
+    .expect_err("a row of another tenant");
+    assert!(err.to_string().contains("row-level security"), "{err}");
+}
+
+/// Each tenant table's count of `tenant`'s rows, as a connection with `setting` (or none) sees it.
+async fn rls_counts(
+    conn: &mut sqlx::PgConnection,
+    tenant: &str,
+    setting: Option<&str>,
+) -> Vec<(&'static str, i64)> {
+    if let Some(s) = setting {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("SET memoire.tenant = '{s}'")))
+            .execute(&mut *conn)
+            .await
+            .expect("set");
+    }
+    let mut out = Vec::new();
+    for t in [
+        "tenants",
+        "api_keys",
+        "memories",
+        "memory_versions",
+        "episodes",
+        "memory_terms",
+        "episode_terms",
+        "audit_log",
+        "edges",
+    ] {
+        let column = if t == "tenants" { "id" } else { "tenant_id" };
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT count(*) FROM {t} WHERE {column} = $1::uuid"
+        )))
+        .bind(tenant)
+        .fetch_one(&mut *conn)
+        .await
+        .expect("count");
+        out.push((t, n));
+    }
+    out
 }
