@@ -1,7 +1,7 @@
 # The commands the README and CI use. `make run` and `make test` set up what is missing first.
 EVAL_DATA ?= ../shared/data/locomo-dev
 
-.PHONY: setup run test wheel eval bench bench-recall bench-ingest bench-conscious bench-sdk python-sdk build release lint fmt migrate check-config
+.PHONY: setup run test wheel eval bench bench-recall bench-ingest bench-conscious bench-tenancy bench-sdk python-sdk build release lint fmt migrate check-config
 
 MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
 export MEMOIRE_ADMIN_KEY
@@ -22,7 +22,7 @@ eval: setup
 	cargo run --release --locked -p memoire-tests --bin eval -- $(EVAL_DATA)
 
 # Benchmarks run in release against the set-up services; they print p50/p95/p99 and throughput.
-bench: bench-ingest bench-conscious bench-recall
+bench: bench-ingest bench-conscious bench-recall bench-tenancy
 
 bench-recall: setup
 	cargo run --release --locked -p memoire-tests --bin recall-bench
@@ -32,6 +32,10 @@ bench-ingest: setup
 
 bench-conscious: setup
 	cargo run --release --locked -p memoire-tests --bin conscious-bench
+
+# Teach and Recall with row-level security and rate limits on, beside both off, in one run.
+bench-tenancy: setup
+	cargo run --release --locked -p memoire-tests --bin tenancy-bench
 
 # What the Python SDK adds to a Recall over plain grpcio (against the release server).
 bench-sdk: release python-sdk

@@ -6,13 +6,13 @@
 -- visible. FORCE applies the policies to the tables' owner too: the service role must not be a
 -- superuser nor have BYPASSRLS (scripts/setup.sh creates it so).
 
-CREATE FUNCTION memoire_visible(tenant uuid) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT CASE current_setting('memoire.tenant', true)
-        WHEN '*' THEN true
-        WHEN '' THEN false
-        ELSE tenant = current_setting('memoire.tenant', true)::uuid
-    END
+-- The setting is read once per statement, not once per row: each scalar subquery below becomes
+-- an InitPlan, and a row costs one uuid comparison (which indexes can use, too).
+CREATE FUNCTION memoire_all_tenants() RETURNS boolean LANGUAGE sql STABLE AS $$
+    SELECT coalesce(current_setting('memoire.tenant', true) = '*', false)
+$$;
+CREATE FUNCTION memoire_tenant() RETURNS uuid LANGUAGE sql STABLE AS $$
+    SELECT nullif(nullif(current_setting('memoire.tenant', true), ''), '*')::uuid
 $$;
 
 DO $$
@@ -25,12 +25,15 @@ BEGIN
     LOOP
         EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', t);
         EXECUTE format('ALTER TABLE %I FORCE ROW LEVEL SECURITY', t);
-        EXECUTE format('CREATE POLICY tenant_rows ON %I USING (memoire_visible(tenant_id)) '
-                       'WITH CHECK (memoire_visible(tenant_id))', t);
+        EXECUTE format('CREATE POLICY tenant_rows ON %I '
+                       'USING ((SELECT memoire_all_tenants()) OR tenant_id = (SELECT memoire_tenant())) '
+                       'WITH CHECK ((SELECT memoire_all_tenants()) OR tenant_id = (SELECT memoire_tenant()))', t);
     END LOOP;
 END
 $$;
 
 ALTER TABLE tenants ENABLE ROW LEVEL SECURITY;
 ALTER TABLE tenants FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_rows ON tenants USING (memoire_visible(id)) WITH CHECK (memoire_visible(id));
+CREATE POLICY tenant_rows ON tenants
+    USING ((SELECT memoire_all_tenants()) OR id = (SELECT memoire_tenant()))
+    WITH CHECK ((SELECT memoire_all_tenants()) OR id = (SELECT memoire_tenant()));

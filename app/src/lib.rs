@@ -64,6 +64,7 @@ async fn connect_with(config: &Config, max_connections: u32) -> anyhow::Result<P
         max_connections,
         acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
         hnsw_ef_search: config.recall_hnsw_ef_search,
+        row_level_security: config.database_row_level_security,
     })
     .await
     .with_context(|| {

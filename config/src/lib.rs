@@ -50,6 +50,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "how long a request waits for a pooled connection before UNAVAILABLE",
     ),
     (
+        "database_row_level_security",
+        "scope every connection to the caller's tenant for Postgres row-level security (a second wall behind the queries' own filters; one round trip per connection taken). Off: connections see every tenant, for poolers that do not keep session settings",
+    ),
+    (
         "redis_url",
         "Redis URL (working memory and caches; losing it loses nothing)",
     ),
@@ -387,6 +391,7 @@ pub struct Config {
     pub database_url: String,
     pub database_max_connections: u32,
     pub database_acquire_timeout_ms: u64,
+    pub database_row_level_security: bool,
     pub redis_url: String,
     pub admin_key: Option<String>,
     pub page_token_secret: Option<String>,
@@ -475,6 +480,7 @@ impl Default for Config {
             database_url: "postgres://memoire:memoire@127.0.0.1:5432/memoire".into(),
             database_max_connections: 16,
             database_acquire_timeout_ms: 5_000,
+            database_row_level_security: true,
             redis_url: "redis://127.0.0.1:6379".into(),
             admin_key: None,
             page_token_secret: None,

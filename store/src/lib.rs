@@ -85,6 +85,9 @@ pub struct PgSettings {
     pub acquire_timeout: Duration,
     /// `hnsw.ef_search` for every connection (approximate vector search).
     pub hnsw_ef_search: u32,
+    /// Whether each connection handed out is scoped to its caller's tenant for row-level
+    /// security (off: every connection sees every tenant, and isolation rests on the queries).
+    pub row_level_security: bool,
 }
 
 /// Whose rows a connection may touch: the row-level security policies (migration 0014) admit a
@@ -124,6 +127,9 @@ impl From<Option<Uuid>> for Rows {
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// Whether connections are scoped per call (row-level security on); otherwise each sees
+    /// every tenant from its start.
+    scoped: bool,
     clock: Arc<dyn Clock>,
     stats_cache: Arc<recall::StatsCache>,
     principals: Arc<tenants::PrincipalCache>,
@@ -143,19 +149,35 @@ impl PgStore {
             ("hnsw.iterative_scan", "relaxed_order".to_owned()),
             ("hnsw.ef_search", settings.hnsw_ef_search.to_string()),
         ]);
-        let pool = PgPoolOptions::new()
+        let mut pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout)
-            .connect_with(options)
-            .await
-            .map_err(db_error)?;
-        Ok(Self::from_pool(pool))
+            .acquire_timeout(settings.acquire_timeout);
+        if !settings.row_level_security {
+            // One scope for the connection's life: every tenant.
+            pool = pool.after_connect(|conn, _| {
+                Box::pin(async move {
+                    sqlx::raw_sql(AssertSqlSafe(format!(
+                        "SET memoire.tenant = '{}'",
+                        Rows::All.setting()
+                    )))
+                    .execute(conn)
+                    .await
+                    .map(|_| ())
+                })
+            });
+        }
+        let pool = pool.connect_with(options).await.map_err(db_error)?;
+        Ok(PgStore {
+            scoped: settings.row_level_security,
+            ..Self::from_pool(pool)
+        })
     }
 
-    /// Wraps an existing pool, with the system clock.
+    /// Wraps an existing pool, with the system clock, scoping each connection it hands out.
     pub fn from_pool(pool: PgPool) -> Self {
         PgStore {
             pool,
+            scoped: true,
             clock: Arc::new(SystemClock),
             stats_cache: Arc::default(),
             principals: Arc::default(),
@@ -190,6 +212,9 @@ impl PgStore {
     pub(crate) async fn conn(&self, rows: impl Into<Rows>) -> Result<PoolConnection<Postgres>> {
         let rows = rows.into();
         let mut conn = self.pool.acquire().await.map_err(db_error)?;
+        if !self.scoped {
+            return Ok(conn);
+        }
         sqlx::raw_sql(AssertSqlSafe(format!(
             "SET memoire.tenant = '{}'",
             rows.setting()
@@ -206,6 +231,9 @@ impl PgStore {
         rows: impl Into<Rows>,
     ) -> Result<Transaction<'static, Postgres>> {
         let rows = rows.into();
+        if !self.scoped {
+            return self.pool.begin().await.map_err(db_error);
+        }
         self.pool
             .begin_with(AssertSqlSafe(format!(
                 "BEGIN; SET LOCAL memoire.tenant = '{}'",

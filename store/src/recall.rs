@@ -21,7 +21,8 @@ use memoire_core::command::RecallQuery;
 use memoire_core::model::Memory;
 use memoire_core::recall::{Candidate, EpisodeHit, Item};
 use pgvector::Vector;
-use sqlx::{Postgres, QueryBuilder};
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::rows::{
@@ -201,7 +202,7 @@ fn scope_key(table: Table, q: &RecallQuery, model: &str) -> String {
 impl StatsCache {
     async fn get(
         &self,
-        store: &PgStore,
+        conn: &mut PgConnection,
         table: Table,
         q: &RecallQuery,
         model: &str,
@@ -221,7 +222,7 @@ impl StatsCache {
             .bind(&q.user_id)
             .bind(&q.namespaces)
             .bind(model)
-            .fetch_one(&mut *store.conn(q.tenant_id).await?)
+            .fetch_one(&mut *conn)
             .await
             .map_err(db_error)?;
         let stats = ScopeStats {
@@ -251,7 +252,7 @@ fn has_filters(q: &RecallQuery) -> bool {
 /// documents (statistics still over the whole scope), so that a candidate that vector search
 /// found gets its real text score too.
 async fn bm25(
-    store: &PgStore,
+    conn: &mut PgConnection,
     table: Table,
     q: &RecallQuery,
     stats: ScopeStats,
@@ -320,7 +321,7 @@ async fn bm25(
         b.push(") SELECT doc_id, score FROM scored");
         return b
             .build_query_as()
-            .fetch_all(&mut *store.conn(q.tenant_id).await?)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error);
     }
@@ -329,7 +330,7 @@ async fn bm25(
     b.push(" ORDER BY s.score DESC, m.id LIMIT ")
         .push_bind(q.candidates as i64);
     b.build_query_as()
-        .fetch_all(&mut *store.conn(q.tenant_id).await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error)
 }
@@ -354,7 +355,11 @@ fn adjacent_turns(alias: &str) -> String {
 }
 
 /// The turns said just before and just after each episode of `ids`.
-async fn neighbours(store: &PgStore, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<Adjacent>> {
+async fn neighbours(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<Adjacent>> {
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -365,14 +370,14 @@ async fn neighbours(store: &PgStore, tenant_id: Uuid, ids: &[Uuid]) -> Result<Ve
     sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(tenant_id)
         .bind(ids)
-        .fetch_all(&mut *store.conn(tenant_id).await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error)
 }
 
 /// The cosine similarity of `vector` to each of `ids` that has a vector of the model.
 async fn cosines(
-    store: &PgStore,
+    conn: &mut PgConnection,
     table: Table,
     tenant_id: Uuid,
     ids: &[Uuid],
@@ -392,7 +397,7 @@ async fn cosines(
         .bind(ids)
         .bind(Vector::from(vector.to_vec()))
         .bind(&settings.model)
-        .fetch_all(&mut *store.conn(tenant_id).await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error)
 }
@@ -402,7 +407,7 @@ async fn cosines(
 /// the neighbouring turns cost no round trip after the vector search).
 #[allow(clippy::too_many_arguments)]
 async fn nearest(
-    store: &PgStore,
+    conn: &mut PgConnection,
     table: Table,
     q: &RecallQuery,
     vector: &[f32],
@@ -452,7 +457,7 @@ async fn nearest(
     // Iterative scans may return neighbours slightly out of order: order them here.
     b.push(") x ORDER BY x.sim DESC, x.id");
     b.build_query_as()
-        .fetch_all(&mut *store.conn(q.tenant_id).await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error)
 }
@@ -475,6 +480,8 @@ async fn staged<T>(stage: &'static str, table: Table, work: impl Future<Output =
 /// A table's full-text side of Recall: the scope's statistics, the best matches, and (for
 /// conversation turns) their neighbouring turns.
 struct TextHits {
+    /// The connection the table's chain of queries runs on (scoped to the caller's tenant once).
+    conn: PoolConnection<Postgres>,
     stats: ScopeStats,
     hits: Vec<(Uuid, f32)>,
     adjacent: Vec<Adjacent>,
@@ -546,20 +553,32 @@ impl PgStore {
         vs: &VectorSettings,
         now: DateTime<Utc>,
     ) -> Result<TextHits> {
+        let mut conn = self.conn(q.tenant_id).await?;
         let stats = staged(
             "scope_stats",
             table,
-            self.stats_cache.get(self, table, q, &vs.model),
+            self.stats_cache.get(&mut conn, table, q, &vs.model),
         )
         .await?;
-        let hits = staged("full_text", table, bm25(self, table, q, stats, now, None)).await?;
+        let hits = staged(
+            "full_text",
+            table,
+            bm25(&mut conn, table, q, stats, now, None),
+        )
+        .await?;
         let adjacent = if with_context(table, q) {
             let ids: Vec<Uuid> = hits.iter().map(|(id, _)| *id).collect();
-            staged("neighbours", table, neighbours(self, q.tenant_id, &ids)).await?
+            staged(
+                "neighbours",
+                table,
+                neighbours(&mut conn, q.tenant_id, &ids),
+            )
+            .await?
         } else {
             Vec::new()
         };
         Ok(TextHits {
+            conn,
             stats,
             hits,
             adjacent,
@@ -577,6 +596,7 @@ impl PgStore {
         now: DateTime<Utc>,
     ) -> Result<Vec<Candidate>> {
         let TextHits {
+            mut conn,
             stats,
             hits: text_all,
             adjacent: text_adjacent,
@@ -587,7 +607,7 @@ impl PgStore {
                 staged(
                     "vector",
                     table,
-                    nearest(self, table, q, v, vs, stats, now, context),
+                    nearest(&mut conn, table, q, v, vs, stats, now, context),
                 )
                 .await?
             }
@@ -645,21 +665,28 @@ impl PgStore {
             .copied()
             .collect();
         let (text_only, vector_only, items) = tokio::join!(
-            staged(
-                "text_scores",
-                table,
-                bm25(self, table, q, stats, now, Some(&no_text))
-            ),
+            // Each asks for a connection of its own only when it has something to score.
+            staged("text_scores", table, async {
+                if no_text.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let mut c = self.conn(q.tenant_id).await?;
+                bm25(&mut c, table, q, stats, now, Some(&no_text)).await
+            }),
             staged("vector_scores", table, async {
                 match vector {
-                    Some(v) => cosines(self, table, q.tenant_id, &no_vector, v, vs).await,
+                    Some(_) if no_vector.is_empty() => Ok(Vec::new()),
+                    Some(v) => {
+                        let mut c = self.conn(q.tenant_id).await?;
+                        cosines(&mut c, table, q.tenant_id, &no_vector, v, vs).await
+                    }
                     None => Ok(Vec::new()),
                 }
             }),
             staged("hydrate", table, async {
                 match table {
-                    Table::Memories => self.hydrate_memories(q, &ids).await,
-                    Table::Episodes => self.hydrate_episodes(q.tenant_id, &ids).await,
+                    Table::Memories => hydrate_memories(&mut conn, q, &ids).await,
+                    Table::Episodes => hydrate_episodes(&mut conn, q.tenant_id, &ids).await,
                 }
             })
         );
@@ -690,53 +717,6 @@ impl PgStore {
             .collect())
     }
 
-    async fn hydrate_memories(&self, q: &RecallQuery, ids: &[Uuid]) -> Result<Vec<Item>> {
-        let rows: Vec<MemoryRow> = match q.as_of {
-            None => {
-                let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant_id = $1 AND id = ANY($2)");
-                sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(q.tenant_id).bind(ids).fetch_all(&mut *self.conn(q.tenant_id).await?).await
-            }
-            Some(as_of) => {
-                // Every field a version records comes from the version in force at `as_of`.
-                sqlx::query_as(concat!(
-                    "SELECT m.id, m.tenant_id, m.user_id, m.namespace, v.kind, v.content, m.content_key, v.slot, \
-                       v.subject, v.tags, v.importance, v.confidence, v.pinned, m.essential, v.expires_at, v.status, \
-                       v.superseded_by, v.version, m.created_at, v.created_at AS updated_at, ",
-                    last_accessed!("m"),
-                    " AS last_accessed_at, ",
-                    access_count!("m"),
-                    " AS access_count, m.embedding_model, m.source_episode_ids \
-                     FROM memories m JOIN LATERAL (SELECT * FROM memory_versions v WHERE v.memory_id = m.id \
-                       AND v.created_at <= $3 ORDER BY v.version DESC LIMIT 1) v ON true \
-                     WHERE m.tenant_id = $1 AND m.id = ANY($2)",
-                ))
-                .bind(q.tenant_id)
-                .bind(ids)
-                .bind(as_of)
-                .fetch_all(&mut *self.conn(q.tenant_id).await?)
-                .await
-            }
-        }
-        .map_err(db_error)?;
-        rows.into_iter()
-            .map(|r| Ok(Item::Memory(Box::new(Memory::try_from(r)?))))
-            .collect()
-    }
-
-    async fn hydrate_episodes(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<Vec<Item>> {
-        let sql =
-            format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE tenant_id = $1 AND id = ANY($2)");
-        let rows: Vec<EpisodeRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(tenant_id)
-            .bind(ids)
-            .fetch_all(&mut *self.conn(tenant_id).await?)
-            .await
-            .map_err(db_error)?;
-        rows.into_iter()
-            .map(|r| Ok(Item::Episode(Box::new(EpisodeHit::try_from(r)?))))
-            .collect()
-    }
-
     /// Records that recall returned these memories (last access time, count) in
     /// `memory_access`, never in the memories' own rows (migration 0008). Meant to run in the
     /// background, after the reply.
@@ -761,4 +741,59 @@ impl PgStore {
         .map_err(db_error)?;
         Ok(())
     }
+}
+
+async fn hydrate_memories(
+    conn: &mut PgConnection,
+    q: &RecallQuery,
+    ids: &[Uuid],
+) -> Result<Vec<Item>> {
+    let rows: Vec<MemoryRow> = match q.as_of {
+        None => {
+            let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant_id = $1 AND id = ANY($2)");
+            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(q.tenant_id).bind(ids).fetch_all(&mut *conn).await
+        }
+        Some(as_of) => {
+            // Every field a version records comes from the version in force at `as_of`.
+            sqlx::query_as(concat!(
+                "SELECT m.id, m.tenant_id, m.user_id, m.namespace, v.kind, v.content, m.content_key, v.slot, \
+                   v.subject, v.tags, v.importance, v.confidence, v.pinned, m.essential, v.expires_at, v.status, \
+                   v.superseded_by, v.version, m.created_at, v.created_at AS updated_at, ",
+                last_accessed!("m"),
+                " AS last_accessed_at, ",
+                access_count!("m"),
+                " AS access_count, m.embedding_model, m.source_episode_ids \
+                 FROM memories m JOIN LATERAL (SELECT * FROM memory_versions v WHERE v.memory_id = m.id \
+                   AND v.created_at <= $3 ORDER BY v.version DESC LIMIT 1) v ON true \
+                 WHERE m.tenant_id = $1 AND m.id = ANY($2)",
+            ))
+            .bind(q.tenant_id)
+            .bind(ids)
+            .bind(as_of)
+            .fetch_all(&mut *conn)
+            .await
+        }
+    }
+    .map_err(db_error)?;
+    rows.into_iter()
+        .map(|r| Ok(Item::Memory(Box::new(Memory::try_from(r)?))))
+        .collect()
+}
+
+async fn hydrate_episodes(
+    conn: &mut PgConnection,
+    tenant_id: Uuid,
+    ids: &[Uuid],
+) -> Result<Vec<Item>> {
+    let sql =
+        format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE tenant_id = $1 AND id = ANY($2)");
+    let rows: Vec<EpisodeRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(tenant_id)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+    rows.into_iter()
+        .map(|r| Ok(Item::Episode(Box::new(EpisodeHit::try_from(r)?))))
+        .collect()
 }

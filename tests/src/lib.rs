@@ -272,6 +272,7 @@ impl TestServer {
             max_connections: (config.worker_concurrency as u32) * 2 + 4,
             acquire_timeout: Duration::from_secs(5),
             hnsw_ef_search: config.recall_hnsw_ef_search,
+            row_level_security: config.database_row_level_security,
         })
         .await
         .expect("worker pool")

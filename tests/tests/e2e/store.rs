@@ -479,3 +479,45 @@ async fn rls_counts(
     }
     out
 }
+
+/// With `database_row_level_security` off (for poolers that do not keep session settings), every
+/// connection sees every tenant from its start: the service works, isolation rests on the
+/// queries' own filters.
+#[tokio::test]
+async fn with_row_level_security_off_the_service_still_works() {
+    let server = TestServer::start_with(
+        |c| {
+            c.worker_embedded = false;
+            c.database_row_level_security = false;
+        },
+        None,
+    )
+    .await;
+    let (_, a) = server.tenant("a", pb::KeyRole::Writer).await;
+    let (_, b) = server.tenant("b", pb::KeyRole::Writer).await;
+    a.memory()
+        .teach(pb::TeachRequest {
+            user_id: "u".into(),
+            kind: pb::MemoryKind::Fact as i32,
+            content: "Keeps bees".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("teach");
+    let list = |c: &memoire_sdk::Client| {
+        let mut m = c.memory();
+        async move {
+            m.list_memories(pb::ListMemoriesRequest {
+                user_id: "u".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("list")
+            .into_inner()
+            .memories
+            .len()
+        }
+    };
+    assert_eq!(list(&a).await, 1);
+    assert_eq!(list(&b).await, 0);
+}

@@ -1,0 +1,243 @@
+//! What tenancy hardening costs (release build: `make bench-tenancy`): `Teach` and `Recall`
+//! p50 / p95 / p99 over real gRPC, in one run, against two servers on their own databases —
+//! "on": row-level security scoping every connection and a tenant with rate limits (request,
+//! burst, Ingest and the key's own, all high enough never to refuse) counted in Redis; "off":
+//! `database_row_level_security = false` and no limits. Calls alternate between the two (which
+//! goes first alternates too), so both see the same machine. Recall asks 20 queries in turn,
+//! their embeddings cached after the warm-up: what is left is the server and Postgres.
+//! Last, what the in-process principal cache saves: resolving an API key from Postgres (a miss:
+//! a store with a cold cache each time) against from the cache (a hit).
+//! `--quick` for a smoke run.
+
+use std::time::{Duration, Instant};
+
+use memoire_sdk::Client;
+use memoire_tests::{TestServer, proto as pb};
+
+const QUERIES: [&str; 20] = [
+    "where does the user live",
+    "what food does the user like",
+    "which languages does the user speak",
+    "what are the user's hobbies",
+    "who are the user's friends",
+    "what does the user do for work",
+    "what music does the user enjoy",
+    "where did the user travel last year",
+    "what pets does the user have",
+    "what is the user allergic to",
+    "what sports does the user play",
+    "what books does the user read",
+    "what are the user's plans for the weekend",
+    "what car does the user drive",
+    "what is the user's favourite colour",
+    "when is the user's birthday",
+    "what does the user drink in the morning",
+    "how does the user commute",
+    "what instrument does the user play",
+    "what is the user learning",
+];
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted
+        .get(i)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
+fn fact(i: usize) -> pb::TeachRequest {
+    const TOPICS: [&str; 10] = [
+        "cooks Sichuan food on Sundays",
+        "plays the cello in an amateur orchestra",
+        "lived in Porto for three years",
+        "is learning Japanese with a tutor",
+        "runs a half marathon every spring",
+        "keeps two cats named after painters",
+        "drinks green tea before work",
+        "reads science fiction on the train",
+        "is allergic to hazelnuts",
+        "drives an old blue hatchback",
+    ];
+    pb::TeachRequest {
+        user_id: "u".into(),
+        kind: pb::MemoryKind::Fact as i32,
+        content: format!("The user {} (note {i})", TOPICS[i % TOPICS.len()]),
+        ..Default::default()
+    }
+}
+
+/// One side of the comparison.
+struct Side {
+    name: &'static str,
+    client: Client,
+    /// The API key the client uses, when it is a tenant key of its own.
+    secret: Option<String>,
+    teach: Vec<Duration>,
+    recall: Vec<Duration>,
+    _server: TestServer,
+}
+
+impl Side {
+    async fn start(name: &'static str, on: bool) -> anyhow::Result<Side> {
+        let server = TestServer::start_with(
+            |c| {
+                c.log = "warn".into();
+                c.worker_embedded = false;
+                c.database_row_level_security = on;
+            },
+            None,
+        )
+        .await;
+        let (tenant, admin) = server.tenant(name, pb::KeyRole::Admin).await;
+        let (client, secret) = if on {
+            admin
+                .admin()
+                .update_tenant(pb::UpdateTenantRequest {
+                    tenant_id: tenant.clone(),
+                    rate_limit_rps: Some(1_000_000),
+                    rate_limit_burst: Some(1_000_000),
+                    ingest_rate_limit_mps: Some(1_000_000),
+                    ..Default::default()
+                })
+                .await?;
+            let key = admin
+                .admin()
+                .create_api_key(pb::CreateApiKeyRequest {
+                    tenant_id: tenant,
+                    name: "bench".into(),
+                    role: pb::KeyRole::Writer as i32,
+                    rate_limit_rps: 1_000_000,
+                })
+                .await?
+                .into_inner()
+                .secret;
+            (server.client(Some(&key)), Some(key))
+        } else {
+            (admin, None)
+        };
+        Ok(Side {
+            name,
+            client,
+            secret,
+            teach: Vec::new(),
+            recall: Vec::new(),
+            _server: server,
+        })
+    }
+
+    async fn teach(&mut self, i: usize, record: bool) -> anyhow::Result<()> {
+        let t = Instant::now();
+        self.client.memory().teach(fact(i)).await?;
+        if record {
+            self.teach.push(t.elapsed());
+        }
+        Ok(())
+    }
+
+    async fn recall(&mut self, i: usize, record: bool) -> anyhow::Result<()> {
+        let t = Instant::now();
+        let r = self
+            .client
+            .memory()
+            .recall(pb::RecallRequest {
+                user_id: "u".into(),
+                query: QUERIES[i % QUERIES.len()].into(),
+                k: 10,
+                ..Default::default()
+            })
+            .await?
+            .into_inner();
+        if record {
+            self.recall.push(t.elapsed());
+        }
+        anyhow::ensure!(r.items.len() == 10, "{} items", r.items.len());
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    memoire_app::one_core_per_model_pass("tenancy-bench");
+    let quick = std::env::args().any(|a| a == "--quick");
+    let (seed, calls) = if quick { (100, 200) } else { (1_000, 2_000) };
+    let mut sides = [
+        Side::start("on", true).await?,
+        Side::start("off", false).await?,
+    ];
+    println!(
+        "tenancy-bench: {seed} memories per user, {calls} calls of each per side, concurrency 1"
+    );
+    for side in &mut sides {
+        for i in 0..seed {
+            side.teach(i, false).await?;
+        }
+        for i in 0..2 * QUERIES.len() {
+            side.recall(i, false).await?;
+        }
+    }
+    for i in 0..calls {
+        let (first, second) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
+        for s in [first, second] {
+            sides[s].teach(seed + i, true).await?;
+        }
+        for s in [first, second] {
+            sides[s].recall(i, true).await?;
+        }
+    }
+    println!(
+        "{:<8} {:<4} {:>8} {:>8} {:>8}",
+        "call", "side", "p50 ms", "p95 ms", "p99 ms"
+    );
+    let mut p50 = Vec::new();
+    for (call, pick) in [("Teach", 0), ("Recall", 1)] {
+        for side in &mut sides {
+            let lat = if pick == 0 {
+                &mut side.teach
+            } else {
+                &mut side.recall
+            };
+            lat.sort();
+            println!(
+                "{call:<8} {:<4} {:>8.3} {:>8.3} {:>8.3}",
+                side.name,
+                percentile(lat, 0.5),
+                percentile(lat, 0.95),
+                percentile(lat, 0.99)
+            );
+            p50.push(percentile(lat, 0.5));
+        }
+    }
+    println!(
+        "cost of RLS + limits at p50: Teach {:+.3} ms, Recall {:+.3} ms",
+        p50[0] - p50[1],
+        p50[2] - p50[3]
+    );
+
+    // The principal cache: a key resolved from Postgres, or from the process's cache.
+    let secret = sides[0].secret.clone().expect("the 'on' side has a key");
+    let pool = sides[0]._server.pool().clone();
+    let (mut miss, mut hit) = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    let warm = memoire_store::PgStore::from_pool(pool.clone());
+    warm.principal_for_secret(&secret).await?;
+    for _ in 0..calls {
+        let cold = memoire_store::PgStore::from_pool(pool.clone());
+        let t = Instant::now();
+        anyhow::ensure!(cold.principal_for_secret(&secret).await?.is_some());
+        miss.push(t.elapsed());
+        let t = Instant::now();
+        anyhow::ensure!(warm.principal_for_secret(&secret).await?.is_some());
+        hit.push(t.elapsed());
+    }
+    for (label, lat) in [
+        ("key lookup, from Postgres", &mut miss),
+        ("key lookup, cached", &mut hit),
+    ] {
+        lat.sort();
+        println!(
+            "{label:<26} p50 {:.3} ms, p95 {:.3} ms",
+            percentile(lat, 0.5),
+            percentile(lat, 0.95)
+        );
+    }
+    Ok(())
+}
