@@ -452,7 +452,13 @@ async fn nearest(
     b.push(format!(" AND m.embedding_model = '{model}' ORDER BY "));
     b.push(&distance)
         .push_bind(Vector::from(vector.to_vec()))
-        .push(format!("::vector({dims}) LIMIT "));
+        .push(format!("::vector({dims})"));
+    // Equal distances (duplicates) straddling the cut are broken by id, whatever order the scan
+    // (or a parallel plan's workers) returned them in. The HNSW index orders by distance alone.
+    if exact {
+        b.push(", m.id");
+    }
+    b.push(" LIMIT ");
     b.push_bind(q.candidates as i64);
     // Iterative scans may return neighbours slightly out of order: order them here.
     b.push(") x ORDER BY x.sim DESC, x.id");

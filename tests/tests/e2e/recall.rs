@@ -744,3 +744,66 @@ async fn a_new_users_first_memory_is_found_right_after_an_empty_recall() {
     let items = m.recall(ask()).await.expect("recall").into_inner().items;
     assert_eq!(items.len(), 1);
 }
+
+/// The same request gives the same items at any concurrency, even when equal scores straddle the
+/// candidate cut: Postgres is pushed to parallel plans (whose workers return rows in no fixed
+/// order) and 80 identical memories tie for 50 candidate places; every search breaks ties by id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ties_are_broken_the_same_way_at_concurrency_four() {
+    let server = TestServer::start_with(
+        |c| {
+            c.worker_embedded = false;
+            c.database_url = format!(
+                "{}?options=-c%20parallel_setup_cost%3D0%20-c%20parallel_tuple_cost%3D0\
+                 %20-c%20min_parallel_table_scan_size%3D0%20-c%20min_parallel_index_scan_size%3D0",
+                c.database_url
+            );
+        },
+        None,
+    )
+    .await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let mut m = client.memory();
+    for i in 0..120 {
+        let content = if i < 80 {
+            "The user listens to jazz records on Sunday mornings".to_owned()
+        } else {
+            format!("The user keeps a notebook of recipes, page {i}")
+        };
+        m.teach(pb::TeachRequest {
+            user_id: "u".into(),
+            kind: kind("fact"),
+            content,
+            force_create: true,
+            ..Default::default()
+        })
+        .await
+        .expect("teach");
+    }
+    let ids = |r: pb::RecallResponse| -> Vec<String> { r.items.iter().map(memory_id).collect() };
+    let request = pb::RecallRequest {
+        include_episodes: Some(false),
+        k: 10,
+        explain: false,
+        ..ask("saxophone tunes at the weekend")
+    };
+    let first = ids(m
+        .recall(request.clone())
+        .await
+        .expect("recall")
+        .into_inner());
+    assert_eq!(first.len(), 10);
+    for round in 0..8 {
+        let calls: Vec<_> = (0..4)
+            .map(|_| {
+                let mut m = client.memory();
+                let r = request.clone();
+                tokio::spawn(async move { m.recall(r).await })
+            })
+            .collect();
+        for c in calls {
+            let got = ids(c.await.expect("task").expect("recall").into_inner());
+            assert_eq!(got, first, "round {round}");
+        }
+    }
+}
