@@ -39,8 +39,20 @@ def test_compose_is_well_formed_and_wires_the_services():
     env = m["environment"]
     unknown = set(env) - settings()
     assert not unknown, f"docker-compose.yml sets unknown settings: {unknown}"
-    db = c["services"]["postgres"]["environment"]
-    assert env["MEMOIRE_DATABASE_URL"] == f"postgres://{db['POSTGRES_USER']}:{db['POSTGRES_PASSWORD']}@postgres:5432/{db['POSTGRES_DB']}"
+    # The service's role is the init script's, not the image's superuser, which would bypass
+    # row-level security.
+    pg = c["services"]["postgres"]
+    init = next(v.split(":")[0] for v in pg["volumes"] if "docker-entrypoint-initdb.d" in v)
+    sql = (ROOT / init).read_text()
+    role = re.search(r"CREATE ROLE (\w+) LOGIN PASSWORD '([^']+)'([^;]*);", sql)
+    assert role, sql
+    assert "NOSUPERUSER" in role.group(3) and "NOBYPASSRLS" in role.group(3)
+    database = re.search(r"CREATE DATABASE (\w+) OWNER (\w+);", sql)
+    assert database and database.group(2) == role.group(1)
+    assert "CREATE EXTENSION IF NOT EXISTS vector" in sql
+    assert role.group(1) != pg["environment"]["POSTGRES_USER"]
+    assert env["MEMOIRE_DATABASE_URL"] == (
+        f"postgres://{role.group(1)}:{role.group(2)}@postgres:5432/{database.group(1)}")
     assert env["MEMOIRE_REDIS_URL"].startswith("redis://redis:")
     assert set(c["volumes"]) == {"pgdata"}
 
