@@ -51,11 +51,11 @@ def test_two_replicas_share_one_tenant_budget(replicas):
         for c in clients:
             c.close()
 
-    # One budget: the burst plus what the rate refills while the calls ran. Two independent
-    # limiters would admit at least twice the burst.
+    # One budget: the burst plus what the rate refills while the calls ran. Two limiters
+    # counting on their own would each admit that much of their half of the calls (at least
+    # 2 * RATE + 2 * RATE * elapsed in all), past this bound however slow the calls.
     assert admitted >= RATE, (admitted, elapsed)
     assert admitted <= RATE + int(RATE * elapsed) + 1, (admitted, elapsed)
-    assert admitted < 2 * RATE, "each replica counted on its own"
     assert served_by == {0, 1}
     e = refused[0]
     assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
