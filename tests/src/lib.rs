@@ -425,6 +425,16 @@ pub fn violated_field(status: &tonic::Status) -> Option<String> {
         .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
 }
 
+/// The `p` quantile (0..=1, nearest rank) of sorted latencies, in milliseconds (0 when empty):
+/// what the benchmarks print.
+pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted
+        .get(i)
+        .map(|d| d.as_secs_f64() * 1000.0)
+        .unwrap_or(0.0)
+}
+
 /// Recall's stage timings on a `/metrics` page: per series of `memoire_recall_stage_seconds`
 /// and of the query embedding, its label set with the sum of seconds and the count.
 pub fn recall_stage_totals(metrics: &str) -> Vec<(String, f64, f64)> {

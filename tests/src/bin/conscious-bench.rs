@@ -8,16 +8,8 @@ use std::time::{Duration, Instant};
 
 use memoire_sdk::Client;
 use memoire_store::RedisCache;
-use memoire_tests::{TestServer, proto as pb};
+use memoire_tests::{TestServer, percentile_ms, proto as pb};
 use uuid::Uuid;
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted
-        .get(i)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
-}
 
 async fn seed(client: &Client) -> anyhow::Result<()> {
     let mut m = client.memory();
@@ -104,9 +96,9 @@ fn report(label: &str, r: &(Vec<Duration>, f64, i32)) {
         .unwrap_or_default();
     println!(
         "{label:<22} {source:>9} {:>8.3} {:>8.3} {:>8.3} {:>9.0}",
-        percentile(&r.0, 0.5),
-        percentile(&r.0, 0.95),
-        percentile(&r.0, 0.99),
+        percentile_ms(&r.0, 0.5),
+        percentile_ms(&r.0, 0.95),
+        percentile_ms(&r.0, 0.99),
         r.1
     );
 }

@@ -8,10 +8,9 @@
 //! reflect job (session digests) after extraction, before the questions.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
-use memoire_tests::TestServer;
 use memoire_tests::eval;
+use memoire_tests::{TestServer, percentile_ms};
 
 /// The value after `--name`.
 fn option(name: &str) -> Option<String> {
@@ -30,13 +29,6 @@ fn data_dir() -> PathBuf {
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/locomo-dev")
         })
-}
-
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize].as_secs_f64() * 1000.0
 }
 
 #[tokio::main]
@@ -103,8 +95,8 @@ async fn main() -> anyhow::Result<()> {
     );
     println!(
         "\nRecall latency (include_episodes, k=20, query embedding computed, c=1): p50 {:.1} ms, p95 {:.1} ms",
-        pct(&o.latencies, 0.5),
-        pct(&o.latencies, 0.95)
+        percentile_ms(&o.latencies, 0.5),
+        percentile_ms(&o.latencies, 0.95)
     );
     println!(
         "k-stability: {} of {questions} questions had a different top 10 at k=100 than at k=10",

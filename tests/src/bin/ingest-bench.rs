@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use memoire_sdk::Client;
-use memoire_tests::{TestServer, proto as pb};
+use memoire_tests::{TestServer, percentile_ms, proto as pb};
 
 const CITIES: &[&str] = &[
     "Dallas", "Lisbon", "Osaka", "Denver", "Nairobi", "Bergen", "Quito", "Lyon", "Perth", "Austin",
@@ -46,14 +46,6 @@ fn message(i: usize) -> String {
             i % 12 + 1
         ),
     }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1000.0
 }
 
 struct Run {
@@ -121,9 +113,9 @@ async fn drive(
 fn report(label: &str, batch: usize, concurrency: usize, r: &Run) {
     println!(
         "{label:<16} {batch:>5} {concurrency:>5} {:>8.2} {:>8.2} {:>8.2} {:>10.0} {:>8}",
-        percentile(&r.latencies, 0.50),
-        percentile(&r.latencies, 0.95),
-        percentile(&r.latencies, 0.99),
+        percentile_ms(&r.latencies, 0.50),
+        percentile_ms(&r.latencies, 0.95),
+        percentile_ms(&r.latencies, 0.99),
         r.messages as f64 / r.wall,
         r.latencies.len()
     );
@@ -179,9 +171,9 @@ async fn teach(calls: usize) -> anyhow::Result<()> {
         println!(
             "{:<16} {:>8.2} {:>8.2} {:>8.2} {:>10.1}",
             format!("{}..{}", half * calls / 2, (half + 1) * calls / 2),
-            percentile(&took, 0.50),
-            percentile(&took, 0.95),
-            percentile(&took, 0.99),
+            percentile_ms(&took, 0.50),
+            percentile_ms(&took, 0.95),
+            percentile_ms(&took, 0.99),
             took.len() as f64 / wall
         );
     }

@@ -354,14 +354,6 @@ fn model_dir() -> PathBuf {
     memoire_tests::model_dir()
 }
 
-fn pct(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i].as_secs_f64() * 1e3
-}
-
 /// Embeddings of `texts`, from the cache file when it matches, else computed (and cached).
 fn embed_all(
     model: &LocalEmbedder,
@@ -675,9 +667,9 @@ async fn main() -> anyhow::Result<()> {
                     format!("{}k", n / 1000),
                     label,
                     c,
-                    pct(&lat, 0.50),
-                    pct(&lat, 0.95),
-                    pct(&lat, 0.99),
+                    memoire_tests::percentile_ms(&lat, 0.50),
+                    memoire_tests::percentile_ms(&lat, 0.95),
+                    memoire_tests::percentile_ms(&lat, 0.99),
                     qps
                 );
             }
@@ -795,7 +787,7 @@ async fn main() -> anyhow::Result<()> {
                 label,
                 results as f64 / q,
                 100.0 * overlap as f64 / (q * 10.0),
-                pct(&lat, 0.5)
+                memoire_tests::percentile_ms(&lat, 0.5)
             );
         }
     }

@@ -12,7 +12,7 @@
 use std::time::{Duration, Instant};
 
 use memoire_sdk::Client;
-use memoire_tests::{TestServer, proto as pb};
+use memoire_tests::{TestServer, percentile_ms, proto as pb};
 
 const QUERIES: [&str; 20] = [
     "where does the user live",
@@ -36,14 +36,6 @@ const QUERIES: [&str; 20] = [
     "what instrument does the user play",
     "what is the user learning",
 ];
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted
-        .get(i)
-        .map(|d| d.as_secs_f64() * 1000.0)
-        .unwrap_or(0.0)
-}
 
 fn fact(i: usize) -> pb::TeachRequest {
     const TOPICS: [&str; 10] = [
@@ -200,11 +192,11 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "{call:<8} {:<4} {:>8.3} {:>8.3} {:>8.3}",
                 side.name,
-                percentile(lat, 0.5),
-                percentile(lat, 0.95),
-                percentile(lat, 0.99)
+                percentile_ms(lat, 0.5),
+                percentile_ms(lat, 0.95),
+                percentile_ms(lat, 0.99)
             );
-            p50.push(percentile(lat, 0.5));
+            p50.push(percentile_ms(lat, 0.5));
         }
     }
     println!(
@@ -235,8 +227,8 @@ async fn main() -> anyhow::Result<()> {
         lat.sort();
         println!(
             "{label:<26} p50 {:.3} ms, p95 {:.3} ms",
-            percentile(lat, 0.5),
-            percentile(lat, 0.95)
+            percentile_ms(lat, 0.5),
+            percentile_ms(lat, 0.95)
         );
     }
     Ok(())
