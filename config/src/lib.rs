@@ -51,7 +51,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "database_row_level_security",
-        "scope every connection to the caller's tenant for Postgres row-level security (a second wall behind the queries' own filters; one round trip per connection taken). Off: connections see every tenant, for poolers that do not keep session settings",
+        "scope every connection to the caller's tenant for Postgres row-level security (a second wall behind the queries' own filters; one round trip per connection taken). Off: connections see every tenant from their start-up options, for poolers that do not keep session settings (see docs/operations.md)",
     ),
     (
         "redis_url",

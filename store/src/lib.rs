@@ -90,6 +90,9 @@ pub struct PgSettings {
     pub row_level_security: bool,
 }
 
+/// The setting the row-level security policies read (migration 0014).
+pub const TENANT_SETTING: &str = "memoire.tenant";
+
 /// Whose rows a connection may touch: the row-level security policies (migration 0014) admit a
 /// row only when its tenant is the connection's `memoire.tenant` setting.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +105,7 @@ pub enum Rows {
 
 impl Rows {
     /// The value of `memoire.tenant` (a UUID's canonical text, or `*`: nothing to quote).
-    fn setting(self) -> String {
+    pub fn setting(self) -> String {
         match self {
             Rows::Tenant(t) => t.to_string(),
             Rows::All => "*".to_owned(),
@@ -149,23 +152,15 @@ impl PgStore {
             ("hnsw.iterative_scan", "relaxed_order".to_owned()),
             ("hnsw.ef_search", settings.hnsw_ef_search.to_string()),
         ]);
-        let mut pool = PgPoolOptions::new()
+        // Without per-call scoping, every connection sees every tenant from its start.
+        let options = if settings.row_level_security {
+            options
+        } else {
+            options.options([(TENANT_SETTING, Rows::All.setting())])
+        };
+        let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout);
-        if !settings.row_level_security {
-            // One scope for the connection's life: every tenant.
-            pool = pool.after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::raw_sql(AssertSqlSafe(format!(
-                        "SET memoire.tenant = '{}'",
-                        Rows::All.setting()
-                    )))
-                    .execute(conn)
-                    .await
-                    .map(|_| ())
-                })
-            });
-        }
         let pool = pool.connect_with(options).await.map_err(db_error)?;
         Ok(PgStore {
             scoped: settings.row_level_security,
@@ -216,7 +211,7 @@ impl PgStore {
             return Ok(conn);
         }
         sqlx::raw_sql(AssertSqlSafe(format!(
-            "SET memoire.tenant = '{}'",
+            "SET {TENANT_SETTING} = '{}'",
             rows.setting()
         )))
         .execute(&mut *conn)
@@ -236,7 +231,7 @@ impl PgStore {
         }
         self.pool
             .begin_with(AssertSqlSafe(format!(
-                "BEGIN; SET LOCAL memoire.tenant = '{}'",
+                "BEGIN; SET LOCAL {TENANT_SETTING} = '{}'",
                 rows.setting()
             )))
             .await

@@ -153,18 +153,17 @@ impl TestServer {
                 let _ = rx.await;
             },
         ));
-        let inspect = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(4)
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    sqlx::raw_sql("SET memoire.tenant = '*'")
-                        .execute(conn)
-                        .await
-                        .map(|_| ())
-                })
-            })
-            .connect_lazy(&database_url)
-            .expect("inspection pool");
+        let inspect = PgStore::connect(&memoire_store::PgSettings {
+            url: database_url.clone(),
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+            hnsw_ef_search: config.recall_hnsw_ef_search,
+            row_level_security: false,
+        })
+        .await
+        .expect("inspection pool")
+        .pool()
+        .clone();
         let server = TestServer {
             inspect,
             grpc_addr,
