@@ -49,7 +49,7 @@ impl RedisCache {
     /// must share a hash slot for Redis Cluster, e.g. a `{tenant}` tag). `None` when Redis did not
     /// answer: the caller decides without it.
     pub async fn rate_limit(&self, limits: &[(String, Limit)], cost: u32) -> Option<Admission> {
-        let keys: Vec<String> = limits.iter().map(|(k, _)| k.clone()).collect();
+        let keys: Vec<&str> = limits.iter().map(|(k, _)| k.as_str()).collect();
         let mut args: Vec<i64> = Vec::with_capacity(1 + 2 * limits.len());
         args.push(i64::from(cost.max(1)));
         for (_, l) in limits {

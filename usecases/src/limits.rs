@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use memoire_core::command::Principal;
+use memoire_core::command::{CallerLimits, Principal};
 use memoire_core::ratelimit::{Admission, Limit, decide_all};
 use memoire_core::{Error, Result};
 use memoire_store::RedisCache;
@@ -56,12 +56,13 @@ impl RateLimiter {
         let Some(tenant) = who.tenant_id else {
             return Ok(None);
         };
-        let limits = limits_of(who, tenant, kind);
-        if limits.is_empty() {
+        if who.limits == CallerLimits::default() {
             return Ok(None);
         }
-        let keyed: Vec<(String, Limit)> =
-            limits.iter().map(|(k, l, _, _)| (k.clone(), *l)).collect();
+        let (keyed, names) = limits_of(who, tenant, kind);
+        if keyed.is_empty() {
+            return Ok(None);
+        }
         let admission = match &self.redis {
             Some(r) => match r.rate_limit(&keyed, cost).await {
                 Some(a) => a,
@@ -75,8 +76,9 @@ impl RateLimiter {
         if admission.allowed {
             return Ok(Some(admission.remaining));
         }
-        let (_, limit, label, setting) = &limits[admission.refused_by.min(limits.len() - 1)];
-        metrics::counter!("memoire_rate_limited_total", "tenant" => tenant.to_string(), "limit" => *label)
+        let refused = admission.refused_by.min(keyed.len() - 1);
+        let (limit, (label, setting)) = (keyed[refused].1, names[refused]);
+        metrics::counter!("memoire_rate_limited_total", "tenant" => tenant.to_string(), "limit" => label)
             .increment(1);
         let retry = Duration::from_micros(admission.retry_after_us.max(1) as u64);
         let unit = if kind == Kind::Messages {
@@ -116,44 +118,31 @@ impl RateLimiter {
     }
 }
 
-/// The limits of `who` a check of `kind` counts against: Redis key (one `{tenant}` hash slot),
-/// limit, its metric label and the setting that sets it.
-fn limits_of(
-    who: &Principal,
-    tenant: Uuid,
-    kind: Kind,
-) -> Vec<(String, Limit, &'static str, &'static str)> {
+/// A limit's metric label and the setting that sets it (for the refusal's message).
+type Names = (&'static str, &'static str);
+
+/// The limits of `who` a check of `kind` counts against: each with its Redis key (one `{tenant}`
+/// hash slot), and beside them each one's metric label and the setting that sets it.
+fn limits_of(who: &Principal, tenant: Uuid, kind: Kind) -> (Vec<(String, Limit)>, Vec<Names>) {
     let l = &who.limits;
-    let mut out = Vec::with_capacity(2);
+    let (mut keyed, mut names) = (Vec::new(), Vec::new());
     match kind {
         Kind::Requests => {
             if let Some(limit) = l.tenant {
-                out.push((
-                    format!("memoire:rl:{{{tenant}}}:calls"),
-                    limit,
-                    "tenant_rps",
-                    "the tenant's rate_limit_rps",
-                ));
+                keyed.push((format!("memoire:rl:{{{tenant}}}:calls"), limit));
+                names.push(("tenant_rps", "the tenant's rate_limit_rps"));
             }
             if let (Some(limit), Some(key)) = (l.key, who.key_id) {
-                out.push((
-                    format!("memoire:rl:{{{tenant}}}:key:{key}"),
-                    limit,
-                    "key_rps",
-                    "the API key's rate_limit_rps",
-                ));
+                keyed.push((format!("memoire:rl:{{{tenant}}}:key:{key}"), limit));
+                names.push(("key_rps", "the API key's rate_limit_rps"));
             }
         }
         Kind::Messages => {
             if let Some(limit) = l.ingest {
-                out.push((
-                    format!("memoire:rl:{{{tenant}}}:messages"),
-                    limit,
-                    "ingest_mps",
-                    "the tenant's ingest_rate_limit_mps",
-                ));
+                keyed.push((format!("memoire:rl:{{{tenant}}}:messages"), limit));
+                names.push(("ingest_mps", "the tenant's ingest_rate_limit_mps"));
             }
         }
     }
-    out
+    (keyed, names)
 }
