@@ -178,6 +178,8 @@ impl PgStore {
         settings: &ConsciousSettings,
         now: DateTime<Utc>,
     ) -> Result<ConsciousView> {
+        // One connection for both reads: scoping it costs a round trip.
+        let mut conn = self.conn(scope.tenant_id).await?;
         let sql = format!(
             "SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant_id = $1 AND user_id = $2 \
              AND namespace = $3 AND status = 'active' AND essential \
@@ -192,7 +194,7 @@ impl PgStore {
             .bind(now)
             .bind(settings.max_essential as i64)
             .bind(settings.min_confidence)
-            .fetch_all(&mut *self.conn(scope.tenant_id).await?)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error)?;
         let essential = convert_all(rows)?;
@@ -213,7 +215,7 @@ impl PgStore {
                     .bind(session)
                     .bind(since)
                     .bind(settings.recent_turns as i64)
-                    .fetch_all(&mut *self.conn(scope.tenant_id).await?)
+                    .fetch_all(&mut *conn)
                     .await
                     .map_err(db_error)?;
                 rows.reverse();

@@ -231,9 +231,11 @@ impl PgStore {
     pub async fn ingest(&self, cmd: Ingest) -> Result<Vec<Ingested>> {
         let now = self.clock.now();
         let scope = &cmd.scope;
+        // One connection for the call's statements: scoping it costs a round trip.
+        let mut conn = self.conn(scope.tenant_id).await?;
         let mode: String = sqlx::query_scalar("SELECT pii_mode FROM tenants WHERE id = $1")
             .bind(scope.tenant_id)
-            .fetch_optional(&mut *self.conn(scope.tenant_id).await?)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(db_error)?
             .ok_or_else(|| Error::NotFound {
@@ -308,7 +310,7 @@ impl PgStore {
         .bind(&times)
         .bind(now)
         .bind(&speaker_is_user)
-        .fetch_all(&mut *self.conn(scope.tenant_id).await?)
+        .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;
 
@@ -327,7 +329,7 @@ impl PgStore {
             .bind(&scope.user_id)
             .bind(&scope.namespace)
             .bind(&retried)
-            .fetch_all(&mut *self.conn(scope.tenant_id).await?)
+            .fetch_all(&mut *conn)
             .await
             .map_err(db_error)?;
             for o in &mut out {
