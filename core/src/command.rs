@@ -15,11 +15,9 @@ pub struct Principal {
     pub role: KeyRole,
     /// Recorded as the actor of every version it writes.
     pub actor: String,
-    /// The tenant's PII policy, applied to what the caller writes (`Off` for the bootstrap key,
-    /// which writes no memories).
-    pub pii_mode: crate::model::PiiMode,
-    /// The policy applied to Teach content: `pii_mode`, or `Off` where the tenant turned
-    /// `scrub_teach` off.
+    /// The policy applied to Teach content: the tenant's PII policy, or `Off` where the tenant
+    /// turned `scrub_teach` off (and for the bootstrap key, which writes no memories). Ingest
+    /// reads the tenant's policy in the transaction that stores the messages.
     pub teach_pii_mode: crate::model::PiiMode,
     /// The API key used (`None` for the bootstrap key and dev mode).
     pub key_id: Option<Uuid>,

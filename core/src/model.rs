@@ -170,6 +170,14 @@ text_enum! {
     }
 }
 
+impl PiiMode {
+    /// The policy for Teach content of a tenant with this policy: the same, or `Off` where the
+    /// tenant turned `scrub_teach` off.
+    pub fn for_teach(self, scrub_teach: bool) -> PiiMode {
+        if scrub_teach { self } else { PiiMode::Off }
+    }
+}
+
 text_enum! {
     /// How Forget removes memories.
     ForgetMode {

@@ -314,17 +314,12 @@ impl TryFrom<PrincipalRow> for Principal {
     type Error = Error;
 
     fn try_from(r: PrincipalRow) -> Result<Self, Error> {
-        let pii_mode = parse("pii_mode", &r.pii_mode, PiiMode::parse)?;
         Ok(Principal {
             tenant_id: Some(r.tenant_id),
             role: parse("role", &r.role, KeyRole::parse)?,
             actor: format!("key:{}", r.id),
-            pii_mode,
-            teach_pii_mode: if r.scrub_teach {
-                pii_mode
-            } else {
-                PiiMode::Off
-            },
+            teach_pii_mode: parse("pii_mode", &r.pii_mode, PiiMode::parse)?
+                .for_teach(r.scrub_teach),
             key_id: Some(r.id),
             limits: CallerLimits::new(
                 r.rate_limit_rps,

@@ -48,12 +48,7 @@ impl Authenticator {
                         tenant_id: Some(tenant),
                         role: KeyRole::Admin,
                         actor: "dev".into(),
-                        pii_mode: t.pii_mode,
-                        teach_pii_mode: if t.scrub_teach {
-                            t.pii_mode
-                        } else {
-                            memoire_core::model::PiiMode::Off
-                        },
+                        teach_pii_mode: t.pii_mode.for_teach(t.scrub_teach),
                         key_id: None,
                         limits: CallerLimits::of_tenant(&t),
                     })
@@ -77,7 +72,6 @@ impl Authenticator {
                 tenant_id: None,
                 role: KeyRole::Admin,
                 actor: BOOTSTRAP_ACTOR.into(),
-                pii_mode: memoire_core::model::PiiMode::Off,
                 teach_pii_mode: memoire_core::model::PiiMode::Off,
                 key_id: None,
                 limits: CallerLimits::default(),
