@@ -120,7 +120,7 @@ impl LocalEmbedder {
             self.model.forward(&batch)
         };
         // Chunks are spread over the cores, one single-threaded forward pass per core: with
-        // RAYON_NUM_THREADS=1 (see `single_threaded_passes`) a pass never waits for a second
+        // RAYON_NUM_THREADS=1 (see `memoire_app::one_core_per_model_pass`) a pass never waits for a second
         // thread that another process descheduled.
         let lanes = self.passes.min(chunks.len()).max(1);
         let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> = chunks.iter().map(|_| None).collect();

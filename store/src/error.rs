@@ -14,8 +14,8 @@ pub fn db_error(e: sqlx::Error) -> Error {
                     "already exists ({})",
                     db.constraint().unwrap_or("unique constraint")
                 )),
-                // configuration_limit_exceeded: raised by the memory-quota trigger (migration
-                // 0011), whose message names the quota.
+                // configuration_limit_exceeded: raised by the quota triggers (migrations 0011
+                // and 0013), whose message names the quota.
                 "53400" => Error::ResourceExhausted {
                     message: db.message().to_owned(),
                     retry_after: None,

@@ -550,8 +550,9 @@ impl PgStore {
         Ok(out)
     }
 
-    /// The scope's statistics and its best full-text matches in `table`; with `adjacent`, their
-    /// neighbouring turns too (while the query is still being embedded).
+    /// The scope's statistics and its best full-text matches in `table`; for conversation turns
+    /// ([`with_context`]), their neighbouring turns too (while the query is still being embedded).
+    /// The connection they ran on comes with them, for the rest of the table's chain.
     async fn text_hits(
         &self,
         table: Table,

@@ -42,6 +42,16 @@ pub struct TenantUpdate {
     pub max_content_bytes: Option<u64>,
 }
 
+/// SQL for the bytes of a tenant's (`$1`) stored content: its messages plus every memory version
+/// — what `max_content_bytes` counts (migration 0013).
+macro_rules! content_bytes {
+    () => {
+        "(SELECT COALESCE(sum(octet_length(content)), 0) FROM episodes WHERE tenant_id = $1) \
+         + (SELECT COALESCE(sum(octet_length(content)), 0) FROM memory_versions \
+            WHERE tenant_id = $1)"
+    };
+}
+
 /// The tenant a query found, or `NOT_FOUND`.
 fn found(row: Option<TenantRow>, id: Uuid) -> Result<Tenant> {
     row.ok_or_else(|| Error::NotFound {
@@ -185,19 +195,16 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-            sqlx::query(
+            sqlx::query(concat!(
                 "UPDATE tenants SET \
                    stored_episodes = CASE WHEN max_episodes = 0 AND max_content_bytes = 0 THEN NULL \
                      ELSE COALESCE(stored_episodes, \
                        (SELECT count(*) FROM episodes WHERE tenant_id = $1)) END, \
                    content_bytes = CASE WHEN max_episodes = 0 AND max_content_bytes = 0 THEN NULL \
-                     ELSE COALESCE(content_bytes, \
-                       (SELECT COALESCE(sum(octet_length(content)), 0) FROM episodes \
-                         WHERE tenant_id = $1) \
-                       + (SELECT COALESCE(sum(octet_length(content)), 0) FROM memory_versions \
-                         WHERE tenant_id = $1)) END \
-                 WHERE id = $1",
-            )
+                     ELSE COALESCE(content_bytes, ",
+                content_bytes!(),
+                ") END WHERE id = $1",
+            ))
             .bind(id)
             .execute(&mut *tx)
             .await
@@ -349,7 +356,7 @@ impl PgStore {
             i64,
             i64,
             i64,
-        ) = sqlx::query_as(
+        ) = sqlx::query_as(concat!(
                 "SELECT \
                    (SELECT count(*) FROM (SELECT user_id FROM memories WHERE tenant_id = $1 \
                                           UNION SELECT user_id FROM episodes WHERE tenant_id = $1) u), \
@@ -359,12 +366,10 @@ impl PgStore {
                                                    AND status IN ('tombstoned', 'expired')), \
                    (SELECT count(*) FROM memory_versions WHERE tenant_id = $1), \
                    (SELECT count(*) FROM episodes WHERE tenant_id = $1), \
-                   COALESCE((SELECT content_bytes FROM tenants WHERE id = $1), \
-                     (SELECT COALESCE(sum(octet_length(content)), 0) FROM episodes \
-                       WHERE tenant_id = $1)::bigint \
-                     + (SELECT COALESCE(sum(octet_length(content)), 0) FROM memory_versions \
-                       WHERE tenant_id = $1)::bigint)",
-            )
+                   COALESCE((SELECT content_bytes FROM tenants WHERE id = $1), ",
+                content_bytes!(),
+                ")",
+            ))
             .bind(tenant_id)
             .fetch_one(&mut *self.conn(tenant_id).await?)
             .await
