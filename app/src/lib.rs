@@ -279,11 +279,10 @@ pub async fn run_worker(
     let _ = ops.await;
     Ok(())
 }
-/// A binary's start: one core per model pass (see [`one_core_per_model_pass`]), its
-/// configuration from `flags` (an invalid one is printed, prefixed with `binary`, and becomes
-/// exit code 2), then tracing.
+/// A binary's start: its configuration from `flags` (an invalid one is printed, prefixed with
+/// `binary`, and becomes exit code 2), then tracing. Commands that embed call
+/// [`one_core_per_model_pass`] first.
 pub fn start(binary: &str, flags: &Flags) -> Result<Config, std::process::ExitCode> {
-    one_core_per_model_pass(binary);
     let config = Config::load(flags).map_err(|e| {
         eprintln!("{binary}: {e}");
         std::process::ExitCode::from(2)

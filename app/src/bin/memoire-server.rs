@@ -31,6 +31,10 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Only serving embeds: `probe`, `check-config` and `migrate` start no model.
+    if matches!(cli.command, None | Some(Command::Serve)) {
+        memoire_app::one_core_per_model_pass("memoire-server");
+    }
     let config = match memoire_app::start("memoire-server", &cli.flags) {
         Ok(c) => c,
         Err(code) => return code,

@@ -17,6 +17,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    memoire_app::one_core_per_model_pass("memoire-worker");
     let config = match memoire_app::start("memoire-worker", &cli.flags) {
         Ok(c) => c,
         Err(code) => return code,
