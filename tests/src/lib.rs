@@ -424,6 +424,36 @@ pub fn violated_field(status: &tonic::Status) -> Option<String> {
         .and_then(|b| b.field_violations.first().map(|v| v.field.clone()))
 }
 
+/// Starts `n` writes at once (`write(i)` makes the i-th) and asserts that exactly one succeeds
+/// and every other is `RESOURCE_EXHAUSTED` naming `quota`: a quota with one unit left holds under
+/// concurrency.
+pub async fn assert_exactly_one_fits<T, Fut>(n: usize, quota: &str, write: impl Fn(usize) -> Fut)
+where
+    T: Send + 'static,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>> + Send + 'static,
+{
+    let attempts: Vec<_> = (0..n).map(|i| tokio::spawn(write(i))).collect();
+    let mut results = Vec::new();
+    for a in attempts {
+        results.push(a.await.expect("task"));
+    }
+    let ok = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(
+        ok, 1,
+        "exactly one of {n} writes took what was left of {quota}"
+    );
+    for err in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+        assert!(err.message().contains(quota), "{}", err.message());
+    }
+}
+
+/// The delay a `RESOURCE_EXHAUSTED` status's `RetryInfo` asks for, if it carries one.
+pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
+    use tonic_types::StatusExt as _;
+    status.get_details_retry_info().and_then(|r| r.retry_delay)
+}
+
 /// The `p` quantile (0..=1, nearest rank) of sorted latencies, in milliseconds (0 when empty):
 /// what the benchmarks print.
 pub fn percentile_ms(sorted: &[Duration], p: f64) -> f64 {

@@ -1216,26 +1216,15 @@ async fn a_memory_quota_holds_under_fifty_concurrent_writes() {
     assert_eq!(t.max_memories, 5);
 
     // One slot left, fifty writers (different users, so no per-user lock orders them).
-    let attempts: Vec<_> = (0..50)
-        .map(|i| {
-            let c = client.clone();
-            let req = teach(
-                &format!("user-{i}"),
-                &format!("A fact taught by writer {i}"),
-            );
-            tokio::spawn(async move { c.memory().teach(req).await })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for a in attempts {
-        results.push(a.await.expect("task"));
-    }
-    let ok = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(ok, 1, "exactly one write took the last slot");
-    for err in results.iter().filter_map(|r| r.as_ref().err()) {
-        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
-        assert!(err.message().contains("max_memories"), "{}", err.message());
-    }
+    memoire_tests::assert_exactly_one_fits(50, "max_memories", |i| {
+        let c = client.clone();
+        let req = teach(
+            &format!("user-{i}"),
+            &format!("A fact taught by writer {i}"),
+        );
+        async move { c.memory().teach(req).await }
+    })
+    .await;
     let active: i64 = sqlx::query_scalar("SELECT count(*) FROM memories WHERE status = 'active'")
         .fetch_one(server.pool())
         .await

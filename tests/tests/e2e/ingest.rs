@@ -8,7 +8,7 @@ use std::time::Duration;
 use memoire_config::{Config, ExtractorKind};
 use memoire_sdk::Client;
 use memoire_tests::fake_llm::{FakeLlm, Reply};
-use memoire_tests::{TestServer, proto as pb, violated_field};
+use memoire_tests::{TestServer, proto as pb, retry_delay, violated_field};
 use serde_json::json;
 
 fn msg(role: pb::MessageRole, content: &str, message_id: Option<&str>) -> pb::Message {
@@ -468,11 +468,7 @@ async fn a_tenant_past_its_extraction_backlog_is_told_to_retry_and_nothing_is_st
         "{}",
         refused.message()
     );
-    use tonic_types::StatusExt as _;
-    let retry = refused
-        .get_details_retry_info()
-        .and_then(|r| r.retry_delay)
-        .expect("a retry delay");
+    let retry = retry_delay(&refused).expect("a retry delay");
     assert!(retry >= Duration::from_secs(1), "{retry:?}");
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM episodes")
         .fetch_one(server.pool())

@@ -6,8 +6,7 @@
 use std::time::{Duration, Instant};
 
 use memoire_sdk::Client;
-use memoire_tests::{TestServer, proto as pb, violated_field};
-use tonic_types::StatusExt as _;
+use memoire_tests::{TestServer, proto as pb, retry_delay, violated_field};
 
 /// Sets `tenant`'s limits (unset fields keep their value).
 async fn limit(server: &TestServer, update: pb::UpdateTenantRequest) -> pb::Tenant {
@@ -60,10 +59,7 @@ fn at_most(burst: u32, rate: u32, elapsed: Duration) -> usize {
 fn assert_refused(status: &tonic::Status, setting: &str) {
     assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
     assert!(status.message().contains(setting), "{}", status.message());
-    let retry = status
-        .get_details_retry_info()
-        .and_then(|r| r.retry_delay)
-        .expect("a retry delay");
+    let retry = retry_delay(status).expect("a retry delay");
     assert!(
         retry > Duration::ZERO && retry <= Duration::from_secs(2),
         "{retry:?}"
@@ -240,10 +236,7 @@ async fn the_ingest_message_rate_counts_messages_and_stores_nothing_it_refuses()
     let refused = ingest(&client, messages("d", 1))
         .await
         .expect_err("in debt");
-    let retry = refused
-        .get_details_retry_info()
-        .and_then(|r| r.retry_delay)
-        .expect("retry");
+    let retry = retry_delay(&refused).expect("retry");
     assert!(retry >= Duration::from_millis(1200), "{retry:?}");
     assert_eq!(stored().await, 33);
 }
@@ -331,23 +324,12 @@ async fn an_episode_quota_holds_under_fifty_concurrent_ingests_and_stats_show_it
     assert_eq!(t.max_episodes, 5);
 
     // One episode left, fifty callers of two messages or one.
-    let attempts: Vec<_> = (0..50)
-        .map(|i| {
-            let c = client.clone();
-            let batch = messages(&format!("w{i}-"), 1 + i % 2);
-            tokio::spawn(async move { ingest(&c, batch).await })
-        })
-        .collect();
-    let mut results = Vec::new();
-    for a in attempts {
-        results.push(a.await.expect("task"));
-    }
-    let ok = results.iter().filter(|r| r.is_ok()).count();
-    assert_eq!(ok, 1, "exactly one call took the last episode");
-    for err in results.iter().filter_map(|r| r.as_ref().err()) {
-        assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
-        assert!(err.message().contains("max_episodes"), "{}", err.message());
-    }
+    memoire_tests::assert_exactly_one_fits(50, "max_episodes", |i| {
+        let c = client.clone();
+        let batch = messages(&format!("w{i}-"), 1 + i % 2);
+        async move { ingest(&c, batch).await }
+    })
+    .await;
     let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM episodes")
         .fetch_one(server.pool())
         .await
