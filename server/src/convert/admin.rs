@@ -46,15 +46,24 @@ pub fn tenant_name(name: &str) -> Result<String> {
 /// Longest retention a tenant may set: 100 years (0 keeps forever).
 pub const MAX_RETENTION_DAYS: u32 = 36_500;
 
-/// A retention setting, bounded.
-pub fn retention_days(field: &str, days: Option<u32>) -> Result<Option<u32>> {
-    match days {
-        Some(d) if d > MAX_RETENTION_DAYS => Err(Error::invalid(
-            field,
-            format!("is {d} days; at most {MAX_RETENTION_DAYS} (100 years), or 0 to keep forever"),
-        )),
+/// A setting of `field` that must not exceed `max`; `refusal` words the error for a value past it.
+fn at_most<T: PartialOrd + Copy>(
+    field: &str,
+    value: Option<T>,
+    max: T,
+    refusal: impl FnOnce(T) -> String,
+) -> Result<Option<T>> {
+    match value {
+        Some(v) if v > max => Err(Error::invalid(field, refusal(v))),
         other => Ok(other),
     }
+}
+
+/// A retention setting, bounded.
+pub fn retention_days(field: &str, days: Option<u32>) -> Result<Option<u32>> {
+    at_most(field, days, MAX_RETENTION_DAYS, |d| {
+        format!("is {d} days; at most {MAX_RETENTION_DAYS} (100 years), or 0 to keep forever")
+    })
 }
 
 /// The most a count quota (max_memories, max_episodes) may be set to.
@@ -65,13 +74,9 @@ pub const MAX_BYTES_QUOTA: u64 = 1_000_000_000_000_000;
 
 /// A quota setting within `max` (0: none).
 pub fn quota(field: &str, value: Option<u64>, max: u64) -> Result<Option<u64>> {
-    match value {
-        Some(q) if q > max => Err(Error::invalid(
-            field,
-            format!("is {q}; at most {max}, or 0 for no quota"),
-        )),
-        other => Ok(other),
-    }
+    at_most(field, value, max, |q| {
+        format!("is {q}; at most {max}, or 0 for no quota")
+    })
 }
 
 /// The most any rate limit (requests or messages per second, or a burst) may be set to.
@@ -79,13 +84,9 @@ pub const MAX_RATE: u32 = 1_000_000;
 
 /// A rate-limit setting within bounds (0: unlimited).
 pub fn rate(field: &str, value: Option<u32>) -> Result<Option<u32>> {
-    match value {
-        Some(r) if r > MAX_RATE => Err(Error::invalid(
-            field,
-            format!("is {r}; at most {MAX_RATE} per second, or 0 for no limit"),
-        )),
-        other => Ok(other),
-    }
+    at_most(field, value, MAX_RATE, |r| {
+        format!("is {r}; at most {MAX_RATE} per second, or 0 for no limit")
+    })
 }
 
 /// Dead-letter pages: the last item's creation time and id (the list is ordered by both),
