@@ -22,8 +22,9 @@ cargo test --workspace --locked
 echo "== python SDK (maturin wheel into .venv)"
 cargo fmt --manifest-path sdk-python/Cargo.toml -- --check
 CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path sdk-python/Cargo.toml --locked --quiet -- -D warnings
-PATH="$PWD/.venv/bin:$PATH" CARGO_TARGET_DIR="$PWD/target" .venv/bin/pip install --quiet --no-build-isolation ./sdk-python
+# One build: the wheel a user would install (dist/), installed into .venv for the tests.
 scripts/wheel.sh
+.venv/bin/pip install --quiet --force-reinstall --no-deps dist/memoire-*.whl
 echo "== python tests"
 cargo build --locked --quiet -p memoire-app
 set +e

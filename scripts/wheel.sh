@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The Python SDK as an abi3 manylinux wheel in dist/ (what `pip install memoire-*.whl` needs: no
-# Rust toolchain). Reuses the release build `pip install ./sdk-python` leaves in target/.
+# Rust toolchain), built in target/ like the rest (`make test` installs it into .venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -f dist/memoire-*.whl
