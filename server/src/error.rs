@@ -18,13 +18,24 @@ pub fn status(e: Error) -> Status {
         Error::FailedPrecondition(m) => Status::failed_precondition(m),
         Error::Unauthenticated(m) => Status::unauthenticated(m),
         Error::PermissionDenied(m) => Status::permission_denied(m),
+        // A rate or a backlog clears with time: RetryInfo says when. A quota does not (it is
+        // freed by deleting or by a higher limit), so it carries a QuotaFailure instead — a
+        // RetryInfo would tell a client's retry policy to try again.
         Error::ResourceExhausted {
             message,
-            retry_after,
+            retry_after: Some(delay),
         } => Status::with_error_details(
             Code::ResourceExhausted,
             message,
-            ErrorDetails::with_retry_info(retry_after),
+            ErrorDetails::with_retry_info(Some(delay)),
+        ),
+        Error::ResourceExhausted {
+            message,
+            retry_after: None,
+        } => Status::with_error_details(
+            Code::ResourceExhausted,
+            message.clone(),
+            ErrorDetails::with_quota_failure_violation("tenant", message),
         ),
         Error::Unavailable(m) => {
             tracing::warn!(error = %m, "storage unavailable");

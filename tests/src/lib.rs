@@ -445,6 +445,19 @@ where
     for err in results.iter().filter_map(|r| r.as_ref().err()) {
         assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
         assert!(err.message().contains(quota), "{}", err.message());
+        // A quota does not clear with time: no RetryInfo, a QuotaFailure naming it.
+        assert_eq!(retry_delay(err), None, "{err:?}");
+        use tonic_types::StatusExt as _;
+        let failure = err
+            .get_details_quota_failure()
+            .expect("a QuotaFailure detail");
+        assert!(
+            failure
+                .violations
+                .iter()
+                .any(|v| v.description.contains(quota)),
+            "{failure:?}"
+        );
     }
 }
 
