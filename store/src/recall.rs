@@ -375,33 +375,6 @@ async fn neighbours(
         .map_err(db_error)
 }
 
-/// The cosine similarity of `vector` to each of `ids` that has a vector of the model.
-async fn cosines(
-    conn: &mut PgConnection,
-    table: Table,
-    tenant_id: Uuid,
-    ids: &[Uuid],
-    vector: &[f32],
-    settings: &VectorSettings,
-) -> Result<Vec<(Uuid, f32)>> {
-    if ids.is_empty() || vector.len() != settings.dims as usize {
-        return Ok(Vec::new());
-    }
-    let sql = format!(
-        "SELECT id, (1 - (embedding <=> $3))::float4 FROM {} \
-         WHERE tenant_id = $1 AND id = ANY($2) AND embedding_model = $4",
-        table.name()
-    );
-    sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(tenant_id)
-        .bind(ids)
-        .bind(Vector::from(vector.to_vec()))
-        .bind(&settings.model)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(db_error)
-}
-
 /// The scope's `q.candidates` nearest neighbours of `vector`, with their similarity; with
 /// `adjacent`, each episode's turns just before and after it too (in the same statement, so that
 /// the neighbouring turns cost no round trip after the vector search).
@@ -666,13 +639,10 @@ impl PgStore {
                 .copied()
                 .collect()
         };
-        let no_vector: Vec<Uuid> = ids
-            .iter()
-            .filter(|id| !near.contains_key(id))
-            .copied()
-            .collect();
-        let (text_only, vector_only, items) = tokio::join!(
-            // Each asks for a connection of its own only when it has something to score.
+        // The other side's vector scores come with hydration (the same rows, one statement).
+        let vector = vector.filter(|v| v.len() == vs.dims as usize);
+        let (text_only, items) = tokio::join!(
+            // A connection of its own only when there is something to score.
             staged("text_scores", table, async {
                 if no_text.is_empty() {
                     return Ok(Vec::new());
@@ -680,29 +650,20 @@ impl PgStore {
                 let mut c = self.conn(q.tenant_id).await?;
                 bm25(&mut c, table, q, stats, now, Some(&no_text)).await
             }),
-            staged("vector_scores", table, async {
-                match vector {
-                    Some(_) if no_vector.is_empty() => Ok(Vec::new()),
-                    Some(v) => {
-                        let mut c = self.conn(q.tenant_id).await?;
-                        cosines(&mut c, table, q.tenant_id, &no_vector, v, vs).await
-                    }
-                    None => Ok(Vec::new()),
-                }
-            }),
             staged("hydrate", table, async {
                 match table {
-                    Table::Memories => hydrate_memories(&mut conn, q, &ids).await,
-                    Table::Episodes => hydrate_episodes(&mut conn, q.tenant_id, &ids).await,
+                    Table::Memories => hydrate_memories(&mut conn, q, &ids, vector, vs).await,
+                    Table::Episodes => {
+                        hydrate_episodes(&mut conn, q.tenant_id, &ids, vector, vs).await
+                    }
                 }
             })
         );
         text_scores.extend(text_only?);
-        let vector_only: HashMap<Uuid, f32> = vector_only?.into_iter().collect();
         let items = items?;
         Ok(items
             .into_iter()
-            .map(|item| {
+            .map(|(item, cosine)| {
                 let id = item.id();
                 let (text_rank, text_score) = text
                     .get(&id)
@@ -711,7 +672,7 @@ impl PgStore {
                 let (vector_rank, vector_score) = near
                     .get(&id)
                     .map(|(r, s)| (Some(*r), *s))
-                    .unwrap_or((None, vector_only.get(&id).copied().unwrap_or(0.0)));
+                    .unwrap_or((None, cosine.unwrap_or(0.0)));
                 Candidate {
                     neighbours: adjacent.remove(&id).unwrap_or_default(),
                     item,
@@ -750,40 +711,76 @@ impl PgStore {
     }
 }
 
+/// A hydrated row with its cosine similarity to the query vector (when there is one and the
+/// row was embedded by the configured model): the vector score of candidates that only the
+/// full-text search found, computed where the row is read anyway.
+#[derive(sqlx::FromRow)]
+struct Hydrated<T> {
+    #[sqlx(flatten)]
+    row: T,
+    cosine: Option<f32>,
+}
+
+/// The select-list expression for [`Hydrated::cosine`]: the vector and the model are bound as
+/// `$v` and `$m`.
+fn cosine_column(alias: &str, v: usize, m: usize) -> String {
+    format!(
+        "CASE WHEN {alias}embedding_model = ${m} THEN (1 - ({alias}embedding <=> ${v}))::float4 END AS cosine"
+    )
+}
+
 async fn hydrate_memories(
     conn: &mut PgConnection,
     q: &RecallQuery,
     ids: &[Uuid],
-) -> Result<Vec<Item>> {
-    let rows: Vec<MemoryRow> = match q.as_of {
+    vector: Option<&[f32]>,
+    vs: &VectorSettings,
+) -> Result<Vec<(Item, Option<f32>)>> {
+    let vector = vector.map(|v| Vector::from(v.to_vec()));
+    let rows: Vec<Hydrated<MemoryRow>> = match q.as_of {
         None => {
-            let sql = format!("SELECT {MEMORY_COLUMNS} FROM memories WHERE tenant_id = $1 AND id = ANY($2)");
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(q.tenant_id).bind(ids).fetch_all(&mut *conn).await
+            let sql = format!(
+                "SELECT {MEMORY_COLUMNS}, {} FROM memories WHERE tenant_id = $1 AND id = ANY($2)",
+                cosine_column("", 3, 4)
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(q.tenant_id)
+                .bind(ids)
+                .bind(vector)
+                .bind(&vs.model)
+                .fetch_all(&mut *conn)
+                .await
         }
         Some(as_of) => {
             // Every field a version records comes from the version in force at `as_of`.
-            sqlx::query_as(concat!(
-                "SELECT m.id, m.tenant_id, m.user_id, m.namespace, v.kind, v.content, m.content_key, v.slot, \
-                   v.subject, v.tags, v.importance, v.confidence, v.pinned, m.essential, v.expires_at, v.status, \
-                   v.superseded_by, v.version, m.created_at, v.created_at AS updated_at, ",
-                last_accessed!("m"),
-                " AS last_accessed_at, ",
-                access_count!("m"),
-                " AS access_count, m.embedding_model, m.source_episode_ids \
-                 FROM memories m JOIN LATERAL (SELECT * FROM memory_versions v WHERE v.memory_id = m.id \
-                   AND v.created_at <= $3 ORDER BY v.version DESC LIMIT 1) v ON true \
-                 WHERE m.tenant_id = $1 AND m.id = ANY($2)",
-            ))
-            .bind(q.tenant_id)
-            .bind(ids)
-            .bind(as_of)
-            .fetch_all(&mut *conn)
-            .await
+            let sql = format!(
+                concat!(
+                    "SELECT m.id, m.tenant_id, m.user_id, m.namespace, v.kind, v.content, m.content_key, v.slot, \
+                       v.subject, v.tags, v.importance, v.confidence, v.pinned, m.essential, v.expires_at, v.status, \
+                       v.superseded_by, v.version, m.created_at, v.created_at AS updated_at, ",
+                    last_accessed!("m"),
+                    " AS last_accessed_at, ",
+                    access_count!("m"),
+                    " AS access_count, m.embedding_model, m.source_episode_ids, {} \
+                     FROM memories m JOIN LATERAL (SELECT * FROM memory_versions v WHERE v.memory_id = m.id \
+                       AND v.created_at <= $3 ORDER BY v.version DESC LIMIT 1) v ON true \
+                     WHERE m.tenant_id = $1 AND m.id = ANY($2)",
+                ),
+                cosine_column("m.", 4, 5)
+            );
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(q.tenant_id)
+                .bind(ids)
+                .bind(as_of)
+                .bind(vector)
+                .bind(&vs.model)
+                .fetch_all(&mut *conn)
+                .await
         }
     }
     .map_err(db_error)?;
     rows.into_iter()
-        .map(|r| Ok(Item::Memory(Box::new(Memory::try_from(r)?))))
+        .map(|r| Ok((Item::Memory(Box::new(Memory::try_from(r.row)?)), r.cosine)))
         .collect()
 }
 
@@ -791,16 +788,27 @@ async fn hydrate_episodes(
     conn: &mut PgConnection,
     tenant_id: Uuid,
     ids: &[Uuid],
-) -> Result<Vec<Item>> {
-    let sql =
-        format!("SELECT {EPISODE_COLUMNS} FROM episodes WHERE tenant_id = $1 AND id = ANY($2)");
-    let rows: Vec<EpisodeRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    vector: Option<&[f32]>,
+    vs: &VectorSettings,
+) -> Result<Vec<(Item, Option<f32>)>> {
+    let sql = format!(
+        "SELECT {EPISODE_COLUMNS}, {} FROM episodes WHERE tenant_id = $1 AND id = ANY($2)",
+        cosine_column("", 3, 4)
+    );
+    let rows: Vec<Hydrated<EpisodeRow>> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(tenant_id)
         .bind(ids)
+        .bind(vector.map(|v| Vector::from(v.to_vec())))
+        .bind(&vs.model)
         .fetch_all(&mut *conn)
         .await
         .map_err(db_error)?;
     rows.into_iter()
-        .map(|r| Ok(Item::Episode(Box::new(EpisodeHit::try_from(r)?))))
+        .map(|r| {
+            Ok((
+                Item::Episode(Box::new(EpisodeHit::try_from(r.row)?)),
+                r.cosine,
+            ))
+        })
         .collect()
 }
