@@ -11,15 +11,9 @@ import tomllib
 from pathlib import Path
 
 import yaml
+from repo_facts import ROOT, settings
 
-ROOT = Path(__file__).resolve().parents[2]
 SERVER = Path(os.environ.get("MEMOIRE_SERVER_BIN", ROOT / "target" / "debug" / "memoire-server"))
-
-
-def settings() -> set[str]:
-    src = (ROOT / "config" / "src" / "lib.rs").read_text()
-    table = src[src.index("pub const SETTINGS"):src.index("];", src.index("pub const SETTINGS"))]
-    return {"MEMOIRE_" + k.upper() for k in re.findall(r'\(\s*"([a-z_]+)"', table)}
 
 
 def compose() -> dict:
