@@ -582,20 +582,39 @@ impl PgStore {
             adjacent: text_adjacent,
         } = text;
         let context = with_context(table, q);
-        let near_all = match vector {
-            Some(v) => {
-                staged(
-                    "vector",
-                    table,
-                    nearest(&mut conn, table, q, v, vs, stats, now, context),
-                )
-                .await?
-            }
-            None => Vec::new(),
-        };
-
         // Fewer than the pool: every matching document is in it, and the others score 0.
         let text_complete = text_all.len() < q.candidates;
+        // When the vector search may find documents the full-text search did not rank, their
+        // text scores need a second connection: it is taken (and scoped, one round trip) while
+        // the vector search runs, not after it.
+        let spare_needed = !text_complete
+            && vector.is_some()
+            && stats.vectors > 0
+            && stats.docs > 0.0
+            && !q.text.trim().is_empty();
+        let (near_all, mut spare) = tokio::join!(
+            async {
+                match vector {
+                    Some(v) => {
+                        staged(
+                            "vector",
+                            table,
+                            nearest(&mut conn, table, q, v, vs, stats, now, context),
+                        )
+                        .await
+                    }
+                    None => Ok(Vec::new()),
+                }
+            },
+            async {
+                if spare_needed {
+                    Some(self.conn(q.tenant_id).await)
+                } else {
+                    None
+                }
+            }
+        );
+        let near_all = near_all?;
         let mut text_scores: HashMap<Uuid, f32> = text_all.iter().copied().collect();
         let near_hits: Vec<(Uuid, f32)> = near_all.iter().map(|(id, s, _, _)| (*id, *s)).collect();
         let (text, near) = (ranked(&text_all), ranked(&near_hits));
@@ -647,7 +666,10 @@ impl PgStore {
                 if no_text.is_empty() {
                     return Ok(Vec::new());
                 }
-                let mut c = self.conn(q.tenant_id).await?;
+                let mut c = match spare.take() {
+                    Some(c) => c?,
+                    None => self.conn(q.tenant_id).await?,
+                };
                 bm25(&mut c, table, q, stats, now, Some(&no_text)).await
             }),
             staged("hydrate", table, async {
