@@ -20,8 +20,8 @@ MONITORING = ROOT / "deploy" / "monitoring"
 ALERTS = MONITORING / "alerts.yaml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 
-# Labels Prometheus attaches to every scraped series. A scraped label of the same name is kept
-# as `exported_<name>` (the default `honor_labels: false`).
+# Labels Prometheus attaches to every scraped series. A scraped label of the same name would be
+# kept as `exported_<name>` (the default `honor_labels: false`): no metric may use one.
 TARGET_LABELS = ("job", "instance")
 # Series Prometheus itself writes for every target.
 PROMETHEUS_SERIES = {"up": {"job": None, "instance": None}}
@@ -32,10 +32,8 @@ Labels = dict[str, "frozenset[str] | None"]
 
 
 def scraped(series: Series) -> Labels:
-    """A series' labels as Prometheus stores them: its own, renamed where they collide with the
-    target's, plus the target's."""
-    out: Labels = {(f"exported_{k}" if k in TARGET_LABELS else k): v for k, v in series.labels.items()}
-    return {**out, **{k: None for k in TARGET_LABELS}}
+    """A series' labels as Prometheus stores them: its own plus the target's."""
+    return {**series.labels, **{k: None for k in TARGET_LABELS}}
 
 
 def known_series() -> dict[str, tuple[str, Labels]]:
@@ -331,13 +329,6 @@ class Checker:
                 self.problem("value", f"{name}{{{label}{op}{value!r}}}: bad regex: {e}")
                 return
         known = labels[label]
-        if label in TARGET_LABELS and f"exported_{label}" in labels and op == "=":
-            # The series' own label of that name is scraped as exported_<label>: a literal is
-            # most likely meant for it (a target is chosen with a variable).
-            own = labels[f"exported_{label}"]
-            if own is None or value in own:
-                self.problem("label", f"{name}{{{label}={value!r}}}: its own `{label}` label "
-                                      f"is scraped as exported_{label}")
         if known is None or "$" in value:
             return
         if op == "=" and value not in known:
@@ -702,3 +693,9 @@ def test_the_dashboard_uses_labels_and_values_the_metrics_have():
     checker = checked_dashboard()
     found = problems(checker, "label", "value", "type")
     assert not found, "\n".join(found)
+
+
+def test_no_metric_uses_a_label_prometheus_attaches_to_every_target():
+    clashing = {name: sorted(set(s.labels) & set(TARGET_LABELS))
+                for name, s in exported_metrics().items() if set(s.labels) & set(TARGET_LABELS)}
+    assert not clashing, f"labels Prometheus would rename to exported_<label>: {clashing}"

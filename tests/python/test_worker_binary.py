@@ -53,6 +53,6 @@ def test_a_separate_worker_extracts_what_the_server_acknowledged(split):
     finally:
         client.close()
     status, body = http_get(http, "/metrics")
-    assert status == 200 and 'memoire_jobs_total{job="extract",outcome="ok"}' in body, body[:2000]
+    assert status == 200 and 'memoire_jobs_total{task="extract",outcome="ok"}' in body, body[:2000]
     assert http_get(http, "/healthz") == (200, "ok\n")
     assert proc.poll() is None, log.read_text()

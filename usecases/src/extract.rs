@@ -40,9 +40,9 @@ pub enum Step {
 /// How many memories one expiry transaction expires; small batches keep locks short.
 const EXPIRY_BATCH: i64 = 500;
 
-/// Counts one outcome of a worker job (`memoire_jobs_total{job,outcome}`).
+/// Counts one outcome of a worker job (`memoire_jobs_total{task,outcome}`).
 pub fn job_outcome(job: &'static str, outcome: &'static str) {
-    metrics::counter!("memoire_jobs_total", "job" => job, "outcome" => outcome).increment(1);
+    metrics::counter!("memoire_jobs_total", "task" => job, "outcome" => outcome).increment(1);
 }
 
 impl UseCases {

@@ -104,10 +104,10 @@ impl UseCases {
             }
             Err(e) => Err(e),
         };
-        metrics::histogram!("memoire_maintenance_seconds", "job" => job.as_str())
+        metrics::histogram!("memoire_maintenance_seconds", "task" => job.as_str())
             .record(started.elapsed().as_secs_f64());
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!("memoire_jobs_total", "job" => job.as_str(), "outcome" => outcome)
+        metrics::counter!("memoire_jobs_total", "task" => job.as_str(), "outcome" => outcome)
             .increment(1);
         match &result {
             Ok(v) => {
