@@ -461,6 +461,16 @@ where
     }
 }
 
+/// A `Teach` of a fact about `user`, every other field at its default.
+pub fn fact(user: &str, content: &str) -> pb::TeachRequest {
+    pb::TeachRequest {
+        user_id: user.into(),
+        kind: pb::MemoryKind::Fact as i32,
+        content: content.into(),
+        ..Default::default()
+    }
+}
+
 /// The delay a `RESOURCE_EXHAUSTED` status's `RetryInfo` asks for, if it carries one.
 pub fn retry_delay(status: &tonic::Status) -> Option<Duration> {
     use tonic_types::StatusExt as _;

@@ -53,12 +53,10 @@ fn fact(i: usize) -> pb::TeachRequest {
         "is allergic to hazelnuts",
         "drives an old blue hatchback",
     ];
-    pb::TeachRequest {
-        user_id: "u".into(),
-        kind: pb::MemoryKind::Fact as i32,
-        content: format!("The user {} (note {i})", TOPICS[i % TOPICS.len()]),
-        ..Default::default()
-    }
+    memoire_tests::fact(
+        "u",
+        &format!("The user {} (note {i})", TOPICS[i % TOPICS.len()]),
+    )
 }
 
 /// One side of the comparison.

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use memoire_sdk::Client;
-use memoire_tests::{TestServer, proto as pb, retry_delay, violated_field};
+use memoire_tests::{TestServer, fact, proto as pb, retry_delay, violated_field};
 
 /// Sets `tenant`'s limits (unset fields keep their value).
 async fn limit(server: &TestServer, update: pb::UpdateTenantRequest) -> pb::Tenant {
@@ -345,12 +345,7 @@ async fn a_content_quota_counts_messages_and_memory_versions() {
     let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
     let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
     ingest(&client, messages("a", 2)).await.expect("ingest");
-    let teach = |content: &str| pb::TeachRequest {
-        user_id: "u".into(),
-        kind: pb::MemoryKind::Fact as i32,
-        content: content.into(),
-        ..Default::default()
-    };
+    let teach = |content: &str| fact("u", content);
     client
         .memory()
         .teach(teach("Likes green tea"))

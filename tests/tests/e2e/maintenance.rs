@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use memoire_core::clock::ManualClock;
 use memoire_sdk::Client;
-use memoire_tests::{TestServer, proto as pb};
+use memoire_tests::{TestServer, fact, proto as pb};
 use serde_json::Value;
 
 async fn run(server: &TestServer, tenant: &str, job: pb::MaintenanceJob) -> Value {
@@ -36,15 +36,6 @@ async fn teach(client: &Client, req: pb::TeachRequest) -> pb::Memory {
         .into_inner()
         .memory
         .expect("memory")
-}
-
-fn fact(user: &str, content: &str) -> pb::TeachRequest {
-    pb::TeachRequest {
-        user_id: user.into(),
-        kind: pb::MemoryKind::Fact as i32,
-        content: content.into(),
-        ..Default::default()
-    }
 }
 
 async fn recall_contents(client: &Client, user: &str, query: &str) -> Vec<String> {

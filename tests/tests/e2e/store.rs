@@ -8,7 +8,7 @@ use memoire_core::command::{Ingest, MemoryPatch, NewEpisode, NewMemory};
 use memoire_core::embed::Embedding;
 use memoire_core::model::{Basis, ForgetMode, MemoryKind, MessageRole, Scope};
 use memoire_store::{Correction, JobScope, RetryPolicy, VectorTable};
-use memoire_tests::{TestServer, proto as pb};
+use memoire_tests::{TestServer, fact, proto as pb};
 
 fn vector(x: f32) -> Vec<f32> {
     let mut v = vec![0.0; 384];
@@ -371,12 +371,7 @@ async fn row_level_security_is_a_wall_of_its_own() {
     let (b, _) = server.tenant("b", pb::KeyRole::Writer).await;
     client
         .memory()
-        .teach(pb::TeachRequest {
-            user_id: "u".into(),
-            kind: pb::MemoryKind::Fact as i32,
-            content: "Keeps bees".into(),
-            ..Default::default()
-        })
+        .teach(fact("u", "Keeps bees"))
         .await
         .expect("teach");
     client
@@ -496,12 +491,7 @@ async fn with_row_level_security_off_the_service_still_works() {
     let (_, a) = server.tenant("a", pb::KeyRole::Writer).await;
     let (_, b) = server.tenant("b", pb::KeyRole::Writer).await;
     a.memory()
-        .teach(pb::TeachRequest {
-            user_id: "u".into(),
-            kind: pb::MemoryKind::Fact as i32,
-            content: "Keeps bees".into(),
-            ..Default::default()
-        })
+        .teach(fact("u", "Keeps bees"))
         .await
         .expect("teach");
     let list = |c: &memoire_sdk::Client| {
