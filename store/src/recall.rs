@@ -587,11 +587,8 @@ impl PgStore {
         // When the vector search may find documents the full-text search did not rank, their
         // text scores need a second connection: it is taken (and scoped, one round trip) while
         // the vector search runs, not after it.
-        let spare_needed = !text_complete
-            && vector.is_some()
-            && stats.vectors > 0
-            && stats.docs > 0.0
-            && !q.text.trim().is_empty();
+        // (A search without terms, or over a scope without documents, found nothing: complete.)
+        let spare_needed = !text_complete && vector.is_some() && stats.vectors > 0;
         let (near_all, mut spare) = tokio::join!(
             async {
                 match vector {
