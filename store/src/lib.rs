@@ -34,7 +34,7 @@ use memoire_core::Result;
 use memoire_core::clock::{Clock, SystemClock};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgPool, Postgres, Transaction};
+use sqlx::{AssertSqlSafe, PgPool, Postgres, SqlSafeStr, Transaction};
 use uuid::Uuid;
 
 pub use cache::RedisCache;
@@ -158,9 +158,14 @@ impl PgStore {
         } else {
             options.options([(TENANT_SETTING, Rows::All.setting())])
         };
+        // sqlx checks an idle connection with a round trip before it hands it out (and again
+        // when it comes back). Scoped connections skip the first check: their first statement,
+        // the scope's `SET`, is the check, and a connection that died idle is replaced there
+        // (see `conn` and `begin`), so row-level security costs no round trip of its own.
         let pool = PgPoolOptions::new()
             .max_connections(settings.max_connections)
-            .acquire_timeout(settings.acquire_timeout);
+            .acquire_timeout(settings.acquire_timeout)
+            .test_before_acquire(!settings.row_level_security);
         let pool = pool.connect_with(options).await.map_err(db_error)?;
         Ok(PgStore {
             scoped: settings.row_level_security,
@@ -205,19 +210,24 @@ impl PgStore {
 
     /// A connection that sees `rows` (one tenant's, or all) under row-level security.
     pub(crate) async fn conn(&self, rows: impl Into<Rows>) -> Result<PoolConnection<Postgres>> {
-        let rows = rows.into();
-        let mut conn = self.pool.acquire().await.map_err(db_error)?;
-        if !self.scoped {
-            return Ok(conn);
-        }
-        sqlx::raw_sql(AssertSqlSafe(format!(
+        let set = format!(
             "SET {TENANT_SETTING} = '{}'",
-            rows.setting()
-        )))
-        .execute(&mut *conn)
-        .await
-        .map_err(db_error)?;
-        Ok(conn)
+            Into::<Rows>::into(rows).setting()
+        );
+        let mut broken = 0;
+        loop {
+            let mut conn = self.pool.acquire().await.map_err(db_error)?;
+            if !self.scoped {
+                return Ok(conn);
+            }
+            match sqlx::raw_sql(AssertSqlSafe(set.clone()))
+                .execute(&mut *conn)
+                .await
+            {
+                Ok(_) => return Ok(conn),
+                Err(e) => self.replace_broken(e, &mut broken)?,
+            }
+        }
     }
 
     /// A transaction that sees `rows`: the setting is local to it, sent with its BEGIN.
@@ -229,19 +239,46 @@ impl PgStore {
         if !self.scoped {
             return self.pool.begin().await.map_err(db_error);
         }
-        self.pool
-            .begin_with(AssertSqlSafe(format!(
-                "BEGIN; SET LOCAL {TENANT_SETTING} = '{}'",
-                rows.setting()
-            )))
-            .await
-            .map_err(db_error)
+        let begin = format!("BEGIN; SET LOCAL {TENANT_SETTING} = '{}'", rows.setting());
+        let mut broken = 0;
+        loop {
+            let conn = self.pool.acquire().await.map_err(db_error)?;
+            match Transaction::begin(conn, Some(AssertSqlSafe(begin.clone()).into_sql_str())).await
+            {
+                Ok(tx) => return Ok(tx),
+                Err(e) => self.replace_broken(e, &mut broken)?,
+            }
+        }
+    }
+
+    /// After a scoped connection's first statement failed with `e`: when the connection had
+    /// died while idle (Postgres restarted, a proxy dropped it), it is closed as it goes back
+    /// (sqlx checks it then) and another is taken, as sqlx's own check before handing one out
+    /// would have done; otherwise, or after every pooled connection has failed so, `e` is the
+    /// answer.
+    fn replace_broken(&self, e: sqlx::Error, broken: &mut u32) -> Result<()> {
+        let dead = match &e {
+            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+            // admin_shutdown, crash_shutdown, cannot_connect_now; connection exceptions.
+            sqlx::Error::Database(d) => d
+                .code()
+                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+            _ => false,
+        };
+        *broken += 1;
+        if dead && *broken <= self.pool.options().get_max_connections() {
+            tracing::debug!(error = %e, "a pooled connection had died; taking another");
+            return Ok(());
+        }
+        Err(db_error(e))
     }
 
     /// Whether Postgres answers.
     pub async fn ping(&self) -> memoire_core::Result<()> {
+        // A scoped connection: its scope's statement replaces a connection that died idle.
+        let mut conn = self.conn(Rows::All).await?;
         sqlx::query("SELECT 1")
-            .execute(&self.pool)
+            .execute(&mut *conn)
             .await
             .map_err(db_error)?;
         Ok(())

@@ -511,3 +511,70 @@ async fn with_row_level_security_off_the_service_still_works() {
     assert_eq!(list(&a).await, 1);
     assert_eq!(list(&b).await, 0);
 }
+
+/// Pooled connections that died while idle (Postgres restarted, a proxy dropped them) are
+/// replaced where they are taken — with row-level security on, by the scope's first statement,
+/// not by a check of its own — so no call fails for them.
+#[tokio::test]
+async fn pooled_connections_that_died_idle_are_replaced_without_an_error() {
+    use sqlx::Connection as _;
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    client
+        .memory()
+        .teach(fact("u", "Keeps bees on the roof"))
+        .await
+        .expect("teach");
+    let recall = || {
+        let client = client.clone();
+        async move {
+            client
+                .memory()
+                .recall(pb::RecallRequest {
+                    user_id: "u".into(),
+                    query: "bees".into(),
+                    k: 5,
+                    include_episodes: Some(true),
+                    ..Default::default()
+                })
+                .await
+        }
+    };
+    // Calls side by side leave several idle connections in the pool.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        calls.spawn(recall());
+    }
+    while let Some(r) = calls.join_next().await {
+        r.expect("join").expect("recall");
+    }
+    let mut conn = sqlx::PgConnection::connect(&server.database_url)
+        .await
+        .expect("connect");
+    let killed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .expect("terminate");
+    assert!(killed >= 2, "{killed} connections ended");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    for _ in 0..4 {
+        calls.spawn(recall());
+    }
+    while let Some(r) = calls.join_next().await {
+        let items = r
+            .expect("join")
+            .expect("recall after the pool's connections died")
+            .into_inner()
+            .items;
+        assert!(!items.is_empty());
+    }
+    client
+        .memory()
+        .teach(fact("u", "Keeps goats in the garden"))
+        .await
+        .expect("teach after the pool's connections died");
+}
