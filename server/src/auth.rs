@@ -5,18 +5,36 @@
 //! reflection stay open. The call is then counted against the caller's rate limits: over one,
 //! it is answered `RESOURCE_EXHAUSTED` with a `RetryInfo`; under them, the reply carries
 //! `x-ratelimit-remaining` (calls still admissible at once) when a limit applies.
+//!
+//! The limits are decided in Redis, one round trip. Calls that change nothing ([`SPECULATIVE`])
+//! start meanwhile, and their result is dropped if the call is refused; Teach starts too and
+//! waits for the decision before it writes ([`permit`]); every other call waits for it first.
 
+use std::future::Future;
+use std::pin::pin;
 use std::task::{Context, Poll};
 
 use futures::future::BoxFuture;
+use futures::future::Either;
 use memoire_core::command::Principal;
-use memoire_usecases::{Authenticator, RateLimiter};
+use memoire_usecases::{Authenticator, Permit, RateLimiter};
 use tonic::{Request, Status};
 
 use crate::error::status;
 
 /// The gRPC paths that need a caller.
 const AUTHENTICATED_PREFIX: &str = "/memoire.v1.";
+
+/// The calls that may start before the rate limits have decided: they change nothing (Recall's
+/// access statistics wait for the decision), or wait for it before they write (Teach).
+const SPECULATIVE: &[&str] = &[
+    "/memoire.v1.MemoryService/Recall",
+    "/memoire.v1.MemoryService/Conscious",
+    "/memoire.v1.MemoryService/GetMemory",
+    "/memoire.v1.MemoryService/ListMemories",
+    "/memoire.v1.MemoryService/History",
+    "/memoire.v1.MemoryService/Teach",
+];
 
 /// The response metadata with the calls a caller may still make at once.
 pub const REMAINING_HEADER: &str = "x-ratelimit-remaining";
@@ -62,6 +80,7 @@ where
         + Send
         + 'static,
     S::Future: Send + 'static,
+    S::Error: Send,
     B: Send + 'static,
 {
     type Response = S::Response;
@@ -90,12 +109,26 @@ where
                 Ok(principal) => principal,
                 Err(e) => return Ok(status(e).into_http()),
             };
-            let remaining = match limiter.admit_call(&principal).await {
-                Ok(remaining) => remaining,
+            let permit = limiter.start_call(&principal);
+            if let Some(Err(e)) = permit.now() {
+                return Ok(rate_limited(e).into_http());
+            }
+            let speculative = SPECULATIVE.contains(&req.uri().path());
+            req.extensions_mut().insert(principal);
+            req.extensions_mut().insert(permit.clone());
+            let decided = if speculative {
+                speculate(inner.call(req), &permit).await
+            } else {
+                match permit.granted().await {
+                    Ok(remaining) => Ok((remaining, inner.call(req).await)),
+                    Err(e) => Err(e),
+                }
+            };
+            let (remaining, response) = match decided {
+                Ok(decided) => decided,
                 Err(e) => return Ok(rate_limited(e).into_http()),
             };
-            req.extensions_mut().insert(principal);
-            let mut response = inner.call(req).await?;
+            let mut response = response?;
             if let Some(remaining) = remaining {
                 response
                     .headers_mut()
@@ -106,6 +139,22 @@ where
     }
 }
 
+/// Runs `call` while `permit` is decided: its result when the call is admitted; when it is
+/// refused, the call is dropped unfinished (or its result discarded) and the refusal returned.
+async fn speculate<R>(
+    call: impl Future<Output = R>,
+    permit: &Permit,
+) -> memoire_core::Result<(Option<u32>, R)> {
+    let (call, granted) = (pin!(call), pin!(permit.granted()));
+    match futures::future::select(call, granted).await {
+        Either::Left((result, granted)) => Ok((granted.await?, result)),
+        Either::Right((granted, call)) => {
+            let remaining = granted?;
+            Ok((remaining, call.await))
+        }
+    }
+}
+
 /// The status of a call refused by a rate limit: the error, and nothing remaining.
 pub fn rate_limited(e: memoire_core::Error) -> Status {
     let mut refused = status(e);
@@ -113,6 +162,15 @@ pub fn rate_limited(e: memoire_core::Error) -> Status {
         .metadata_mut()
         .insert(REMAINING_HEADER, tonic::metadata::MetadataValue::from(0u32));
     refused
+}
+
+/// The rate limits' decision on a request that passed the auth layer: what a call that started
+/// before it was known awaits before it writes.
+pub fn permit<T>(req: &Request<T>) -> Result<Permit, Status> {
+    req.extensions()
+        .get::<Permit>()
+        .cloned()
+        .ok_or_else(|| Status::internal("the auth layer did not run for this call"))
 }
 
 /// The caller of a request that passed the auth layer.

@@ -13,7 +13,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::UseCases;
+use crate::{Permit, UseCases};
 
 /// A maintenance job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -201,6 +201,7 @@ impl UseCases {
             // Through Teach: embedded, resolved against the slot, Conscious invalidated.
             let result = self
                 .teach(
+                    &Permit::unlimited(),
                     Teach::Create {
                         scope: scope.clone(),
                         memory: NewMemory {

@@ -28,7 +28,7 @@ use memoire_store::{ConsciousCache, ConsciousSettings, PgStore, VectorSettings};
 
 pub use auth::Authenticator;
 pub use extract::{ExtractSettings, Step, job_outcome};
-pub use limits::RateLimiter;
+pub use limits::{Permit, PermitDecider, RateLimiter};
 pub use memory::{ExtractionWait, Recalled};
 pub use query::QueryEmbedder;
 

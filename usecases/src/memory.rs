@@ -14,7 +14,7 @@ use memoire_providers::Tiktoken;
 use memoire_store::{ConsciousSource, ConsciousView, Correction, record_stage};
 use uuid::Uuid;
 
-use crate::UseCases;
+use crate::{Permit, UseCases};
 
 /// What Recall found.
 #[derive(Debug)]
@@ -50,9 +50,10 @@ const CORRECTION_ATTEMPTS: usize = 3;
 impl UseCases {
     /// Recall: embed the query (cached; full text searches meanwhile) → vector candidates → rank
     /// (core) → pack under the token budget (with `tokenizer`'s counts) → access statistics
-    /// after the reply.
+    /// after the reply, once `permit` is granted.
     pub async fn recall(
         &self,
+        permit: &Permit,
         mut query: RecallQuery,
         k: usize,
         budget: usize,
@@ -97,8 +98,12 @@ impl UseCases {
             .collect();
         if !touched.is_empty() {
             // Access statistics are written after the reply, never on its path.
-            let store = self.store().clone();
+            let (store, permit) = (self.store().clone(), permit.clone());
             tokio::spawn(async move {
+                // A call the rate limits refuse leaves no trace.
+                if permit.granted().await.is_err() {
+                    return;
+                }
                 if let Err(e) = store.touch_memories(tenant, &touched).await {
                     tracing::warn!(error = %e, "updating access statistics failed");
                 }
@@ -113,8 +118,9 @@ impl UseCases {
 
     /// Teach: a new memory (embedded, then resolved against the user's memories and written in
     /// one transaction) or a correction (a new version; re-embedded when its text changes).
-    /// Conscious is invalidated before the reply whenever something was written.
-    pub async fn teach(&self, cmd: Teach, actor: &str) -> Result<TeachResult> {
+    /// Conscious is invalidated before the reply whenever something was written. Nothing is
+    /// written before `permit` is granted (a new memory's embedding is computed meanwhile).
+    pub async fn teach(&self, permit: &Permit, cmd: Teach, actor: &str) -> Result<TeachResult> {
         let (scope, result) = match cmd {
             Teach::Create {
                 scope,
@@ -131,6 +137,7 @@ impl UseCases {
                         memory.slot.as_deref(),
                     )
                     .await?;
+                permit.granted().await?;
                 let result = self
                     .store()
                     .create_memory(
@@ -151,6 +158,7 @@ impl UseCases {
                 patch,
                 reason,
             } => {
+                permit.granted().await?;
                 let model = Some(self.embedding_model().to_owned());
                 let mut embedding: Option<(String, Embedding)> = None;
                 let mut attempts = 0;

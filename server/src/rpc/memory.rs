@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{caller, rate_limited};
+use crate::auth::{caller, permit, rate_limited};
 use crate::convert::memory::{self as c, CONSCIOUS_DEFAULT_BUDGET, non_empty};
 use crate::convert::{self, page_token};
 use crate::error::status;
@@ -76,10 +76,11 @@ impl MemoryService for MemorySvc {
     ) -> Result<Response<pb::RecallResponse>, Status> {
         let s = &self.state;
         let tenant = caller(&req)?.tenant(KeyRole::Reader).map_err(status)?;
+        let permit = permit(&req)?;
         let r =
             c::recall_request(req.into_inner(), tenant, &s.limits, &s.recall).map_err(status)?;
         let out =
-            s.uc.recall(r.query, r.k, r.budget, &r.tokenizer, r.min_score)
+            s.uc.recall(&permit, r.query, r.k, r.budget, &r.tokenizer, r.min_score)
                 .await
                 .map_err(status)?;
         Ok(Response::new(pb::RecallResponse {
@@ -141,6 +142,7 @@ impl MemoryService for MemorySvc {
     ) -> Result<Response<pb::TeachResponse>, Status> {
         let s = &self.state;
         let who = caller(&req)?.clone();
+        let permit = permit(&req)?;
         let tenant = who.tenant(KeyRole::Writer).map_err(status)?;
         let (cmd, found) =
             c::teach_command(req.into_inner(), tenant, &s.limits, s.uc.store().now())
@@ -149,7 +151,7 @@ impl MemoryService for MemorySvc {
         for kind in found {
             metrics::counter!("memoire_pii_scrubbed_total", "kind" => kind.as_str()).increment(1);
         }
-        let result = s.uc.teach(cmd, &who.actor).await.map_err(status)?;
+        let result = s.uc.teach(&permit, cmd, &who.actor).await.map_err(status)?;
         metrics::counter!("memoire_teach_outcomes_total", "outcome" => format!("{:?}", result.outcome).to_lowercase()).increment(1);
         Ok(Response::new(c::teach_response(result)))
     }

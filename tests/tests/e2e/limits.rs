@@ -176,6 +176,205 @@ async fn a_key_rate_limits_that_key_only() {
     assert_eq!(violated_field(&err).as_deref(), Some("rate_limit_rps"));
 }
 
+/// Teach and Recall start before the rate limits have decided (the decision is one Redis round
+/// trip): a refused Teach must still write nothing, and a refused Recall leave no access count.
+#[tokio::test]
+async fn calls_that_start_before_the_decision_leave_nothing_when_refused() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (tenant, owner) = server.tenant("t", pb::KeyRole::Writer).await;
+    let created = server
+        .admin()
+        .admin()
+        .create_api_key(pb::CreateApiKeyRequest {
+            tenant_id: tenant,
+            name: "slow writer".into(),
+            role: pb::KeyRole::Writer as i32,
+            rate_limit_rps: 1,
+        })
+        .await
+        .expect("create key")
+        .into_inner();
+    let slow = server.client(Some(&created.secret));
+    let memory = owner
+        .memory()
+        .teach(fact("u", "I keep bees on the roof"))
+        .await
+        .expect("teach")
+        .into_inner()
+        .memory
+        .expect("memory");
+
+    // Ten different facts, as fast as they go: the first is admitted, the second is decided by
+    // Redis while its embedding runs, the rest are refused without a round trip.
+    let mut admitted = Vec::new();
+    for i in 0..10 {
+        match slow
+            .memory()
+            .teach(fact("u", &format!("My locker number is {}", 100 + i)))
+            .await
+        {
+            Ok(r) => admitted.push(r.into_inner().memory.expect("memory").id),
+            Err(e) => assert_refused(&e, "API key's rate_limit_rps"),
+        }
+    }
+    assert!(!admitted.is_empty() && admitted.len() < 10, "{admitted:?}");
+    let listed = owner
+        .memory()
+        .list_memories(pb::ListMemoriesRequest {
+            user_id: "u".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .memories;
+    assert_eq!(
+        listed.len(),
+        admitted.len() + 1,
+        "a refused Teach wrote: {listed:?}"
+    );
+
+    // Recalls that find the memory: only the admitted ones count as accesses.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut recalled = 0u64;
+    for _ in 0..10 {
+        let r = slow
+            .memory()
+            .recall(pb::RecallRequest {
+                user_id: "u".into(),
+                query: "bees on the roof".into(),
+                k: 5,
+                ..Default::default()
+            })
+            .await;
+        match r {
+            Ok(r) => {
+                let items = r.into_inner().items;
+                let found = items.iter().any(|x| {
+                    matches!(&x.item, Some(pb::recall_item::Item::Memory(m)) if m.id == memory.id)
+                });
+                assert!(found, "{items:?}");
+                recalled += 1;
+            }
+            Err(e) => assert_refused(&e, "API key's rate_limit_rps"),
+        }
+    }
+    assert!(recalled > 0 && recalled < 10, "{recalled}");
+    // Access statistics are written after the reply: wait until they settle.
+    let mut count = 0;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        count = owner
+            .memory()
+            .get_memory(pb::GetMemoryRequest {
+                memory_id: memory.id.clone(),
+            })
+            .await
+            .expect("get")
+            .into_inner()
+            .memory
+            .expect("memory")
+            .access_count;
+        if count >= recalled {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settled = owner
+        .memory()
+        .get_memory(pb::GetMemoryRequest {
+            memory_id: memory.id.clone(),
+        })
+        .await
+        .expect("get")
+        .into_inner()
+        .memory
+        .expect("memory")
+        .access_count;
+    assert_eq!((count, settled), (recalled, recalled));
+}
+
+/// Teach computes its embedding while the rate limits decide, and writes nothing until they have:
+/// not while the decision is pending, and nothing at all when it is a refusal. (Over gRPC the
+/// decision nearly always comes first; here it is held back on purpose.)
+#[tokio::test]
+async fn teach_writes_only_once_its_permit_is_granted() {
+    use memoire_core::command::{NewMemory, Teach};
+    use memoire_core::model::{Basis, MemoryKind, Scope};
+    use memoire_usecases::Permit;
+
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let uc = server.usecases().await;
+    let teach = |content: &str| Teach::Create {
+        scope: Scope {
+            tenant_id: tenant.parse().expect("tenant id"),
+            user_id: "u".into(),
+            namespace: "default".into(),
+        },
+        memory: NewMemory {
+            kind: MemoryKind::Fact,
+            content: content.into(),
+            slot: None,
+            subject: None,
+            tags: vec![],
+            importance: 0.5,
+            confidence: 1.0,
+            pinned: false,
+            expires_at: None,
+            source_episode_ids: vec![],
+        },
+        force_create: false,
+        reason: None,
+        basis: Basis::Teach,
+    };
+    let stored = || {
+        let client = client.clone();
+        async move {
+            client
+                .memory()
+                .list_memories(pb::ListMemoriesRequest {
+                    user_id: "u".into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("list")
+                .into_inner()
+                .memories
+                .len()
+        }
+    };
+
+    let (decider, permit) = Permit::pending();
+    let call = {
+        let (uc, cmd) = (uc.clone(), teach("Keeps bees on the roof"));
+        tokio::spawn(async move { uc.teach(&permit, cmd, "test").await })
+    };
+    // Long enough for the embedding; the write waits.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(!call.is_finished(), "Teach finished before its permit");
+    assert_eq!(stored().await, 0, "written before the permit");
+    decider.admit(Some(1));
+    call.await.expect("join").expect("teach");
+    assert_eq!(stored().await, 1);
+
+    let (decider, permit) = Permit::pending();
+    decider.refuse(memoire_core::Error::ResourceExhausted {
+        message: "rate limit exceeded".into(),
+        retry_after: Some(Duration::from_millis(100)),
+    });
+    let err = uc
+        .teach(&permit, teach("Keeps goats in the garden"), "test")
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, memoire_core::Error::ResourceExhausted { .. }),
+        "{err:?}"
+    );
+    assert_eq!(stored().await, 1, "a refused Teach wrote");
+}
+
 fn messages(prefix: &str, n: usize) -> Vec<pb::Message> {
     (0..n)
         .map(|i| pb::Message {
