@@ -50,7 +50,8 @@ pub fn metrics_handle() -> PrometheusHandle {
 }
 
 /// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` completes. `ready` answers
-/// whether the process can do its work (e.g. Postgres answers).
+/// whether the process can do its work (Postgres answers); each scrape of `/metrics` asks it
+/// too, as `memoire_postgres_up` (1 or 0), so an outage shows without traffic.
 pub async fn serve<R, Fut>(
     listener: TcpListener,
     ready: R,
@@ -61,12 +62,15 @@ where
     Fut: Future<Output = bool> + Send + 'static,
 {
     let handle = metrics_handle();
+    let probe = ready.clone();
     let app = Router::new()
         .route(
             "/metrics",
             get(move || {
-                let handle = handle.clone();
+                let (handle, probe) = (handle.clone(), probe.clone());
                 async move {
+                    let up = probe().await;
+                    metrics::gauge!("memoire_postgres_up").set(if up { 1.0 } else { 0.0 });
                     handle.run_upkeep();
                     handle.render()
                 }

@@ -51,11 +51,11 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "database_row_level_security",
-        "scope every connection to the caller's tenant for Postgres row-level security (a second wall behind the queries' own filters; one round trip per connection taken). Off: connections see every tenant from their start-up options, for poolers that do not keep session settings (see docs/operations.md)",
+        "scope every connection to the caller's tenant for Postgres row-level security (a second wall behind the queries' own filters; its SET, one round trip per connection taken, replaces the pool's own liveness check). Off: connections see every tenant from their start-up options, for poolers that do not keep session settings (see docs/operations.md)",
     ),
     (
         "redis_url",
-        "Redis URL (working memory and caches; losing it loses nothing)",
+        "Redis URL (working memory, caches, rate limits; losing it loses nothing): `redis://` (or `rediss://`) for one server, `redis-cluster://host:port?node=host2:port2&node=…` for a Redis Cluster (see docs/operations.md)",
     ),
     (
         "admin_key",

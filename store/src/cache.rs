@@ -21,6 +21,13 @@ impl std::fmt::Debug for RedisCache {
     }
 }
 
+/// Counts a Redis command that failed, timed out, or was not sent because the client is not
+/// connected (`memoire_redis_errors_total{command}`): every one is a cache miss, a lost write or
+/// a decision taken without Redis.
+fn failed(command: &'static str) {
+    metrics::counter!("memoire_redis_errors_total", "command" => command).increment(1);
+}
+
 impl RedisCache {
     /// Starts connecting to `url` in the background and waits up to `wait` for the first
     /// connection. Never fails because Redis is down (only for a malformed URL): the client keeps
@@ -65,27 +72,38 @@ impl RedisCache {
     /// The value at `key`; `None` on a miss, when disconnected, slow or failing.
     pub async fn get(&self, key: &str) -> Option<Vec<u8>> {
         if !self.client.is_connected() {
+            failed("get");
             return None;
         }
         match tokio::time::timeout(self.timeout, self.client.get::<Option<Vec<u8>>, _>(key)).await {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "redis get failed");
+                failed("get");
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                failed("get");
+                None
+            }
         }
     }
 
     /// Sets `key` to `value` for `ttl` (best effort).
     pub async fn set(&self, key: &str, value: Vec<u8>, ttl: Duration) {
         if !self.client.is_connected() {
+            failed("set");
             return;
         }
         let ex = Some(Expiration::EX(ttl.as_secs().max(1) as i64));
         let set = self.client.set::<(), _, _>(key, value, ex, None, false);
-        if let Ok(Err(e)) = tokio::time::timeout(self.timeout, set).await {
-            tracing::debug!(error = %e, "redis set failed");
+        match tokio::time::timeout(self.timeout, set).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis set failed");
+                failed("set");
+            }
+            Err(_) => failed("set"),
         }
     }
 }
@@ -94,28 +112,35 @@ impl RedisCache {
     /// Runs `op` with the command timeout; `None` when disconnected, slow or failing.
     pub(crate) async fn attempt<T>(
         &self,
-        what: &str,
+        what: &'static str,
         op: impl std::future::Future<Output = Result<T, fred::error::Error>>,
     ) -> Option<T> {
         if !self.client.is_connected() {
+            failed(what);
             return None;
         }
         match tokio::time::timeout(self.timeout, op).await {
             Ok(Ok(v)) => Some(v),
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, command = what, "redis command failed");
+                failed(what);
                 None
             }
             Err(_) => {
                 tracing::debug!(command = what, "redis command timed out");
+                failed(what);
                 None
             }
         }
     }
 
-    /// The values at `keys` (one round trip); `None` when Redis did not answer.
-    pub async fn mget(&self, keys: Vec<String>) -> Option<Vec<Option<String>>> {
-        self.attempt("mget", self.client.mget::<Vec<Option<String>>, _>(keys))
+    /// The values at `keys`, asked side by side (one round trip to one server; on a cluster,
+    /// keys of different hash slots cannot share an `MGET`); `None` when Redis did not answer.
+    pub async fn get_all(&self, keys: &[String]) -> Option<Vec<Option<String>>> {
+        let gets = keys
+            .iter()
+            .map(|k| self.client.get::<Option<String>, _>(k.as_str()));
+        self.attempt("get", futures::future::try_join_all(gets))
             .await
     }
 
@@ -124,22 +149,36 @@ impl RedisCache {
         self.attempt("incr", self.client.incr::<i64, _>(key)).await
     }
 
-    /// Deletes every key matching `pattern` (SCAN, then DEL in batches). Returns how many, or
-    /// `None` when Redis did not answer.
+    /// Deletes every key matching `pattern` (SCAN — on every primary of a cluster — then DEL in
+    /// batches). Returns how many, or `None` when Redis did not answer.
     pub async fn delete_matching(&self, pattern: &str) -> Option<u64> {
         use futures::TryStreamExt as _;
         if !self.client.is_connected() {
+            failed("delete_matching");
             return None;
         }
+        let clustered = self.client.is_clustered();
         let scan = async {
-            let keys: Vec<Key> = self
-                .client
-                .scan_buffered(pattern, Some(500), None)
-                .try_collect()
-                .await?;
+            let keys: Vec<Key> = if clustered {
+                self.client
+                    .scan_cluster_buffered(pattern, Some(500), None)
+                    .try_collect()
+                    .await?
+            } else {
+                self.client
+                    .scan_buffered(pattern, Some(500), None)
+                    .try_collect()
+                    .await?
+            };
             let mut deleted = 0u64;
             for chunk in keys.chunks(500) {
-                deleted += self.client.del::<u64, _>(chunk.to_vec()).await?;
+                deleted += if clustered {
+                    // One DEL per key: keys of different hash slots cannot share one.
+                    let dels = chunk.iter().map(|k| self.client.del::<u64, _>(k.clone()));
+                    futures::future::try_join_all(dels).await?.iter().sum()
+                } else {
+                    self.client.del::<u64, _>(chunk.to_vec()).await?
+                };
             }
             Ok::<u64, fred::error::Error>(deleted)
         };
@@ -147,9 +186,13 @@ impl RedisCache {
             Ok(Ok(n)) => Some(n),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "redis scan/delete failed");
+                failed("delete_matching");
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                failed("delete_matching");
+                None
+            }
         }
     }
 }

@@ -140,7 +140,7 @@ impl ConsciousCache {
         let base = scope_base(scope.tenant_id, &scope.user_id, &scope.namespace);
         let Some(versions) = self
             .redis
-            .mget(vec![EPOCH_KEY.to_owned(), format!("{base}:gen")])
+            .get_all(&[EPOCH_KEY.to_owned(), format!("{base}:gen")])
             .await
         else {
             return (None, None);
