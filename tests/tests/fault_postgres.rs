@@ -88,12 +88,23 @@ async fn restarting_postgres_while_ingesting_loses_and_duplicates_nothing() {
         .await
         .expect_err("postgres is down: nothing may be acknowledged");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    // Each scrape asks Postgres: the outage shows without traffic.
+    let metrics = memoire_tests::http_get(server.http_addr, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "memoire_postgres_up 0"),
+        "{metrics}"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
     tokio::task::spawn_blocking(|| pg_ctl("start"))
         .await
         .expect("start");
 
     let (unavailable, other_errors) = writer.await.expect("writer");
+    let metrics = memoire_tests::http_get(server.http_addr, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l == "memoire_postgres_up 1"),
+        "{metrics}"
+    );
     assert!(
         other_errors.is_empty(),
         "only UNAVAILABLE is acceptable: {other_errors:?}"
