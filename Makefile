@@ -1,7 +1,7 @@
 # The commands the README and CI use. `make run` and `make test` set up what is missing first.
 EVAL_DATA ?= ../shared/data/locomo-dev
 
-.PHONY: setup run test wheel eval bench bench-recall bench-ingest bench-conscious bench-tenancy bench-sdk python-sdk build release lint fmt migrate check-config
+.PHONY: setup run test wheel eval bench bench-recall bench-ingest bench-conscious bench-tenancy bench-tracing bench-sdk python-sdk build release lint fmt migrate check-config
 
 MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
 export MEMOIRE_ADMIN_KEY
@@ -22,7 +22,7 @@ eval: setup
 	cargo run --release --locked -p memoire-tests --bin eval -- $(EVAL_DATA)
 
 # Benchmarks run in release against the set-up services; they print p50/p95/p99 and throughput.
-bench: bench-ingest bench-conscious bench-recall bench-tenancy
+bench: bench-ingest bench-conscious bench-recall bench-tenancy bench-tracing
 
 bench-recall: setup
 	cargo run --release --locked -p memoire-tests --bin recall-bench
@@ -36,6 +36,10 @@ bench-conscious: setup
 # Teach and Recall with row-level security and rate limits on, beside both off, in one run.
 bench-tenancy: setup
 	cargo run --release --locked -p memoire-tests --bin tenancy-bench
+
+# What exporting OpenTelemetry traces costs a Recall: two release servers, one exporting, one not.
+bench-tracing: setup release
+	cargo run --release --locked -p memoire-tests --bin tracing-bench
 
 # What the Python SDK adds to a Recall over plain grpcio (against the release server).
 bench-sdk: release python-sdk

@@ -12,13 +12,13 @@
 pub mod ops;
 pub mod providers;
 mod settings;
+mod telemetry;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use memoire_config::LogFormat;
 use memoire_store::{ConsciousCache, PgSettings, PgStore, RedisCache};
 use memoire_usecases::{Authenticator, QueryEmbedder, RateLimiter, UseCases};
 use tokio::net::TcpListener;
@@ -26,6 +26,7 @@ use tokio::sync::watch;
 
 pub use memoire_config::{Config, Flags};
 pub use settings::{limits, server_settings, usecase_settings, worker_settings};
+pub use telemetry::{Telemetry, init_tracing};
 
 /// The server process's two listening sockets.
 #[derive(Debug)]
@@ -280,15 +281,16 @@ pub async fn run_worker(
     Ok(())
 }
 /// A binary's start: its configuration from `flags` (an invalid one is printed, prefixed with
-/// `binary`, and becomes exit code 2), then tracing. Commands that embed call
-/// [`one_core_per_model_pass`] first.
-pub fn start(binary: &str, flags: &Flags) -> Result<Config, std::process::ExitCode> {
+/// `binary`, and becomes exit code 2), then logs and traces (as service `binary`; call
+/// [`Telemetry::shutdown`] before exiting). Commands that embed call [`one_core_per_model_pass`]
+/// first.
+pub fn start(binary: &str, flags: &Flags) -> Result<(Config, Telemetry), std::process::ExitCode> {
     let config = Config::load(flags).map_err(|e| {
         eprintln!("{binary}: {e}");
         std::process::ExitCode::from(2)
     })?;
-    init_tracing(&config);
-    Ok(config)
+    let telemetry = init_tracing(&config, binary);
+    Ok((config, telemetry))
 }
 
 /// Makes the local embedding model run each forward pass on one core, by re-executing the
@@ -322,26 +324,6 @@ pub fn one_core_per_model_pass(binary: &str) {
     }
     #[cfg(not(unix))]
     let _ = binary;
-}
-
-/// Installs the global `tracing` subscriber: the `log` filter (overridden by `RUST_LOG` when set),
-/// text or JSON lines on stderr. Call once per process.
-pub fn init_tracing(config: &Config) {
-    use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG")
-        .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&config.log).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    // try_init: a second call (tests) keeps the first subscriber instead of panicking.
-    let _ = match config.log_format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
-    };
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM: the graceful-shutdown trigger of both binaries.

@@ -20,6 +20,15 @@ use serde::{Deserialize, Serialize};
 /// The prefix of every environment variable.
 pub const ENV_PREFIX: &str = "MEMOIRE_";
 
+/// The URL schemes `redis_url` may use: one server, a Redis Cluster, each with or without TLS.
+const REDIS_SCHEMES: &[&str] = &[
+    "redis://",
+    "rediss://",
+    "redis-cluster://",
+    "rediss-cluster://",
+    "unix://",
+];
+
 /// Every setting, with what it does. The environment variable is `MEMOIRE_` + the key in upper
 /// case; the file key is the key itself. (A test checks this table against [`Config`].)
 pub const SETTINGS: &[(&str, &str)] = &[
@@ -175,6 +184,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "log filter, in tracing's EnvFilter syntax (e.g. 'info,memoire_server=debug'); RUST_LOG overrides it",
     ),
     ("log_format", "'text' or 'json'"),
+    (
+        "otlp_endpoint",
+        "OpenTelemetry collector (OTLP over gRPC, e.g. http://127.0.0.1:4317) to send traces to: a span per RPC, per Recall stage, per extraction step and per job (INFO spans: the `log` filter must admit them, as its default does); unset (the default): no traces, nothing sent anywhere",
+    ),
+    (
+        "otlp_sample_ratio",
+        "share of new traces recorded (0 < r <= 1); a call whose caller's traceparent says sampled is always recorded",
+    ),
     (
         "max_request_bytes",
         "largest gRPC request message, in bytes",
@@ -424,6 +441,8 @@ pub struct Config {
     pub recall_hnsw_ef_search: u32,
     pub log: String,
     pub log_format: LogFormat,
+    pub otlp_endpoint: Option<String>,
+    pub otlp_sample_ratio: f64,
     pub max_request_bytes: usize,
     pub max_content_bytes: usize,
     pub max_batch_ids: usize,
@@ -516,6 +535,8 @@ impl Default for Config {
             recall_hnsw_ef_search: 100,
             log: "info,sqlx=warn".into(),
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
+            otlp_sample_ratio: 1.0,
             max_request_bytes: 4 * 1024 * 1024,
             max_content_bytes: 16 * 1024,
             max_batch_ids: 1000,
@@ -709,13 +730,30 @@ impl Config {
                 ),
             );
         }
-        if !["redis://", "rediss://", "unix://"]
-            .iter()
-            .any(|s| self.redis_url.starts_with(s))
-        {
+        if !REDIS_SCHEMES.iter().any(|s| self.redis_url.starts_with(s)) {
             bad(
                 "redis_url",
-                format!("'{}' is not a redis:// URL", redact_url(&self.redis_url)),
+                format!(
+                    "'{}' is not a Redis URL ({})",
+                    redact_url(&self.redis_url),
+                    REDIS_SCHEMES.join(", ")
+                ),
+            );
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            bad(
+                "otlp_endpoint",
+                format!(
+                    "'{endpoint}' is not an http:// or https:// URL (an OTLP/gRPC collector, e.g. http://127.0.0.1:4317)"
+                ),
+            );
+        }
+        if !(self.otlp_sample_ratio > 0.0 && self.otlp_sample_ratio <= 1.0) {
+            bad(
+                "otlp_sample_ratio",
+                format!("{} is not in (0, 1]", self.otlp_sample_ratio),
             );
         }
         match (&self.tls_cert_path, &self.tls_key_path) {
@@ -1212,6 +1250,27 @@ mod tests {
             assert!(!err.contains("short"), "the secret is not echoed: {err}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn redis_cluster_urls_and_otlp_settings_are_checked() {
+        let c = Config {
+            redis_url: "redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002".into(),
+            otlp_endpoint: Some("http://127.0.0.1:4317".into()),
+            otlp_sample_ratio: 0.1,
+            ..Config::default()
+        };
+        c.validate().expect("a cluster URL and a collector");
+        let c = Config {
+            redis_url: "memcached://127.0.0.1".into(),
+            otlp_endpoint: Some("127.0.0.1:4317".into()),
+            otlp_sample_ratio: 0.0,
+            ..Config::default()
+        };
+        let err = c.validate().unwrap_err().to_string();
+        for name in ["`redis_url`", "`otlp_endpoint`", "`otlp_sample_ratio`"] {
+            assert!(err.contains(name), "{name}: {err}");
+        }
     }
 
     #[test]

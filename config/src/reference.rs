@@ -45,7 +45,10 @@ const GROUPS: &[(&str, &str)] = &[
         "Background jobs",
         "Periodic jobs of the worker: decay, optimization, reflection, retention, re-embedding.",
     ),
-    ("Logging", "Log filter and output format."),
+    (
+        "Logging and traces",
+        "Log filter and output format; OpenTelemetry trace export (off unless a collector is named).",
+    ),
 ];
 
 /// The group of a setting; `None` for a key no rule covers (a test makes that an error).
@@ -65,7 +68,7 @@ fn group_of(key: &str) -> Option<&'static str> {
         "admin_key" | "dev_mode" | "page_token_secret" => "Authentication",
         "embed_batch_size" => "Embedding",
         "extractor" | "expiry_sweep_interval_secs" => "Worker and extraction",
-        "log" | "log_format" => "Logging",
+        "log" | "log_format" | "otlp_endpoint" | "otlp_sample_ratio" => "Logging and traces",
         "decay_half_life_days" | "decay_floor" => "Background jobs",
         _ if key.starts_with("database_") => "Database",
         _ if key.starts_with("redis_") => "Redis",

@@ -13,7 +13,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use memoire_sdk::{Client, Error, RetryPolicy};
+use memoire_sdk::{Client, Error, RetryPolicy, TraceContext};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -237,7 +237,9 @@ impl NativeClient {
     }
 
     /// Calls the unary RPC at `path` and returns the encoded reply; blocks with the GIL released.
-    #[pyo3(signature = (path, body, idempotent, timeout=None))]
+    /// `traceparent` (and `tracestate`): the caller's W3C trace context, sent with the call.
+    #[pyo3(signature = (path, body, idempotent, timeout=None, traceparent=None, tracestate=None))]
+    #[allow(clippy::too_many_arguments)]
     fn call<'py>(
         &self,
         py: Python<'py>,
@@ -245,11 +247,15 @@ impl NativeClient {
         body: Vec<u8>,
         idempotent: bool,
         timeout: Option<f64>,
+        traceparent: Option<String>,
+        tracestate: Option<String>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let client = self.client(timeout)?;
         let rt = runtime()?;
         let path = path.to_owned();
-        let out = py.detach(|| rt.block_on(client.call_raw(&path, body, idempotent)));
+        let trace = trace_context(traceparent, tracestate);
+        let out =
+            py.detach(|| rt.block_on(client.call_raw(&path, body, idempotent, trace.as_ref())));
         match out {
             Ok(bytes) => Ok(PyBytes::new(py, &bytes)),
             Err(e) => Err(error(&e)),
@@ -258,7 +264,8 @@ impl NativeClient {
 
     /// Starts the call and returns at once; `callback(reply_bytes, None)` or
     /// `callback(None, (kind, message, field))` runs on a runtime thread when it is done.
-    #[pyo3(signature = (path, body, idempotent, callback, timeout=None))]
+    #[pyo3(signature = (path, body, idempotent, callback, timeout=None, traceparent=None, tracestate=None))]
+    #[allow(clippy::too_many_arguments)]
     fn call_async(
         &self,
         path: &str,
@@ -266,12 +273,17 @@ impl NativeClient {
         idempotent: bool,
         callback: Py<PyAny>,
         timeout: Option<f64>,
+        traceparent: Option<String>,
+        tracestate: Option<String>,
     ) -> PyResult<()> {
         let client = self.client(timeout)?;
         let rt = runtime()?;
         let path = path.to_owned();
+        let trace = trace_context(traceparent, tracestate);
         rt.spawn(async move {
-            let out = client.call_raw(&path, body, idempotent).await;
+            let out = client
+                .call_raw(&path, body, idempotent, trace.as_ref())
+                .await;
             // Never during interpreter shutdown: try_attach declines then.
             let _ = Python::try_attach(|py| {
                 let result = match out {
@@ -285,6 +297,14 @@ impl NativeClient {
         });
         Ok(())
     }
+}
+
+/// The trace context a Python caller passed (its OpenTelemetry span's), if any.
+fn trace_context(traceparent: Option<String>, tracestate: Option<String>) -> Option<TraceContext> {
+    traceparent.map(|traceparent| TraceContext {
+        traceparent,
+        tracestate,
+    })
 }
 
 /// The native module.

@@ -137,7 +137,8 @@ impl From<tonic::Status> for Error {
     }
 }
 
-/// Adds `authorization: Bearer <key>` to every request.
+/// Adds `authorization: Bearer <key>` to every request, and the caller's trace context
+/// ([`TraceContext::current`]) unless the request already carries one.
 #[derive(Debug, Clone)]
 pub struct ApiKeyInterceptor(Option<MetadataValue<Ascii>>);
 
@@ -146,7 +147,63 @@ impl Interceptor for ApiKeyInterceptor {
         if let Some(v) = &self.0 {
             req.metadata_mut().insert("authorization", v.clone());
         }
+        if !req.metadata().contains_key(TRACEPARENT)
+            && let Some(trace) = TraceContext::current()
+        {
+            trace.attach(req.metadata_mut());
+        }
         Ok(req)
+    }
+}
+
+const TRACEPARENT: &str = "traceparent";
+
+/// A caller's W3C trace context: sent with a call as `traceparent` (and `tracestate`)
+/// metadata, so that the server traces the call under the caller's span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// `00-<trace id>-<span id>-<flags>`.
+    pub traceparent: String,
+    /// Vendor state, passed on as it came.
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The current OpenTelemetry span's context — the active OpenTelemetry context's span, or
+    /// else the current `tracing` span's (through `tracing-opentelemetry`); `None` when neither
+    /// is a valid span, as in a program that does not trace.
+    pub fn current() -> Option<Self> {
+        use opentelemetry::trace::TraceContextExt as _;
+        use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+        let mut cx = opentelemetry::Context::current();
+        if !cx.span().span_context().is_valid() {
+            cx = tracing::Span::current().context();
+        }
+        let span = cx.span();
+        let sc = span.span_context();
+        if !sc.is_valid() {
+            return None;
+        }
+        let state = sc.trace_state().header();
+        Some(TraceContext {
+            traceparent: format!(
+                "00-{}-{}-{:02x}",
+                sc.trace_id(),
+                sc.span_id(),
+                sc.trace_flags().to_u8()
+            ),
+            tracestate: (!state.is_empty()).then_some(state),
+        })
+    }
+
+    /// Puts the context into `metadata` (values that are not valid metadata are left out).
+    pub fn attach(&self, metadata: &mut tonic::metadata::MetadataMap) {
+        if let Ok(v) = self.traceparent.parse() {
+            metadata.insert(TRACEPARENT, v);
+        }
+        if let Some(Ok(v)) = self.tracestate.as_deref().map(str::parse) {
+            metadata.insert("tracestate", v);
+        }
     }
 }
 
@@ -622,12 +679,15 @@ impl tonic::codec::Decoder for RawDecoder {
 impl Client {
     /// Calls the unary RPC at `path` (e.g. `/memoire.v1.MemoryService/Recall`) with an encoded
     /// request and returns the encoded reply — with the client's deadline, API key and retries
-    /// (when `idempotent`). For language bindings; Rust code should use the typed methods.
+    /// (when `idempotent`), and `trace` as the caller's trace context (bindings pass their own
+    /// language's; without it, the current Rust one is sent, if any). For language bindings; Rust
+    /// code should use the typed methods.
     pub async fn call_raw(
         &self,
         path: &str,
         body: Vec<u8>,
         idempotent: bool,
+        trace: Option<&TraceContext>,
     ) -> Result<Vec<u8>, Error> {
         let path: http::uri::PathAndQuery = path.parse().map_err(|_| Error::InvalidArgument {
             field: Some("path".into()),
@@ -639,7 +699,10 @@ impl Client {
         } else {
             Idempotent::No
         };
-        self.call(body, idempotent, |req| {
+        self.call(body, idempotent, |mut req| {
+            if let Some(trace) = trace {
+                trace.attach(req.metadata_mut());
+            }
             let mut grpc = tonic::client::Grpc::new(service.clone());
             let path = path.clone();
             async move {

@@ -5,8 +5,24 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use opentelemetry::propagation::{Extractor, TextMapPropagator as _};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tower::{Layer, Service};
 use tracing::Instrument as _;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// A call's metadata, read by the W3C trace-context propagator.
+struct Metadata<'a>(&'a http::HeaderMap);
+
+impl Extractor for Metadata<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(http::HeaderName::as_str).collect()
+    }
+}
 
 /// Records `memoire_rpc_requests_total{method,code}` and `memoire_rpc_duration_seconds{method}`
 /// for every RPC, inside a tracing span named after the method.
@@ -74,7 +90,18 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let method = req.uri().path().to_owned();
-        let span = tracing::info_span!("rpc", method = %method);
+        // Traced as `memoire.v1.MemoryService/Recall` (OpenTelemetry's name for an RPC span),
+        // under the caller's span when its W3C `traceparent` came with the call.
+        let span = tracing::info_span!(
+            "rpc",
+            method = %method,
+            otel.name = method.trim_start_matches('/'),
+            otel.kind = "server",
+            rpc.system = "grpc",
+        );
+        let parent = TraceContextPropagator::new().extract(&Metadata(req.headers()));
+        // Without a trace exporter there is nothing to attach the parent to: that is fine.
+        let _ = span.set_parent(parent);
         let started = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(

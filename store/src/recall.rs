@@ -449,9 +449,12 @@ pub fn record_stage(stage: &'static str, table: &'static str, started: Instant) 
         .record(started.elapsed().as_secs_f64());
 }
 
+/// Runs one stage of Recall over `table`: timed into `memoire_recall_stage_seconds`, and traced
+/// as a span named after the stage (with the table as an attribute).
 async fn staged<T>(stage: &'static str, table: Table, work: impl Future<Output = T>) -> T {
     let started = Instant::now();
-    let out = work.await;
+    let span = tracing::info_span!("recall_stage", otel.name = stage, table = table.name());
+    let out = tracing::Instrument::instrument(work, span).await;
     record_stage(stage, table.name(), started);
     out
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 pub mod eval;
 pub mod fake_llm;
+pub mod otlp;
 pub mod tls;
 
 use memoire_app::Listeners;
@@ -469,6 +470,50 @@ pub fn fact(user: &str, content: &str) -> pb::TeachRequest {
         content: content.into(),
         ..Default::default()
     }
+}
+
+/// Twenty questions about a user, for Recall benches (their embeddings cache after a warm-up).
+pub const BENCH_QUERIES: [&str; 20] = [
+    "where does the user live",
+    "what food does the user like",
+    "which languages does the user speak",
+    "what are the user's hobbies",
+    "who are the user's friends",
+    "what does the user do for work",
+    "what music does the user enjoy",
+    "where did the user travel last year",
+    "what pets does the user have",
+    "what is the user allergic to",
+    "what sports does the user play",
+    "what books does the user read",
+    "what are the user's plans for the weekend",
+    "what car does the user drive",
+    "what is the user's favourite colour",
+    "when is the user's birthday",
+    "what does the user drink in the morning",
+    "how does the user commute",
+    "what instrument does the user play",
+    "what is the user learning",
+];
+
+/// The `i`-th of a user's generated facts, for Teach benches (ten topics, each note distinct).
+pub fn bench_fact(i: usize) -> pb::TeachRequest {
+    const TOPICS: [&str; 10] = [
+        "cooks Sichuan food on Sundays",
+        "plays the cello in an amateur orchestra",
+        "lived in Porto for three years",
+        "is learning Japanese with a tutor",
+        "runs a half marathon every spring",
+        "keeps two cats named after painters",
+        "drinks green tea before work",
+        "reads science fiction on the train",
+        "is allergic to hazelnuts",
+        "drives an old blue hatchback",
+    ];
+    fact(
+        "u",
+        &format!("The user {} (note {i})", TOPICS[i % TOPICS.len()]),
+    )
 }
 
 /// The delay a `RESOURCE_EXHAUSTED` status's `RetryInfo` asks for, if it carries one.

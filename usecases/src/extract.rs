@@ -9,6 +9,7 @@ use memoire_core::embed::memory_text;
 use memoire_core::extract::{ExtractError, ExtractionInput, Extractor};
 use memoire_core::resolve::Thresholds;
 use memoire_store::{Failure, PendingEpisode, RetryPolicy};
+use tracing::Instrument as _;
 
 use crate::UseCases;
 
@@ -62,15 +63,24 @@ impl UseCases {
             Error::Unavailable(_) => Err(e),
             e => Ok(ExtractError::new(format!("{what} failed: {e}"))),
         };
-        let outcome = match self.extraction_input(ep, s).await {
+        let outcome = match self
+            .extraction_input(ep, s)
+            .instrument(tracing::info_span!("extraction_input"))
+            .await
+        {
             Err(e) => Err(failed("preparing the extraction", e)?),
             Ok(input) => match extractor
                 .extract(&input)
+                .instrument(tracing::info_span!("extractor"))
                 .await
                 .map(|x| x.filed_under_speaker(&input.turn))
             {
                 Err(e) => Err(e),
-                Ok(extraction) => match self.apply(ep, &extraction, extractor, s).await {
+                Ok(extraction) => match self
+                    .apply(ep, &extraction, extractor, s)
+                    .instrument(tracing::info_span!("resolve_write"))
+                    .await
+                {
                     Err(e) => Err(failed("applying the extraction", e)?),
                     Ok(applied) => {
                         for why in &extraction.rejected {

@@ -13,6 +13,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use tracing::Instrument as _;
+
 use crate::{Permit, UseCases};
 
 /// A maintenance job.
@@ -90,13 +92,17 @@ impl UseCases {
         let s = &self.settings().jobs;
         store.start_run(id, job.as_str(), scope).await?;
         let started = Instant::now();
-        let output = match job {
-            Job::Optimize => store.optimize(scope, s.max_essential).await,
-            Job::Decay => store.decay(scope, s.half_life, s.floor).await,
-            Job::Reflect => self.reflect(scope).await,
-            Job::Retention => store.retention(scope).await,
-            Job::ReEmbed => self.reembed(scope).await,
-        };
+        let output = async {
+            match job {
+                Job::Optimize => store.optimize(scope, s.max_essential).await,
+                Job::Decay => store.decay(scope, s.half_life, s.floor).await,
+                Job::Reflect => self.reflect(scope).await,
+                Job::Retention => store.retention(scope).await,
+                Job::ReEmbed => self.reembed(scope).await,
+            }
+        }
+        .instrument(tracing::info_span!("job", otel.name = job.as_str(), run_id = %id))
+        .await;
         let result = match output {
             Ok(JobOutput { report, changed }) => {
                 self.changed_all(&changed).await;

@@ -12,6 +12,7 @@ use memoire_core::recall::{self, Item, Packed, Scored};
 use memoire_core::{Error, Result};
 use memoire_providers::Tiktoken;
 use memoire_store::{ConsciousSource, ConsciousView, Correction, record_stage};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 use crate::{Permit, UseCases};
@@ -69,7 +70,14 @@ impl UseCases {
         let tenant = query.tenant_id;
         // The query is embedded while the full-text searches run.
         let embedding = async {
-            let (vector, _cached) = self.inner.queries.embed(tenant, &query.text).await?;
+            let span = tracing::info_span!("query_embedding", cached = tracing::field::Empty);
+            let (vector, cached) = self
+                .inner
+                .queries
+                .embed(tenant, &query.text)
+                .instrument(span.clone())
+                .await?;
+            span.record("cached", cached);
             Ok(Some(vector))
         };
         let candidates = self
@@ -77,17 +85,20 @@ impl UseCases {
             .recall_candidates(&query, embedding, &s.vectors)
             .await?;
         let started = std::time::Instant::now();
-        let ranked = recall::rank(
-            candidates,
-            &query.text,
-            &s.weights,
-            self.store().now(),
-            min_score,
-            k,
-        );
+        let ranked = tracing::info_span!("rank").in_scope(|| {
+            recall::rank(
+                candidates,
+                &query.text,
+                &s.weights,
+                self.store().now(),
+                min_score,
+                k,
+            )
+        });
         record_stage("rank", "all", started);
         let started = std::time::Instant::now();
-        let packed = recall::pack(&ranked, budget, &counter);
+        let packed =
+            tracing::info_span!("pack").in_scope(|| recall::pack(&ranked, budget, &counter));
         record_stage("pack", "all", started);
         let touched: Vec<Uuid> = ranked
             .iter()
@@ -223,7 +234,11 @@ impl UseCases {
         let scope = cmd.scope.clone();
         let count = cmd.messages.len() as u64;
         self.check_backlog(scope.tenant_id).await?;
-        let ingested = self.store().ingest(cmd).await?;
+        let ingested = self
+            .store()
+            .ingest(cmd)
+            .instrument(tracing::info_span!("store_episodes", messages = count))
+            .await?;
         let new = ingested.iter().filter(|i| !i.duplicate).count() as u64;
         metrics::counter!("memoire_ingested_messages_total").increment(count);
         metrics::counter!("memoire_ingested_duplicates_total").increment(count - new);
@@ -236,6 +251,7 @@ impl UseCases {
             Some(deadline) => {
                 let ids: Vec<Uuid> = ingested.iter().map(|i| i.episode_id).collect();
                 self.wait_for_extraction(scope.tenant_id, &ids, deadline)
+                    .instrument(tracing::info_span!("wait_for_extraction"))
                     .await?
             }
             None => ExtractionWait::Queued,

@@ -31,6 +31,7 @@ use memoire_core::model::Scope;
 use memoire_usecases::jobs::Schedule;
 use memoire_usecases::{JobScope, PendingEpisode, Step, UseCases, job_outcome};
 use tokio::sync::{Notify, watch};
+use tracing::Instrument as _;
 
 /// The worker's own settings (what each step does is the use-cases' settings).
 #[derive(Debug, Clone)]
@@ -97,7 +98,13 @@ impl Extraction {
                 if stopping || ep.extract_after.is_some_and(|t| t > store.now()) {
                     return Ok(done);
                 }
-                match self.uc.extract_episode(ep, self.extractor.as_ref()).await? {
+                let span = tracing::info_span!("extract_episode", episode_id = %ep.id);
+                match self
+                    .uc
+                    .extract_episode(ep, self.extractor.as_ref())
+                    .instrument(span)
+                    .await?
+                {
                     Step::Next => done += 1,
                     Step::Wait => return Ok(done),
                 }
@@ -114,6 +121,7 @@ async fn embed_pass(uc: &UseCases, settings: &WorkerSettings) -> memoire_core::R
         let started = std::time::Instant::now();
         match uc
             .embed_pending_episodes(settings.embed_batch as i64, &retry)
+            .instrument(tracing::info_span!("embed_episodes"))
             .await
         {
             Ok(0) => return Ok(total),

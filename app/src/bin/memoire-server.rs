@@ -35,8 +35,8 @@ async fn main() -> ExitCode {
     if matches!(cli.command, None | Some(Command::Serve)) {
         memoire_app::one_core_per_model_pass("memoire-server");
     }
-    let config = match memoire_app::start("memoire-server", &cli.flags) {
-        Ok(c) => c,
+    let (config, telemetry) = match memoire_app::start("memoire-server", &cli.flags) {
+        Ok(started) => started,
         Err(code) => return code,
     };
     let result = match cli.command.unwrap_or(Command::Serve) {
@@ -61,11 +61,13 @@ async fn main() -> ExitCode {
             Err(e) => Err(e),
         },
     };
-    match result {
+    let code = match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

@@ -18,15 +18,17 @@ struct Cli {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     memoire_app::one_core_per_model_pass("memoire-worker");
-    let config = match memoire_app::start("memoire-worker", &cli.flags) {
-        Ok(c) => c,
+    let (config, telemetry) = match memoire_app::start("memoire-worker", &cli.flags) {
+        Ok(started) => started,
         Err(code) => return code,
     };
-    match memoire_app::run_worker(config, memoire_app::shutdown_signal()).await {
+    let code = match memoire_app::run_worker(config, memoire_app::shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "cannot start the worker");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry.shutdown();
+    code
 }

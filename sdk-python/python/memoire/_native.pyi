@@ -10,7 +10,8 @@ class NativeClient:
     def __new__(cls, endpoint: str, api_key: Optional[str] = None, timeout: float = 10.0,
                 max_retries: int = 2, tls_ca_file: Optional[str] = None, tls_cert_file: Optional[str] = None,
                 tls_key_file: Optional[str] = None) -> "NativeClient": ...
-    def call(self, path: str, body: bytes, idempotent: bool, timeout: Optional[float] = None) -> bytes: ...
+    def call(self, path: str, body: bytes, idempotent: bool, timeout: Optional[float] = None,
+             traceparent: Optional[str] = None, tracestate: Optional[str] = None) -> bytes: ...
     def call_async(
         self,
         path: str,
@@ -18,6 +19,8 @@ class NativeClient:
         idempotent: bool,
         callback: Callable[[Optional[bytes], Optional[Tuple[str, str, Optional[str]]]], None],
         timeout: Optional[float] = None,
+        traceparent: Optional[str] = None,
+        tracestate: Optional[str] = None,
     ) -> None: ...
 
 def shutdown() -> None: ...

@@ -11,10 +11,15 @@ from __future__ import annotations
 import asyncio
 import atexit
 import datetime as _dt
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from . import _messages, _native
 from .errors import MemoireError, from_native
+
+try:  # Optional: with the OpenTelemetry API installed, calls carry the caller's trace context.
+    from opentelemetry import propagate as _propagate
+except ImportError:  # pragma: no cover - depends on the environment
+    _propagate = None
 
 # The native runtime stops before the interpreter finalizes, with the GIL released.
 atexit.register(_native.shutdown)
@@ -242,6 +247,17 @@ def _encode(method: str, request: Dict[str, Any]) -> bytes:
         raise MemoireError(f"{method}: the request cannot be encoded: {e}") from None
 
 
+def _trace_context() -> Tuple[Optional[str], Optional[str]]:
+    """The W3C trace context (traceparent, tracestate) of the caller's current OpenTelemetry span,
+    so that the server traces the call under it; (None, None) without the `opentelemetry`
+    package or outside a span."""
+    if _propagate is None:
+        return None, None
+    carrier: Dict[str, str] = {}
+    _propagate.inject(carrier)
+    return carrier.get("traceparent"), carrier.get("tracestate")
+
+
 class Memoire(_Api):
     """The blocking client. Every method returns the reply as a dict."""
 
@@ -249,7 +265,7 @@ class Memoire(_Api):
         body = _encode(method, request)
         path = _messages.METHODS[method][0]
         try:
-            reply = self._native.call(path, body, _idempotent(method, request), timeout)
+            reply = self._native.call(path, body, _idempotent(method, request), timeout, *_trace_context())
         except _native.CallError as e:
             raise from_native(*e.args) from None
         return _messages.decode(method, reply)
@@ -284,7 +300,7 @@ class AsyncMemoire(_Api):
                 pass
 
         try:
-            self._native.call_async(path, body, _idempotent(method, request), done, timeout)
+            self._native.call_async(path, body, _idempotent(method, request), done, timeout, *_trace_context())
         except _native.CallError as e:
             future.set_exception(from_native(*e.args))
         return future

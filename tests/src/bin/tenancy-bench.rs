@@ -15,49 +15,9 @@
 use std::time::{Duration, Instant};
 
 use memoire_sdk::Client;
-use memoire_tests::{TestServer, percentile_ms, proto as pb};
-
-const QUERIES: [&str; 20] = [
-    "where does the user live",
-    "what food does the user like",
-    "which languages does the user speak",
-    "what are the user's hobbies",
-    "who are the user's friends",
-    "what does the user do for work",
-    "what music does the user enjoy",
-    "where did the user travel last year",
-    "what pets does the user have",
-    "what is the user allergic to",
-    "what sports does the user play",
-    "what books does the user read",
-    "what are the user's plans for the weekend",
-    "what car does the user drive",
-    "what is the user's favourite colour",
-    "when is the user's birthday",
-    "what does the user drink in the morning",
-    "how does the user commute",
-    "what instrument does the user play",
-    "what is the user learning",
-];
-
-fn fact(i: usize) -> pb::TeachRequest {
-    const TOPICS: [&str; 10] = [
-        "cooks Sichuan food on Sundays",
-        "plays the cello in an amateur orchestra",
-        "lived in Porto for three years",
-        "is learning Japanese with a tutor",
-        "runs a half marathon every spring",
-        "keeps two cats named after painters",
-        "drinks green tea before work",
-        "reads science fiction on the train",
-        "is allergic to hazelnuts",
-        "drives an old blue hatchback",
-    ];
-    memoire_tests::fact(
-        "u",
-        &format!("The user {} (note {i})", TOPICS[i % TOPICS.len()]),
-    )
-}
+use memoire_tests::{
+    BENCH_QUERIES as QUERIES, TestServer, bench_fact as fact, percentile_ms, proto as pb,
+};
 
 /// One side of the comparison.
 struct Side {
