@@ -1,10 +1,12 @@
 //! What exporting traces costs (release build: `make bench-tracing`): `Recall` p50 / p95 / p99
-//! over real gRPC against two `memoire-server` processes (the release binary) on one database —
+//! over real gRPC against three `memoire-server` processes (the release binary) on one database —
 //! "on" exports every span over OTLP to a collector in this process
-//! (`otlp_endpoint`, sample ratio 1), "off" has no `otlp_endpoint` — calls alternating between
-//! the two (which goes first alternates too), 20 questions in turn whose embeddings are cached
-//! after the warm-up. Prints both sides, the difference of the p50s, the median of the paired
-//! differences, and how many spans the collector received. `--quick` for a smoke run.
+//! (`otlp_endpoint`, sample ratio 1), "off" has no `otlp_endpoint`, and "off2", configured like
+//! "off", is a control: its difference from "off" is what the bench cannot resolve. Calls rotate
+//! among the three (which goes first rotates too), 20 questions in turn whose embeddings are
+//! cached after the warm-up. Prints each side, the difference of the p50s from "off", the median
+//! of the paired differences, and how many spans the collector received. `--quick` for a smoke
+//! run.
 //! `MEMOIRE_SERVER_BIN` names another server binary.
 
 use std::net::{SocketAddr, TcpListener};
@@ -125,8 +127,10 @@ async fn main() -> anyhow::Result<()> {
     let (collector, otlp) = Collector::start().await?;
     let mut sides = vec![
         Side::start("on", &url, Some(otlp)).await?,
+        Side::start("off2", &url, None).await?,
         Side::start("off", &url, None).await?,
     ];
+    const OFF: usize = 2;
     let tenant = sides[0]
         .client
         .admin()
@@ -154,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
         side.client = side.client.with_api_key(&key)?;
     }
     for i in 0..seed {
-        sides[1].client.memory().teach(bench_fact(i)).await?;
+        sides[OFF].client.memory().teach(bench_fact(i)).await?;
     }
     println!("tracing-bench: {seed} memories, {calls} recalls per side, concurrency 1");
     for side in &mut sides {
@@ -162,18 +166,24 @@ async fn main() -> anyhow::Result<()> {
             side.recall(i, false).await?;
         }
     }
+    let n = sides.len();
     for i in 0..calls {
-        let (first, second) = if i % 2 == 0 { (0, 1) } else { (1, 0) };
-        sides[first].recall(i, true).await?;
-        sides[second].recall(i, true).await?;
+        for j in 0..n {
+            sides[(i + j) % n].recall(i, true).await?;
+        }
     }
-    let mut paired: Vec<f64> = sides[0]
-        .recall
-        .iter()
-        .zip(&sides[1].recall)
-        .map(|(on, off)| (on.as_secs_f64() - off.as_secs_f64()) * 1000.0)
-        .collect();
-    paired.sort_by(f64::total_cmp);
+    // Call i of a side minus call i of "off", made moments apart: their median cancels drift.
+    let paired = |side: &Side| -> f64 {
+        let mut d: Vec<f64> = side
+            .recall
+            .iter()
+            .zip(&sides[OFF].recall)
+            .map(|(x, off)| (x.as_secs_f64() - off.as_secs_f64()) * 1000.0)
+            .collect();
+        d.sort_by(f64::total_cmp);
+        d.get(d.len() / 2).copied().unwrap_or(0.0)
+    };
+    let paired: Vec<f64> = sides.iter().map(paired).collect();
     println!(
         "{:<8} {:<4} {:>8} {:>8} {:>8}",
         "call", "side", "p50 ms", "p95 ms", "p99 ms"
@@ -199,11 +209,16 @@ async fn main() -> anyhow::Result<()> {
         .iter()
         .filter(|r| r.span.name == "memoire.v1.MemoryService/Recall")
         .count();
+    for (label, j) in [("exporting traces", 0), ("nothing (control)", 1)] {
+        println!(
+            "cost of {label}: Recall {:+.3} ms (paired {:+.3}) — p50 difference (median of \
+             paired differences)",
+            p50[j] - p50[OFF],
+            paired[j]
+        );
+    }
     println!(
-        "cost of exporting traces: Recall {:+.3} ms (paired {:+.3}) — p50 difference (median of \
-         paired differences); the collector received {} spans, {rpcs} of them Recall calls",
-        p50[0] - p50[1],
-        paired.get(paired.len() / 2).copied().unwrap_or(0.0),
+        "the collector received {} spans, {rpcs} of them Recall calls",
         spans.len()
     );
     drop(sides);
