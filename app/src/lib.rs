@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use memoire_store::{ConsciousCache, PgSettings, PgStore, RedisCache};
+use memoire_store::{ConsciousCache, PgSettings, PgStore, RedisCache, ReplicaSettings};
 use memoire_usecases::{Authenticator, QueryEmbedder, RateLimiter, UseCases};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -57,15 +57,27 @@ impl Listeners {
     }
 }
 
-/// Connects to Postgres with `max_connections` and, when configured, applies migrations and
-/// creates the vector indexes.
-async fn connect_with(config: &Config, max_connections: u32) -> anyhow::Result<PgStore> {
+/// Connects to Postgres with `max_connections` (and to the read replica, when configured and
+/// `reads` are served) and, when configured, applies migrations and creates the vector indexes.
+async fn connect_with(
+    config: &Config,
+    max_connections: u32,
+    reads: bool,
+) -> anyhow::Result<PgStore> {
+    let replica = match (&config.database_read_url, reads) {
+        (Some(url), true) => Some(ReplicaSettings {
+            url: url.clone(),
+            max_lag: Duration::from_millis(config.database_read_max_lag_ms),
+        }),
+        _ => None,
+    };
     let store = PgStore::connect(&PgSettings {
         url: config.database_url.clone(),
         max_connections,
         acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
         hnsw_ef_search: config.recall_hnsw_ef_search,
         row_level_security: config.database_row_level_security,
+        replica,
     })
     .await
     .with_context(|| {
@@ -82,7 +94,7 @@ async fn connect_with(config: &Config, max_connections: u32) -> anyhow::Result<P
 
 /// Connects to Postgres and, when configured, applies migrations and creates the vector indexes.
 pub async fn connect(config: &Config) -> anyhow::Result<PgStore> {
-    connect_with(config, config.database_max_connections).await
+    connect_with(config, config.database_max_connections, true).await
 }
 
 /// Applies migrations and creates the vector indexes of the configured embedding model.
@@ -257,6 +269,8 @@ pub async fn run_worker(
             ..config.clone()
         },
         (config.worker_concurrency as u32 * 2 + 4).min(64),
+        // The worker's reads feed its writes: all on the primary.
+        false,
     )
     .await?;
     let uc = usecases(&config, store.clone()).await?;

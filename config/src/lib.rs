@@ -63,6 +63,14 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "scope every connection to the caller's tenant for Postgres row-level security (a second wall behind the queries' own filters; its SET, one round trip per connection taken, replaces the pool's own liveness check). Off: connections see every tenant from their start-up options, for poolers that do not keep session settings (see docs/operations.md)",
     ),
     (
+        "database_read_url",
+        "PostgreSQL URL of a streaming replica (hot standby) for reads: Recall, GetMemory, ListMemories and History go there once it has replayed this process's last write for the caller's tenant; writes, Conscious and everything else stay on database_url. Unset: all on database_url (see docs/scaling.md)",
+    ),
+    (
+        "database_read_max_lag_ms",
+        "a read replica last seen caught up with the primary longer ago than this is not read from",
+    ),
+    (
         "redis_url",
         "Redis URL (working memory, caches, rate limits; losing it loses nothing): `redis://` (or `rediss://`) for one server, `redis-cluster://host:port?node=host2:port2&node=…` for a Redis Cluster (see docs/operations.md)",
     ),
@@ -409,6 +417,8 @@ pub struct Config {
     pub database_max_connections: u32,
     pub database_acquire_timeout_ms: u64,
     pub database_row_level_security: bool,
+    pub database_read_url: Option<String>,
+    pub database_read_max_lag_ms: u64,
     pub redis_url: String,
     pub admin_key: Option<String>,
     pub page_token_secret: Option<String>,
@@ -500,6 +510,8 @@ impl Default for Config {
             database_max_connections: 16,
             database_acquire_timeout_ms: 5_000,
             database_row_level_security: true,
+            database_read_url: None,
+            database_read_max_lag_ms: 5_000,
             redis_url: "redis://127.0.0.1:6379".into(),
             admin_key: None,
             page_token_secret: None,
@@ -728,6 +740,20 @@ impl Config {
                     "'{}' is not a postgres:// URL",
                     redact_url(&self.database_url)
                 ),
+            );
+        }
+        if let Some(url) = &self.database_read_url
+            && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+        {
+            bad(
+                "database_read_url",
+                format!("'{}' is not a postgres:// URL", redact_url(url)),
+            );
+        }
+        if self.database_read_max_lag_ms == 0 {
+            bad(
+                "database_read_max_lag_ms",
+                "is 0: the replica would never be read".into(),
             );
         }
         if !REDIS_SCHEMES.iter().any(|s| self.redis_url.starts_with(s)) {
@@ -1145,6 +1171,7 @@ impl Config {
         shown.page_token_secret = shown.page_token_secret.map(|_| "***".into());
         shown.database_url = redact_url(&shown.database_url);
         shown.redis_url = redact_url(&shown.redis_url);
+        shown.database_read_url = shown.database_read_url.map(|u| redact_url(&u));
         let data = serde_json::to_value(&shown).unwrap_or_default();
         SETTINGS
             .iter()
@@ -1253,7 +1280,7 @@ mod tests {
     }
 
     #[test]
-    fn redis_cluster_urls_and_otlp_settings_are_checked() {
+    fn redis_cluster_urls_otlp_and_read_replica_settings_are_checked() {
         let c = Config {
             redis_url: "redis-cluster://127.0.0.1:7001?node=127.0.0.1:7002".into(),
             otlp_endpoint: Some("http://127.0.0.1:4317".into()),
@@ -1265,10 +1292,18 @@ mod tests {
             redis_url: "memcached://127.0.0.1".into(),
             otlp_endpoint: Some("127.0.0.1:4317".into()),
             otlp_sample_ratio: 0.0,
+            database_read_url: Some("mysql://replica/memoire".into()),
+            database_read_max_lag_ms: 0,
             ..Config::default()
         };
         let err = c.validate().unwrap_err().to_string();
-        for name in ["`redis_url`", "`otlp_endpoint`", "`otlp_sample_ratio`"] {
+        for name in [
+            "`redis_url`",
+            "`otlp_endpoint`",
+            "`otlp_sample_ratio`",
+            "`database_read_url`",
+            "`database_read_max_lag_ms`",
+        ] {
             assert!(err.contains(name), "{name}: {err}");
         }
     }

@@ -22,6 +22,7 @@ mod maintenance;
 mod memories;
 mod ratelimit;
 mod recall;
+mod replica;
 mod rows;
 mod schema;
 mod tenants;
@@ -88,6 +89,17 @@ pub struct PgSettings {
     /// Whether each connection handed out is scoped to its caller's tenant for row-level
     /// security (off: every connection sees every tenant, and isolation rests on the queries).
     pub row_level_security: bool,
+    /// A streaming replica for reads, if any.
+    pub replica: Option<ReplicaSettings>,
+}
+
+/// A read replica: where, and how far behind it may be and still be read.
+#[derive(Debug, Clone)]
+pub struct ReplicaSettings {
+    /// `postgres://…` of the replica (a hot standby of the primary).
+    pub url: String,
+    /// A replica last known caught up longer ago than this is not read from.
+    pub max_lag: Duration,
 }
 
 /// The setting the row-level security policies read (migration 0014).
@@ -133,6 +145,8 @@ pub struct PgStore {
     /// Whether connections are scoped per call (row-level security on); otherwise each sees
     /// every tenant from its start.
     scoped: bool,
+    /// The read replica, when one is configured.
+    replica: Option<Arc<replica::Replica>>,
     clock: Arc<dyn Clock>,
     stats_cache: Arc<recall::StatsCache>,
     principals: Arc<tenants::PrincipalCache>,
@@ -143,9 +157,36 @@ impl PgStore {
     /// Connects a pool. Fails (with the server's address, never its password) when Postgres is
     /// unreachable.
     pub async fn connect(settings: &PgSettings) -> memoire_core::Result<Self> {
-        let options: PgConnectOptions = settings.url.parse().map_err(|e| {
-            memoire_core::Error::invalid("database_url", format!("cannot be parsed: {e}"))
-        })?;
+        let pool = Self::pool_options(settings)
+            .connect_with(Self::options(settings, "database_url", &settings.url)?)
+            .await
+            .map_err(db_error)?;
+        // The replica connects on first use: one that is down, or has not replayed a new
+        // database yet, does not keep the server from starting (reads go to the primary).
+        let replica = match &settings.replica {
+            Some(r) => {
+                let options = Self::options(settings, "database_read_url", &r.url)?;
+                let replica = Self::pool_options(settings).connect_lazy_with(options);
+                Some(replica::Replica::start(replica, pool.clone(), r.max_lag))
+            }
+            None => None,
+        };
+        Ok(PgStore {
+            scoped: settings.row_level_security,
+            replica,
+            ..Self::from_pool(pool)
+        })
+    }
+
+    /// The connection options of `settings` for `url` (the setting `key`).
+    fn options(
+        settings: &PgSettings,
+        key: &str,
+        url: &str,
+    ) -> memoire_core::Result<PgConnectOptions> {
+        let options: PgConnectOptions = url
+            .parse()
+            .map_err(|e| memoire_core::Error::invalid(key, format!("cannot be parsed: {e}")))?;
         // Iterative index scans (pgvector >= 0.8) keep scanning the HNSW graph until enough rows
         // pass the tenant/user filter, instead of returning fewer than asked.
         let options = options.options([
@@ -153,24 +194,23 @@ impl PgStore {
             ("hnsw.ef_search", settings.hnsw_ef_search.to_string()),
         ]);
         // Without per-call scoping, every connection sees every tenant from its start.
-        let options = if settings.row_level_security {
+        Ok(if settings.row_level_security {
             options
         } else {
             options.options([(TENANT_SETTING, Rows::All.setting())])
-        };
+        })
+    }
+
+    /// A pool of `settings`' shape.
+    fn pool_options(settings: &PgSettings) -> PgPoolOptions {
         // sqlx checks an idle connection with a round trip before it hands it out (and again
         // when it comes back). Scoped connections skip the first check: their first statement,
         // the scope's `SET`, is the check, and a connection that died idle is replaced there
         // (see `conn` and `begin`), so row-level security costs no round trip of its own.
-        let pool = PgPoolOptions::new()
+        PgPoolOptions::new()
             .max_connections(settings.max_connections)
             .acquire_timeout(settings.acquire_timeout)
-            .test_before_acquire(!settings.row_level_security);
-        let pool = pool.connect_with(options).await.map_err(db_error)?;
-        Ok(PgStore {
-            scoped: settings.row_level_security,
-            ..Self::from_pool(pool)
-        })
+            .test_before_acquire(!settings.row_level_security)
     }
 
     /// Wraps an existing pool, with the system clock, scoping each connection it hands out.
@@ -178,6 +218,7 @@ impl PgStore {
         PgStore {
             pool,
             scoped: true,
+            replica: None,
             clock: Arc::new(SystemClock),
             stats_cache: Arc::default(),
             principals: Arc::default(),
@@ -210,13 +251,44 @@ impl PgStore {
 
     /// A connection that sees `rows` (one tenant's, or all) under row-level security.
     pub(crate) async fn conn(&self, rows: impl Into<Rows>) -> Result<PoolConnection<Postgres>> {
-        let set = format!(
-            "SET {TENANT_SETTING} = '{}'",
-            Into::<Rows>::into(rows).setting()
-        );
+        self.conn_from(&self.pool, rows.into()).await
+    }
+
+    /// A connection for a read of `tenant`'s that a read replica may serve: the replica's when
+    /// it holds every write this process made for the tenant and is not too far behind (see
+    /// `replica.rs`), else the primary's — also when the replica does not answer.
+    pub(crate) async fn read_conn(&self, tenant: Uuid) -> Result<PoolConnection<Postgres>> {
+        let Some(replica) = &self.replica else {
+            return self.conn(tenant).await;
+        };
+        if replica.serves(tenant) {
+            match self.conn_from(&replica.pool, Rows::Tenant(tenant)).await {
+                Ok(conn) => {
+                    metrics::counter!("memoire_db_reads_total", "target" => "replica").increment(1);
+                    return Ok(conn);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "the read replica failed; reading from the primary")
+                }
+            }
+        }
+        metrics::counter!("memoire_db_reads_total", "target" => "primary").increment(1);
+        self.conn(tenant).await
+    }
+
+    /// Records that `tenant`'s data changed (after the write committed): its reads stay on the
+    /// primary until a read replica has replayed the change.
+    pub fn wrote(&self, tenant: Uuid) {
+        if let Some(r) = &self.replica {
+            r.wrote(tenant);
+        }
+    }
+
+    async fn conn_from(&self, pool: &PgPool, rows: Rows) -> Result<PoolConnection<Postgres>> {
+        let set = format!("SET {TENANT_SETTING} = '{}'", rows.setting());
         let mut broken = 0;
         loop {
-            let mut conn = self.pool.acquire().await.map_err(db_error)?;
+            let mut conn = pool.acquire().await.map_err(db_error)?;
             if !self.scoped {
                 return Ok(conn);
             }
@@ -225,7 +297,7 @@ impl PgStore {
                 .await
             {
                 Ok(_) => return Ok(conn),
-                Err(e) => self.replace_broken(e, &mut broken)?,
+                Err(e) => replace_broken(pool, e, &mut broken)?,
             }
         }
     }
@@ -246,31 +318,9 @@ impl PgStore {
             match Transaction::begin(conn, Some(AssertSqlSafe(begin.clone()).into_sql_str())).await
             {
                 Ok(tx) => return Ok(tx),
-                Err(e) => self.replace_broken(e, &mut broken)?,
+                Err(e) => replace_broken(&self.pool, e, &mut broken)?,
             }
         }
-    }
-
-    /// After a scoped connection's first statement failed with `e`: when the connection had
-    /// died while idle (Postgres restarted, a proxy dropped it), it is closed as it goes back
-    /// (sqlx checks it then) and another is taken, as sqlx's own check before handing one out
-    /// would have done; otherwise, or after every pooled connection has failed so, `e` is the
-    /// answer.
-    fn replace_broken(&self, e: sqlx::Error, broken: &mut u32) -> Result<()> {
-        let dead = match &e {
-            sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
-            // admin_shutdown, crash_shutdown, cannot_connect_now; connection exceptions.
-            sqlx::Error::Database(d) => d
-                .code()
-                .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
-            _ => false,
-        };
-        *broken += 1;
-        if dead && *broken <= self.pool.options().get_max_connections() {
-            tracing::debug!(error = %e, "a pooled connection had died; taking another");
-            return Ok(());
-        }
-        Err(db_error(e))
     }
 
     /// Whether Postgres answers.
@@ -283,4 +333,26 @@ impl PgStore {
             .map_err(db_error)?;
         Ok(())
     }
+}
+
+/// After a scoped connection's first statement failed with `e`: when the connection had
+/// died while idle (Postgres restarted, a proxy dropped it), it is closed as it goes back
+/// (sqlx checks it then) and another is taken, as sqlx's own check before handing one out
+/// would have done; otherwise, or after every pooled connection has failed so, `e` is the
+/// answer.
+fn replace_broken(pool: &PgPool, e: sqlx::Error, broken: &mut u32) -> Result<()> {
+    let dead = match &e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        // admin_shutdown, crash_shutdown, cannot_connect_now; connection exceptions.
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("57P") || c.starts_with("08")),
+        _ => false,
+    };
+    *broken += 1;
+    if dead && *broken <= pool.options().get_max_connections() {
+        tracing::debug!(error = %e, "a pooled connection had died; taking another");
+        return Ok(());
+    }
+    Err(db_error(e))
 }

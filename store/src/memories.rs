@@ -955,7 +955,7 @@ impl PgStore {
             .bind(id)
             .bind(CURRENT_AND_SUPERSEDED)
             .bind(self.clock.now())
-            .fetch_optional(&mut *self.conn(tenant_id).await?)
+            .fetch_optional(&mut *self.read_conn(tenant_id).await?)
             .await
             .map_err(db_error)?;
         row.ok_or_else(|| Error::NotFound {
@@ -1014,7 +1014,7 @@ impl PgStore {
             .push_bind(q.page_size as i64 + 1);
         let rows: Vec<MemoryRow> = b
             .build_query_as()
-            .fetch_all(&mut *self.conn(q.tenant_id).await?)
+            .fetch_all(&mut *self.read_conn(q.tenant_id).await?)
             .await
             .map_err(db_error)?;
         let mut memories: Vec<Memory> = convert_all(rows)?;
@@ -1038,7 +1038,7 @@ impl PgStore {
         let rows: Vec<VersionRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(tenant_id)
             .bind(memory_id)
-            .fetch_all(&mut *self.conn(tenant_id).await?)
+            .fetch_all(&mut *self.read_conn(tenant_id).await?)
             .await
             .map_err(db_error)?;
         if rows.is_empty() {

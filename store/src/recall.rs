@@ -536,7 +536,7 @@ impl PgStore {
         vs: &VectorSettings,
         now: DateTime<Utc>,
     ) -> Result<TextHits> {
-        let mut conn = self.conn(q.tenant_id).await?;
+        let mut conn = self.read_conn(q.tenant_id).await?;
         let stats = staged(
             "scope_stats",
             table,
@@ -608,7 +608,7 @@ impl PgStore {
             },
             async {
                 if spare_needed {
-                    Some(self.conn(q.tenant_id).await)
+                    Some(self.read_conn(q.tenant_id).await)
                 } else {
                     None
                 }
@@ -668,7 +668,7 @@ impl PgStore {
                 }
                 let mut c = match spare.take() {
                     Some(c) => c?,
-                    None => self.conn(q.tenant_id).await?,
+                    None => self.read_conn(q.tenant_id).await?,
                 };
                 bm25(&mut c, table, q, stats, now, Some(&no_text)).await
             }),

@@ -160,6 +160,7 @@ impl TestServer {
             acquire_timeout: Duration::from_secs(5),
             hnsw_ef_search: config.recall_hnsw_ef_search,
             row_level_security: false,
+            replica: None,
         })
         .await
         .expect("inspection pool")
@@ -273,6 +274,7 @@ impl TestServer {
             acquire_timeout: Duration::from_secs(5),
             hnsw_ef_search: config.recall_hnsw_ef_search,
             row_level_security: config.database_row_level_security,
+            replica: None,
         })
         .await
         .expect("worker pool")

@@ -190,8 +190,10 @@ impl UseCases {
             .pop())
     }
 
-    /// Marks a user+namespace's working memory changed: the next Conscious rebuilds it.
+    /// Marks a user+namespace's data changed (after the write committed): the tenant's reads
+    /// stay on the primary until a read replica has the change, and the next Conscious rebuilds.
     async fn changed(&self, scope: &Scope) {
+        self.store().wrote(scope.tenant_id);
         if let Some(c) = &self.inner.conscious {
             c.invalidate(scope.tenant_id, &scope.user_id, &scope.namespace)
                 .await;
@@ -207,6 +209,7 @@ impl UseCases {
 
     /// Removes a user+namespace's working memory from Redis (purge).
     async fn purged(&self, scope: &Scope) {
+        self.store().wrote(scope.tenant_id);
         if let Some(c) = &self.inner.conscious {
             c.purge(scope.tenant_id, &scope.user_id, &scope.namespace)
                 .await;

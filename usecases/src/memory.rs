@@ -250,9 +250,13 @@ impl UseCases {
             // Retried messages count too: the caller waits for what it sent.
             Some(deadline) => {
                 let ids: Vec<Uuid> = ingested.iter().map(|i| i.episode_id).collect();
-                self.wait_for_extraction(scope.tenant_id, &ids, deadline)
+                let waited = self
+                    .wait_for_extraction(scope.tenant_id, &ids, deadline)
                     .instrument(tracing::info_span!("wait_for_extraction"))
-                    .await?
+                    .await?;
+                // A worker wrote what it extracted: the caller's next reads must see it.
+                self.store().wrote(scope.tenant_id);
+                waited
             }
             None => ExtractionWait::Queued,
         };
