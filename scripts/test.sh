@@ -19,6 +19,15 @@ echo "== unused dependencies"
 python3 scripts/unused-deps.py
 echo "== cargo test"
 cargo test --workspace --locked
+echo "== the end-to-end tests that touch Redis, again against a three-primary Redis Cluster"
+cluster="$PWD/target/redis-cluster"
+scripts/redis-cluster.sh stop "$cluster" # what an interrupted run left
+cluster_url=$(scripts/redis-cluster.sh start "$cluster")
+trap 'scripts/redis-cluster.sh stop "$cluster"' EXIT
+MEMOIRE_TEST_REDIS_URL="$cluster_url" cargo test --locked --quiet -p memoire-tests --test e2e -- \
+  conscious:: limits:: recall:: ingest::
+scripts/redis-cluster.sh stop "$cluster"
+trap - EXIT
 echo "== python SDK (maturin wheel into .venv)"
 cargo fmt --manifest-path sdk-python/Cargo.toml -- --check
 CARGO_TARGET_DIR="$PWD/target" cargo clippy --manifest-path sdk-python/Cargo.toml --locked --quiet -- -D warnings

@@ -130,6 +130,7 @@ impl TestServer {
             worker_poll_interval_ms: 200,
             shutdown_grace_secs: 5,
             embedding_model_dir: model_dir(),
+            redis_url: test_redis_url(),
             ..Config::default()
         };
         configure(&mut config);
@@ -472,6 +473,107 @@ pub fn fact(user: &str, content: &str) -> pb::TeachRequest {
         content: content.into(),
         ..Default::default()
     }
+}
+
+/// The Redis the tests' servers use: `MEMOIRE_TEST_REDIS_URL` (`make test` also runs the
+/// Redis-touching tests against a Redis Cluster made by `scripts/redis-cluster.sh`), or the local
+/// one.
+pub fn test_redis_url() -> String {
+    std::env::var("MEMOIRE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// The ports of the Redis servers `url` names (a cluster's nodes, or the one server).
+pub fn redis_ports(url: &str) -> Vec<u16> {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let (first, query) = rest.split_once('?').unwrap_or((rest, ""));
+    std::iter::once(first)
+        .chain(query.split('&').filter_map(|kv| kv.strip_prefix("node=")))
+        .filter_map(|hostport| {
+            hostport
+                .rsplit(':')
+                .next()?
+                .trim_end_matches('/')
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// `redis-cli -p port args…` against `url`'s first server, following a cluster's redirects; its
+/// output.
+pub fn redis_cli(url: &str, args: &[&str]) -> String {
+    let port = redis_ports(url).first().copied().unwrap_or(6379);
+    let out = std::process::Command::new("redis-cli")
+        .args(["-c", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli (scripts/setup.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The keys matching `pattern` on every server `url` names (each primary of a cluster).
+pub fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
+    redis_ports(url)
+        .into_iter()
+        .flat_map(|p| {
+            let out = std::process::Command::new("redis-cli")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &p.to_string(),
+                    "--scan",
+                    "--pattern",
+                    pattern,
+                ])
+                .output()
+                .expect("redis-cli (scripts/setup.sh installs it)");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A new memory of `kind` with `content` and default attributes, for the store and use-case
+/// layers' own tests.
+pub fn new_memory(
+    kind: memoire_core::model::MemoryKind,
+    content: &str,
+) -> memoire_core::command::NewMemory {
+    memoire_core::command::NewMemory {
+        kind,
+        content: content.into(),
+        slot: None,
+        subject: None,
+        tags: vec![],
+        importance: 0.5,
+        confidence: 1.0,
+        pinned: false,
+        expires_at: None,
+        source_episode_ids: vec![],
+    }
+}
+
+/// One Recall of a bench (k = 10, the `i`-th of [`BENCH_QUERIES`]) and how long it took; an
+/// error unless it returned ten items.
+pub async fn bench_recall(client: &Client, i: usize) -> anyhow::Result<Duration> {
+    let t = std::time::Instant::now();
+    let r = client
+        .memory()
+        .recall(pb::RecallRequest {
+            user_id: "u".into(),
+            query: BENCH_QUERIES[i % BENCH_QUERIES.len()].into(),
+            k: 10,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let took = t.elapsed();
+    anyhow::ensure!(r.items.len() == 10, "{} items", r.items.len());
+    Ok(took)
 }
 
 /// Twenty questions about a user, for Recall benches (their embeddings cache after a warm-up).

@@ -4,130 +4,55 @@
 //! tenant's hash tag), the query-embedding cache, Conscious's cache with its invalidation, and a
 //! purge that must find the scope's entries on every primary.
 //!
-//! Its own test binary: it starts (and stops) its own `redis-server` processes, from the Redis
-//! that `scripts/setup.sh` installs.
+//! Its own test binary: it starts (and stops) its own cluster with `scripts/redis-cluster.sh`,
+//! from the Redis that `scripts/setup.sh` installs.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use memoire_tests::{TestServer, fact, http_get, proto as pb};
+use memoire_tests::{TestServer, fact, http_get, proto as pb, redis_keys, redis_ports};
 
-/// A throwaway cluster: three primaries, no replicas, nothing kept on disk.
+/// A throwaway cluster, made and removed by `scripts/redis-cluster.sh` (what `make test` also
+/// runs the Redis-touching end-to-end tests against).
 struct Cluster {
     dir: PathBuf,
-    ports: Vec<u16>,
-    servers: Vec<Child>,
+    url: String,
 }
 
-/// `redis-cli -p port args…`, its output (it exits 0 even for a Redis error: callers check).
-fn cli(port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .expect("redis-cli (installed with redis-server by scripts/setup.sh)");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Whether `port` and its cluster bus port (port + 10000) are both free on loopback.
-fn free(port: u16) -> bool {
-    TcpListener::bind(("127.0.0.1", port)).is_ok()
-        && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+fn script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster.sh")
 }
 
 impl Cluster {
     fn start() -> Self {
-        let ports: Vec<u16> = (17_000..17_900).filter(|p| free(*p)).take(3).collect();
-        assert_eq!(ports.len(), 3, "three free loopback ports");
         let dir =
             std::env::temp_dir().join(format!("memoire-redis-cluster-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("cluster dir");
-        let servers = ports
-            .iter()
-            .map(|p| {
-                Command::new("redis-server")
-                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
-                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
-                    .arg("--cluster-config-file")
-                    .arg(dir.join(format!("nodes-{p}.conf")))
-                    .arg("--dir")
-                    .arg(&dir)
-                    .args(["--save", "", "--appendonly", "no"])
-                    .stdout(Stdio::null())
-                    .spawn()
-                    .expect("redis-server")
-            })
-            .collect();
-        let cluster = Cluster {
-            dir,
-            ports,
-            servers,
-        };
-        cluster.wait_until(|c| c.ports.iter().all(|p| cli(*p, &["ping"]).contains("PONG")));
-        let nodes: Vec<String> = cluster
-            .ports
-            .iter()
-            .map(|p| format!("127.0.0.1:{p}"))
-            .collect();
-        let created = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&nodes)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+        let out = Command::new(script())
+            .arg("start")
+            .arg(&dir)
             .output()
-            .expect("redis-cli --cluster create");
+            .expect("scripts/redis-cluster.sh");
         assert!(
-            created.status.success(),
+            out.status.success(),
             "{}",
-            String::from_utf8_lossy(&created.stdout)
+            String::from_utf8_lossy(&out.stderr)
         );
-        cluster.wait_until(|c| {
-            c.ports
-                .iter()
-                .all(|p| cli(*p, &["cluster", "info"]).contains("cluster_state:ok"))
-        });
-        cluster
-    }
-
-    fn wait_until(&self, ready: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !ready(self) {
-            assert!(Instant::now() < deadline, "the cluster did not come up");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    /// The URL naming the cluster (fred connects to one node and learns the others).
-    fn url(&self) -> String {
-        format!(
-            "redis-cluster://127.0.0.1:{}?node=127.0.0.1:{}&node=127.0.0.1:{}",
-            self.ports[0], self.ports[1], self.ports[2]
-        )
+        let url = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        Cluster { dir, url }
     }
 
     /// The keys matching `pattern` on each primary.
     fn keys(&self, pattern: &str) -> Vec<Vec<String>> {
-        self.ports
-            .iter()
-            .map(|p| {
-                cli(*p, &["--scan", "--pattern", pattern])
-                    .lines()
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
+        redis_ports(&self.url)
+            .into_iter()
+            .map(|p| redis_keys(&format!("redis://127.0.0.1:{p}"), pattern))
             .collect()
     }
 }
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for s in &mut self.servers {
-            let _ = s.kill();
-            let _ = s.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = Command::new(script()).arg("stop").arg(&self.dir).status();
     }
 }
 
@@ -143,7 +68,7 @@ fn metric(metrics: &str, prefix: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_redis_path_works_on_a_three_primary_cluster() {
     let cluster = Cluster::start();
-    let url = cluster.url();
+    let url = cluster.url.clone();
     let server = TestServer::start_with(
         |c| {
             c.redis_url = url;

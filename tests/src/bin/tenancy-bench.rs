@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use memoire_sdk::Client;
 use memoire_tests::{
-    BENCH_QUERIES as QUERIES, TestServer, bench_fact as fact, percentile_ms, proto as pb,
+    BENCH_QUERIES as QUERIES, TestServer, bench_fact as fact, bench_recall, percentile_ms,
+    proto as pb,
 };
 
 /// One side of the comparison.
@@ -88,22 +89,10 @@ impl Side {
     }
 
     async fn recall(&mut self, i: usize, record: bool) -> anyhow::Result<()> {
-        let t = Instant::now();
-        let r = self
-            .client
-            .memory()
-            .recall(pb::RecallRequest {
-                user_id: "u".into(),
-                query: QUERIES[i % QUERIES.len()].into(),
-                k: 10,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        let took = bench_recall(&self.client, i).await?;
         if record {
-            self.recall.push(t.elapsed());
+            self.recall.push(took);
         }
-        anyhow::ensure!(r.items.len() == 10, "{} items", r.items.len());
         Ok(())
     }
 }

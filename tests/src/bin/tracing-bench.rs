@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use memoire_sdk::Client;
 use memoire_tests::otlp::Collector;
-use memoire_tests::{BENCH_QUERIES, bench_fact, percentile_ms, proto as pb};
+use memoire_tests::{BENCH_QUERIES, bench_fact, bench_recall, percentile_ms, proto as pb};
 use sqlx::Connection as _;
 
 const ADMIN_KEY: &str = "tracing-bench-admin-key-0123456789";
@@ -86,22 +86,10 @@ impl Side {
     }
 
     async fn recall(&mut self, i: usize, record: bool) -> anyhow::Result<()> {
-        let t = Instant::now();
-        let r = self
-            .client
-            .memory()
-            .recall(pb::RecallRequest {
-                user_id: "u".into(),
-                query: BENCH_QUERIES[i % BENCH_QUERIES.len()].into(),
-                k: 10,
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+        let took = bench_recall(&self.client, i).await?;
         if record {
-            self.recall.push(t.elapsed());
+            self.recall.push(took);
         }
-        anyhow::ensure!(r.items.len() == 10, "{} items", r.items.len());
         Ok(())
     }
 }

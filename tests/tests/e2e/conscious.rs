@@ -251,51 +251,21 @@ async fn every_write_is_reflected_by_the_very_next_call() {
         after.essential.is_empty() && after.recent.is_empty(),
         "{after:?}"
     );
-    let leftovers = redis_keys_holding("jasmine").await;
+    let leftovers = redis_keys_holding("jasmine");
     assert!(
         leftovers.is_empty(),
         "purged content still in Redis: {leftovers:?}"
     );
 }
 
-/// Keys whose value contains `needle` (scans the test Redis; values are JSON).
-async fn redis_keys_holding(needle: &str) -> Vec<String> {
-    let keys = redis_cmd(6379, &["KEYS", "memoire:*:conscious:*"]).await;
-    let mut out = Vec::new();
-    for key in keys.lines().filter(|l| l.starts_with("memoire:")) {
-        if redis_cmd(6379, &["GET", key]).await.contains(needle) {
-            out.push(key.to_owned());
-        }
-    }
-    out
-}
-
-/// One Redis command over RESP; the reply's bulk strings, one per line.
-async fn redis_cmd(port: u16, args: &[&str]) -> String {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .expect("redis");
-    let mut req = format!("*{}\r\n", args.len());
-    for a in args {
-        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
-    }
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = vec![0u8; 1 << 20];
-    let mut got = Vec::new();
-    // Read until the connection goes quiet.
-    loop {
-        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Err(_) => break,
-            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
-            Ok(Err(_)) => break,
-        }
-    }
-    String::from_utf8_lossy(&got)
-        .lines()
-        .filter(|l| !l.starts_with('*') && !l.starts_with('$'))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// Keys whose value contains `needle` (scans the test Redis — every primary of a cluster;
+/// values are JSON).
+fn redis_keys_holding(needle: &str) -> Vec<String> {
+    let url = memoire_tests::test_redis_url();
+    memoire_tests::redis_keys(&url, "memoire:*:conscious:*")
+        .into_iter()
+        .filter(|key| memoire_tests::redis_cli(&url, &["GET", key]).contains(needle))
+        .collect()
 }
 
 /// A private redis-server (nothing on disk) on a free port.

@@ -300,7 +300,7 @@ async fn calls_that_start_before_the_decision_leave_nothing_when_refused() {
 /// decision nearly always comes first; here it is held back on purpose.)
 #[tokio::test]
 async fn teach_writes_only_once_its_permit_is_granted() {
-    use memoire_core::command::{NewMemory, Teach};
+    use memoire_core::command::Teach;
     use memoire_core::model::{Basis, MemoryKind, Scope};
     use memoire_usecases::Permit;
 
@@ -313,18 +313,7 @@ async fn teach_writes_only_once_its_permit_is_granted() {
             user_id: "u".into(),
             namespace: "default".into(),
         },
-        memory: NewMemory {
-            kind: MemoryKind::Fact,
-            content: content.into(),
-            slot: None,
-            subject: None,
-            tags: vec![],
-            importance: 0.5,
-            confidence: 1.0,
-            pinned: false,
-            expires_at: None,
-            source_episode_ids: vec![],
-        },
+        memory: memoire_tests::new_memory(MemoryKind::Fact, content),
         force_create: false,
         reason: None,
         basis: Basis::Teach,

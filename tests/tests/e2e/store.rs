@@ -4,11 +4,11 @@
 
 use std::time::Duration;
 
-use memoire_core::command::{Ingest, MemoryPatch, NewEpisode, NewMemory};
+use memoire_core::command::{Ingest, MemoryPatch, NewEpisode};
 use memoire_core::embed::Embedding;
 use memoire_core::model::{Basis, ForgetMode, MemoryKind, MessageRole, Scope};
 use memoire_store::{Correction, JobScope, RetryPolicy, VectorTable};
-use memoire_tests::{TestServer, fact, proto as pb};
+use memoire_tests::{TestServer, fact, new_memory, proto as pb};
 
 fn vector(x: f32) -> Vec<f32> {
     let mut v = vec![0.0; 384];
@@ -45,21 +45,6 @@ async fn ingest(server: &TestServer, scope: &Scope, n: usize) {
         })
         .await
         .expect("ingest");
-}
-
-fn new_memory(kind: MemoryKind, content: &str) -> NewMemory {
-    NewMemory {
-        kind,
-        content: content.into(),
-        slot: None,
-        subject: None,
-        tags: vec![],
-        importance: 0.5,
-        confidence: 1.0,
-        pinned: false,
-        expires_at: None,
-        source_episode_ids: vec![],
-    }
 }
 
 fn no_worker(c: &mut memoire_config::Config) {
