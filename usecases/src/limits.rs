@@ -160,9 +160,9 @@ impl RateLimiter {
             return Permit::decided(Verdict::of(Err(refused)));
         }
         let (decider, permit) = Permit::pending();
-        let (limiter, who) = (self.clone(), who.clone());
+        let limiter = self.clone();
         tokio::spawn(async move {
-            match limiter.admit(&who, Kind::Requests, 1).await {
+            match limiter.decide(&counted, 1).await {
                 Ok(remaining) => decider.admit(remaining),
                 Err(e) => decider.refuse(e),
             }
@@ -174,17 +174,16 @@ impl RateLimiter {
     /// `Ok(Some(remaining))` with the messages still admissible at once; `RESOURCE_EXHAUSTED`
     /// with the wait when over the limit.
     pub async fn admit_messages(&self, who: &Principal, messages: usize) -> Result<Option<u32>> {
-        let cost = u32::try_from(messages).unwrap_or(u32::MAX);
-        self.admit(who, Kind::Messages, cost).await
-    }
-
-    async fn admit(&self, who: &Principal, kind: Kind, cost: u32) -> Result<Option<u32>> {
-        let Some(counted) = Counted::of(who, kind) else {
+        let Some(counted) = Counted::of(who, Kind::Messages) else {
             return Ok(None);
         };
-        if let Some(refused) = self.known_refusal(&counted) {
-            return Err(refused);
-        }
+        let cost = u32::try_from(messages).unwrap_or(u32::MAX);
+        self.decide(&counted, cost).await
+    }
+
+    /// Counts `cost` against `counted`'s limits: in Redis, or in-process when Redis does not
+    /// answer. A refusal of a call is remembered (see `refused`).
+    async fn decide(&self, counted: &Counted, cost: u32) -> Result<Option<u32>> {
         let keyed = &counted.keyed;
         let admission = match &self.redis {
             Some(r) => match r.rate_limit(keyed, cost).await {
@@ -201,7 +200,7 @@ impl RateLimiter {
         }
         let refused = admission.refused_by.min(keyed.len() - 1);
         let retry_us = admission.retry_after_us.max(1);
-        if kind == Kind::Requests {
+        if counted.kind == Kind::Requests {
             // A call costs one: nothing is admitted before the wait for one call has passed.
             let until = chrono::Utc::now().timestamp_micros() + retry_us;
             let mut memo = self.refused.lock().unwrap_or_else(|e| e.into_inner());
@@ -216,9 +215,6 @@ impl RateLimiter {
 
     /// The refusal of a call by a request limit that is known to refuse until later.
     fn known_refusal(&self, counted: &Counted) -> Option<Error> {
-        if counted.kind != Kind::Requests {
-            return None;
-        }
         let now = chrono::Utc::now().timestamp_micros();
         let memo = self.refused.lock().unwrap_or_else(|e| e.into_inner());
         counted.keyed.iter().enumerate().find_map(|(i, (key, _))| {
