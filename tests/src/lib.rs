@@ -537,6 +537,18 @@ pub fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
         .collect()
 }
 
+/// Forget every memory and episode of `user` for good (a purge by selector).
+pub fn purge_user(user: &str) -> pb::ForgetRequest {
+    pb::ForgetRequest {
+        selector: Some(pb::ForgetSelector {
+            user_id: user.into(),
+            ..Default::default()
+        }),
+        mode: pb::ForgetMode::Purge as i32,
+        ..Default::default()
+    }
+}
+
 /// A new memory of `kind` with `content` and default attributes, for the store and use-case
 /// layers' own tests.
 pub fn new_memory(

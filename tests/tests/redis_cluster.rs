@@ -162,14 +162,7 @@ async fn every_redis_path_works_on_a_three_primary_cluster() {
     // A purge removes the scope's entries from every primary.
     client
         .memory()
-        .forget(pb::ForgetRequest {
-            selector: Some(pb::ForgetSelector {
-                user_id: "ada".into(),
-                ..Default::default()
-            }),
-            mode: pb::ForgetMode::Purge as i32,
-            ..Default::default()
-        })
+        .forget(memoire_tests::purge_user("ada"))
         .await
         .expect("purge");
     let entries: Vec<String> = cluster

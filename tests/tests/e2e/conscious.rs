@@ -236,16 +236,9 @@ async fn every_write_is_reflected_by_the_very_next_call() {
 
     // Purge: the content leaves Redis too.
     conscious(&client, "ada", Some("s1")).await;
-    m.forget(pb::ForgetRequest {
-        selector: Some(pb::ForgetSelector {
-            user_id: "ada".into(),
-            ..Default::default()
-        }),
-        mode: pb::ForgetMode::Purge as i32,
-        ..Default::default()
-    })
-    .await
-    .expect("purge");
+    m.forget(memoire_tests::purge_user("ada"))
+        .await
+        .expect("purge");
     let after = conscious(&client, "ada", Some("s1")).await;
     assert!(
         after.essential.is_empty() && after.recent.is_empty(),

@@ -21,6 +21,27 @@ async fn limit(server: &TestServer, update: pb::UpdateTenantRequest) -> pb::Tena
         .expect("tenant")
 }
 
+/// A new key of `tenant` with `role`, limited to `rps` requests/s on its own.
+async fn limited_key(
+    server: &TestServer,
+    tenant: &str,
+    role: pb::KeyRole,
+    rps: u32,
+) -> pb::CreateApiKeyResponse {
+    server
+        .admin()
+        .admin()
+        .create_api_key(pb::CreateApiKeyRequest {
+            tenant_id: tenant.into(),
+            name: format!("{rps} per second"),
+            role: role as i32,
+            rate_limit_rps: rps,
+        })
+        .await
+        .expect("create key")
+        .into_inner()
+}
+
 /// `n` cheap calls as fast as they go: how many were admitted, the first refusal, and how long
 /// the calls took. Every admitted call reports what remains exactly when `limited`.
 async fn burst(
@@ -137,18 +158,7 @@ async fn a_tenant_rate_admits_its_burst_then_refuses_with_retry_info() {
 async fn a_key_rate_limits_that_key_only() {
     let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
     let (tenant, unlimited) = server.tenant("t", pb::KeyRole::Writer).await;
-    let created = server
-        .admin()
-        .admin()
-        .create_api_key(pb::CreateApiKeyRequest {
-            tenant_id: tenant.clone(),
-            name: "slow".into(),
-            role: pb::KeyRole::Reader as i32,
-            rate_limit_rps: 3,
-        })
-        .await
-        .expect("create key")
-        .into_inner();
+    let created = limited_key(&server, &tenant, pb::KeyRole::Reader, 3).await;
     assert_eq!(created.key.expect("key").rate_limit_rps, 3);
     let slow = server.client(Some(&created.secret));
 
@@ -182,18 +192,7 @@ async fn a_key_rate_limits_that_key_only() {
 async fn calls_that_start_before_the_decision_leave_nothing_when_refused() {
     let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
     let (tenant, owner) = server.tenant("t", pb::KeyRole::Writer).await;
-    let created = server
-        .admin()
-        .admin()
-        .create_api_key(pb::CreateApiKeyRequest {
-            tenant_id: tenant,
-            name: "slow writer".into(),
-            role: pb::KeyRole::Writer as i32,
-            rate_limit_rps: 1,
-        })
-        .await
-        .expect("create key")
-        .into_inner();
+    let created = limited_key(&server, &tenant, pb::KeyRole::Writer, 1).await;
     let slow = server.client(Some(&created.secret));
     let memory = owner
         .memory()
@@ -262,36 +261,30 @@ async fn calls_that_start_before_the_decision_leave_nothing_when_refused() {
     }
     assert!(recalled > 0 && recalled < 10, "{recalled}");
     // Access statistics are written after the reply: wait until they settle.
+    let access_count = || {
+        let (owner, id) = (owner.clone(), memory.id.clone());
+        async move {
+            owner
+                .memory()
+                .get_memory(pb::GetMemoryRequest { memory_id: id })
+                .await
+                .expect("get")
+                .into_inner()
+                .memory
+                .expect("memory")
+                .access_count
+        }
+    };
     let mut count = 0;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        count = owner
-            .memory()
-            .get_memory(pb::GetMemoryRequest {
-                memory_id: memory.id.clone(),
-            })
-            .await
-            .expect("get")
-            .into_inner()
-            .memory
-            .expect("memory")
-            .access_count;
+        count = access_count().await;
         if count >= recalled {
             break;
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let settled = owner
-        .memory()
-        .get_memory(pb::GetMemoryRequest {
-            memory_id: memory.id.clone(),
-        })
-        .await
-        .expect("get")
-        .into_inner()
-        .memory
-        .expect("memory")
-        .access_count;
+    let settled = access_count().await;
     assert_eq!((count, settled), (recalled, recalled));
 }
 
