@@ -8,11 +8,13 @@
 //! - `settings`: each part's settings built from the one [`Config`]; [`providers`]: the
 //!   embedder, extractor and summarizer it names.
 //! - [`init_tracing`], [`shutdown_signal`]: process bootstrap.
+//! - [`transfer`]: the `export` and `import` subcommands.
 
 pub mod ops;
 pub mod providers;
 mod settings;
 mod telemetry;
+pub mod transfer;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -52,10 +52,3 @@ pub fn status(e: Error) -> Status {
         }
     }
 }
-
-/// `UNIMPLEMENTED` for a capability a later release brings, naming it.
-pub fn unimplemented(capability: &str) -> Status {
-    Status::unimplemented(format!(
-        "{capability} is not implemented in this version of Mémoire yet"
-    ))
-}

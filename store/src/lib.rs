@@ -6,6 +6,7 @@
 //! - `episodes`: Ingest, and the durable extraction/embedding queue the episodes table forms.
 //! - `maintenance`: the periodic jobs (optimize, decay, reflect, retention, re-embed).
 //! - `tenants`: tenants, API keys (hashed), stats.
+//! - `transfer`: export and import as JSON Lines.
 //! - `schema`: migrations and the per-model vector indexes.
 //! - `recall`: BM25 and vector candidates for Recall, hydrated as of a time.
 //! - `cache`: Redis (fred) as a best-effort cache.
@@ -26,6 +27,7 @@ mod replica;
 mod rows;
 mod schema;
 mod tenants;
+mod transfer;
 mod ttl;
 
 use std::sync::Arc;
@@ -52,6 +54,7 @@ pub use memories::Correction;
 pub use recall::{VectorSettings, record_stage};
 pub use schema::vector_index_name;
 pub use tenants::{NewApiKey, PRINCIPAL_TTL, TenantUpdate, hash_secret};
+pub use transfer::{ExportScope, FORMAT_VERSION, ImportCounts, Importer};
 
 /// Stores `vectors` (of `model`) for the rows `ids` of `table` (`memories` or `episodes`).
 pub(crate) async fn write_vectors(

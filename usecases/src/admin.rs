@@ -3,8 +3,10 @@
 
 use chrono::{DateTime, Utc};
 use memoire_core::Result;
+use memoire_core::model::Scope;
 use memoire_core::model::{ApiKey, DeadLetter, KeyRole, Stats, Tenant};
-use memoire_store::{JobScope, NewApiKey, TenantUpdate};
+use memoire_store::{ExportScope, ImportCounts, Importer, JobScope, NewApiKey, TenantUpdate};
+use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use crate::UseCases;
@@ -97,5 +99,48 @@ impl UseCases {
             let _ = this.run_job(id, job, &scope).await;
         });
         Ok((id, None))
+    }
+
+    /// Streams `scope`'s records as JSON Lines (docs/export.md), from one snapshot.
+    pub fn export(&self, scope: ExportScope) -> mpsc::Receiver<Result<String>> {
+        self.store().export(scope)
+    }
+
+    /// Starts an import into `tenant`: feed it records with [`Importer::push`], then hand it
+    /// to [`Self::finish_import`].
+    pub async fn importer(&self, tenant: Uuid) -> Result<Importer> {
+        self.store().importer(tenant, self.embedding_model()).await
+    }
+
+    /// Ends an import: commits it (or, for a dry run, writes nothing) and drops the working
+    /// memories it changed. Rows that came with another model's vectors (`other_model_vectors`)
+    /// keep them until [`Self::reembed_tenant`] (or the worker's periodic re-embed job) replaces them.
+    pub async fn finish_import(&self, importer: Importer, dry_run: bool) -> Result<ImportCounts> {
+        let tenant_id = importer.tenant();
+        let (counts, scopes) = importer.finish(dry_run).await?;
+        if dry_run {
+            return Ok(counts);
+        }
+        let scopes: Vec<Scope> = scopes
+            .into_iter()
+            .map(|(user_id, namespace)| Scope {
+                tenant_id,
+                user_id,
+                namespace,
+            })
+            .collect();
+        self.changed_all(&scopes).await;
+        Ok(counts)
+    }
+
+    /// Re-embeds `tenant`'s vectors of another model than the configured one, waiting for it or
+    /// in the background.
+    pub async fn reembed_tenant(&self, tenant: Uuid, wait: bool) -> Result<()> {
+        let scope = JobScope {
+            tenant_id: Some(tenant),
+            user_id: None,
+        };
+        self.run_maintenance(Job::ReEmbed, scope, wait).await?;
+        Ok(())
     }
 }

@@ -26,13 +26,44 @@ enum Command {
     /// Ask the server at `grpc_addr` for its gRPC health; exit 0 when SERVING (for container
     /// health checks).
     Probe,
+    /// Write a tenant's data (or one user's) as JSON Lines, read from Postgres in one snapshot
+    /// (docs/export.md). Progress goes to stderr.
+    Export {
+        /// The tenant's id.
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only these namespaces (repeat the flag; none: all).
+        #[arg(long = "namespace")]
+        namespaces: Vec<String>,
+        /// The file to write (default: stdout).
+        #[arg(long, short)]
+        output: Option<std::path::PathBuf>,
+    },
+    /// Import JSON Lines written by `export` into a tenant, in one transaction: an error names
+    /// its line and writes nothing; records already stored are skipped.
+    Import {
+        /// The tenant's id (every record must belong to it).
+        #[arg(long)]
+        tenant: uuid::Uuid,
+        /// Check and count everything, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The file to read (default: stdin).
+        input: Option<std::path::PathBuf>,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Only serving embeds: `probe`, `check-config` and `migrate` start no model.
-    if matches!(cli.command, None | Some(Command::Serve)) {
+    // Only serving and importing embed: the other subcommands start no model.
+    if matches!(
+        cli.command,
+        None | Some(Command::Serve | Command::Import { .. })
+    ) {
         memoire_app::one_core_per_model_pass("memoire-server");
     }
     let (config, telemetry) = match memoire_app::start("memoire-server", &cli.flags) {
@@ -54,6 +85,17 @@ async fn main() -> ExitCode {
                 .await
                 .map(|_| tracing::info!("migrations applied"))
         }
+        Command::Export {
+            tenant,
+            user,
+            namespaces,
+            output,
+        } => memoire_app::transfer::export(&config, tenant, user, namespaces, output).await,
+        Command::Import {
+            tenant,
+            dry_run,
+            input,
+        } => memoire_app::transfer::import(&config, tenant, input, dry_run).await,
         Command::Serve => match Listeners::bind(&config).await {
             Ok(listeners) => {
                 memoire_app::run_server(config, listeners, memoire_app::shutdown_signal()).await

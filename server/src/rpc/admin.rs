@@ -18,7 +18,7 @@ use crate::convert::admin::{
     MAX_BYTES_QUOTA, MAX_COUNT_QUOTA, dead_letter_cursor, quota, rate, retention_days,
     target_tenant, tenant_name,
 };
-use crate::error::{status, unimplemented};
+use crate::error::status;
 
 /// The admin service.
 #[derive(Debug, Clone)]
@@ -33,7 +33,7 @@ impl AdminSvc {
     }
 }
 
-type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportRecord, Status>> + Send>>;
+type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportRecords, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl AdminService for AdminSvc {
@@ -333,23 +333,125 @@ impl AdminService for AdminSvc {
 
     type ExportMemoriesStream = ExportStream;
 
-    /// Not built yet; the caller is checked first, so that nobody learns more than that.
     async fn export_memories(
         &self,
         req: Request<pb::ExportMemoriesRequest>,
     ) -> Result<Response<Self::ExportMemoriesStream>, Status> {
-        let who = caller(&req)?.require(KeyRole::Admin).map_err(status)?;
-        target_tenant(who, &req.get_ref().tenant_id).map_err(status)?;
-        Err(unimplemented("ExportMemories"))
+        let s = &self.state;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
+        let r = req.into_inner();
+        let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
+        let user = match r.user_id.as_str() {
+            "" => None,
+            u => Some(v::required_id("user_id", u).map_err(status)?),
+        };
+        let namespaces = r
+            .namespaces
+            .iter()
+            .enumerate()
+            .map(|(i, n)| match n.as_str() {
+                "" => Err(Error::invalid(format!("namespaces[{i}]"), "is empty")),
+                n => v::namespace(&format!("namespaces[{i}]"), n),
+            })
+            .collect::<Result<Vec<_>>>()
+            .map_err(status)?;
+        // An unknown tenant is an error before the stream starts, not in it.
+        s.uc.tenant(tenant).await.map_err(status)?;
+        tracing::info!(tenant_id = %tenant, user_id = ?user, actor = %who.actor, "export started");
+        let records = s.uc.export(memoire_usecases::ExportScope {
+            tenant,
+            user,
+            namespaces,
+        });
+        Ok(Response::new(Box::pin(export_messages(records))))
     }
 
-    /// Not built yet; the caller is checked first (the tenant travels in the records, so only
-    /// the role can be checked before reading them).
     async fn import_memories(
         &self,
-        req: Request<Streaming<pb::ExportRecord>>,
+        req: Request<Streaming<pb::ImportMemoriesRequest>>,
     ) -> Result<Response<pb::ImportMemoriesResponse>, Status> {
-        caller(&req)?.require(KeyRole::Admin).map_err(status)?;
-        Err(unimplemented("ImportMemories"))
+        let s = &self.state;
+        let who = caller(&req)?
+            .require(KeyRole::Admin)
+            .map_err(status)?
+            .clone();
+        let mut messages = req.into_inner();
+        let Some(first) = messages.message().await? else {
+            return Err(status(Error::invalid(
+                "tenant_id",
+                "the stream is empty; its first message names the tenant",
+            )));
+        };
+        let tenant = target_tenant(&who, &first.tenant_id).map_err(status)?;
+        let dry_run = first.dry_run;
+        let mut importer = s.uc.importer(tenant).await.map_err(status)?;
+        let mut line = 0;
+        let mut message = Some(first);
+        while let Some(m) = message {
+            for text in &m.lines {
+                line += 1;
+                importer.push(line, text).await.map_err(status)?;
+            }
+            message = messages.message().await?;
+        }
+        let c =
+            s.uc.finish_import(importer, dry_run)
+                .await
+                .map_err(status)?;
+        if c.other_model_vectors > 0 && !dry_run {
+            s.uc.reembed_tenant(tenant, false).await.map_err(status)?;
+        }
+        tracing::info!(tenant_id = %tenant, records = c.records, memories = c.memories, skipped = c.skipped, dry_run, actor = %who.actor, "import finished");
+        Ok(Response::new(pb::ImportMemoriesResponse {
+            records: c.records,
+            episodes: c.episodes,
+            memories: c.memories,
+            versions: c.versions,
+            edges: c.edges,
+            skipped: c.skipped,
+            dry_run,
+        }))
     }
+}
+
+/// Records per export message, and bytes (a message also ends when no record is ready).
+const EXPORT_MESSAGE_RECORDS: usize = 256;
+const EXPORT_MESSAGE_BYTES: usize = 1 << 20;
+
+/// The export's records as messages: those ready at once, up to a size, in each. An error ends
+/// the stream after the records before it.
+fn export_messages(
+    records: tokio::sync::mpsc::Receiver<Result<String>>,
+) -> impl Stream<Item = Result<pb::ExportRecords, Status>> + Send {
+    futures::stream::unfold((records, None), |(mut records, failed)| async move {
+        if let Some(e) = failed {
+            return Some((Err(status(e)), (records, None)));
+        }
+        let mut lines = Vec::new();
+        let mut bytes = 0;
+        let mut next = records.recv().await;
+        loop {
+            match next {
+                Some(Ok(line)) => {
+                    bytes += line.len();
+                    lines.push(line);
+                }
+                Some(Err(e)) if lines.is_empty() => return Some((Err(status(e)), (records, None))),
+                Some(Err(e)) => return Some((Ok(pb::ExportRecords { lines }), (records, Some(e)))),
+                None if lines.is_empty() => return None,
+                None => break,
+            }
+            if lines.len() >= EXPORT_MESSAGE_RECORDS || bytes >= EXPORT_MESSAGE_BYTES {
+                break;
+            }
+            match records.try_recv() {
+                Ok(r) => next = Some(r),
+                Err(_) => break,
+            }
+        }
+        Some((Ok(pb::ExportRecords { lines }), (records, None)))
+    })
 }

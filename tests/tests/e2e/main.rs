@@ -14,3 +14,4 @@ mod recall;
 mod sdk;
 mod store;
 mod tls;
+mod transfer;
