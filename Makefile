@@ -1,7 +1,7 @@
 # The commands the README and CI use. `make run` and `make test` set up what is missing first.
 EVAL_DATA ?= ../shared/data/locomo-dev
 
-.PHONY: setup run test wheel eval bench bench-recall bench-ingest bench-conscious bench-tenancy bench-tracing bench-sdk python-sdk build release lint fmt migrate check-config
+.PHONY: setup run test drill bench-transfer wheel eval bench bench-recall bench-ingest bench-conscious bench-tenancy bench-tracing bench-sdk python-sdk build release lint fmt migrate check-config
 
 MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
 export MEMOIRE_ADMIN_KEY
@@ -15,6 +15,11 @@ run: setup release
 
 test:
 	@scripts/test.sh
+
+# Point-in-time recovery on throwaway clusters, checked through the API (docs/RUNBOOK.md).
+drill: python-sdk
+	cargo build --locked --quiet -p memoire-app
+	scripts/restore-drill.sh
 
 # Recall quality on long conversations through the gRPC API, beside BM25 / dense / RRF baselines
 # computed in the same run (not part of `make test`; needs the LoCoMo-format data in EVAL_DATA).

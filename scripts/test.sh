@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite (what `make test` and CI run): set-up, formatting and lints, the Rust
 # tests (unit and end-to-end against real Postgres), then the Python tests against the built
-# server binary.
+# server binary, then the point-in-time recovery drill.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -44,4 +44,6 @@ if [ "$rc" -eq 5 ]; then
   echo "pytest collected no tests: that is a failure, not a pass" >&2
   exit 1
 fi
-exit "$rc"
+[ "$rc" -eq 0 ] || exit "$rc"
+echo "== point-in-time recovery drill (docs/RUNBOOK.md)"
+scripts/restore-drill.sh
