@@ -165,10 +165,14 @@ for _ in $(seq 1 300); do
   sleep 0.1
 done
 [ "$(sql "$port_b" "SELECT pg_is_in_recovery()" postgres)" = "f" ] || die "the restored cluster did not finish recovery"
+recovered=$(now)
 # Redis holds only what is derived from Postgres; views built from writes after T must go.
 redis-cli -n "$REDIS_DB" flushdb >/dev/null
 start_server "$port_b"
-rto=$(awk "BEGIN { print $(now) - $started }")
+answering=$(now)
+rto=$(awk "BEGIN { print $answering - $started }")
+restore=$(awk "BEGIN { print $recovered - $started }")
+serve=$(awk "BEGIN { print $answering - $recovered }")
 
 # 5. Exactly batches A and B.
 got=$(api list "$key")
@@ -181,4 +185,4 @@ if [ "$lost" != 0 ] || [ "$extra" != 0 ]; then
   echo "expected:" >&2; echo "$want" >&2; echo "got:" >&2; echo "$got" >&2
   die "the restore does not hold exactly the writes up to T"
 fi
-printf 'drill: RTO %.1f s (restore from the base backup + archived WAL to a server answering); RPO 0 writes up to T lost (with archiving, the RPO of a lost primary is what its last unarchived WAL segment held: archive_timeout bounds it)\n' "$rto"
+printf 'drill: RTO %.1f s to a server answering (Postgres restored and promoted in %.1f s, server started in %.1f s); RPO 0 writes up to T lost (a lost primary loses at most its unarchived WAL: archive_timeout bounds it)\n' "$rto" "$restore" "$serve"
