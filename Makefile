@@ -42,6 +42,10 @@ bench-conscious: setup
 bench-tenancy: setup
 	cargo run --release --locked -p memoire-tests --bin tenancy-bench
 
+# Export and import of 100,000 memories: records/s over gRPC and with the CLI, peak memory.
+bench-transfer: setup release
+	cargo run --release --locked -p memoire-tests --bin transfer-bench
+
 # What exporting OpenTelemetry traces costs a Recall: two release servers, one exporting, one not.
 bench-tracing: setup release
 	cargo run --release --locked -p memoire-tests --bin tracing-bench

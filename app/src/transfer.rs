@@ -121,10 +121,10 @@ pub async fn import(
         dry_run,
         "import finished"
     );
-    if c.other_model_vectors > 0 && !dry_run {
+    if c.to_embed > 0 && !dry_run {
         tracing::info!(
-            rows = c.other_model_vectors,
-            "re-embedding what came with another model's vectors"
+            rows = c.to_embed,
+            "embedding what came without the configured model's vectors"
         );
         uc.reembed_tenant(tenant, true).await?;
     }

@@ -258,9 +258,9 @@ pub struct ImportCounts {
     pub edges: u64,
     /// Records already stored, skipped.
     pub skipped: u64,
-    /// Memories and episodes written with vectors of another embedding model than the
-    /// configured one (the re-embed job replaces them).
-    pub other_model_vectors: u64,
+    /// Memories and episodes written without a vector of the configured embedding model
+    /// (another model's, or none): the re-embed job and the worker embed them.
+    pub to_embed: u64,
 }
 
 /// An import in progress: one transaction, fed records in file order with [`Importer::push`],
@@ -381,11 +381,8 @@ impl Importer {
                 return Err(at(line, "has no namespace"));
             }
             let namespace = v::namespace("namespace", text("namespace")).map_err(named)?;
-            if o.get("embedding_model")
-                .and_then(Value::as_str)
-                .is_some_and(|m| m != self.model)
-            {
-                self.counts.other_model_vectors += 1;
+            if o.get("embedding_model").and_then(Value::as_str) != Some(self.model.as_str()) {
+                self.counts.to_embed += 1;
             }
             self.scopes.insert((user, namespace));
         }

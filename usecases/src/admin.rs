@@ -113,8 +113,8 @@ impl UseCases {
     }
 
     /// Ends an import: commits it (or, for a dry run, writes nothing) and drops the working
-    /// memories it changed. Rows that came with another model's vectors (`other_model_vectors`)
-    /// keep them until [`Self::reembed_tenant`] (or the worker's periodic re-embed job) replaces them.
+    /// memories it changed. Rows that came without the configured model's vectors
+    /// (`to_embed`) keep what they have until [`Self::reembed_tenant`] (or the worker's periodic re-embed job) replaces them.
     pub async fn finish_import(&self, importer: Importer, dry_run: bool) -> Result<ImportCounts> {
         let tenant_id = importer.tenant();
         let (counts, scopes) = importer.finish(dry_run).await?;

@@ -401,7 +401,7 @@ impl AdminService for AdminSvc {
             s.uc.finish_import(importer, dry_run)
                 .await
                 .map_err(status)?;
-        if c.other_model_vectors > 0 && !dry_run {
+        if c.to_embed > 0 && !dry_run {
             s.uc.reembed_tenant(tenant, false).await.map_err(status)?;
         }
         tracing::info!(tenant_id = %tenant, records = c.records, memories = c.memories, skipped = c.skipped, dry_run, actor = %who.actor, "import finished");

@@ -499,3 +499,64 @@ async fn bad_records_are_refused_by_line_and_nothing_is_half_imported() {
     assert_eq!(stored(tenant.clone()).await, 520);
     assert_eq!(stored(other).await, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vectors_of_another_model_are_kept_then_embedded_again() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (tenant, client) = server.tenant("models", pb::KeyRole::Admin).await;
+    for content in ["Plays the cello", "Grows tomatoes on the balcony"] {
+        teach(&client, fact("u", content)).await;
+    }
+    let lines: Vec<String> = export(&client, &tenant, "u")
+        .await
+        .into_iter()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(&l).expect("json");
+            if v["type"] == "memory" {
+                v["embedding_model"] = "an-older-model".into();
+                v["embedding"] = "[1,0,0]".into();
+            }
+            v.to_string()
+        })
+        .collect();
+    client
+        .memory()
+        .forget(purge_user("u"))
+        .await
+        .expect("purge");
+    let done = import(&client, &tenant, &lines, false)
+        .await
+        .expect("import");
+    assert_eq!(done.memories, 2, "{done:?}");
+    // The import starts the re-embed job for the tenant: the configured model's vectors come.
+    let model = server.config.embedding_model.clone();
+    for _ in 0..400 {
+        let stale: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM memories WHERE embedding_model <> $1 OR vector_dims(embedding) <> 384",
+        )
+        .bind(&model)
+        .fetch_one(server.pool())
+        .await
+        .expect("count");
+        if stale == 0 {
+            let found = client
+                .memory()
+                .recall(pb::RecallRequest {
+                    user_id: "u".into(),
+                    query: "which instrument does she play".into(),
+                    k: 1,
+                    ..Default::default()
+                })
+                .await
+                .expect("recall")
+                .into_inner();
+            assert!(
+                format!("{found:?}").contains("Plays the cello"),
+                "{found:?}"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the imported memories were not embedded again with {model}");
+}
