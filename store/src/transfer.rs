@@ -429,7 +429,7 @@ impl Importer {
             }
             Err(e) => return Err(db_error(e)),
         };
-        self.check_owned(kind, &rows, &batch).await?;
+        self.check_owned(kind, &batch).await?;
         let skipped = batch.len() as u64 - written;
         self.counts.skipped += skipped;
         let c = &mut self.counts;
@@ -485,25 +485,31 @@ impl Importer {
     /// Checks that every record of the batch is the tenant's now: a record whose id is taken by
     /// another tenant's row was not written (and is not the import's to skip), and a version
     /// must belong to one of the tenant's memories.
-    async fn check_owned(
-        &mut self,
-        kind: Record,
-        rows: &str,
-        batch: &[(u64, Value)],
-    ) -> Result<()> {
+    async fn check_owned(&mut self, kind: Record, batch: &[(u64, Value)]) -> Result<()> {
         let (table, key) = match kind {
             Record::Episode | Record::Memory => (kind.table(), "id"),
             Record::MemoryVersion => ("memories", "memory_id"),
             Record::Edge | Record::Header => return Ok(()),
         };
+        // The records went in, so their ids are UUIDs. One index probe per record (the lateral
+        // subquery with its LIMIT keeps the planner from scanning the table instead).
+        let ids: Vec<Uuid> = batch
+            .iter()
+            .map(|(_, r)| {
+                r.get(key)
+                    .and_then(Value::as_str)
+                    .and_then(|s| Uuid::parse_str(s).ok())
+                    .unwrap_or_default()
+            })
+            .collect();
         let sql = format!(
-            "SELECT r.i FROM jsonb_array_elements($1::text::jsonb) WITH ORDINALITY AS r(v, i) \
-             WHERE NOT EXISTS (SELECT 1 FROM {table} t \
-                               WHERE t.id = (r.v->>'{key}')::uuid AND t.tenant_id = $2) \
-             ORDER BY r.i LIMIT 1"
+            "SELECT u.i FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, i) \
+             LEFT JOIN LATERAL (SELECT true AS found FROM {table} t \
+                                WHERE t.id = u.id AND t.tenant_id = $2 LIMIT 1) f ON true \
+             WHERE f.found IS NULL ORDER BY u.i LIMIT 1"
         );
         let bad: Option<i64> = sqlx::query_scalar(AssertSqlSafe(sql))
-            .bind(rows)
+            .bind(&ids)
             .bind(self.tenant)
             .fetch_optional(&mut *self.tx)
             .await

@@ -402,6 +402,16 @@ async fn bad_records_are_refused_by_line_and_nothing_is_half_imported() {
         assert_eq!(violated_field(&err).as_deref(), Some("line 1"), "{err:?}");
         assert!(err.message().contains(&tenant), "{err:?}");
     }
+    // The same file claiming to be the target's: its ids are the source's rows, so it is refused
+    // at its first memory, not skipped as "already stored".
+    let claimed: Vec<String> = good.iter().map(|l| l.replace(&tenant, &other)).collect();
+    let err = import(&other_client, &other, &claimed, false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+    assert_eq!(violated_field(&err).as_deref(), Some("line 2"), "{err:?}");
+    assert!(err.message().contains("another tenant's memory"), "{err:?}");
+    assert_eq!(stored(other.clone()).await, 0);
     // A tenant's admin key cannot import into another tenant, nor export it; a writer key
     // cannot do either.
     let err = import(&other_client, &tenant, &good, false)
