@@ -537,6 +537,18 @@ pub fn redis_keys(url: &str, pattern: &str) -> Vec<String> {
         .collect()
 }
 
+/// Teaches `req`; the memory it made (or changed). Panics on an error.
+pub async fn teach(client: &Client, req: pb::TeachRequest) -> pb::Memory {
+    client
+        .memory()
+        .teach(req)
+        .await
+        .expect("teach")
+        .into_inner()
+        .memory
+        .expect("memory")
+}
+
 /// Forget every memory and episode of `user` for good (a purge by selector).
 pub fn purge_user(user: &str) -> pb::ForgetRequest {
     pb::ForgetRequest {

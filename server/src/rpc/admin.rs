@@ -4,6 +4,7 @@
 use std::pin::Pin;
 
 use futures::Stream;
+use memoire_core::command::Principal;
 use memoire_core::model::KeyRole;
 use memoire_core::validate as v;
 use memoire_core::{Error, Result};
@@ -33,6 +34,14 @@ impl AdminSvc {
     }
 }
 
+/// The caller, who must hold an admin key (of a tenant, or the bootstrap key).
+fn admin<T>(req: &Request<T>) -> Result<Principal, Status> {
+    Ok(caller(req)?
+        .require(KeyRole::Admin)
+        .map_err(status)?
+        .clone())
+}
+
 type ExportStream = Pin<Box<dyn Stream<Item = Result<pb::ExportRecords, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -42,10 +51,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::CreateTenantResponse>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         if who.tenant_id.is_some() {
             return Err(status(Error::PermissionDenied(
                 "only the bootstrap admin key may create tenants".into(),
@@ -64,10 +70,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListTenantsRequest>,
     ) -> Result<Response<pb::ListTenantsResponse>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let tenants = s.uc.list_tenants(who.tenant_id).await.map_err(status)?;
         Ok(Response::new(pb::ListTenantsResponse {
             tenants: tenants.into_iter().map(convert::tenant_pb).collect(),
@@ -79,10 +82,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::UpdateTenantResponse>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
         let update = memoire_usecases::TenantUpdate {
@@ -117,10 +117,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::CreateApiKeyRequest>,
     ) -> Result<Response<pb::CreateApiKeyResponse>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let r = req.into_inner();
         let (tenant, name, role, rps) = (|| {
             if r.tenant_id.is_empty() {
@@ -148,10 +145,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListApiKeysRequest>,
     ) -> Result<Response<pb::ListApiKeysResponse>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let tenant = target_tenant(&who, &req.get_ref().tenant_id).map_err(status)?;
         let keys = s.uc.list_api_keys(tenant).await.map_err(status)?;
         Ok(Response::new(pb::ListApiKeysResponse {
@@ -164,10 +158,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::RevokeApiKeyRequest>,
     ) -> Result<Response<pb::RevokeApiKeyResponse>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let key_id = v::uuid("key_id", &req.get_ref().key_id).map_err(status)?;
         let key =
             s.uc.revoke_api_key(key_id, who.tenant_id)
@@ -184,10 +175,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::GetStatsRequest>,
     ) -> Result<Response<pb::GetStatsResponse>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let tenant = target_tenant(&who, &req.get_ref().tenant_id).map_err(status)?;
         let t = s.uc.tenant(tenant).await.map_err(status)?;
         let st = s.uc.stats(tenant).await.map_err(status)?;
@@ -224,10 +212,7 @@ impl AdminService for AdminSvc {
     ) -> Result<Response<pb::RunMaintenanceResponse>, Status> {
         use memoire_usecases::jobs::Job;
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let r = req.into_inner();
         let job = match pb::MaintenanceJob::try_from(r.job) {
             Ok(pb::MaintenanceJob::Optimize) => Job::Optimize,
@@ -269,10 +254,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::ListDeadLettersRequest>,
     ) -> Result<Response<pb::ListDeadLettersResponse>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
         let size = v::page_size("page_size", r.page_size, 500).map_err(status)?;
@@ -298,10 +280,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::ReplayDeadLettersRequest>,
     ) -> Result<Response<pb::ReplayDeadLettersResponse>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
         if r.ids.len() > s.limits.max_batch_ids {
@@ -338,10 +317,7 @@ impl AdminService for AdminSvc {
         req: Request<pb::ExportMemoriesRequest>,
     ) -> Result<Response<Self::ExportMemoriesStream>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let r = req.into_inner();
         let tenant = target_tenant(&who, &r.tenant_id).map_err(status)?;
         let user = match r.user_id.as_str() {
@@ -374,10 +350,7 @@ impl AdminService for AdminSvc {
         req: Request<Streaming<pb::ImportMemoriesRequest>>,
     ) -> Result<Response<pb::ImportMemoriesResponse>, Status> {
         let s = &self.state;
-        let who = caller(&req)?
-            .require(KeyRole::Admin)
-            .map_err(status)?
-            .clone();
+        let who = admin(&req)?;
         let mut messages = req.into_inner();
         let Some(first) = messages.message().await? else {
             return Err(status(Error::invalid(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use memoire_core::clock::ManualClock;
 use memoire_sdk::Client;
-use memoire_tests::{TestServer, fact, proto as pb};
+use memoire_tests::{TestServer, fact, proto as pb, teach};
 use serde_json::Value;
 
 async fn run(server: &TestServer, tenant: &str, job: pb::MaintenanceJob) -> Value {
@@ -25,17 +25,6 @@ async fn run(server: &TestServer, tenant: &str, job: pb::MaintenanceJob) -> Valu
         .into_inner();
     assert!(r.finished);
     serde_json::from_str(&r.result_json).expect("result json")
-}
-
-async fn teach(client: &Client, req: pb::TeachRequest) -> pb::Memory {
-    client
-        .memory()
-        .teach(req)
-        .await
-        .expect("teach")
-        .into_inner()
-        .memory
-        .expect("memory")
 }
 
 async fn recall_contents(client: &Client, user: &str, query: &str) -> Vec<String> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use memoire_core::clock::{Clock, ManualClock};
 use memoire_sdk::Client;
-use memoire_tests::{TestServer, fact, proto as pb, purge_user, violated_field};
+use memoire_tests::{TestServer, fact, proto as pb, purge_user, teach, violated_field};
 use tonic::Code;
 
 const USERS: [&str; 2] = ["ana", "ben"];
@@ -177,17 +177,6 @@ async fn wait_hits(server: &TestServer, hits: i64) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("access statistics never reached {hits} hits");
-}
-
-async fn teach(client: &Client, req: pb::TeachRequest) -> pb::Memory {
-    client
-        .memory()
-        .teach(req)
-        .await
-        .expect("teach")
-        .into_inner()
-        .memory
-        .expect("memory")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
