@@ -60,11 +60,13 @@ pub async fn export(
     output: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let store = crate::connect(config).await?;
-    let mut records = store.export(ExportScope {
-        tenant,
-        user,
-        namespaces,
-    });
+    let mut records = store
+        .export(ExportScope {
+            tenant,
+            user,
+            namespaces,
+        })
+        .await?;
     let out: Box<dyn Write + Send> = match &output {
         Some(path) => Box::new(
             std::fs::File::create(path)

@@ -77,6 +77,15 @@ impl Record {
         }
     }
 
+    /// The field naming the row that says whose a record is: its own id, or a version's memory.
+    fn owner_key(self) -> Option<&'static str> {
+        match self {
+            Record::Episode | Record::Memory => Some("id"),
+            Record::MemoryVersion => Some("memory_id"),
+            Record::Header | Record::Edge => None,
+        }
+    }
+
     /// The key a stored record is recognised by (an import skips records already stored).
     fn key(self) -> &'static str {
         match self {
@@ -143,7 +152,9 @@ impl PgStore {
     /// Streams `scope`'s records, header first, from one repeatable-read snapshot. The channel
     /// holds a few hundred records: a slow reader holds the export back rather than the export
     /// filling memory. Dropping the receiver ends the export.
-    pub fn export(&self, scope: ExportScope) -> mpsc::Receiver<Result<String>> {
+    /// `NOT_FOUND`, before any record, when the tenant does not exist.
+    pub async fn export(&self, scope: ExportScope) -> Result<mpsc::Receiver<Result<String>>> {
+        self.tenant(scope.tenant).await?;
         let (out, records) = mpsc::channel(256);
         let store = self.clone();
         tokio::spawn(async move {
@@ -151,7 +162,7 @@ impl PgStore {
                 let _ = out.send(Err(e)).await;
             }
         });
-        records
+        Ok(records)
     }
 
     async fn export_into(
@@ -166,7 +177,6 @@ impl PgStore {
             .execute(&mut *tx)
             .await
             .map_err(db_error)?;
-        tenant_exists(&mut tx, scope.tenant).await?;
         let header = json!({
             "type": Record::Header.name(),
             "format_version": FORMAT_VERSION,
@@ -197,8 +207,8 @@ impl PgStore {
     /// Starts an import into `tenant` (which must exist). `model` is the configured embedding
     /// model: rows with vectors of another model are counted, for re-embedding.
     pub async fn importer(&self, tenant: Uuid, model: &str) -> Result<Importer> {
+        self.tenant(tenant).await?; // NOT_FOUND before anything else
         let mut tx = self.begin(tenant).await?;
-        tenant_exists(&mut tx, tenant).await?;
         // Every column an insert may set, read from the schema, so that a column added later is
         // carried by export and import alike. Generated and identity columns are derived again;
         // so is `episodes.tsv` (a trigger's).
@@ -220,26 +230,10 @@ impl PgStore {
             model: model.to_owned(),
             columns,
             pending: Vec::new(),
-            pending_kind: Record::Header,
+            pending_kind: None,
             counts: ImportCounts::default(),
             scopes: BTreeSet::new(),
         })
-    }
-}
-
-/// `NOT_FOUND` unless `tenant` exists.
-async fn tenant_exists(tx: &mut Transaction<'static, Postgres>, tenant: Uuid) -> Result<()> {
-    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM tenants WHERE id = $1)")
-        .bind(tenant)
-        .fetch_one(&mut **tx)
-        .await
-        .map_err(db_error)?;
-    match exists {
-        true => Ok(()),
-        false => Err(Error::NotFound {
-            what: "tenant",
-            id: tenant.to_string(),
-        }),
     }
 }
 
@@ -271,9 +265,9 @@ pub struct Importer {
     model: String,
     /// (table, its insertable columns).
     columns: Vec<(String, String)>,
-    /// Records of `pending_kind` not written yet, with their line numbers.
-    pending: Vec<(u64, Value)>,
-    pending_kind: Record,
+    /// Records of `pending_kind` (one kind per batch) not written yet.
+    pending: Vec<Pending>,
+    pending_kind: Option<Record>,
     counts: ImportCounts,
     /// The (user, namespace) scopes written to.
     scopes: BTreeSet<(String, String)>,
@@ -286,6 +280,15 @@ impl std::fmt::Debug for Importer {
             .field("counts", &self.counts)
             .finish_non_exhaustive()
     }
+}
+
+/// A checked record waiting for its batch: the line's own text (it is valid JSON: the batch is
+/// these texts joined into an array, with no second serialization) and the id that says whose it
+/// is (a version's memory).
+struct Pending {
+    line: u64,
+    text: String,
+    key: Option<String>,
 }
 
 /// The error for the record on `line`.
@@ -305,22 +308,27 @@ impl Importer {
         if text.trim().is_empty() {
             return Ok(());
         }
-        let (kind, record) = self.parse(line, text)?;
+        let (kind, key) = self.parse(line, text)?;
         self.counts.records += 1;
         if kind == Record::Header {
             return Ok(());
         }
-        if kind != self.pending_kind || self.pending.len() >= IMPORT_BATCH {
+        if self.pending_kind != Some(kind) || self.pending.len() >= IMPORT_BATCH {
             self.flush().await?;
-            self.pending_kind = kind;
+            self.pending_kind = Some(kind);
         }
-        self.pending.push((line, record));
+        self.pending.push(Pending {
+            line,
+            text: text.to_owned(),
+            key,
+        });
         Ok(())
     }
 
     /// Checks what the database cannot check for itself: the format, the kind of record, the
     /// tenant, and users and namespaces by the API's own rules.
-    fn parse(&mut self, line: u64, text: &str) -> Result<(Record, Value)> {
+    /// Returns the record's kind and its owning id (see [`Record::owner_key`]).
+    fn parse(&mut self, line: u64, text: &str) -> Result<(Record, Option<String>)> {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| at(line, format!("is not a JSON record: {e}")))?;
         let Value::Object(o) = &value else {
@@ -386,13 +394,20 @@ impl Importer {
             }
             self.scopes.insert((user, namespace));
         }
-        Ok((kind, value))
+        let key = kind
+            .owner_key()
+            .and_then(|k| o.get(k))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        Ok((kind, key))
     }
 
     /// Writes the pending batch.
     async fn flush(&mut self) -> Result<()> {
-        let kind = self.pending_kind;
-        if self.pending.is_empty() || kind == Record::Header {
+        let Some(kind) = self.pending_kind else {
+            return Ok(());
+        };
+        if self.pending.is_empty() {
             return Ok(());
         }
         let batch = std::mem::take(&mut self.pending);
@@ -409,7 +424,7 @@ impl Importer {
              ON CONFLICT {key} DO NOTHING",
             key = kind.key()
         );
-        let rows = Value::Array(batch.iter().map(|(_, r)| r.clone()).collect()).to_string();
+        let rows = json_array(batch.iter().map(|p| p.text.as_str()));
         sqlx::raw_sql("SAVEPOINT import_batch")
             .execute(&mut *self.tx)
             .await
@@ -444,14 +459,9 @@ impl Importer {
 
     /// After a batch failed on bad data: writes its records one by one to find the first that
     /// fails, and answers its line with Postgres' reason.
-    async fn first_bad_record(
-        &mut self,
-        insert: &str,
-        batch: &[(u64, Value)],
-        e: sqlx::Error,
-    ) -> Error {
-        for (line, record) in batch {
-            let one = Value::Array(vec![record.clone()]).to_string();
+    async fn first_bad_record(&mut self, insert: &str, batch: &[Pending], e: sqlx::Error) -> Error {
+        for Pending { line, text, .. } in batch {
+            let one = json_array([text.as_str()]);
             let tried = async {
                 sqlx::raw_sql("SAVEPOINT import_record")
                     .execute(&mut *self.tx)
@@ -474,7 +484,7 @@ impl Importer {
         }
         // Each record passes alone; together they conflict (the same key twice, say).
         at(
-            batch[0].0,
+            batch[0].line,
             format!(
                 "this batch of records conflicts: {}",
                 data_error_message(&e)
@@ -485,20 +495,20 @@ impl Importer {
     /// Checks that every record of the batch is the tenant's now: a record whose id is taken by
     /// another tenant's row was not written (and is not the import's to skip), and a version
     /// must belong to one of the tenant's memories.
-    async fn check_owned(&mut self, kind: Record, batch: &[(u64, Value)]) -> Result<()> {
-        let (table, key) = match kind {
-            Record::Episode | Record::Memory => (kind.table(), "id"),
-            Record::MemoryVersion => ("memories", "memory_id"),
+    async fn check_owned(&mut self, kind: Record, batch: &[Pending]) -> Result<()> {
+        let table = match kind {
+            Record::Episode | Record::Memory => kind.table(),
+            Record::MemoryVersion => "memories",
             Record::Edge | Record::Header => return Ok(()),
         };
         // The records went in, so their ids are UUIDs. One index probe per record (the lateral
         // subquery with its LIMIT keeps the planner from scanning the table instead).
         let ids: Vec<Uuid> = batch
             .iter()
-            .map(|(_, r)| {
-                r.get(key)
-                    .and_then(Value::as_str)
-                    .and_then(|s| Uuid::parse_str(s).ok())
+            .map(|p| {
+                p.key
+                    .as_deref()
+                    .and_then(|k| Uuid::parse_str(k).ok())
                     .unwrap_or_default()
             })
             .collect();
@@ -517,10 +527,10 @@ impl Importer {
         match bad {
             None => Ok(()),
             Some(i) => {
-                let (line, record) = &batch[(i - 1) as usize];
-                let id = record
-                    .get(key)
-                    .map_or("(none)".to_owned(), Value::to_string);
+                let Pending { line, key, .. } = &batch[(i - 1) as usize];
+                let id = key
+                    .as_ref()
+                    .map_or("(none)".to_owned(), |k| format!("{k:?}"));
                 Err(at(
                     *line,
                     match kind {
@@ -553,6 +563,19 @@ impl Importer {
         }
         Ok((self.counts, self.scopes.into_iter().collect()))
     }
+}
+
+/// A JSON array of `records`, each already a JSON text.
+fn json_array<'a>(records: impl IntoIterator<Item = &'a str>) -> String {
+    let mut out = String::from("[");
+    for (i, r) in records.into_iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r);
+    }
+    out.push(']');
+    out
 }
 
 /// Whether Postgres refused the data itself (a data exception or an integrity constraint):

@@ -101,9 +101,10 @@ impl UseCases {
         Ok((id, None))
     }
 
-    /// Streams `scope`'s records as JSON Lines (docs/export.md), from one snapshot.
-    pub fn export(&self, scope: ExportScope) -> mpsc::Receiver<Result<String>> {
-        self.store().export(scope)
+    /// Streams `scope`'s records as JSON Lines (docs/export.md), from one snapshot;
+    /// `NOT_FOUND` first when the tenant does not exist.
+    pub async fn export(&self, scope: ExportScope) -> Result<mpsc::Receiver<Result<String>>> {
+        self.store().export(scope).await
     }
 
     /// Starts an import into `tenant`: feed it records with [`Importer::push`], then hand it

@@ -335,13 +335,15 @@ impl AdminService for AdminSvc {
             .collect::<Result<Vec<_>>>()
             .map_err(status)?;
         // An unknown tenant is an error before the stream starts, not in it.
-        s.uc.tenant(tenant).await.map_err(status)?;
+        let records =
+            s.uc.export(memoire_usecases::ExportScope {
+                tenant,
+                user: user.clone(),
+                namespaces,
+            })
+            .await
+            .map_err(status)?;
         tracing::info!(tenant_id = %tenant, user_id = ?user, actor = %who.actor, "export started");
-        let records = s.uc.export(memoire_usecases::ExportScope {
-            tenant,
-            user,
-            namespaces,
-        });
         Ok(Response::new(Box::pin(export_messages(records))))
     }
 
