@@ -24,9 +24,10 @@
 //! with RRF and the weighted sum tied and the text/vector split (0.4–0.6) making no difference.
 //! On long conversations (`make eval`, the LoCoMo development split, user-style ingest) the
 //! text/vector split, the context weight and the speaker boost were chosen by leave-one-
-//! conversation-out cross-validation over a grid (text 0.2–0.6, context 0–0.5, speaker 0–0.2): the
-//! folds chose text 0.3–0.4, context 0.3–0.5 and speaker 0.2, a flat plateau whose centre (0.35,
-//! 0.4, 0.2) is the default. Session diversity (demoting repeats of a session) lowered recall and
+//! conversation-out cross-validation over a grid (text 0.25–0.45, context 0.4–1.0, speaker
+//! 0.2–1.0, objective R@10 + nDCG@10), with episodes embedded with the turns before them
+//! (`embed::episode_vector_text`): all five folds chose text 0.35, context 0.6 and speaker 0.3,
+//! the default. (With turns embedded alone the folds had chosen context 0.4 and speaker 0.2.) Session diversity (demoting repeats of a session) lowered recall and
 //! was left out. The weighted sum is the default because it keeps score magnitudes — a distant nearest
 //! neighbour does not score like a close one — which makes `min_score` meaningful. Recency is
 //! additive and small: on long histories evidence is spread over time, so it only breaks

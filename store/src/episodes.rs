@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use memoire_core::command::{Ingest, Ingested, NewMemory};
-use memoire_core::embed::{Embedding, episode_text};
+use memoire_core::embed::{
+    EPISODE_CONTEXT_CHARS, EPISODE_CONTEXT_TURNS, Embedding, episode_vector_text,
+};
 use memoire_core::extract::{CandidateMemory, ExtractError, Extraction, KnownMemory, Turn};
 use memoire_core::model::{Basis, DeadLetter, MemoryKind, MessageRole, PiiMode, Scope, VersionOp};
 use memoire_core::pii;
@@ -826,12 +828,22 @@ impl PgStore {
         let now = self.clock.now();
         let mut tx = self.begin(Rows::All).await?;
         #[allow(clippy::type_complexity)]
-        let rows: Vec<(Uuid, Uuid, String, i32, Option<String>, DateTime<Utc>)> = sqlx::query_as(
-            "SELECT id, tenant_id, content, embed_attempts, name, occurred_at FROM episodes \
-             WHERE embedding IS NULL AND embed_dead_at IS NULL \
-               AND (embed_after IS NULL OR embed_after <= $1) \
-             ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED",
-        )
+        let rows: Vec<(
+            Uuid,
+            Uuid,
+            String,
+            i32,
+            Option<String>,
+            DateTime<Utc>,
+            Option<String>,
+        )> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT x.id, x.tenant_id, x.content, x.embed_attempts, x.name, x.occurred_at, {} \
+             FROM episodes x \
+             WHERE x.embedding IS NULL AND x.embed_dead_at IS NULL \
+               AND (x.embed_after IS NULL OR x.embed_after <= $1) \
+             ORDER BY x.seq LIMIT $2 FOR UPDATE OF x SKIP LOCKED",
+            turns_before("x")
+        )))
         .bind(now)
         .bind(batch)
         .fetch_all(&mut *tx)
@@ -842,11 +854,11 @@ impl PgStore {
         }
         let rows = rows
             .into_iter()
-            .map(|(id, tenant, content, attempts, name, at)| {
+            .map(|(id, tenant, content, attempts, name, at, before)| {
                 (
                     id,
                     tenant,
-                    episode_text(name.as_deref(), at, &content),
+                    episode_vector_text(name.as_deref(), at, &content, before.as_deref()),
                     attempts,
                 )
             })
@@ -1130,6 +1142,25 @@ async fn dead_letter(conn: &mut PgConnection, d: DeadLetterRow<'_>) -> Result<()
     Ok(())
 }
 
+/// The select-list expression for the turns said just before the episode `alias` in its session
+/// (which must carry its tenant, user, namespace, session, time and seq), as
+/// `core::embed::episode_vector_text` takes them: up to [`EPISODE_CONTEXT_TURNS`] lines of
+/// `speaker: text` (each text's last [`EPISODE_CONTEXT_CHARS`] characters), oldest first;
+/// NULL for a session's first turn. One index probe (the order
+/// of Recall's neighbouring turns).
+pub(crate) fn turns_before(alias: &str) -> String {
+    format!(
+        "(SELECT string_agg(coalesce(nullif(btrim(p.name), '') || ': ', '') \
+                            || right(p.content, {EPISODE_CONTEXT_CHARS}), \
+                            E'\\n' ORDER BY p.occurred_at, p.seq) \
+          FROM (SELECT e.name, e.content, e.occurred_at, e.seq FROM episodes e \
+                WHERE e.tenant_id = {alias}.tenant_id AND e.user_id = {alias}.user_id \
+                  AND e.namespace = {alias}.namespace AND e.session_id = {alias}.session_id \
+                  AND (e.occurred_at, e.seq) < ({alias}.occurred_at, {alias}.seq) \
+                ORDER BY e.occurred_at DESC, e.seq DESC LIMIT {EPISODE_CONTEXT_TURNS}) p)"
+    )
+}
+
 /// Episodes claimed for embedding (see [`PgStore::claim_unembedded`]).
 #[derive(Debug)]
 pub struct EmbedClaim {
@@ -1139,7 +1170,7 @@ pub struct EmbedClaim {
 }
 
 impl EmbedClaim {
-    /// The episodes' texts (`core::embed::episode_text`), in order.
+    /// The episodes' texts (`core::embed::episode_vector_text`), in order.
     pub fn texts(&self) -> Vec<String> {
         self.rows.iter().map(|r| r.2.clone()).collect()
     }

@@ -14,14 +14,14 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use memoire_core::Result;
 use memoire_core::conscious::optimize_order;
-use memoire_core::embed::{episode_text, memory_text};
+use memoire_core::embed::{episode_vector_text, memory_text};
 use memoire_core::model::{Basis, Memory, MessageRole, Scope, VersionOp};
 use memoire_core::summary::SessionTurn;
 use serde_json::json;
 use sqlx::AssertSqlSafe;
 use uuid::Uuid;
 
-use crate::episodes::scopes;
+use crate::episodes::{scopes, turns_before};
 use crate::memories::{audit, delete_episodes, expire, lock_user, record_versions};
 use crate::rows::{MEMORY_COLUMNS, MemoryRow, convert_all, last_accessed};
 use crate::{PgStore, Rows, db_error, write_vectors};
@@ -305,19 +305,20 @@ impl PgStore {
         let mut tx = self.begin(f.tenant_id).await?;
         let (text_sql, stale) = match table {
             VectorTable::Memories => (
-                "content, subject, slot, NULL::timestamptz",
+                "content, subject, slot, NULL::timestamptz".to_owned(),
                 "status IN ('active', 'superseded') AND embedding_model IS DISTINCT FROM $1",
             ),
+            // The slot's place carries the turns said before (the vector's context).
             VectorTable::Episodes => (
-                "content, name, NULL::text, occurred_at",
+                format!("content, name, {}, occurred_at", turns_before("x")),
                 "embedding_model <> $1",
             ),
         };
         let sql = format!(
-            "SELECT id, tenant_id, user_id, namespace, {text_sql} FROM {} \
+            "SELECT id, tenant_id, user_id, namespace, {text_sql} FROM {} x \
              WHERE {stale} AND ($2::uuid IS NULL OR tenant_id = $2) \
                AND ($3::text IS NULL OR user_id = $3) \
-             ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED",
+             ORDER BY id LIMIT $4 FOR UPDATE OF x SKIP LOCKED",
             table.name()
         );
         #[allow(clippy::type_complexity)]
@@ -349,7 +350,9 @@ impl PgStore {
             texts: rows
                 .iter()
                 .map(|r| match (table, r.7) {
-                    (VectorTable::Episodes, Some(at)) => episode_text(r.5.as_deref(), at, &r.4),
+                    (VectorTable::Episodes, Some(at)) => {
+                        episode_vector_text(r.5.as_deref(), at, &r.4, r.6.as_deref())
+                    }
                     _ => memory_text(&r.4, r.5.as_deref(), r.6.as_deref()),
                 })
                 .collect(),

@@ -77,9 +77,10 @@ async fn an_embedding_claim_hides_its_rows_and_dead_letters_after_the_last_attem
         .expect("rows");
     let texts = second.texts();
     assert_eq!(texts.len(), 1);
-    // Embedded as `core::embed::episode_text`: the day, then the turn.
+    // Embedded as `core::embed::episode_vector_text`: the two turns said before it in its
+    // session, then the day and the turn.
     assert!(
-        texts[0].starts_with('[') && texts[0].ends_with("] turn 2"),
+        texts[0].starts_with("turn 0\nturn 1\n[") && texts[0].ends_with("] turn 2"),
         "{texts:?}"
     );
     let written = second
