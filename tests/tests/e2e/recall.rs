@@ -2,8 +2,10 @@
 //! determinism, explain, packing under the budget, time travel, access statistics, validation.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
+use memoire_core::clock::ManualClock;
 use memoire_tests::{TestServer, http_get, proto as pb, violated_field};
 use serde::Deserialize;
 use tonic::Code;
@@ -748,8 +750,11 @@ async fn a_new_users_first_memory_is_found_right_after_an_empty_recall() {
 /// The same request gives the same items at any concurrency, even when equal scores straddle the
 /// candidate cut: Postgres is pushed to parallel plans (whose workers return rows in no fixed
 /// order) and 80 identical memories tie for 50 candidate places; every search breaks ties by id.
+/// The clock stands still: recency is part of the score, and with time passing the memories
+/// taught a few milliseconds apart would part by a last bit of their scores between calls.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ties_are_broken_the_same_way_at_concurrency_four() {
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
     let server = TestServer::start_with(
         |c| {
             c.worker_embedded = false;
@@ -759,7 +764,7 @@ async fn ties_are_broken_the_same_way_at_concurrency_four() {
                 c.database_url
             );
         },
-        None,
+        Some(clock),
     )
     .await;
     let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
