@@ -1142,22 +1142,43 @@ async fn dead_letter(conn: &mut PgConnection, d: DeadLetterRow<'_>) -> Result<()
     Ok(())
 }
 
-/// The select-list expression for the turns said just before the episode `alias` in its session
-/// (which must carry its tenant, user, namespace, session, time and seq), as
-/// `core::embed::episode_vector_text` takes them: up to [`EPISODE_CONTEXT_TURNS`] lines of
-/// `speaker: text` (each text's last [`EPISODE_CONTEXT_CHARS`] characters), oldest first;
-/// NULL for a session's first turn. One index probe (the order
-/// of Recall's neighbouring turns).
+/// A subquery over the turns of episode `alias`'s session (`alias` must carry its tenant, user,
+/// namespace, session, time and seq) said before it (`cmp` `<`, `dir` `DESC`) or after it (`>`,
+/// `ASC`), nearest first, selecting `columns` of `e`, at most `limit`: one index probe. Recall's
+/// neighbouring turns and an episode vector's context are both this order.
+pub(crate) fn session_turns(
+    alias: &str,
+    cmp: &str,
+    dir: &str,
+    columns: &str,
+    limit: i64,
+) -> String {
+    format!(
+        "SELECT {columns} FROM episodes e \
+         WHERE e.tenant_id = {alias}.tenant_id AND e.user_id = {alias}.user_id \
+           AND e.namespace = {alias}.namespace AND e.session_id = {alias}.session_id \
+           AND (e.occurred_at, e.seq) {cmp} ({alias}.occurred_at, {alias}.seq) \
+         ORDER BY e.occurred_at {dir}, e.seq {dir} LIMIT {limit}"
+    )
+}
+
+/// The select-list expression for the turns said just before the episode `alias` in its session,
+/// as `core::embed::episode_vector_text` takes them: up to [`EPISODE_CONTEXT_TURNS`] lines of
+/// `speaker: text` (each text's last [`EPISODE_CONTEXT_CHARS`] characters), oldest first; NULL
+/// for a session's first turn.
 pub(crate) fn turns_before(alias: &str) -> String {
     format!(
         "(SELECT string_agg(coalesce(nullif(btrim(p.name), '') || ': ', '') \
                             || right(p.content, {EPISODE_CONTEXT_CHARS}), \
                             E'\\n' ORDER BY p.occurred_at, p.seq) \
-          FROM (SELECT e.name, e.content, e.occurred_at, e.seq FROM episodes e \
-                WHERE e.tenant_id = {alias}.tenant_id AND e.user_id = {alias}.user_id \
-                  AND e.namespace = {alias}.namespace AND e.session_id = {alias}.session_id \
-                  AND (e.occurred_at, e.seq) < ({alias}.occurred_at, {alias}.seq) \
-                ORDER BY e.occurred_at DESC, e.seq DESC LIMIT {EPISODE_CONTEXT_TURNS}) p)"
+          FROM ({}) p)",
+        session_turns(
+            alias,
+            "<",
+            "DESC",
+            "e.name, e.content, e.occurred_at, e.seq",
+            EPISODE_CONTEXT_TURNS
+        )
     )
 }
 

@@ -25,6 +25,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use crate::episodes::session_turns;
 use crate::rows::{
     EPISODE_COLUMNS, EpisodeRow, MEMORY_COLUMNS, MemoryRow, access_count, last_accessed,
 };
@@ -342,16 +343,11 @@ type Adjacent = (Uuid, Option<Uuid>, Option<Uuid>);
 /// The select-list expressions for the turns just before and just after the episode `alias`
 /// (which must carry its tenant, user, namespace, session, time and seq): two index probes.
 fn adjacent_turns(alias: &str) -> String {
-    let side = |cmp: &str, dir: &str| {
-        format!(
-            "(SELECT e.id FROM episodes e \
-               WHERE e.tenant_id = {alias}.tenant_id AND e.user_id = {alias}.user_id \
-                 AND e.namespace = {alias}.namespace AND e.session_id = {alias}.session_id \
-                 AND (e.occurred_at, e.seq) {cmp} ({alias}.occurred_at, {alias}.seq) \
-               ORDER BY e.occurred_at {dir}, e.seq {dir} LIMIT 1)"
-        )
-    };
-    format!("{}, {}", side("<", "DESC"), side(">", "ASC"))
+    format!(
+        "({}), ({})",
+        session_turns(alias, "<", "DESC", "e.id", 1),
+        session_turns(alias, ">", "ASC", "e.id", 1)
+    )
 }
 
 /// The turns said just before and just after each episode of `ids`.
