@@ -27,8 +27,9 @@
 //! conversation-out cross-validation over a grid (text 0.25–0.45, context 0.4–1.0, speaker
 //! 0.2–1.0, objective R@10 + nDCG@10), with episodes embedded with the turns before them
 //! (`embed::episode_vector_text`): all five folds chose text 0.35, context 0.6 and speaker 0.3,
-//! the default. (With turns embedded alone the folds had chosen context 0.4 and speaker 0.2.) Session diversity (demoting repeats of a session) lowered recall and
-//! was left out. The weighted sum is the default because it keeps score magnitudes — a distant nearest
+//! the default. (With turns embedded alone the folds had chosen context 0.4 and speaker 0.2.)
+//! Session diversity (demoting repeats of a session) lowered recall and was left out. The
+//! weighted sum is the default because it keeps score magnitudes — a distant nearest
 //! neighbour does not score like a close one — which makes `min_score` meaningful. Recency is
 //! additive and small: on long histories evidence is spread over time, so it only breaks
 //! near-ties.

@@ -14,7 +14,9 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
-use memoire_core::embed::{EPISODE_CONTEXT_CHARS, episode_text, episode_vector_text};
+use memoire_core::embed::{
+    EPISODE_CONTEXT_CHARS, EPISODE_CONTEXT_TURNS, episode_text, episode_vector_text,
+};
 use memoire_tests::eval::{Bm25, Conversation, Metrics, Session, Turn, order, read_dir, report};
 
 /// One way to render a turn for its vector, given the turns of its session before it.
@@ -43,33 +45,30 @@ fn alone(s: &Session, turns: &[Turn], i: usize) -> String {
     episode_text(Some(&turns[i].speaker), s.date, &turns[i].text)
 }
 
-fn one_before(s: &Session, turns: &[Turn], i: usize) -> String {
+/// `core::embed::episode_vector_text` with the `n` turns before, each cut to its last `cut`
+/// characters.
+fn context_first(s: &Session, turns: &[Turn], i: usize, n: usize, cut: Option<usize>) -> String {
+    let t = &turns[i];
     episode_vector_text(
-        Some(&turns[i].speaker),
+        Some(&t.speaker),
         s.date,
-        &turns[i].text,
-        Some(&before(turns, i, 1, None)),
+        &t.text,
+        Some(&before(turns, i, n, cut)),
     )
+}
+
+fn one_before(s: &Session, turns: &[Turn], i: usize) -> String {
+    context_first(s, turns, i, 1, None)
 }
 
 fn two_before(s: &Session, turns: &[Turn], i: usize) -> String {
-    episode_vector_text(
-        Some(&turns[i].speaker),
-        s.date,
-        &turns[i].text,
-        Some(&before(turns, i, 2, None)),
-    )
+    context_first(s, turns, i, 2, None)
 }
 
-/// What the store embeds (`core::embed::episode_vector_text` with `EPISODE_CONTEXT_TURNS`).
+/// What the store embeds (`EPISODE_CONTEXT_TURNS`, `EPISODE_CONTEXT_CHARS`).
 fn two_before_cut(s: &Session, turns: &[Turn], i: usize) -> String {
-    let cut = usize::try_from(EPISODE_CONTEXT_CHARS).ok();
-    episode_vector_text(
-        Some(&turns[i].speaker),
-        s.date,
-        &turns[i].text,
-        Some(&before(turns, i, 2, cut)),
-    )
+    let n = usize::try_from(EPISODE_CONTEXT_TURNS).unwrap_or(2);
+    context_first(s, turns, i, n, usize::try_from(EPISODE_CONTEXT_CHARS).ok())
 }
 
 fn turn_then_two_before(s: &Session, turns: &[Turn], i: usize) -> String {
