@@ -11,6 +11,9 @@ use memoire_providers::{
     ChatSettings, JsonMode, LlmExtractor, LocalEmbedder, OpenAiEmbedder, OpenAiSettings,
 };
 
+/// Retries of one embeddings request to a remote provider (after the first attempt).
+pub(crate) const EMBEDDING_MAX_RETRIES: u32 = 2;
+
 /// Builds the configured embedder (loading the local model takes a fraction of a second).
 pub fn embedder(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
     let embedder: Arc<dyn Embedder> = match config.embedding_provider {
@@ -30,7 +33,7 @@ pub fn embedder(config: &Config) -> anyhow::Result<Arc<dyn Embedder>> {
             dims: config.embedding_dims as usize,
             send_dimensions: config.embedding_send_dimensions,
             timeout: Duration::from_millis(config.embedding_timeout_ms),
-            max_retries: 2,
+            max_retries: EMBEDDING_MAX_RETRIES,
         })?),
     };
     anyhow::ensure!(

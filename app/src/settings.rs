@@ -125,6 +125,11 @@ pub fn usecase_settings(
                 ExtractorKind::Llm => config.extraction_known_memories,
             },
             max_backlog: config.max_extraction_backlog,
+            // Every attempt of one embeddings request may take the whole timeout; a minute on
+            // top for backoff and the write.
+            embed_lease: Duration::from_millis(config.embedding_timeout_ms)
+                * (crate::providers::EMBEDDING_MAX_RETRIES + 1)
+                + Duration::from_secs(60),
         },
     }
 }

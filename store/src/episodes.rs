@@ -9,6 +9,10 @@
 //! two workers never resolve one user's episodes out of order, and a crashed worker's claim ends
 //! with its connection), extracts each pending episode in order, and applies the result in one
 //! transaction that also marks the episode extracted: a replay finds it done and writes nothing.
+//!
+//! Embedding claims episodes without a vector by a lease (`embed_after` pushed past the model
+//! call in one statement) rather than a row lock, so extraction, which writes the same rows,
+//! never waits for a model to finish.
 
 use std::time::Duration;
 
@@ -821,12 +825,19 @@ impl PgStore {
         Ok(Failure::Retry(delay))
     }
 
-    /// Claims up to `batch` episodes that have no vector yet (other workers skip them while the
-    /// claim is held); `None` when there are none. The caller embeds the texts and then
-    /// completes or fails the claim.
-    pub async fn claim_unembedded(&self, batch: i64) -> Result<Option<EmbedClaim>> {
+    /// Claims up to `batch` episodes that have no vector yet for `lease`: other workers skip
+    /// them until it ends, and then take them over (a worker that died mid-batch delays its
+    /// episodes by at most the lease). `None` when there are none. The claim is one short
+    /// statement, not a held transaction: the model runs with no episode row locked, so
+    /// extraction, which marks the same rows, never waits for it. The caller embeds the texts
+    /// and then completes or fails the claim.
+    pub async fn claim_unembedded(
+        &self,
+        batch: i64,
+        lease: Duration,
+    ) -> Result<Option<EmbedClaim>> {
         let now = self.clock.now();
-        let mut tx = self.begin(Rows::All).await?;
+        let until = now + lease;
         #[allow(clippy::type_complexity)]
         let rows: Vec<(
             Uuid,
@@ -837,16 +848,19 @@ impl PgStore {
             DateTime<Utc>,
             Option<String>,
         )> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-            "SELECT x.id, x.tenant_id, x.content, x.embed_attempts, x.name, x.occurred_at, {} \
-             FROM episodes x \
-             WHERE x.embedding IS NULL AND x.embed_dead_at IS NULL \
-               AND (x.embed_after IS NULL OR x.embed_after <= $1) \
-             ORDER BY x.seq LIMIT $2 FOR UPDATE OF x SKIP LOCKED",
+            "WITH due AS ( \
+               SELECT id FROM episodes \
+               WHERE embedding IS NULL AND embed_dead_at IS NULL \
+                 AND (embed_after IS NULL OR embed_after <= $1) \
+               ORDER BY seq LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE episodes x SET embed_after = $3 FROM due WHERE x.id = due.id \
+             RETURNING x.id, x.tenant_id, x.content, x.embed_attempts, x.name, x.occurred_at, {}",
             turns_before("x")
         )))
         .bind(now)
         .bind(batch)
-        .fetch_all(&mut *tx)
+        .bind(until)
+        .fetch_all(&mut *self.conn(Rows::All).await?)
         .await
         .map_err(db_error)?;
         if rows.is_empty() {
@@ -863,7 +877,11 @@ impl PgStore {
                 )
             })
             .collect();
-        Ok(Some(EmbedClaim { tx, rows, now }))
+        Ok(Some(EmbedClaim {
+            store: self.clone(),
+            rows,
+            now,
+        }))
     }
 
     /// Queue sizes across tenants (for the worker's gauges).
@@ -1185,7 +1203,7 @@ pub(crate) fn turns_before(alias: &str) -> String {
 /// Episodes claimed for embedding (see [`PgStore::claim_unembedded`]).
 #[derive(Debug)]
 pub struct EmbedClaim {
-    tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    store: PgStore,
     rows: Vec<(Uuid, Uuid, String, i32)>,
     now: DateTime<Utc>,
 }
@@ -1196,19 +1214,21 @@ impl EmbedClaim {
         self.rows.iter().map(|r| r.2.clone()).collect()
     }
 
-    /// Writes one vector per episode and releases the claim.
-    pub async fn complete(mut self, vectors: Vec<Vec<f32>>, model: &str) -> Result<usize> {
+    /// Writes one vector per episode (an episode forgotten meanwhile is skipped) and releases
+    /// the claim.
+    pub async fn complete(self, vectors: Vec<Vec<f32>>, model: &str) -> Result<usize> {
         let ids: Vec<Uuid> = self.rows.iter().map(|r| r.0).collect();
         let vectors: Vec<Vector> = vectors.into_iter().map(Vector::from).collect();
-        write_vectors(&mut self.tx, "episodes", &ids, &vectors, model).await?;
-        self.tx.commit().await.map_err(db_error)?;
+        let mut conn = self.store.conn(Rows::All).await?;
+        write_vectors(&mut conn, "episodes", &ids, &vectors, model).await?;
         Ok(self.rows.len())
     }
 
     /// Records a failed attempt for every claimed episode (dead-lettering those out of attempts)
     /// and releases the claim.
-    pub async fn fail(mut self, error: &str, policy: &RetryPolicy) -> Result<()> {
+    pub async fn fail(self, error: &str, policy: &RetryPolicy) -> Result<()> {
         let now = self.now;
+        let mut tx = self.store.begin(Rows::All).await?;
         for (id, tenant_id, _, attempts) in &self.rows {
             let attempts = *attempts as u32 + 1;
             if attempts >= policy.max_attempts {
@@ -1218,11 +1238,11 @@ impl EmbedClaim {
                 .bind(id)
                 .bind(attempts as i32)
                 .bind(now)
-                .execute(&mut *self.tx)
+                .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
                 dead_letter(
-                    &mut self.tx,
+                    &mut tx,
                     DeadLetterRow {
                         tenant_id: *tenant_id,
                         job: "embed",
@@ -1242,12 +1262,12 @@ impl EmbedClaim {
                 .bind(id)
                 .bind(attempts as i32)
                 .bind(now + policy.delay(attempts))
-                .execute(&mut *self.tx)
+                .execute(&mut *tx)
                 .await
                 .map_err(db_error)?;
             }
         }
-        self.tx.commit().await.map_err(db_error)?;
+        tx.commit().await.map_err(db_error)?;
         Ok(())
     }
 }

@@ -2,7 +2,7 @@
 //! The loops that schedule them (claiming users, waking on notifications, backing off) are the
 //! worker's; what each step does is here.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use memoire_core::Error;
 use memoire_core::embed::memory_text;
@@ -27,6 +27,9 @@ pub struct ExtractSettings {
     /// Messages a tenant may have waiting for extraction before Ingest refuses more (0: no
     /// bound).
     pub max_backlog: u64,
+    /// How long the embedding pass holds a batch of episodes before another worker may take it
+    /// over; longer than one model call with its retries.
+    pub embed_lease: Duration,
 }
 
 /// What extracting one episode came to.
@@ -176,14 +179,19 @@ impl UseCases {
         Ok(applied)
     }
 
-    /// Embeds up to `batch` episodes that have no vector yet, in one model call, while holding
-    /// them (other workers skip them). Returns how many were embedded.
+    /// Embeds up to `batch` episodes that have no vector yet, in one model call, under a lease
+    /// (other workers skip them; no row stays locked while the model runs). Returns how many
+    /// were embedded.
     pub async fn embed_pending_episodes(
         &self,
         batch: i64,
         policy: &RetryPolicy,
     ) -> memoire_core::Result<usize> {
-        let Some(claim) = self.store().claim_unembedded(batch).await? else {
+        let Some(claim) = self
+            .store()
+            .claim_unembedded(batch, self.settings().extract.embed_lease)
+            .await?
+        else {
             return Ok(0);
         };
         let texts = claim.texts();

@@ -12,7 +12,9 @@
 //!   extracted, resolved and marked done in one transaction. A failure is retried with
 //!   exponential backoff (the user's later episodes wait, to keep the order) and after
 //!   `max_attempts` goes to the dead-letter queue, which lets the later episodes proceed.
-//! - **embedding**: episodes without a vector, in batches, with the same retry rules.
+//! - **embedding**: episodes without a vector, in batches under a lease (no row stays locked
+//!   while the model runs; a dead worker's batch is taken over when the lease ends), with the
+//!   same retry rules.
 //! - **expiry sweep and gauges**: memories past their expiry get an `expire` version; queue
 //!   depths and the dead-letter count are published as metrics.
 //!

@@ -1,9 +1,12 @@
 //! The store's SQL on its own, against real Postgres: the contracts the use-cases rely on and that
-//! an end-to-end test would only see indirectly — claims that hold rows across a model call, a
-//! correction that asks for a vector instead of writing a stale one, and the scopes writes report.
+//! an end-to-end test would only see indirectly — claims that hold rows across a model call (by
+//! a lease, not a row lock), a correction that asks for a vector instead of writing a stale one,
+//! and the scopes writes report.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use memoire_core::clock::{Clock, ManualClock};
 use memoire_core::command::{Ingest, MemoryPatch, NewEpisode};
 use memoire_core::embed::Embedding;
 use memoire_core::model::{Basis, ForgetMode, MemoryKind, MessageRole, Scope};
@@ -51,6 +54,8 @@ fn no_worker(c: &mut memoire_config::Config) {
     c.worker_embedded = false;
 }
 
+const LEASE: Duration = Duration::from_secs(60);
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedding_claim_hides_its_rows_and_dead_letters_after_the_last_attempt() {
     let server = TestServer::start_with(no_worker, None).await;
@@ -64,14 +69,14 @@ async fn an_embedding_claim_hides_its_rows_and_dead_letters_after_the_last_attem
     };
 
     let first = store
-        .claim_unembedded(2)
+        .claim_unembedded(2, LEASE)
         .await
         .expect("claim")
         .expect("rows");
     assert_eq!(first.texts().len(), 2);
     // Held rows are skipped by a second claimer.
     let second = store
-        .claim_unembedded(10)
+        .claim_unembedded(10, LEASE)
         .await
         .expect("claim")
         .expect("rows");
@@ -91,14 +96,18 @@ async fn an_embedding_claim_hides_its_rows_and_dead_letters_after_the_last_attem
 
     first.fail("model down", &policy).await.expect("fail");
     let again = store
-        .claim_unembedded(10)
+        .claim_unembedded(10, LEASE)
         .await
         .expect("claim")
         .expect("retried");
     assert_eq!(again.texts().len(), 2, "a failed attempt returns the rows");
     again.fail("model down", &policy).await.expect("fail");
     assert!(
-        store.claim_unembedded(10).await.expect("claim").is_none(),
+        store
+            .claim_unembedded(10, LEASE)
+            .await
+            .expect("claim")
+            .is_none(),
         "out of attempts: dead-lettered, not claimable"
     );
     let letters = store
@@ -107,6 +116,82 @@ async fn an_embedding_claim_hides_its_rows_and_dead_letters_after_the_last_attem
         .expect("dead letters");
     assert_eq!(letters.len(), 2);
     assert!(letters.iter().all(|d| d.job == "embed"), "{letters:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedding_claim_locks_no_row_while_the_model_runs_and_lapses_after_its_lease() {
+    use sqlx::Connection as _;
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let server = TestServer::start_with(no_worker, Some(clock.clone() as Arc<dyn Clock>)).await;
+    let scope = scope(&server).await;
+    ingest(&server, &scope, 2).await;
+    let store = &server.store;
+    let claim = store
+        .claim_unembedded(10, LEASE)
+        .await
+        .expect("claim")
+        .expect("rows");
+    assert_eq!(claim.texts().len(), 2);
+
+    // While the claim is out (the model would be running), extraction can write the same rows:
+    // with a row lock held this update would wait and hit the lock timeout.
+    let mut conn = sqlx::PgConnection::connect(&server.database_url)
+        .await
+        .expect("connect");
+    sqlx::query("SELECT set_config('lock_timeout', '500ms', false), set_config('memoire.tenant', '*', false)")
+        .execute(&mut conn)
+        .await
+        .expect("lock timeout, every tenant's rows");
+    let updated =
+        sqlx::query("UPDATE episodes SET extract_attempts = extract_attempts WHERE tenant_id = $1")
+            .bind(scope.tenant_id)
+            .execute(&mut conn)
+            .await
+            .expect("no embedding claim holds a row lock");
+    assert_eq!(updated.rows_affected(), 2);
+
+    // Within the lease another worker finds nothing; after it (the first worker died), it
+    // takes the episodes over, and the first worker's late write is harmless.
+    assert!(
+        store
+            .claim_unembedded(10, LEASE)
+            .await
+            .expect("claim")
+            .is_none()
+    );
+    clock.advance(chrono::TimeDelta::seconds(61));
+    let taken_over = store
+        .claim_unembedded(10, LEASE)
+        .await
+        .expect("claim")
+        .expect("the lease lapsed");
+    assert_eq!(taken_over.texts(), claim.texts());
+    assert_eq!(
+        taken_over
+            .complete(vec![vector(1.0), vector(0.5)], "m")
+            .await
+            .expect("complete"),
+        2
+    );
+    claim
+        .complete(vec![vector(1.0), vector(0.5)], "m")
+        .await
+        .expect("a late completion");
+    assert!(
+        store
+            .claim_unembedded(10, LEASE)
+            .await
+            .expect("claim")
+            .is_none()
+    );
+    let unembedded: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM episodes WHERE tenant_id = $1 AND embedding IS NULL",
+    )
+    .bind(scope.tenant_id)
+    .fetch_one(&mut conn)
+    .await
+    .expect("count");
+    assert_eq!(unembedded, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
