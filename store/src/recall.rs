@@ -98,6 +98,19 @@ impl Table {
 
 /// Pushes `FROM <table> m [version join] WHERE <scope and filters>` for `q`; with `scored`, the
 /// documents come from the `scored` CTE (`s.doc_id`).
+/// `AND p.namespace` in `namespaces`: an equality for one namespace (the common case), so that
+/// it is an index condition on the postings key's third column whatever the statistics (without
+/// them, `= ANY` was applied as a filter, and the term's range became the user's).
+fn push_namespaces(b: &mut QueryBuilder<Postgres>, namespaces: &[String]) {
+    match namespaces {
+        [one] => b.push(" AND p.namespace = ").push_bind(one.clone()),
+        many => b
+            .push(" AND p.namespace = ANY(")
+            .push_bind(many.to_vec())
+            .push(")"),
+    };
+}
+
 fn push_scope(
     b: &mut QueryBuilder<Postgres>,
     table: Table,
@@ -106,8 +119,10 @@ fn push_scope(
     scored: bool,
 ) {
     if scored {
+        // Each scored document by its primary key (fenced, so that stale statistics cannot turn
+        // it into a scan of the scope per document).
         b.push(format!(
-            " FROM scored s JOIN {} m ON m.id = s.doc_id",
+            " FROM scored s CROSS JOIN LATERAL (SELECT * FROM {} x WHERE x.id = s.doc_id OFFSET 0) m",
             table.name()
         ));
     } else {
@@ -271,17 +286,20 @@ async fn bm25(
     // memory that mentions "the user's …" — thousands of postings to score for nothing.
     b.push(")) WHERE lexeme <> ALL(")
         .push_bind(QUERY_STOP_WORDS)
+        // One index range per query term (the fenced subquery is run per term), whatever the
+        // planner believes of the table: with stale or missing statistics (a young database,
+        // autovacuum off or behind) a join here was planned as a scan of every posting of the
+        // user — 5–25x slower at 10k memories.
         .push(format!(
-            ")), postings AS (SELECT p.lexeme, p.doc_id, p.tf, p.dl FROM terms t JOIN {} p \
-             ON p.lexeme = t.lexeme AND p.tenant_id = ",
+            ")), postings AS (SELECT p.lexeme, p.doc_id, p.tf, p.dl FROM terms t CROSS JOIN LATERAL \
+             (SELECT p.lexeme, p.doc_id, p.tf, p.dl FROM {} p WHERE p.lexeme = t.lexeme \
+             AND p.tenant_id = ",
             table.terms()
         ))
         .push_bind(q.tenant_id)
         .push(" AND p.user_id = ")
-        .push_bind(q.user_id.clone())
-        .push(" AND p.namespace = ANY(")
-        .push_bind(q.namespaces.clone())
-        .push(")");
+        .push_bind(q.user_id.clone());
+    push_namespaces(&mut b, &q.namespaces);
     if table == Table::Memories && q.as_of.is_none() {
         // The current view is scored without touching memories: postings carry the status.
         let statuses: &[&str] = if q.include_superseded {
@@ -292,7 +310,7 @@ async fn bm25(
         b.push(" AND p.status = ANY(").push_bind(statuses).push(")");
     }
     b.push(
-        "), df AS (SELECT lexeme, count(*)::float8 AS df FROM postings GROUP BY lexeme), \
+        " OFFSET 0) p), df AS (SELECT lexeme, count(*)::float8 AS df FROM postings GROUP BY lexeme), \
          scored AS (SELECT p.doc_id, sum(ln(1 + (greatest(",
     );
     b.push_bind(stats.docs)
