@@ -1,7 +1,7 @@
 # The commands the README and CI use. `make run` and `make test` set up what is missing first.
 EVAL_DATA ?= ../shared/data/locomo-dev
 
-.PHONY: setup run test drill bench-transfer wheel eval bench bench-recall bench-ingest bench-conscious bench-tenancy bench-tracing bench-sdk python-sdk build release lint fmt migrate check-config
+.PHONY: setup run test drill bench-transfer wheel eval bench bench-recall bench-ingest bench-conscious bench-tenancy bench-tracing bench-sdk bench-peer python-sdk build release lint fmt migrate check-config
 
 MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
 export MEMOIRE_ADMIN_KEY
@@ -53,6 +53,11 @@ bench-tracing: setup release
 # What the Python SDK adds to a Recall over plain grpcio (against the release server).
 bench-sdk: release python-sdk
 	.venv/bin/python tests/python/bench_sdk.py
+
+# Mémoire beside the open-source peer (mem0ai, installed into its own .venv-peer), one process
+# alternating calls: insert and search p50/p95 at 1k and 10k memories (ARGS="--scopes 1000,10000,100000").
+bench-peer: release wheel
+	@scripts/bench-peer.sh $(ARGS)
 
 # The Python SDK as an abi3 manylinux wheel in dist/: installs with pip, no Rust needed.
 wheel:
