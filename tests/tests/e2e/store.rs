@@ -10,7 +10,7 @@ use memoire_core::clock::{Clock, ManualClock};
 use memoire_core::command::{Ingest, MemoryPatch, NewEpisode};
 use memoire_core::embed::Embedding;
 use memoire_core::model::{Basis, ForgetMode, MemoryKind, MessageRole, Scope};
-use memoire_store::{Correction, JobScope, RetryPolicy, VectorTable};
+use memoire_store::{Correction, EmbedClaim, JobScope, PgStore, RetryPolicy, VectorTable};
 use memoire_tests::{TestServer, fact, new_memory, proto as pb};
 
 fn vector(x: f32) -> Vec<f32> {
@@ -56,6 +56,15 @@ fn no_worker(c: &mut memoire_config::Config) {
 
 const LEASE: Duration = Duration::from_secs(60);
 
+/// An embedding claim that must find episodes.
+async fn claim(store: &PgStore, batch: i64) -> EmbedClaim {
+    store
+        .claim_unembedded(batch, LEASE)
+        .await
+        .expect("claim")
+        .expect("episodes to embed")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedding_claim_hides_its_rows_and_dead_letters_after_the_last_attempt() {
     let server = TestServer::start_with(no_worker, None).await;
@@ -68,18 +77,10 @@ async fn an_embedding_claim_hides_its_rows_and_dead_letters_after_the_last_attem
         max_delay: Duration::ZERO,
     };
 
-    let first = store
-        .claim_unembedded(2, LEASE)
-        .await
-        .expect("claim")
-        .expect("rows");
+    let first = claim(store, 2).await;
     assert_eq!(first.texts().len(), 2);
     // Held rows are skipped by a second claimer.
-    let second = store
-        .claim_unembedded(10, LEASE)
-        .await
-        .expect("claim")
-        .expect("rows");
+    let second = claim(store, 10).await;
     let texts = second.texts();
     assert_eq!(texts.len(), 1);
     // Embedded as `core::embed::episode_vector_text`: the two turns said before it in its
@@ -95,11 +96,7 @@ async fn an_embedding_claim_hides_its_rows_and_dead_letters_after_the_last_attem
     assert_eq!(written, 1);
 
     first.fail("model down", &policy).await.expect("fail");
-    let again = store
-        .claim_unembedded(10, LEASE)
-        .await
-        .expect("claim")
-        .expect("retried");
+    let again = claim(store, 10).await;
     assert_eq!(again.texts().len(), 2, "a failed attempt returns the rows");
     again.fail("model down", &policy).await.expect("fail");
     assert!(
@@ -126,12 +123,8 @@ async fn an_embedding_claim_locks_no_row_while_the_model_runs_and_lapses_after_i
     let scope = scope(&server).await;
     ingest(&server, &scope, 2).await;
     let store = &server.store;
-    let claim = store
-        .claim_unembedded(10, LEASE)
-        .await
-        .expect("claim")
-        .expect("rows");
-    assert_eq!(claim.texts().len(), 2);
+    let first = claim(store, 10).await;
+    assert_eq!(first.texts().len(), 2);
 
     // While the claim is out (the model would be running), extraction can write the same rows:
     // with a row lock held this update would wait and hit the lock timeout.
@@ -160,12 +153,8 @@ async fn an_embedding_claim_locks_no_row_while_the_model_runs_and_lapses_after_i
             .is_none()
     );
     clock.advance(chrono::TimeDelta::seconds(61));
-    let taken_over = store
-        .claim_unembedded(10, LEASE)
-        .await
-        .expect("claim")
-        .expect("the lease lapsed");
-    assert_eq!(taken_over.texts(), claim.texts());
+    let taken_over = claim(store, 10).await;
+    assert_eq!(taken_over.texts(), first.texts());
     assert_eq!(
         taken_over
             .complete(vec![vector(1.0), vector(0.5)], "m")
@@ -173,7 +162,7 @@ async fn an_embedding_claim_locks_no_row_while_the_model_runs_and_lapses_after_i
             .expect("complete"),
         2
     );
-    claim
+    first
         .complete(vec![vector(1.0), vector(0.5)], "m")
         .await
         .expect("a late completion");
