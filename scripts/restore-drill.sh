@@ -30,7 +30,9 @@ command -v pg_createcluster >/dev/null || die "pg_createcluster not found (Debia
 [ -x "$BIN" ] || cargo build --locked --quiet -p memoire-app
 "$PY" -c 'import memoire' 2>/dev/null || die "the Python SDK is not installed for $PY (make python-sdk)"
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# `free_ports N`: N distinct free ports (the sockets are held together, so none is handed out twice).
+free_ports() { python3 -c 'import socket, sys; s = [socket.socket() for _ in range(int(sys.argv[1]))]; [x.bind(("127.0.0.1", 0)) for x in s]; print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"; }
+free_port() { free_ports 1; }
 pg() { runuser -u postgres -- "$@"; }
 sql() { pg psql -X -q -p "$1" -d "${3:-memoire}" -Atc "$2"; }
 now() { date +%s.%N; }
@@ -70,8 +72,7 @@ make_cluster() { # name port
 # Starts memoire-server on the cluster at `port`; returns when it answers.
 start_server() { # port
   local grpc http
-  grpc=$(free_port)
-  http=$(free_port)
+  read -r grpc http < <(free_ports 2)
   ENDPOINT="http://127.0.0.1:$grpc"
   MEMOIRE_DATABASE_URL="postgres://postgres@127.0.0.1:$1/memoire" \
     MEMOIRE_REDIS_URL="redis://127.0.0.1:6379/$REDIS_DB" \

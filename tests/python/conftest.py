@@ -28,10 +28,18 @@ ROOT = Path(__file__).resolve().parents[2]
 BASE_URL = os.environ.get("MEMOIRE_TEST_DATABASE_URL", "postgres://memoire:memoire@127.0.0.1:5432/memoire")
 
 
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports: the sockets are held together, so that the kernel cannot hand out
+    one port twice (two `free_port()` calls in a row sometimes got the same one)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def psql(sql: str) -> None:
@@ -106,7 +114,7 @@ def running_server(tmp_path_factory, database: str | None = None, **extra_env: s
     db = database or f"memoire_pytest_{uuid.uuid4().hex}"
     if database is None:
         psql(f"CREATE DATABASE {db}")
-    grpc_port, http_port = free_port(), free_port()
+    grpc_port, http_port = free_ports(2)
     admin_key = secrets.token_hex(24)
     log = tmp_path_factory.mktemp("server") / "server.log"
     env = {
