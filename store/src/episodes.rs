@@ -33,8 +33,8 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::memories::{
-    NewRow, audit, derived_from_edges, insert_memory, lock_user, record_versions, slot_holder,
-    supersede, supersedes_edge,
+    NewRow, audit, derived_from_edges, identical_sql, insert_memory, lock_user, record_versions,
+    slot_holder, supersede, supersedes_edge,
 };
 use crate::{PgStore, Rows, db_error, write_vectors};
 
@@ -620,12 +620,9 @@ impl PgStore {
                 }),
             None => None,
         };
-        let identical: Option<ExistingRow> = sqlx::query_as(
-            "SELECT id, kind, slot, subject, content, content_key FROM memories \
-             WHERE tenant_id = $1 AND user_id = $2 AND namespace = $3 AND content_key = $4 \
-               AND slot IS NOT DISTINCT FROM $5 AND status = 'active' \
-               AND (expires_at IS NULL OR expires_at > $6) ORDER BY created_at, id LIMIT 1",
-        )
+        let identical: Option<ExistingRow> = sqlx::query_as(sqlx::AssertSqlSafe(identical_sql(
+            "id, kind, slot, subject, content, content_key",
+        )))
         .bind(scope.tenant_id)
         .bind(&scope.user_id)
         .bind(&scope.namespace)

@@ -38,6 +38,16 @@ pub struct JobScope {
 /// Rows per batch of the bulk jobs.
 const BATCH: i64 = 500;
 
+/// The tables whose statistics [`PgStore::analyze_stale_tables`] keeps fresh.
+const ANALYZED_TABLES: &[&str] = &[
+    "episode_terms",
+    "episodes",
+    "memories",
+    "memory_access",
+    "memory_terms",
+    "memory_versions",
+];
+
 type Scopes = BTreeSet<(Uuid, String, String)>;
 
 impl PgStore {
@@ -54,6 +64,36 @@ impl PgStore {
         .await
         .map_err(db_error)?;
         Ok(scopes(rows))
+    }
+
+    /// Refreshes the planner statistics of the tables Recall, Teach and extraction read, where
+    /// they are as stale as autovacuum's default rule would not allow (more than 50 + 10% of the
+    /// rows changed since the last analyze, none in the last minute). With autovacuum on this
+    /// finds nothing to do; with it off or behind (a young database after a burst of writes),
+    /// plans made from an empty table's statistics — and cached by every connection — would
+    /// otherwise stay. Returns the tables analyzed.
+    pub async fn analyze_stale_tables(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn(Rows::All).await?;
+        let stale: Vec<String> = sqlx::query_scalar(
+            "SELECT relname::text FROM pg_stat_user_tables \
+             WHERE schemaname = current_schema() AND relname = ANY($1) \
+               AND n_mod_since_analyze > 50 + 0.1 * n_live_tup \
+               AND coalesce(greatest(last_analyze, last_autoanalyze), '-infinity') \
+                   < now() - interval '1 minute' \
+             ORDER BY relname",
+        )
+        .bind(ANALYZED_TABLES)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(db_error)?;
+        for table in &stale {
+            // Names come from the fixed list above, not from input.
+            sqlx::query(sqlx::AssertSqlSafe(format!("ANALYZE {table}")))
+                .execute(&mut *conn)
+                .await
+                .map_err(db_error)?;
+        }
+        Ok(stale)
     }
 
     /// Optimize: recomputes each user's essential set (see `memoire_core::conscious`): promotes

@@ -16,7 +16,8 @@
 //!   while the model runs; a dead worker's batch is taken over when the lease ends), with the
 //!   same retry rules.
 //! - **expiry sweep and gauges**: memories past their expiry get an `expire` version; queue
-//!   depths and the dead-letter count are published as metrics.
+//!   depths and the dead-letter count are published as metrics; tables whose planner statistics
+//!   autovacuum has left stale (off, or behind after a burst) are analyzed.
 //!
 //! Ingest's statement trigger sends a notification that wakes the loops at once; the reconciler
 //! also runs every `poll_interval`, so a lost notification, a restarted worker or a restarted
@@ -295,6 +296,13 @@ pub async fn run(
                         if let Err(e) = uc.sweep_expired().await {
                             job_outcome("expiry", "error");
                             tracing::warn!(error = %e, "expiry sweep failed");
+                        }
+                        match uc.store().analyze_stale_tables().await {
+                            Ok(tables) if !tables.is_empty() => {
+                                tracing::info!(?tables, "refreshed stale planner statistics");
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "refreshing planner statistics failed"),
                         }
                     }
                     _ = gauges.tick() => {

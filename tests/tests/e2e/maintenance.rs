@@ -546,3 +546,46 @@ async fn with_an_llm_reflect_writes_an_abstractive_summary_and_retries_a_failed_
         "{r}"
     );
 }
+
+/// Planner statistics: tables that changed by more than autovacuum's rule allows since their last
+/// analyze are analyzed by the worker's tick (this machine's Postgres runs with autovacuum off,
+/// where an unanalyzed table once made BM25 scan a user's every posting), and then left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_planner_statistics_are_refreshed_once() {
+    let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    for i in 0..80 {
+        teach(&client, fact("u", &format!("Has visited city number {i}"))).await;
+    }
+    let analyzed = || async {
+        let (manual, auto): (Option<chrono::DateTime<Utc>>, Option<chrono::DateTime<Utc>>) =
+            sqlx::query_as(
+                "SELECT last_analyze, last_autoanalyze FROM pg_stat_user_tables \
+                 WHERE relname = 'memories' AND schemaname = current_schema()",
+            )
+            .fetch_one(server.pool())
+            .await
+            .expect("statistics");
+        manual.or(auto)
+    };
+    // The writers' backends report their changes to the statistics system within seconds;
+    // autovacuum, where it is on, may analyze first.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let tables = server.store.analyze_stale_tables().await.expect("analyze");
+        if tables.iter().any(|t| t == "memories") || analyzed().await.is_some() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "80 new memories never made the table's statistics stale"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(analyzed().await.is_some(), "memories was analyzed");
+    let again = server.store.analyze_stale_tables().await.expect("analyze");
+    assert!(
+        !again.iter().any(|t| t == "memories"),
+        "fresh statistics are left alone: {again:?}"
+    );
+}
