@@ -33,7 +33,7 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use uuid::Uuid;
 
 use crate::memories::{
-    NewRow, audit, derived_from_edges, identical_sql, insert_memory, lock_user, record_versions,
+    NewRow, audit, derived_from_edges, identical, insert_memory, lock_user, record_versions,
     slot_holder, supersede, supersedes_edge,
 };
 use crate::{PgStore, Rows, db_error, write_vectors};
@@ -620,18 +620,15 @@ impl PgStore {
                 }),
             None => None,
         };
-        let identical: Option<ExistingRow> = sqlx::query_as(sqlx::AssertSqlSafe(identical_sql(
+        let identical: Option<ExistingRow> = identical(
+            &mut *tx,
             "id, kind, slot, subject, content, content_key",
-        )))
-        .bind(scope.tenant_id)
-        .bind(&scope.user_id)
-        .bind(&scope.namespace)
-        .bind(&key)
-        .bind(&c.slot)
-        .bind(now)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
+            scope,
+            &key,
+            c.slot.as_deref(),
+            now,
+        )
+        .await?;
         let identical = identical.map(ExistingRow::into_existing);
         let similar = match (vector, model) {
             (Some(v), Some(m)) => similar_memories(tx, scope, c, v, m, now).await?,

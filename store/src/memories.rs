@@ -122,18 +122,38 @@ pub(crate) async fn fetch_memory(
     row.map(Memory::try_from).transpose()
 }
 
-/// The statement for the resolver's "identical" memory: the scope's oldest current memory with
-/// content key `$4` and slot `$5`, unexpired at `$6` (scope `$1`–`$3`), as `columns`. Its rows
-/// come from the content index first, in a fenced subquery, and are ordered after: without
-/// planner statistics (a young database, autovacuum off) `ORDER BY created_at LIMIT 1` was
-/// planned as a walk of the whole scope in creation order — 5 ms per Teach at 10k memories.
-pub(crate) fn identical_sql(columns: &str) -> String {
-    format!(
+/// The resolver's "identical" memory: the scope's oldest current memory with content key `key`
+/// and slot `slot`, unexpired at `now`, as `columns` (read into `T`). Its rows come from the
+/// content index first, in a fenced subquery, and are ordered after: without planner statistics
+/// (a young database, autovacuum off) `ORDER BY created_at LIMIT 1` was planned as a walk of the
+/// whole scope in creation order — 5 ms per Teach at 10k memories.
+pub(crate) async fn identical<T>(
+    conn: &mut PgConnection,
+    columns: &str,
+    scope: &Scope,
+    key: &str,
+    slot: Option<&str>,
+    now: DateTime<Utc>,
+) -> Result<Option<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let sql = format!(
         "SELECT {columns} FROM (SELECT * FROM memories WHERE tenant_id = $1 AND user_id = $2 \
          AND namespace = $3 AND content_key = $4 AND status = 'active' \
          AND slot IS NOT DISTINCT FROM $5 AND (expires_at IS NULL OR expires_at > $6) OFFSET 0) m \
          ORDER BY created_at, id LIMIT 1"
-    )
+    );
+    sqlx::query_as(AssertSqlSafe(sql))
+        .bind(scope.tenant_id)
+        .bind(&scope.user_id)
+        .bind(&scope.namespace)
+        .bind(key)
+        .bind(slot)
+        .bind(now)
+        .fetch_optional(conn)
+        .await
+        .map_err(db_error)
 }
 
 /// The current memory holding `slot` in the scope, locked.
@@ -415,17 +435,15 @@ impl PgStore {
                 });
             }
         }
-        let identical: Option<(Uuid, String)> =
-            sqlx::query_as(AssertSqlSafe(identical_sql("id, content_key")))
-                .bind(scope.tenant_id)
-                .bind(&scope.user_id)
-                .bind(&scope.namespace)
-                .bind(&key)
-                .bind(&new.slot)
-                .bind(now)
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(db_error)?;
+        let identical: Option<(Uuid, String)> = identical(
+            &mut tx,
+            "id, content_key",
+            &scope,
+            &key,
+            new.slot.as_deref(),
+            now,
+        )
+        .await?;
         let identical = identical.map(|(id, content_key)| Candidate { id, content_key });
 
         let decision = resolve::decide(

@@ -56,6 +56,15 @@ fn no_worker(c: &mut memoire_config::Config) {
 
 const LEASE: Duration = Duration::from_secs(60);
 
+/// Whether an embedding claim finds nothing.
+async fn nothing_to_claim(store: &PgStore) -> bool {
+    store
+        .claim_unembedded(10, LEASE)
+        .await
+        .expect("claim")
+        .is_none()
+}
+
 /// An embedding claim that must find episodes.
 async fn claim(store: &PgStore, batch: i64) -> EmbedClaim {
     store
@@ -145,13 +154,7 @@ async fn an_embedding_claim_locks_no_row_while_the_model_runs_and_lapses_after_i
 
     // Within the lease another worker finds nothing; after it (the first worker died), it
     // takes the episodes over, and the first worker's late write is harmless.
-    assert!(
-        store
-            .claim_unembedded(10, LEASE)
-            .await
-            .expect("claim")
-            .is_none()
-    );
+    assert!(nothing_to_claim(store).await);
     clock.advance(chrono::TimeDelta::seconds(61));
     let taken_over = claim(store, 10).await;
     assert_eq!(taken_over.texts(), first.texts());
@@ -166,13 +169,7 @@ async fn an_embedding_claim_locks_no_row_while_the_model_runs_and_lapses_after_i
         .complete(vec![vector(1.0), vector(0.5)], "m")
         .await
         .expect("a late completion");
-    assert!(
-        store
-            .claim_unembedded(10, LEASE)
-            .await
-            .expect("claim")
-            .is_none()
-    );
+    assert!(nothing_to_claim(store).await);
     let unembedded: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM episodes WHERE tenant_id = $1 AND embedding IS NULL",
     )
