@@ -96,8 +96,6 @@ impl Table {
     }
 }
 
-/// Pushes `FROM <table> m [version join] WHERE <scope and filters>` for `q`; with `scored`, the
-/// documents come from the `scored` CTE (`s.doc_id`).
 /// `AND p.namespace` in `namespaces`: an equality for one namespace (the common case), so that
 /// it is an index condition on the postings key's third column whatever the statistics (without
 /// them, `= ANY` was applied as a filter, and the term's range became the user's).
@@ -111,6 +109,8 @@ fn push_namespaces(b: &mut QueryBuilder<Postgres>, namespaces: &[String]) {
     };
 }
 
+/// Pushes `FROM <table> m [version join] WHERE <scope and filters>` for `q`; with `scored`, the
+/// documents come from the `scored` CTE (`s.doc_id`).
 fn push_scope(
     b: &mut QueryBuilder<Postgres>,
     table: Table,
