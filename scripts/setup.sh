@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Brings a Debian-like machine to the point where Mémoire runs and its tests pass:
 #   PostgreSQL (>= 15) with pgvector, Redis (>= 7), a database role for Mémoire, the local
-#   embedding model's files (in ./.models), and the Python tools the test suite uses (./.venv). Idempotent: when everything is already there it prints
-#   nothing and takes about a second. Reuses services that run; starts stopped ones; installs
+#   embedding model's files (in ./.models), Node.js (to build the Inspector, ui/), and the Python
+#   tools and Chromium the test suite uses (./.venv, /usr/bin/chromium). Idempotent: when
+#   everything is already there it prints nothing and takes about a second. Reuses services that run; starts stopped ones; installs
 #   missing ones with apt. pgvector is built from Debian's source package when the machine's
 #   release has no binary package for it.
 #
@@ -214,6 +215,21 @@ PY
   rm -rf "$tmp"
 }
 
+# --- Node.js (builds the Inspector) and Chromium (its browser tests) -----------------------------
+ensure_node() {
+  if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then
+    local major
+    major=$(node -p 'process.versions.node.split(".")[0]')
+    [ "$major" -ge 18 ] || die "Node.js $(node --version) found; the Inspector's build needs 18 or newer"
+    return 0
+  fi
+  apt_install nodejs npm
+}
+ensure_chromium() {
+  # The browser tests drive Debian's Chromium (playwright-core, executablePath /usr/bin/chromium).
+  [ -x /usr/bin/chromium ] || apt_install chromium
+}
+
 # --- Python tools for the test suite ----------------------------------------------------------
 ensure_python() {
   local venv="$here/.venv" stamp="$here/.venv/.memoire-requirements" req="$here/tests/python/requirements.txt"
@@ -239,4 +255,5 @@ if is_local "$database_url"; then
 fi
 if is_local "$redis_url"; then ensure_redis; fi
 ensure_model
-if [ "$want_python" -eq 1 ]; then ensure_python; fi
+ensure_node
+if [ "$want_python" -eq 1 ]; then ensure_python; ensure_chromium; fi

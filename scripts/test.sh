@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole test suite (what `make test` and CI run): set-up, formatting and lints, the Rust
-# tests (unit and end-to-end against real Postgres), then the Python tests against the built
-# server binary, then the point-in-time recovery drill.
+# The whole test suite (what `make test` and CI run): set-up, the Inspector's bundle, formatting
+# and lints, the Rust tests (unit and end-to-end against real Postgres), then the Python tests
+# against the built server binary (with the Inspector's browser walk-through in Chromium), then
+# the point-in-time recovery drill.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -10,6 +11,8 @@ export SQLX_OFFLINE=true
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/setup.sh
+echo "== the Inspector's bundle (ui/, embedded in memoire-server)"
+scripts/ui.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -4,6 +4,7 @@
 //!
 //! - [`serve`] / [`run_server`]: the server process — gRPC, the HTTP [`ops`] endpoint and, with
 //!   `worker_embedded`, the worker, all stopped by one shutdown future.
+//! - `ui`: the Memory Inspector and gRPC-Web on the HTTP port (`ui_enabled`).
 //! - [`run_worker`]: the worker process on its own.
 //! - `settings`: each part's settings built from the one [`Config`]; [`providers`]: the
 //!   embedder, extractor and summarizer it names.
@@ -15,6 +16,7 @@ pub mod providers;
 mod settings;
 mod telemetry;
 pub mod transfer;
+mod ui;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -233,18 +235,25 @@ pub async fn serve(
     } else {
         None
     };
+    let api = memoire_server::Api::new(uc, auth, server_settings(&config));
     let http_addr = listeners.http.local_addr()?;
-    tracing::info!(%http_addr, "serving /metrics, /healthz, /readyz");
+    let extra = if config.ui_enabled {
+        tracing::info!(%http_addr, "serving /metrics, /healthz, /readyz, the Inspector at /ui/ and gRPC-Web");
+        ui::routes(api.web())
+    } else {
+        tracing::info!(%http_addr, "serving /metrics, /healthz, /readyz");
+        axum::Router::new()
+    };
     let http = tokio::spawn(ops::serve(
         listeners.http,
         move || {
             let store = store.clone();
             async move { store.ping().await.is_ok() }
         },
+        extra,
         stopped(stop_rx.clone()),
     ));
-    let served =
-        memoire_server::serve(uc, auth, server_settings(&config), listeners.grpc, shutdown).await;
+    let served = api.serve(listeners.grpc, shutdown).await;
 
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
@@ -285,6 +294,7 @@ pub async fn run_worker(
             let store = store.clone();
             async move { store.ping().await.is_ok() }
         },
+        axum::Router::new(),
         stopped(stop_rx.clone()),
     ));
     tracing::info!(http = %config.worker_http_addr, "memoire-worker serving /metrics, /healthz, /readyz");

@@ -49,12 +49,14 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown` completes. `ready` answers
-/// whether the process can do its work (Postgres answers); each scrape of `/metrics` asks it
-/// too, as `memoire_postgres_up` (1 or 0), so an outage shows without traffic.
+/// Serves `/metrics`, `/healthz` and `/readyz`, and the routes of `extra`, until `shutdown`
+/// completes. `ready` answers whether the process can do its work (Postgres answers); each
+/// scrape of `/metrics` asks it too, as `memoire_postgres_up` (1 or 0), so an outage shows
+/// without traffic.
 pub async fn serve<R, Fut>(
     listener: TcpListener,
     ready: R,
+    extra: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()>
 where
@@ -89,7 +91,8 @@ where
                     }
                 }
             }),
-        );
+        )
+        .merge(extra);
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

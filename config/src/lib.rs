@@ -44,7 +44,11 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "http_addr",
-        "address of the HTTP server for /metrics, /healthz and /readyz",
+        "address of the HTTP server for /metrics, /healthz and /readyz (and, with ui_enabled, the Inspector and gRPC-Web)",
+    ),
+    (
+        "ui_enabled",
+        "serve the Memory Inspector at /ui/ and memoire.v1 over gRPC-Web (API keys required as on the gRPC port) on http_addr",
     ),
     (
         "database_url",
@@ -413,6 +417,7 @@ pub struct Config {
     pub tls_key_path: Option<PathBuf>,
     pub tls_client_ca_path: Option<PathBuf>,
     pub http_addr: SocketAddr,
+    pub ui_enabled: bool,
     pub database_url: String,
     pub database_max_connections: u32,
     pub database_acquire_timeout_ms: u64,
@@ -506,6 +511,7 @@ impl Default for Config {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            ui_enabled: true,
             database_url: "postgres://memoire:memoire@127.0.0.1:5432/memoire".into(),
             database_max_connections: 16,
             database_acquire_timeout_ms: 5_000,

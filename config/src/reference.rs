@@ -59,6 +59,7 @@ fn group_of(key: &str) -> Option<&'static str> {
         | "tls_key_path"
         | "tls_client_ca_path"
         | "http_addr"
+        | "ui_enabled"
         | "worker_http_addr"
         | "request_timeout_ms"
         | "max_concurrent_requests"

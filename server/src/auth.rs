@@ -33,6 +33,7 @@ const SPECULATIVE: &[&str] = &[
     "/memoire.v1.MemoryService/GetMemory",
     "/memoire.v1.MemoryService/ListMemories",
     "/memoire.v1.MemoryService/History",
+    "/memoire.v1.MemoryService/WhoAmI",
     "/memoire.v1.MemoryService/Teach",
 ];
 

@@ -121,3 +121,59 @@ where
         )
     }
 }
+
+/// Ends a call that runs longer than the request timeout with `CANCELLED` ("Timeout expired"),
+/// as tonic's server does on the gRPC port: the same deadline for gRPC-Web calls.
+#[derive(Debug, Clone, Copy)]
+pub struct DeadlineLayer {
+    timeout: std::time::Duration,
+}
+
+impl DeadlineLayer {
+    /// Calls end after `timeout`.
+    pub fn new(timeout: std::time::Duration) -> Self {
+        DeadlineLayer { timeout }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = Deadline<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Deadline {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// See [`DeadlineLayer`].
+#[derive(Debug, Clone)]
+pub struct Deadline<S> {
+    inner: S,
+    timeout: std::time::Duration,
+}
+
+impl<S, ReqBody> Service<http::Request<ReqBody>> for Deadline<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<tonic::body::Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let (fut, timeout) = (self.inner.call(req), self.timeout);
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, fut).await {
+                Ok(res) => res,
+                Err(_) => Ok(tonic::Status::cancelled("Timeout expired").into_http()),
+            }
+        })
+    }
+}

@@ -1,7 +1,8 @@
 //! The Mémoire gRPC server: `memoire.v1.MemoryService` and `memoire.v1.AdminService` over the
 //! use-cases, with gRPC health and reflection (v1 and v1alpha).
 //!
-//! - [`serve`]: serve on a given listener until the shutdown future completes (tests bind
+//! - [`Api`]: the services, served on the gRPC port ([`Api::serve`]) and, for browsers, as
+//!   gRPC-Web on the HTTP port ([`Api::web`]); [`serve`]: the gRPC port alone, on a given listener until the shutdown future completes (tests bind
 //!   `127.0.0.1:0`; the composition root, `memoire-app`, builds the use-cases and calls this).
 //! - `rpc::memory`, `rpc::admin`: one adapter of a few lines per RPC.
 //! - `convert`: proto ⇄ domain, every request conversion in one place per service;
@@ -18,6 +19,7 @@ mod rpc {
 }
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -26,7 +28,9 @@ use memoire_proto::v1::admin_service_server::AdminServiceServer;
 use memoire_proto::v1::memory_service_server::MemoryServiceServer;
 use memoire_usecases::{Authenticator, UseCases};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::ServiceBuilder;
+use tower::ServiceExt as _;
 use tower::limit::GlobalConcurrencyLimitLayer;
 
 pub use rpc::admin::AdminSvc;
@@ -109,6 +113,172 @@ fn incoming(listener: TcpListener) -> tonic::transport::server::TcpIncoming {
         .with_keepalive(Some(Duration::from_secs(60)))
 }
 
+/// The `memoire.v1` services and the state and middleware they share, built once per process
+/// and served on two ports: gRPC ([`Api::serve`]) and gRPC-Web for browsers ([`Api::web`]). The
+/// two share the concurrency limit, the page-token key and the caches behind the use-cases.
+#[derive(Clone)]
+pub struct Api {
+    state: AppState,
+    auth: auth::AuthLayer,
+    settings: ServerSettings,
+    in_flight: Arc<Semaphore>,
+}
+
+impl Api {
+    /// The services over `uc`, resolving callers with `auth`.
+    pub fn new(uc: UseCases, auth: Authenticator, settings: ServerSettings) -> Self {
+        let limiter = uc.limiter().clone();
+        let state = AppState {
+            uc,
+            limits: settings.limits.clone(),
+            recall: settings.recall,
+            page_key: convert::PageKey::new(settings.page_token_secret.as_deref()),
+        };
+        Api {
+            state,
+            auth: auth::AuthLayer::new(auth, limiter),
+            in_flight: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+            settings,
+        }
+    }
+
+    fn memory(&self) -> MemoryServiceServer<MemorySvc> {
+        MemoryServiceServer::new(MemorySvc::new(self.state.clone()))
+            .max_decoding_message_size(self.settings.max_request_bytes)
+    }
+
+    fn admin(&self) -> AdminServiceServer<AdminSvc> {
+        AdminServiceServer::new(AdminSvc::new(self.state.clone()))
+            .max_decoding_message_size(self.settings.max_request_bytes)
+    }
+
+    /// `memoire.v1` over gRPC-Web, for the HTTP port: what a browser can speak (HTTP/1.1, no
+    /// trailers). Health and reflection stay on the gRPC port.
+    pub fn web(&self) -> GrpcWeb {
+        GrpcWeb {
+            routes: tonic::service::Routes::new(self.memory()).add_service(self.admin()),
+            api: self.clone(),
+        }
+    }
+
+    /// Serves gRPC on `listener` until `shutdown` completes; then reports NOT_SERVING and drains
+    /// in-flight requests.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<MemoryServiceServer<MemorySvc>>().await;
+        health.set_serving::<AdminServiceServer<AdminSvc>>().await;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(memoire_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
+        let reflection_v1alpha = reflection()
+            .build_v1alpha()
+            .context("building reflection v1alpha")?;
+
+        let (memory, admin) = (self.memory(), self.admin());
+        let settings = &self.settings;
+        let grpc_addr = listener.local_addr()?;
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &settings.tls {
+            builder = builder.tls_config(tls.server_config()?).context(
+                "the TLS certificate or key (tls_cert_path, tls_key_path) is not valid PEM",
+            )?;
+        }
+        tracing::info!(
+            %grpc_addr,
+            tls = settings.tls.is_some(),
+            client_certificates = settings.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
+            "gRPC listening"
+        );
+
+        let drain = {
+            let health = health.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down: draining in-flight requests");
+                health
+                    .set_not_serving::<MemoryServiceServer<MemorySvc>>()
+                    .await;
+                health
+                    .set_not_serving::<AdminServiceServer<AdminSvc>>()
+                    .await;
+            }
+        };
+        builder
+            .timeout(settings.request_timeout)
+            .layer(self.middleware())
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(memory)
+            .add_service(admin)
+            .serve_with_incoming_shutdown(incoming(listener), drain)
+            .await
+            .context("gRPC server failed")
+    }
+
+    /// The middleware every call passes on either port, outermost first.
+    fn middleware(
+        &self,
+    ) -> tower::layer::util::Stack<
+        auth::AuthLayer,
+        tower::layer::util::Stack<
+            GlobalConcurrencyLimitLayer,
+            tower::layer::util::Stack<layers::MetricsLayer, tower::layer::util::Identity>,
+        >,
+    > {
+        ServiceBuilder::new()
+            // Outermost, so that requests waiting for the concurrency limit are timed too.
+            .layer(layers::MetricsLayer)
+            // Bounds work in flight (both ports together); excess requests wait instead of
+            // exhausting the pool.
+            .layer(GlobalConcurrencyLimitLayer::with_semaphore(
+                self.in_flight.clone(),
+            ))
+            // Inside the limit: resolving a key reads Postgres.
+            .layer(self.auth.clone())
+            .into_inner()
+    }
+}
+
+/// `memoire.v1` over gRPC-Web ([`Api::web`]): one call at a time through the same middleware
+/// as the gRPC port, under the same request timeout.
+#[derive(Clone)]
+pub struct GrpcWeb {
+    api: Api,
+    routes: tonic::service::Routes,
+}
+
+impl GrpcWeb {
+    /// Answers one gRPC-Web request (any other request gets tonic-web's refusal).
+    pub async fn call<B>(&self, req: http::Request<B>) -> http::Response<tonic::body::Body>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let req = req.map(tonic::body::Body::new);
+        let service = ServiceBuilder::new()
+            // Outermost: the rest sees the gRPC call the browser's gRPC-Web request stands for.
+            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(self.api.middleware())
+            // Innermost, as tonic's own timeout is on the gRPC port.
+            .layer(layers::DeadlineLayer::new(
+                self.api.settings.request_timeout,
+            ))
+            .service(self.routes.clone());
+        match service.oneshot(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        }
+    }
+}
+
 /// Serves gRPC on `listener` until `shutdown` completes; then reports NOT_SERVING and drains
 /// in-flight requests.
 pub async fn serve(
@@ -118,77 +288,5 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<MemoryServiceServer<MemorySvc>>().await;
-    health.set_serving::<AdminServiceServer<AdminSvc>>().await;
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(memoire_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1().context("building reflection v1")?;
-    let reflection_v1alpha = reflection()
-        .build_v1alpha()
-        .context("building reflection v1alpha")?;
-
-    let limiter = uc.limiter().clone();
-    let state = AppState {
-        uc,
-        limits: settings.limits,
-        recall: settings.recall,
-        page_key: convert::PageKey::new(settings.page_token_secret.as_deref()),
-    };
-    let max = settings.max_request_bytes;
-    let memory =
-        MemoryServiceServer::new(MemorySvc::new(state.clone())).max_decoding_message_size(max);
-    let admin = AdminServiceServer::new(AdminSvc::new(state)).max_decoding_message_size(max);
-    let grpc_addr = listener.local_addr()?;
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = &settings.tls {
-        builder = builder
-            .tls_config(tls.server_config()?)
-            .context("the TLS certificate or key (tls_cert_path, tls_key_path) is not valid PEM")?;
-    }
-    tracing::info!(
-        %grpc_addr,
-        tls = settings.tls.is_some(),
-        client_certificates = settings.tls.as_ref().is_some_and(|t| t.client_ca.is_some()),
-        "gRPC listening"
-    );
-
-    let drain = {
-        let health = health.clone();
-        async move {
-            shutdown.await;
-            tracing::info!("shutting down: draining in-flight requests");
-            health
-                .set_not_serving::<MemoryServiceServer<MemorySvc>>()
-                .await;
-            health
-                .set_not_serving::<AdminServiceServer<AdminSvc>>()
-                .await;
-        }
-    };
-    builder
-        .timeout(settings.request_timeout)
-        .layer(
-            ServiceBuilder::new()
-                // Outermost, so that requests waiting for the concurrency limit are timed too.
-                .layer(layers::MetricsLayer)
-                // Bounds work in flight; excess requests wait instead of exhausting the pool.
-                .layer(GlobalConcurrencyLimitLayer::new(
-                    settings.max_concurrent_requests,
-                ))
-                // Inside the limit: resolving a key reads Postgres.
-                .layer(auth::AuthLayer::new(auth, limiter))
-                .into_inner(),
-        )
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(memory)
-        .add_service(admin)
-        .serve_with_incoming_shutdown(incoming(listener), drain)
-        .await
-        .context("gRPC server failed")
+    Api::new(uc, auth, settings).serve(listener, shutdown).await
 }

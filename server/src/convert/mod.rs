@@ -191,7 +191,7 @@ pub fn key_role(field: &str, v: i32) -> Result<KeyRole> {
     }
 }
 
-fn key_role_pb(r: KeyRole) -> pb::KeyRole {
+pub fn key_role_pb(r: KeyRole) -> pb::KeyRole {
     match r {
         KeyRole::Reader => pb::KeyRole::Reader,
         KeyRole::Writer => pb::KeyRole::Writer,

@@ -219,4 +219,17 @@ impl MemoryService for MemorySvc {
             versions: versions.into_iter().map(convert::version_pb).collect(),
         }))
     }
+
+    async fn who_am_i(
+        &self,
+        req: Request<pb::WhoAmIRequest>,
+    ) -> Result<Response<pb::WhoAmIResponse>, Status> {
+        let who = caller(&req)?;
+        Ok(Response::new(pb::WhoAmIResponse {
+            tenant_id: who.tenant_id.map(|t| t.to_string()).unwrap_or_default(),
+            role: convert::key_role_pb(who.role).into(),
+            key_id: who.key_id.map(|k| k.to_string()).unwrap_or_default(),
+            actor: who.actor.clone(),
+        }))
+    }
 }

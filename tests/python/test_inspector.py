@@ -1,0 +1,177 @@
+"""The Memory Inspector (issue: "edit the memory, edit the agent"): served by the server binary on
+its HTTP port, speaking memoire.v1 over gRPC-Web. The browser walk-through runs in Debian's
+Chromium through playwright-core (ui/tests/inspector.e2e.mjs); screenshots of each step are kept
+in target/test-artifacts/inspector/."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import urllib.error
+import urllib.request
+import uuid
+
+import pytest
+
+from conftest import ROOT, running_server
+
+ARTIFACTS = ROOT / "target" / "test-artifacts" / "inspector"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory) as srv:
+        yield srv
+
+
+def keys(srv, name: str) -> tuple[str, str, str]:
+    """A fresh tenant's id, writer key and reader key."""
+    admin = srv.client(srv.admin_key)
+    try:
+        tenant = admin.call("memoire.v1.AdminService/CreateTenant", {"name": name})["tenant"]["id"]
+        writer = admin.call("memoire.v1.AdminService/CreateApiKey",
+                            {"tenantId": tenant, "name": "writer", "role": "KEY_ROLE_WRITER"})["secret"]
+        reader = admin.call("memoire.v1.AdminService/CreateApiKey",
+                            {"tenantId": tenant, "name": "reader", "role": "KEY_ROLE_READER"})["secret"]
+    finally:
+        admin.close()
+    return tenant, writer, reader
+
+
+def get(url: str) -> tuple[int, dict, bytes]:
+    """(status, headers with lower-case names, body)."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
+
+
+def grpc_web(http: str, method: str, message: bytes, key: str | None) -> tuple[int, dict, list[tuple[int, bytes]]]:
+    """One unary gRPC-Web call, framed by hand: (HTTP status, headers, [(flag, frame)])."""
+    req = urllib.request.Request(f"http://{http}/memoire.v1.MemoryService/{method}",
+                                 data=b"\x00" + struct.pack(">I", len(message)) + message, method="POST",
+                                 headers={"content-type": "application/grpc-web+proto", "x-grpc-web": "1"})
+    if key:
+        req.add_header("authorization", f"Bearer {key}")
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body, headers, status = r.read(), dict(r.headers), r.status
+    frames = []
+    while body:
+        flag, size = body[0], struct.unpack(">I", body[1:5])[0]
+        frames.append((flag, body[5:5 + size]))
+        body = body[5 + size:]
+    return status, headers, frames
+
+
+def grpc_status(headers: dict, frames: list[tuple[int, bytes]]) -> str:
+    """The grpc-status of a gRPC-Web reply: in the headers (trailers-only) or the trailer frame."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    if "grpc-status" in lower:
+        return lower["grpc-status"]
+    for flag, frame in frames:
+        if flag & 0x80:
+            for line in frame.decode().split("\r\n"):
+                if line.lower().startswith("grpc-status:"):
+                    return line.split(":", 1)[1].strip()
+    raise AssertionError(f"no grpc-status in {headers} / {frames}")
+
+
+def fields(message: bytes) -> dict[int, object]:
+    """The top-level fields of a protobuf message (varints and length-delimited only)."""
+    out, i = {}, 0
+    def varint():
+        nonlocal i
+        shift = value = 0
+        while True:
+            b = message[i]
+            i += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                return value
+    while i < len(message):
+        tag = varint()
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            out[number] = varint()
+        elif wire == 2:
+            size = varint()
+            out[number] = message[i:i + size]
+            i += size
+        else:
+            raise AssertionError(f"unexpected wire type {wire}")
+    return out
+
+
+def test_the_inspector_is_served_from_the_binary_with_a_strict_policy(server):
+    status, headers, body = get(f"http://{server.http}/ui/")
+    assert status == 200, body
+    assert b"<title>M\xc3\xa9moire Inspector</title>" in body
+    policy = headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    status, headers, body = get(f"http://{server.http}/ui/app.js")
+    assert status == 200 and headers["content-type"].startswith("text/javascript")
+    assert len(body) > 1000
+    assert get(f"http://{server.http}/ui/nope.js")[0] == 404
+    # /metrics and the probes are still there.
+    assert get(f"http://{server.http}/healthz")[0] == 200
+
+
+def test_grpc_web_carries_the_same_keys_and_roles_as_grpc(server):
+    _, writer, reader = keys(server, "grpc-web")
+    _, headers, frames = grpc_web(server.http, "WhoAmI", b"", None)
+    assert grpc_status(headers, frames) == "16"  # UNAUTHENTICATED
+    _, headers, frames = grpc_web(server.http, "WhoAmI", b"", "not-a-key")
+    assert grpc_status(headers, frames) == "16"
+    _, headers, frames = grpc_web(server.http, "WhoAmI", b"", reader)
+    assert grpc_status(headers, frames) == "0"
+    data = [frame for flag, frame in frames if not flag & 0x80]
+    assert fields(data[0])[2] == 1  # KEY_ROLE_READER
+    # A write with a reader key is refused as on the gRPC port: PERMISSION_DENIED.
+    teach = b"\x0a\x01u" + b"\x20\x01" + b"\x2a\x02hi"  # user_id "u", kind FACT, content "hi"
+    _, headers, frames = grpc_web(server.http, "Teach", teach, reader)
+    assert grpc_status(headers, frames) == "7"
+    _, headers, frames = grpc_web(server.http, "Teach", teach, writer)
+    assert grpc_status(headers, frames) == "0"
+    # A request the client got wrong is INVALID_ARGUMENT naming the field, not INTERNAL.
+    _, headers, frames = grpc_web(server.http, "Teach", b"\x0a\x01u\x20\x01", writer)
+    assert grpc_status(headers, frames) == "3"
+
+
+def test_ui_enabled_false_serves_neither_the_app_nor_grpc_web(tmp_path_factory):
+    with running_server(tmp_path_factory, MEMOIRE_UI_ENABLED="false") as srv:
+        assert get(f"http://{srv.http}/ui/")[0] == 404
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            grpc_web(srv.http, "WhoAmI", b"", srv.admin_key)
+        assert refused.value.code == 404
+        assert get(f"http://{srv.http}/healthz")[0] == 200
+
+
+def test_the_walkthrough_in_a_real_browser(server):
+    node, chromium = shutil.which("node"), os.environ.get("MEMOIRE_CHROMIUM", "/usr/bin/chromium")
+    assert node, "node is missing: scripts/setup.sh installs it"
+    assert os.path.exists(chromium), f"{chromium} is missing: scripts/setup.sh installs Debian's chromium"
+    _, writer, reader = keys(server, "inspector")
+    user = f"ui-{uuid.uuid4().hex[:8]}"
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    run = subprocess.run(
+        [node, "tests/inspector.e2e.mjs"], cwd=ROOT / "ui", capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MEMOIRE_UI_URL": f"http://{server.http}/ui/", "MEMOIRE_WRITER_KEY": writer,
+             "MEMOIRE_READER_KEY": reader, "MEMOIRE_USER_ID": user, "MEMOIRE_ARTIFACTS": str(ARTIFACTS)})
+    print(run.stdout)
+    assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\nserver log: {server.log}"
+    assert len(list(ARTIFACTS.glob("*.png"))) >= 8
+    # What the browser did is what the API shows: the forgotten memory is gone from Recall.
+    client = server.client(writer)
+    try:
+        recalled = client.call("memoire.v1.MemoryService/Recall",
+                               {"userId": user, "query": "Where does the user live?", "includeEpisodes": False})
+        assert all("Porto" not in item["memory"]["content"] for item in recalled.get("items", []))
+        listed = client.call("memoire.v1.MemoryService/ListMemories", {"userId": user, "includeSuperseded": True})
+        contents = [m["content"] for m in listed.get("memories", [])]
+        assert any("Lisbon" in c for c in contents), contents
+    finally:
+        client.close()
