@@ -23,10 +23,11 @@ fn main() {
             .expect("asset paths are UTF-8")
             .replace('\\', "/");
         let abs = file.canonicalize().expect("asset exists");
+        // `app.js.gz` is app.js, gzipped: its type is app.js's.
         writeln!(
             out,
             "    ({rel:?}, {:?}, include_bytes!({:?})),",
-            content_type(&rel),
+            content_type(rel.strip_suffix(".gz").unwrap_or(&rel)),
             abs.display().to_string()
         )
         .expect("writing to a String");

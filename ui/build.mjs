@@ -1,9 +1,9 @@
-// Bundles the Inspector into dist/ (index.html, app.js, app.css), which app/build.rs embeds in
-// memoire-server. Prints the bundle's size.
+// Bundles the Inspector into dist/ (index.html, app.js, app.css, and a gzip copy of each, which
+// the server sends to browsers that accept it), which app/build.rs embeds in memoire-server.
+// Prints the bundle's size.
 import { build } from "esbuild";
-import { copyFileSync, mkdirSync, rmSync, statSync } from "node:fs";
-import { gzipSync } from "node:zlib";
-import { readFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { constants, gzipSync } from "node:zlib";
 
 rmSync("dist", { recursive: true, force: true });
 mkdirSync("dist");
@@ -23,6 +23,8 @@ let raw = 0;
 let gz = 0;
 for (const f of ["index.html", "app.js", "app.css"]) {
   raw += statSync(`dist/${f}`).size;
-  gz += gzipSync(readFileSync(`dist/${f}`)).length;
+  const zipped = gzipSync(readFileSync(`dist/${f}`), { level: constants.Z_BEST_COMPRESSION });
+  writeFileSync(`dist/${f}.gz`, zipped);
+  gz += zipped.length;
 }
 console.log(`ui: dist/ ${(raw / 1024).toFixed(1)} KiB (${(gz / 1024).toFixed(1)} KiB gzipped)`);

@@ -5,7 +5,7 @@
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use memoire_server::GrpcWeb;
@@ -26,7 +26,7 @@ const NOT_BUILT: &str = "The Memory Inspector was not built into this binary.\n\
 pub fn routes(web: GrpcWeb) -> Router {
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
-        .route("/ui/", get(|| asset(Path(String::new()))))
+        .route("/ui/", get(asset))
         .route("/ui/{*path}", get(asset))
         .route("/memoire.v1.MemoryService/{method}", post(grpc_web))
         .route("/memoire.v1.AdminService/{method}", post(grpc_web))
@@ -37,13 +37,17 @@ async fn grpc_web(State(web): State<GrpcWeb>, req: Request) -> Response {
     web.call(req).await.into_response()
 }
 
-async fn asset(Path(path): Path<String>) -> Response {
-    let path = if path.is_empty() {
-        "index.html"
-    } else {
-        path.as_str()
+async fn asset(path: Option<Path<String>>, headers: HeaderMap) -> Response {
+    let path = match &path {
+        Some(Path(p)) if !p.is_empty() => p.as_str(),
+        _ => "index.html",
     };
-    let Some((_, content_type, bytes)) = assets::ASSETS.iter().find(|(p, _, _)| *p == path) else {
+    let find = |name: &str| assets::ASSETS.iter().find(|(p, _, _)| *p == name);
+    // The gzip copy (made by ui/build.mjs) to a browser that accepts it: about a third the bytes.
+    let gzip = accepts_gzip(&headers)
+        .then(|| find(&format!("{path}.gz")))
+        .flatten();
+    let Some((_, content_type, bytes)) = gzip.or_else(|| find(path)) else {
         return if assets::ASSETS.is_empty() {
             (StatusCode::NOT_FOUND, NOT_BUILT).into_response()
         } else {
@@ -53,6 +57,10 @@ async fn asset(Path(path): Path<String>) -> Response {
     let mut response = Response::new(Body::from(*bytes));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if gzip.is_some() {
+        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     // The asset names carry no hash: the browser revalidates, so a new binary's UI shows at once.
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert(
@@ -68,4 +76,39 @@ async fn asset(Path(path): Path<String>) -> Response {
         HeaderValue::from_static("no-referrer"),
     );
     response
+}
+
+/// Whether the request's `Accept-Encoding` lists gzip (with a non-zero weight).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or_default();
+            let zero = parts.any(|p| p.replace(' ', "") == "q=0");
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !zero
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gzip_is_sent_only_to_who_accepts_it() {
+        let accepts = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).unwrap());
+            accepts_gzip(&h)
+        };
+        assert!(accepts("gzip, deflate, br"));
+        assert!(accepts("br;q=1.0, GZIP;q=0.5"));
+        assert!(accepts("*"));
+        assert!(!accepts("br, deflate"));
+        assert!(!accepts("gzip;q=0"));
+        assert!(!accepts_gzip(&HeaderMap::new()));
+    }
 }

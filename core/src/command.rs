@@ -307,6 +307,45 @@ pub struct ListMemories {
     pub after: Option<ListCursor>,
 }
 
+/// ListUsers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListUsers {
+    /// Tenant.
+    pub tenant_id: Uuid,
+    /// Only users with something in this namespace.
+    pub namespace: Option<String>,
+    /// Page size.
+    pub page_size: usize,
+    /// The last user id of the previous page.
+    pub after: Option<String>,
+}
+
+/// One user of a tenant, as ListUsers reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserSummary {
+    /// The user's id.
+    pub user_id: String,
+    /// Active memories.
+    pub active_memories: i64,
+    /// Episodes stored.
+    pub episodes: i64,
+    /// The latest memory change or stored turn.
+    pub last_active_at: Option<DateTime<Utc>>,
+}
+
+/// ListEpisodes: one session's turns, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListEpisodes {
+    /// The session's scope.
+    pub scope: Scope,
+    /// The session.
+    pub session_id: String,
+    /// Page size.
+    pub page_size: usize,
+    /// Where the previous page ended (`created_at` holds the turn's `occurred_at`).
+    pub after: Option<ListCursor>,
+}
+
 /// One message to store as an episode (validated; not yet scrubbed of PII — the store applies
 /// the tenant's policy in the same step that writes it).
 #[derive(Debug, Clone, PartialEq)]

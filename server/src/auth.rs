@@ -34,6 +34,8 @@ const SPECULATIVE: &[&str] = &[
     "/memoire.v1.MemoryService/ListMemories",
     "/memoire.v1.MemoryService/History",
     "/memoire.v1.MemoryService/WhoAmI",
+    "/memoire.v1.MemoryService/ListUsers",
+    "/memoire.v1.MemoryService/ListEpisodes",
     "/memoire.v1.MemoryService/Teach",
 ];
 

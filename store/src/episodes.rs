@@ -17,13 +17,14 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use memoire_core::command::{Ingest, Ingested, NewMemory};
+use memoire_core::command::{Ingest, Ingested, ListCursor, ListEpisodes, NewMemory};
 use memoire_core::embed::{
     EPISODE_CONTEXT_CHARS, EPISODE_CONTEXT_TURNS, Embedding, episode_vector_text,
 };
 use memoire_core::extract::{CandidateMemory, ExtractError, Extraction, KnownMemory, Turn};
 use memoire_core::model::{Basis, DeadLetter, MemoryKind, MessageRole, PiiMode, Scope, VersionOp};
 use memoire_core::pii;
+use memoire_core::recall::EpisodeHit;
 use memoire_core::resolve::{self, Existing, Resolution, Similar, Thresholds};
 use memoire_core::validate::content_key;
 use memoire_core::{Error, Result};
@@ -36,6 +37,7 @@ use crate::memories::{
     NewRow, audit, derived_from_edges, identical, insert_memory, lock_user, record_versions,
     slot_holder, supersede, supersedes_edge,
 };
+use crate::rows::{EPISODE_COLUMNS, EpisodeRow};
 use crate::{PgStore, Rows, db_error, write_vectors};
 
 /// (tenant, user, namespace) rows as scopes.
@@ -348,6 +350,44 @@ impl PgStore {
             }
         }
         Ok(out)
+    }
+
+    /// A page of one session's turns, in the order they were said (by `occurred_at`, then id).
+    pub async fn list_episodes(
+        &self,
+        q: &ListEpisodes,
+    ) -> Result<(Vec<EpisodeHit>, Option<ListCursor>)> {
+        let sql = format!(
+            "SELECT {EPISODE_COLUMNS} FROM episodes \
+             WHERE tenant_id = $1 AND user_id = $2 AND namespace = $3 AND session_id = $4 \
+               AND ($5::timestamptz IS NULL OR (occurred_at, id) > ($5, $6)) \
+             ORDER BY occurred_at, id LIMIT $7"
+        );
+        let rows: Vec<EpisodeRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(q.scope.tenant_id)
+            .bind(&q.scope.user_id)
+            .bind(&q.scope.namespace)
+            .bind(&q.session_id)
+            .bind(q.after.map(|c| c.created_at))
+            .bind(q.after.map(|c| c.id))
+            .bind(q.page_size as i64 + 1)
+            .fetch_all(&mut *self.read_conn(q.scope.tenant_id).await?)
+            .await
+            .map_err(db_error)?;
+        let mut episodes = rows
+            .into_iter()
+            .map(EpisodeHit::try_from)
+            .collect::<Result<Vec<_>>>()?;
+        let next = if episodes.len() > q.page_size {
+            episodes.truncate(q.page_size);
+            episodes.last().map(|e| ListCursor {
+                created_at: e.occurred_at,
+                id: e.id,
+            })
+        } else {
+            None
+        };
+        Ok((episodes, next))
     }
 
     /// Of `ids`: how many still wait for extraction, and how many were dead-lettered.

@@ -1,7 +1,8 @@
 //! Tenants, API keys and stats.
 
 use base64::Engine as _;
-use memoire_core::command::Principal;
+use chrono::{DateTime, Utc};
+use memoire_core::command::{ListUsers, Principal, UserSummary};
 use memoire_core::model::{ApiKey, KeyRole, Stats, Tenant};
 use memoire_core::{Error, Result};
 use rand::RngCore as _;
@@ -343,6 +344,58 @@ impl PgStore {
             self.principals.0.put(hash, p.clone());
         }
         Ok(principal)
+    }
+
+    /// A page of the tenant's users (everyone with memories or turns), by user id.
+    pub async fn list_users(&self, q: &ListUsers) -> Result<(Vec<UserSummary>, Option<String>)> {
+        // Each side reads its (tenant_id, user_id, namespace, …) index; the counts are per user.
+        let rows: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
+            "WITH users AS ( \
+               SELECT user_id FROM memories \
+                WHERE tenant_id = $1 AND ($2::text IS NULL OR namespace = $2) \
+                  AND ($3::text IS NULL OR user_id > $3) \
+               UNION \
+               SELECT user_id FROM episodes \
+                WHERE tenant_id = $1 AND ($2::text IS NULL OR namespace = $2) \
+                  AND ($3::text IS NULL OR user_id > $3) \
+               ORDER BY user_id LIMIT $4) \
+             SELECT u.user_id, \
+                    (SELECT count(*) FROM memories m WHERE m.tenant_id = $1 AND m.user_id = u.user_id \
+                        AND ($2::text IS NULL OR m.namespace = $2) AND m.status = 'active'), \
+                    (SELECT count(*) FROM episodes e WHERE e.tenant_id = $1 AND e.user_id = u.user_id \
+                        AND ($2::text IS NULL OR e.namespace = $2)), \
+                    GREATEST( \
+                      (SELECT max(m.updated_at) FROM memories m WHERE m.tenant_id = $1 \
+                          AND m.user_id = u.user_id AND ($2::text IS NULL OR m.namespace = $2)), \
+                      (SELECT max(e.created_at) FROM episodes e WHERE e.tenant_id = $1 \
+                          AND e.user_id = u.user_id AND ($2::text IS NULL OR e.namespace = $2))) \
+               FROM users u ORDER BY u.user_id",
+        )
+        .bind(q.tenant_id)
+        .bind(&q.namespace)
+        .bind(&q.after)
+        .bind(q.page_size as i64 + 1)
+        .fetch_all(&mut *self.read_conn(q.tenant_id).await?)
+        .await
+        .map_err(db_error)?;
+        let mut users: Vec<UserSummary> = rows
+            .into_iter()
+            .map(
+                |(user_id, active_memories, episodes, last_active_at)| UserSummary {
+                    user_id,
+                    active_memories,
+                    episodes,
+                    last_active_at,
+                },
+            )
+            .collect();
+        let next = if users.len() > q.page_size {
+            users.truncate(q.page_size);
+            users.last().map(|u| u.user_id.clone())
+        } else {
+            None
+        };
+        Ok((users, next))
     }
 
     /// Counts of what a tenant stores.

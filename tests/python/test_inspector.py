@@ -5,6 +5,7 @@ in target/test-artifacts/inspector/."""
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
 import struct
@@ -40,10 +41,11 @@ def keys(srv, name: str) -> tuple[str, str, str]:
     return tenant, writer, reader
 
 
-def get(url: str) -> tuple[int, dict, bytes]:
+def get(url: str, **headers: str) -> tuple[int, dict, bytes]:
     """(status, headers with lower-case names, body)."""
     try:
-        with urllib.request.urlopen(url, timeout=10) as r:
+        req = urllib.request.Request(url, headers={k.replace("_", "-"): v for k, v in headers.items()})
+        with urllib.request.urlopen(req, timeout=10) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read()
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read()
@@ -115,6 +117,10 @@ def test_the_inspector_is_served_from_the_binary_with_a_strict_policy(server):
     status, headers, body = get(f"http://{server.http}/ui/app.js")
     assert status == 200 and headers["content-type"].startswith("text/javascript")
     assert len(body) > 1000
+    # Browsers that accept gzip get the precompressed copy: the same script in fewer bytes.
+    status, headers, zipped = get(f"http://{server.http}/ui/app.js", Accept_Encoding="gzip, br")
+    assert status == 200 and headers["content-encoding"] == "gzip" and "accept-encoding" in headers["vary"]
+    assert gzip.decompress(zipped) == body and len(zipped) < len(body) / 2
     assert get(f"http://{server.http}/ui/nope.js")[0] == 404
     # /metrics and the probes are still there.
     assert get(f"http://{server.http}/healthz")[0] == 200

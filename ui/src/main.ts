@@ -8,6 +8,7 @@ import { roleLabel } from "./format";
 import type { WhoAmIResponse } from "./gen/memoire/v1/memory_pb";
 import { KeyRole } from "./gen/memoire/v1/types_pb";
 import { MemoryPane } from "./memory";
+import { episodesView, usersView } from "./people";
 import { consciousPlayground, recallPlayground } from "./playground";
 
 const KEY = "memoire.inspector.key";
@@ -52,8 +53,15 @@ function shell(api: Api, who: WhoAmIResponse): void {
   const memory = new MemoryPane(api, scope, readOnly);
   const chat = new ChatPane(api, scope, memory, readOnly);
   memory.onRefresh = () => void chat.rebuild();
+  const openUser = (id: string) => {
+    user.value = id;
+    select(0);
+    void memory.refresh();
+  };
   const views: [string, () => HTMLElement][] = [
     ["Chat & memory", () => h("div", { class: "split" }, chat.el, memory.el)],
+    ["Users", () => usersView(api, scope, openUser)],
+    ["Episodes", () => episodesView(api, scope)],
     ["Recall", () => recallPlayground(api, scope)],
     ["Conscious", () => consciousPlayground(api, scope)],
   ];

@@ -80,6 +80,14 @@ async function say(text) {
 try {
   await step("sign-in rejects a wrong key", async () => {
     await page.goto(url);
+    await page.getByLabel("API key").waitFor();
+    // The first load, cold cache: what the README quotes.
+    const load = await page.evaluate(() => {
+      const nav = performance.getEntriesByType("navigation")[0];
+      const bytes = performance.getEntriesByType("resource").reduce((sum, r) => sum + r.transferSize, nav.transferSize);
+      return { ready: nav.domContentLoadedEventEnd, loaded: nav.loadEventEnd, bytes };
+    });
+    console.log(`first load: DOMContentLoaded ${load.ready.toFixed(0)} ms, load ${load.loaded.toFixed(0)} ms, ${(load.bytes / 1024).toFixed(1)} KiB transferred`);
     await page.getByLabel("API key").fill("not-a-key");
     await page.getByRole("button", { name: "Sign in" }).click();
     await page.locator(".sign-in .banner.visible", { hasText: "UNAUTHENTICATED" }).waitFor();
@@ -109,6 +117,21 @@ try {
     await timeline.locator("li", { hasText: "superseded by" }).waitFor();
     await page.getByRole("button", { name: "Close" }).click();
     await page.getByLabel("show superseded").uncheck();
+  });
+
+  await step("the tenant's users and the session's turns", async () => {
+    await page.getByRole("tab", { name: "Users" }).click();
+    const row = page.locator("tr", { hasText: user });
+    await row.waitFor();
+    expect((await row.locator("td").nth(1).textContent()) === "1", "the user should have one active memory");
+    await page.getByRole("tab", { name: "Episodes" }).click();
+    const turns = page.locator("ol.episodes li");
+    await turns.nth(1).waitFor();
+    const said = await turns.allTextContents();
+    expect(said[0].includes("I live in Lisbon") && said[1].includes("I moved to Porto"), `turns out of order: ${said}`);
+    await page.getByRole("tab", { name: "Users" }).click();
+    await page.getByRole("button", { name: `Open ${user}` }).click();
+    await card("Porto").waitFor();
   });
 
   await step("a correction is checked by the server, named next to its field", async () => {
@@ -182,7 +205,7 @@ try {
   await step("keyboard: the views are tabs reached with the arrow keys", async () => {
     await page.getByRole("tab", { name: "Chat & memory" }).focus();
     await page.keyboard.press("ArrowRight");
-    await page.getByRole("tab", { name: "Recall", selected: true }).waitFor();
+    await page.getByRole("tab", { name: "Users", selected: true }).waitFor();
   });
 
   expect(outside.length === 0, `requests left the server's origin: ${outside.join(", ")}`);

@@ -3,12 +3,12 @@
 use std::time::Duration;
 
 use memoire_core::command::{
-    Forget, ForgetResult, Ingest, Ingested, ListCursor, ListMemories, RecallQuery, Teach,
-    TeachResult,
+    Forget, ForgetResult, Ingest, Ingested, ListCursor, ListEpisodes, ListMemories, ListUsers,
+    RecallQuery, Teach, TeachResult, UserSummary,
 };
 use memoire_core::embed::Embedding;
 use memoire_core::model::{ForgetMode, Memory, MemoryVersion, Scope, WriteOutcome};
-use memoire_core::recall::{self, Item, Packed, Scored};
+use memoire_core::recall::{self, EpisodeHit, Item, Packed, Scored};
 use memoire_core::{Error, Result};
 use memoire_providers::Tiktoken;
 use memoire_store::{ConsciousSource, ConsciousView, Correction, record_stage};
@@ -363,6 +363,19 @@ impl UseCases {
         q: &ListMemories,
     ) -> Result<(Vec<Memory>, Option<ListCursor>)> {
         self.store().list_memories(q).await
+    }
+
+    /// A page of the tenant's users.
+    pub async fn list_users(&self, q: &ListUsers) -> Result<(Vec<UserSummary>, Option<String>)> {
+        self.store().list_users(q).await
+    }
+
+    /// A page of one session's turns, oldest first.
+    pub async fn list_episodes(
+        &self,
+        q: &ListEpisodes,
+    ) -> Result<(Vec<EpisodeHit>, Option<ListCursor>)> {
+        self.store().list_episodes(q).await
     }
 
     /// A memory's versions, oldest first.

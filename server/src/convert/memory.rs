@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use memoire_core::command::{
-    Forget, ForgetSelector, ForgetTarget, Ingest, ListMemories, MemoryPatch, NewEpisode, NewMemory,
-    RecallQuery, Teach, TeachResult,
+    Forget, ForgetSelector, ForgetTarget, Ingest, ListEpisodes, ListMemories, ListUsers,
+    MemoryPatch, NewEpisode, NewMemory, RecallQuery, Teach, TeachResult,
 };
 use memoire_core::model::{Basis, MessageRole, Scope};
 use memoire_core::recall::{self as recall, Item};
@@ -217,6 +217,87 @@ pub fn list_query(
         )?);
     }
     Ok(q)
+}
+
+/// A ListUsers request as a query; its page token holds the last user id of the previous page.
+pub fn list_users_query(
+    r: pb::ListUsersRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+    page_key: &convert::PageKey,
+) -> Result<ListUsers> {
+    let namespace = non_empty(r.namespace)
+        .map(|n| v::namespace("namespace", &n))
+        .transpose()?;
+    let mut q = ListUsers {
+        tenant_id,
+        namespace,
+        page_size: v::page_size("page_size", r.page_size, limits.max_page_size)?,
+        after: None,
+    };
+    if !r.page_token.is_empty() {
+        let payload = page_key.open("page_token", &r.page_token)?;
+        let mut parts = payload.splitn(3, '|');
+        let (Some("u1"), Some(fp), Some(user)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Error::invalid(
+                "page_token",
+                "is not a page token issued by this server",
+            ));
+        };
+        if fp != users_fingerprint(&q) {
+            return Err(Error::invalid(
+                "page_token",
+                "was issued for different filters; start again without a page token",
+            ));
+        }
+        q.after = Some(user.to_owned());
+    }
+    Ok(q)
+}
+
+/// The page token after `last_user` for the query `q`.
+pub fn users_page_token(page_key: &convert::PageKey, q: &ListUsers, last_user: &str) -> String {
+    page_key.seal(&format!("u1|{}|{last_user}", users_fingerprint(q)))
+}
+
+fn users_fingerprint(q: &ListUsers) -> String {
+    page_token::fingerprint(&format!("users|{}|{:?}", q.tenant_id, q.namespace))
+}
+
+/// A ListEpisodes request as a query.
+pub fn list_episodes_query(
+    r: pb::ListEpisodesRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+    page_key: &convert::PageKey,
+) -> Result<ListEpisodes> {
+    let mut q = ListEpisodes {
+        scope: Scope {
+            tenant_id,
+            user_id: v::required_id("user_id", &r.user_id)?,
+            namespace: v::namespace("namespace", &r.namespace)?,
+        },
+        session_id: v::required_id("session_id", &r.session_id)?,
+        page_size: v::page_size("page_size", r.page_size, limits.max_page_size)?,
+        after: None,
+    };
+    if !r.page_token.is_empty() {
+        q.after = Some(page_token::decode(
+            page_key,
+            "page_token",
+            &r.page_token,
+            &episodes_fingerprint(&q),
+        )?);
+    }
+    Ok(q)
+}
+
+/// What an episodes page token is bound to: the session.
+pub fn episodes_fingerprint(q: &ListEpisodes) -> String {
+    page_token::fingerprint(&format!(
+        "episodes|{}|{}|{}|{}",
+        q.scope.tenant_id, q.scope.user_id, q.scope.namespace, q.session_id
+    ))
 }
 
 /// What a page token is bound to: the filters, not the page size or position.

@@ -220,6 +220,48 @@ impl MemoryService for MemorySvc {
         }))
     }
 
+    async fn list_users(
+        &self,
+        req: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<pb::ListUsersResponse>, Status> {
+        let s = &self.state;
+        let tenant = caller(&req)?.tenant(KeyRole::Reader).map_err(status)?;
+        let q = c::list_users_query(req.into_inner(), tenant, &s.limits, &s.page_key)
+            .map_err(status)?;
+        let (users, next) = s.uc.list_users(&q).await.map_err(status)?;
+        Ok(Response::new(pb::ListUsersResponse {
+            users: users
+                .into_iter()
+                .map(|u| pb::UserSummary {
+                    user_id: u.user_id,
+                    active_memories: u.active_memories.max(0) as u64,
+                    episodes: u.episodes.max(0) as u64,
+                    last_active_at: u.last_active_at.map(convert::ts),
+                })
+                .collect(),
+            next_page_token: next
+                .map(|last| c::users_page_token(&s.page_key, &q, &last))
+                .unwrap_or_default(),
+        }))
+    }
+
+    async fn list_episodes(
+        &self,
+        req: Request<pb::ListEpisodesRequest>,
+    ) -> Result<Response<pb::ListEpisodesResponse>, Status> {
+        let s = &self.state;
+        let tenant = caller(&req)?.tenant(KeyRole::Reader).map_err(status)?;
+        let q = c::list_episodes_query(req.into_inner(), tenant, &s.limits, &s.page_key)
+            .map_err(status)?;
+        let (episodes, next) = s.uc.list_episodes(&q).await.map_err(status)?;
+        Ok(Response::new(pb::ListEpisodesResponse {
+            episodes: episodes.into_iter().map(convert::episode_pb).collect(),
+            next_page_token: next
+                .map(|cur| page_token::encode(&s.page_key, cur, &c::episodes_fingerprint(&q)))
+                .unwrap_or_default(),
+        }))
+    }
+
     async fn who_am_i(
         &self,
         req: Request<pb::WhoAmIRequest>,

@@ -1277,3 +1277,150 @@ async fn a_memory_quota_holds_under_fifty_concurrent_writes() {
         .await
         .expect("no bound");
 }
+
+fn said(content: &str, seconds: i64) -> pb::Message {
+    pb::Message {
+        role: pb::MessageRole::User as i32,
+        content: content.into(),
+        occurred_at: Some(prost_types::Timestamp {
+            seconds: 1_700_000_000 + seconds,
+            nanos: 0,
+        }),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn the_tenants_users_and_a_sessions_turns_are_listed_page_by_page() {
+    let server = TestServer::start().await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let mut m = client.memory();
+    teach(
+        &mut m,
+        teach_req("ana", "Lives in Lisbon", Some("user.home_city")),
+    )
+    .await;
+    teach(
+        &mut m,
+        teach_req("ana", "Lives in Porto", Some("user.home_city")),
+    )
+    .await;
+    teach(&mut m, teach_req("bob", "Plays chess", None)).await;
+    teach(
+        &mut m,
+        pb::TeachRequest {
+            namespace: "work".into(),
+            ..teach_req("dana", "Leads the platform team", None)
+        },
+    )
+    .await;
+    // Sent out of order within the batch: listing follows when they were said.
+    let turns = [
+        ("third", 30),
+        ("first", 10),
+        ("second", 20),
+        ("fourth", 40),
+        ("fifth", 50),
+    ];
+    m.ingest(pb::IngestRequest {
+        user_id: "carl".into(),
+        session_id: "s1".into(),
+        messages: turns.iter().map(|(c, s)| said(c, *s)).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("ingest");
+    m.ingest(pb::IngestRequest {
+        user_id: "carl".into(),
+        session_id: "s2".into(),
+        messages: vec![said("another session", 5)],
+        ..Default::default()
+    })
+    .await
+    .expect("ingest");
+
+    // A reader lists, page by page, by user id.
+    let reader = server.client(Some(&server.key(&tenant, pb::KeyRole::Reader).await));
+    let mut r = reader.memory();
+    let page = |token: String, namespace: Option<&str>| pb::ListUsersRequest {
+        namespace: namespace.map(Into::into),
+        page_size: 2,
+        page_token: token,
+    };
+    let first = r
+        .list_users(page(String::new(), None))
+        .await
+        .expect("page 1")
+        .into_inner();
+    let names: Vec<&str> = first.users.iter().map(|u| u.user_id.as_str()).collect();
+    assert_eq!(names, ["ana", "bob"]);
+    assert_eq!(first.users[0].active_memories, 1, "Porto superseded Lisbon");
+    assert!(first.users[0].last_active_at.is_some());
+    let second = r
+        .list_users(page(first.next_page_token.clone(), None))
+        .await
+        .expect("page 2")
+        .into_inner();
+    let names: Vec<&str> = second.users.iter().map(|u| u.user_id.as_str()).collect();
+    assert_eq!(names, ["carl", "dana"]);
+    assert_eq!(
+        (second.users[0].episodes, second.users[0].active_memories),
+        (6, 0)
+    );
+    assert!(second.next_page_token.is_empty(), "the last page");
+    // A namespace narrows it; a token is bound to its filter.
+    let work = r
+        .list_users(page(String::new(), Some("work")))
+        .await
+        .expect("work")
+        .into_inner();
+    assert_eq!(work.users.len(), 1);
+    assert_eq!(work.users[0].user_id, "dana");
+    let refused = r
+        .list_users(page(first.next_page_token.clone(), Some("work")))
+        .await
+        .expect_err("a token of another filter");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(violated_field(&refused).as_deref(), Some("page_token"));
+    // Another tenant sees none of them.
+    let (_, other) = server.tenant("other", pb::KeyRole::Reader).await;
+    let none = other
+        .memory()
+        .list_users(page(String::new(), None))
+        .await
+        .expect("other tenant")
+        .into_inner();
+    assert!(none.users.is_empty());
+
+    // A session's turns, in the order they were said, page by page.
+    let mut seen = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = r
+            .list_episodes(pb::ListEpisodesRequest {
+                user_id: "carl".into(),
+                session_id: "s1".into(),
+                page_size: 2,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("episodes")
+            .into_inner();
+        seen.extend(page.episodes.into_iter().map(|e| e.content));
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    assert_eq!(seen, ["first", "second", "third", "fourth", "fifth"]);
+    let refused = r
+        .list_episodes(pb::ListEpisodesRequest {
+            user_id: "carl".into(),
+            ..Default::default()
+        })
+        .await
+        .expect_err("no session");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    assert_eq!(violated_field(&refused).as_deref(), Some("session_id"));
+}
