@@ -168,7 +168,12 @@ pub async fn usecases(config: &Config, store: PgStore) -> anyhow::Result<UseCase
         Duration::from_secs(config.query_cache_ttl_secs),
     );
     tracing::info!(embedding_model = %embedder.model_id(), dims = embedder.dims(), "embedding model ready");
-    let settings = usecase_settings(config, embedder.model_id(), providers::summarizer(config));
+    let settings = usecase_settings(
+        config,
+        embedder.model_id(),
+        providers::summarizer(config),
+        providers::chat_model(config)?,
+    );
     Ok(UseCases::new(
         store,
         embedder,

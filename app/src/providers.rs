@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use memoire_config::{Config, EmbeddingProvider, ExtractorKind, LlmJsonMode};
+use memoire_core::chat::Responder;
 use memoire_core::embed::Embedder;
 use memoire_core::extract::{Extractor, RuleExtractor, Summarizer};
 use memoire_providers::{
@@ -104,11 +105,29 @@ pub fn summarizer(config: &Config) -> Option<Arc<dyn Summarizer>> {
     }
 }
 
+/// The model that answers the Chat RPC (`chat_model`, at the same endpoint as extraction's).
+pub fn chat_model(config: &Config) -> anyhow::Result<Option<Arc<dyn Responder>>> {
+    let Some(model) = config
+        .chat_model
+        .as_deref()
+        .filter(|m| !m.trim().is_empty())
+    else {
+        return Ok(None);
+    };
+    let chat = chat_client(config, model).context("the chat model (chat_model)")?;
+    Ok(Some(Arc::new(chat)))
+}
+
 /// The configured OpenAI-compatible chat model (extraction and summaries).
 fn llm(config: &Config) -> memoire_core::Result<LlmExtractor> {
+    chat_client(config, &config.llm_model)
+}
+
+/// A client of the OpenAI-compatible chat endpoint for `model`.
+fn chat_client(config: &Config, model: &str) -> memoire_core::Result<LlmExtractor> {
     LlmExtractor::new(ChatSettings {
         base_url: config.llm_base_url.clone(),
-        model: config.llm_model.clone(),
+        model: model.to_owned(),
         api_key: config.llm_api_key.clone(),
         json_mode: match config.llm_json_mode {
             LlmJsonMode::Schema => JsonMode::Schema,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memoire_config::{Config, ExtractorKind, Fusion};
+use memoire_core::chat::Responder;
 use memoire_core::extract::Summarizer;
 use memoire_core::recall::Weights;
 use memoire_core::resolve::Thresholds;
@@ -50,11 +51,13 @@ pub fn server_settings(config: &Config) -> ServerSettings {
     }
 }
 
-/// The use-cases' settings, for vectors of `model`; `summarizer` writes abstractive summaries.
+/// The use-cases' settings, for vectors of `model`; `summarizer` writes abstractive summaries,
+/// `chat` answers the Chat RPC.
 pub fn usecase_settings(
     config: &Config,
     model: &str,
     summarizer: Option<Arc<dyn Summarizer>>,
+    chat: Option<Arc<dyn Responder>>,
 ) -> Settings {
     let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
     Settings {
@@ -131,6 +134,7 @@ pub fn usecase_settings(
                 * (crate::providers::EMBEDDING_MAX_RETRIES + 1)
                 + Duration::from_secs(60),
         },
+        chat,
     }
 }
 

@@ -253,6 +253,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     ("llm_api_key", "API key of the chat endpoint (secret)"),
     (
+        "chat_model",
+        "the chat model that answers the Chat RPC (the Inspector's chat), at llm_base_url with llm_api_key; unset: Chat returns the prompt and no reply",
+    ),
+    (
         "llm_json_mode",
         "'schema' (structured outputs, strict JSON schema) or 'object' (plain JSON mode)",
     ),
@@ -475,6 +479,7 @@ pub struct Config {
     pub extractor: ExtractorKind,
     pub llm_base_url: String,
     pub llm_model: String,
+    pub chat_model: Option<String>,
     pub llm_api_key: Option<String>,
     pub llm_json_mode: LlmJsonMode,
     pub llm_timeout_ms: u64,
@@ -574,6 +579,7 @@ impl Default for Config {
             extractor: ExtractorKind::Rules,
             llm_base_url: "https://api.openai.com/v1".into(),
             llm_model: String::new(),
+            chat_model: None,
             llm_api_key: None,
             llm_json_mode: LlmJsonMode::Schema,
             llm_timeout_ms: 30_000,
@@ -850,6 +856,20 @@ impl Config {
             bad(
                 "embedding_base_url",
                 "must be an http:// or https:// URL".into(),
+            );
+        }
+        let chat = self
+            .chat_model
+            .as_deref()
+            .is_some_and(|m| !m.trim().is_empty());
+        if chat
+            && self.extractor != ExtractorKind::Llm
+            && !(self.llm_base_url.starts_with("http://")
+                || self.llm_base_url.starts_with("https://"))
+        {
+            bad(
+                "llm_base_url",
+                "must be an http:// or https:// URL when chat_model is set".into(),
             );
         }
         if self.extractor == ExtractorKind::Llm {

@@ -82,7 +82,7 @@ fn group_of(key: &str) -> Option<&'static str> {
         {
             "Worker and extraction"
         }
-        _ if key.starts_with("llm_") => "LLM",
+        _ if key.starts_with("llm_") || key == "chat_model" => "LLM",
         _ if key.starts_with("conscious_") => "Conscious",
         _ if key.ends_with("_interval_secs") || key.starts_with("reflect_") => "Background jobs",
         _ => return None,

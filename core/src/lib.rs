@@ -12,8 +12,11 @@
 //! - [`recall`]: fusion, deterministic ordering and token-budget packing.
 //! - [`conscious`]: which memories are essential, and packing the working memory.
 //! - [`llm`]: the LLM extractor's prompt, JSON schema and reply parser.
+//! - [`chat`]: the prompt a wrapped client sends (memory block, then the message) and the chat
+//!   model trait ([`chat::Responder`]).
 //! - [`clock`]: the time source, so that time-dependent logic can be tested without sleeping.
 
+pub mod chat;
 pub mod clock;
 pub mod command;
 pub mod conscious;

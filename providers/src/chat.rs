@@ -1,4 +1,4 @@
-//! The LLM extractor: any OpenAI-compatible chat endpoint (`POST {base_url}/chat/completions`) —
+//! The LLM extractor (and the Inspector's chat model, [`Responder`]): any OpenAI-compatible chat endpoint (`POST {base_url}/chat/completions`) —
 //! OpenAI, OpenRouter, Ollama, vLLM, and the OpenAI-compatible endpoints of Anthropic and Gemini.
 //!
 //! It asks for a structured-output reply (`response_format: json_schema`, strict) or, for models
@@ -9,6 +9,7 @@
 
 use std::time::{Duration, Instant};
 
+use memoire_core::chat::{PromptMessage, Responder};
 use memoire_core::embed::BoxFuture;
 use memoire_core::extract::{
     ExtractError, Extraction, ExtractionInput, Extractor, Summarizer, Turn,
@@ -206,6 +207,30 @@ impl LlmExtractor {
         llm::parse_summary(&content, self.settings.max_content_bytes).map_err(|e| ExtractError {
             message: e.0,
             raw_reply: Some(content.clone()),
+        })
+    }
+}
+
+impl Responder for LlmExtractor {
+    fn model(&self) -> &str {
+        &self.settings.model
+    }
+
+    fn reply<'a>(
+        &'a self,
+        prompt: &'a [PromptMessage],
+    ) -> BoxFuture<'a, memoire_core::Result<String>> {
+        Box::pin(async move {
+            let messages: Vec<serde_json::Value> = prompt
+                .iter()
+                .map(|m| json!({ "role": m.role.as_str(), "content": m.content }))
+                .collect();
+            let body = json!({ "model": self.settings.model, "messages": messages });
+            let (content, _) = self
+                .ask(body)
+                .await
+                .map_err(|e| memoire_core::Error::Provider(e.message))?;
+            Ok(content)
         })
     }
 }

@@ -17,13 +17,22 @@ import uuid
 import pytest
 
 from conftest import ROOT, running_server
+from fake_openai import REPLY, FakeOpenAI
 
 ARTIFACTS = ROOT / "target" / "test-artifacts" / "inspector"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_server(tmp_path_factory) as srv:
+def model():
+    fake = FakeOpenAI()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, model):
+    """The server, with a (fake) chat model answering the Inspector's chat."""
+    with running_server(tmp_path_factory, MEMOIRE_CHAT_MODEL="fake-chat", MEMOIRE_LLM_BASE_URL=model.url) as srv:
         yield srv
 
 
@@ -156,7 +165,25 @@ def test_ui_enabled_false_serves_neither_the_app_nor_grpc_web(tmp_path_factory):
         assert get(f"http://{srv.http}/healthz")[0] == 200
 
 
-def test_the_walkthrough_in_a_real_browser(server):
+def test_chat_builds_the_same_prompt_as_the_python_sdk(server):
+    from memoire._wrap import _MEMORY_HEADER
+
+    _, writer, _ = keys(server, "same-prompt")
+    client = server.client(writer)
+    try:
+        client.call("memoire.v1.MemoryService/Teach",
+                    {"userId": "sam", "kind": "MEMORY_KIND_FACT", "content": "Lives in Porto", "slot": "user.home_city"})
+        r = client.call("memoire.v1.MemoryService/Chat",
+                        {"userId": "sam", "sessionId": "s", "content": "Plan my day", "dryRun": True})
+    finally:
+        client.close()
+    system, user = r["prompt"]
+    assert system["role"] == "MESSAGE_ROLE_SYSTEM" and system["content"].startswith(_MEMORY_HEADER + "\n")
+    assert "Lives in Porto" in system["content"]
+    assert user == {"role": "MESSAGE_ROLE_USER", "content": "Plan my day"}
+
+
+def test_the_walkthrough_in_a_real_browser(server, model):
     node, chromium = shutil.which("node"), os.environ.get("MEMOIRE_CHROMIUM", "/usr/bin/chromium")
     assert node, "node is missing: scripts/setup.sh installs it"
     assert os.path.exists(chromium), f"{chromium} is missing: scripts/setup.sh installs Debian's chromium"
@@ -170,6 +197,12 @@ def test_the_walkthrough_in_a_real_browser(server):
     print(run.stdout)
     assert run.returncode == 0, f"{run.stdout}\n{run.stderr}\nserver log: {server.log}"
     assert len(list(ARTIFACTS.glob("*.png"))) >= 8
+    # The model answered each turn with memory in its system prompt; after the edit, the
+    # corrected text; after forgetting, not any more.
+    systems = [model.system_text(i) for i in range(len(model.requests))]
+    corrected = [i for i, s in enumerate(systems) if "Porto, Portugal" in s]
+    assert corrected, systems
+    assert "Porto, Portugal" not in systems[-1]
     # What the browser did is what the API shows: the forgotten memory is gone from Recall.
     client = server.client(writer)
     try:

@@ -100,6 +100,8 @@ try {
 
   await step("chat: I live in Lisbon", async () => {
     await say("I live in Lisbon");
+    // The server's chat model answered (a fake OpenAI-compatible one in the tests).
+    await page.locator(".chat-log li.assistant", { hasText: "Here is my answer" }).first().waitFor();
     await card("Lisbon").waitFor();
     await prompt().filter({ hasText: "Lisbon" }).waitFor();
   });
@@ -126,9 +128,11 @@ try {
     expect((await row.locator("td").nth(1).textContent()) === "1", "the user should have one active memory");
     await page.getByRole("tab", { name: "Episodes" }).click();
     const turns = page.locator("ol.episodes li");
-    await turns.nth(1).waitFor();
+    await turns.nth(3).waitFor();
     const said = await turns.allTextContents();
-    expect(said[0].includes("I live in Lisbon") && said[1].includes("I moved to Porto"), `turns out of order: ${said}`);
+    // The user's turns and the model's replies, in the order they were said.
+    expect(said[0].startsWith("user I live in Lisbon") && said[1].startsWith("assistant Here is my answer")
+      && said[2].startsWith("user I moved to Porto"), `turns out of order: ${said}`);
     await page.getByRole("tab", { name: "Users" }).click();
     await page.getByRole("button", { name: `Open ${user}` }).click();
     await card("Porto").waitFor();

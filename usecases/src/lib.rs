@@ -13,6 +13,7 @@
 
 mod admin;
 pub mod auth;
+mod chat;
 mod extract;
 pub mod jobs;
 mod limits;
@@ -27,6 +28,7 @@ use memoire_core::recall::Weights;
 use memoire_store::{ConsciousCache, ConsciousSettings, PgStore, VectorSettings};
 
 pub use auth::Authenticator;
+pub use chat::{ChatTurn, Chatted};
 pub use extract::{ExtractSettings, Step, job_outcome};
 pub use limits::{Permit, PermitDecider, RateLimiter};
 pub use memory::{ExtractionWait, Recalled};
@@ -62,6 +64,8 @@ pub struct Settings {
     pub jobs: jobs::JobSettings,
     /// Extraction (the worker's steps).
     pub extract: ExtractSettings,
+    /// The chat model that answers Chat (`None`: Chat returns the prompt and no reply).
+    pub chat: Option<Arc<dyn memoire_core::chat::Responder>>,
 }
 
 /// The use-cases, over one store and one embedding model. Cheap to clone.

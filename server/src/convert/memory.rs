@@ -15,6 +15,8 @@ use memoire_core::{Error, Result};
 use memoire_proto::v1 as pb;
 use uuid::Uuid;
 
+use memoire_usecases::ChatTurn;
+
 use crate::RecallDefaults;
 use crate::convert::{self, page_token};
 
@@ -217,6 +219,89 @@ pub fn list_query(
         )?);
     }
     Ok(q)
+}
+
+/// Chat's default token budget for each part of the memory block (the Python SDK's `wrap()`
+/// default).
+pub const CHAT_DEFAULT_BUDGET: usize = 1024;
+
+/// A Chat request as a turn: the message as an Ingest of one, and Recall for it.
+pub fn chat_turn(
+    r: pb::ChatRequest,
+    tenant_id: Uuid,
+    limits: &Limits,
+    settings: &RecallDefaults,
+    now: DateTime<Utc>,
+) -> Result<ChatTurn> {
+    let content = v::content("content", &r.content, limits.max_content_bytes)?;
+    let k = v::count_or_default("k", r.k as usize, settings.default_k, limits.max_k)?;
+    let budget = v::count_or_default(
+        "token_budget",
+        r.token_budget as usize,
+        CHAT_DEFAULT_BUDGET,
+        limits.max_token_budget,
+    )?;
+    let wait = wait_timeout(r.wait_timeout.as_ref())?;
+    let message = ingest_command(
+        pb::IngestRequest {
+            user_id: r.user_id,
+            namespace: r.namespace,
+            session_id: r.session_id,
+            messages: vec![pb::Message {
+                role: pb::MessageRole::User as i32,
+                content: content.clone(),
+                message_id: r.message_id,
+                ..Default::default()
+            }],
+            ..Default::default()
+        },
+        tenant_id,
+        limits,
+        now,
+    )
+    // The message is `content` here, not `messages[0]`.
+    .map_err(|e| match e {
+        Error::InvalidArgument { field, message } => Error::InvalidArgument {
+            field: field.replace("messages[0].", ""),
+            message,
+        },
+        other => other,
+    })?;
+    if content.len() > limits.max_query_bytes {
+        return Err(Error::invalid(
+            "content",
+            format!(
+                "is {} bytes; Recall searches with it, and a query is at most {} (max_query_bytes)",
+                content.len(),
+                limits.max_query_bytes
+            ),
+        ));
+    }
+    let recall = RecallQuery {
+        tenant_id,
+        user_id: message.scope.user_id.clone(),
+        namespaces: vec![message.scope.namespace.clone()],
+        text: content,
+        kinds: Vec::new(),
+        tags: Vec::new(),
+        slot: None,
+        created_after: None,
+        created_before: None,
+        as_of: None,
+        include_superseded: false,
+        include_episodes: true,
+        // Set by the use-case from its settings.
+        candidates: 0,
+        min_confidence: 0.0,
+    };
+    Ok(ChatTurn {
+        message,
+        recall,
+        k,
+        budget,
+        wait,
+        dry_run: r.dry_run,
+    })
 }
 
 /// A ListUsers request as a query; its page token holds the last user id of the previous page.

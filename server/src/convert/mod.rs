@@ -278,7 +278,7 @@ pub fn dead_letter_pb(d: memoire_core::model::DeadLetter) -> pb::DeadLetter {
     }
 }
 
-fn role_pb(r: memoire_core::model::MessageRole) -> pb::MessageRole {
+pub fn role_pb(r: memoire_core::model::MessageRole) -> pb::MessageRole {
     use memoire_core::model::MessageRole as R;
     match r {
         R::User => pb::MessageRole::User,

@@ -51,12 +51,7 @@ impl MemoryService for MemorySvc {
             s.uc.ingest(cmd, wait.then_some(deadline))
                 .await
                 .map_err(status)?;
-        let extraction = match extraction {
-            ExtractionWait::Queued => pb::ExtractionState::Queued,
-            ExtractionWait::Completed => pb::ExtractionState::Completed,
-            ExtractionWait::Failed => pb::ExtractionState::Failed,
-            ExtractionWait::TimedOut => pb::ExtractionState::TimedOut,
-        };
+        let extraction = extraction_pb(extraction);
         Ok(Response::new(pb::IngestResponse {
             episodes: ingested
                 .into_iter()
@@ -220,6 +215,54 @@ impl MemoryService for MemorySvc {
         }))
     }
 
+    async fn chat(
+        &self,
+        req: Request<pb::ChatRequest>,
+    ) -> Result<Response<pb::ChatResponse>, Status> {
+        let s = &self.state;
+        let who = caller(&req)?.clone();
+        let permit = permit(&req)?;
+        let r = req.into_inner();
+        // A dry run reads; a turn writes.
+        let role = if r.dry_run {
+            KeyRole::Reader
+        } else {
+            KeyRole::Writer
+        };
+        let tenant = who.tenant(role).map_err(status)?;
+        let turn =
+            c::chat_turn(r, tenant, &s.limits, &s.recall, s.uc.store().now()).map_err(status)?;
+        if !turn.dry_run {
+            s.uc.limiter()
+                .admit_messages(&who, 1)
+                .await
+                .map_err(rate_limited)?;
+        }
+        let out = s.uc.chat(&permit, turn).await.map_err(status)?;
+        let (model, reply) = out.reply.unwrap_or_default();
+        Ok(Response::new(pb::ChatResponse {
+            prompt: out
+                .prompt
+                .into_iter()
+                .map(|m| pb::PromptMessage {
+                    role: convert::role_pb(m.role).into(),
+                    content: m.content,
+                })
+                .collect(),
+            reply,
+            model,
+            extraction: out
+                .extraction
+                .map_or(pb::ExtractionState::Unspecified, extraction_pb)
+                .into(),
+            episode_id: out.episode_id.map(|id| id.to_string()).unwrap_or_default(),
+            reply_episode_id: out
+                .reply_episode_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
+        }))
+    }
+
     async fn list_users(
         &self,
         req: Request<pb::ListUsersRequest>,
@@ -273,5 +316,15 @@ impl MemoryService for MemorySvc {
             key_id: who.key_id.map(|k| k.to_string()).unwrap_or_default(),
             actor: who.actor.clone(),
         }))
+    }
+}
+
+/// Where extraction stands, on the wire.
+fn extraction_pb(e: ExtractionWait) -> pb::ExtractionState {
+    match e {
+        ExtractionWait::Queued => pb::ExtractionState::Queued,
+        ExtractionWait::Completed => pb::ExtractionState::Completed,
+        ExtractionWait::Failed => pb::ExtractionState::Failed,
+        ExtractionWait::TimedOut => pb::ExtractionState::TimedOut,
     }
 }

@@ -3,6 +3,7 @@
 //! The two suites that disturb every other test — `faults` (flushes Redis) and `fault_postgres`
 //! (restarts Postgres) — stay binaries of their own, which cargo runs one after another.
 
+mod chat;
 mod conscious;
 mod eval;
 mod foundation;
