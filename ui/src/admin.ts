@@ -6,7 +6,7 @@ import { roleLabel, when } from "./format";
 import { MaintenanceJob } from "./gen/memoire/v1/admin_pb";
 import { KeyRole } from "./gen/memoire/v1/types_pb";
 
-export function adminView(api: Api, tenantId: string): HTMLElement {
+export function adminView(api: Api, tenantId: string, tenantName?: string): HTMLElement {
   const stats = h("div", { "aria-live": "polite" });
   const keys = h("div", { "aria-live": "polite" });
   const dead = h("div", { "aria-live": "polite" });
@@ -75,7 +75,7 @@ export function adminView(api: Api, tenantId: string): HTMLElement {
   });
 
   fill(root,
-    h("h2", { id: "admin-title" }, "Admin"),
+    h("h2", { id: "admin-title" }, tenantName ? `Admin: ${tenantName}` : "Admin"),
     banner,
     h("h3", {}, "Stats"), stats,
     h("h3", {}, "API keys"), keys, keyForm,
@@ -85,5 +85,42 @@ export function adminView(api: Api, tenantId: string): HTMLElement {
   void loadStats();
   void loadKeys();
   void loadDead();
+  return root;
+}
+
+/** The bootstrap admin key's view: every tenant; create one; manage one's keys and jobs. */
+export function tenantsView(api: Api): HTMLElement {
+  const body = h("tbody", {});
+  const banner = h("div", { class: "banner", role: "alert" });
+  const manage = h("div", {});
+  const root = h("section", { class: "pane", "aria-labelledby": "tenants-title" });
+  const load = () => api.admin.listTenants({}).then((r) => fill(body,
+    r.tenants.map((t) => h("tr", {},
+      h("td", {}, t.name), h("td", {}, h("code", {}, t.id)), h("td", {}, when(t.createdAt)),
+      h("td", {}, h("button", { type: "button", "aria-label": `Manage ${t.name}`, onclick: () => fill(manage, adminView(api, t.id, t.name)) }, "Manage")),
+    ))), (e: unknown) => showErrors(root, banner, failure(e)));
+
+  const name = h("input", { type: "text" });
+  const formBanner = h("div", { class: "banner", role: "alert" });
+  const form = h("form", { novalidate: true, "aria-label": "Create tenant" },
+    field("Tenant name", "name", name), formBanner, h("button", { type: "submit" }, "Create tenant"));
+  form.addEventListener("submit", (ev) => {
+    ev.preventDefault();
+    clearErrors(form, formBanner);
+    api.admin.createTenant({ name: name.value }).then(
+      () => { name.value = ""; void load(); },
+      (e: unknown) => showErrors(form, formBanner, failure(e)),
+    );
+  });
+  fill(root,
+    h("h2", { id: "tenants-title" }, "Tenants"),
+    h("p", { class: "note" }, "The bootstrap admin key manages tenants and their keys. To see a tenant's memory, sign in with one of its keys."),
+    banner,
+    h("table", {}, h("caption", {}, "Every tenant"),
+      h("thead", {}, h("tr", {}, ["name", "id", "created", ""].map((c) => h("th", { scope: "col" }, c)))), body),
+    form,
+    manage,
+  );
+  void load();
   return root;
 }

@@ -1,7 +1,7 @@
 // The Memory Inspector: sign in with an API key (kept for this tab only), then chat with memory,
 // inspect and edit it, ask why Recall returned what it did, and (admin keys) run the tenant.
 import { failure, connect, type Api } from "./api";
-import { adminView } from "./admin";
+import { adminView, tenantsView } from "./admin";
 import { ChatPane } from "./chat";
 import { field, fill, h, showErrors } from "./dom";
 import { roleLabel } from "./format";
@@ -66,6 +66,9 @@ function shell(api: Api, who: WhoAmIResponse): void {
     ["Conscious", () => consciousPlayground(api, scope)],
   ];
   if (who.role === KeyRole.ADMIN && who.tenantId) views.push(["Admin", () => adminView(api, who.tenantId)]);
+  // The bootstrap admin key has no tenant: it manages tenants and keys, and reads no memory.
+  const bootstrap = !who.tenantId;
+  if (bootstrap) views.splice(0, views.length, ["Tenants", () => tenantsView(api)]);
 
   const main = h("main", { id: "main", tabindex: -1 });
   const tabs = h("nav", { class: "tabs", role: "tablist", "aria-label": "Views" });
@@ -100,7 +103,7 @@ function shell(api: Api, who: WhoAmIResponse): void {
       h("button", { type: "button", onclick: () => { sessionStorage.removeItem(KEY); signIn(); } }, "Sign out"),
     ),
     readOnly ? h("p", { id: "readonly-note", class: "note", role: "note" }, readOnly) : null,
-    h("div", { class: "scope", role: "group", "aria-label": "Whose memory" },
+    bootstrap ? null : h("div", { class: "scope", role: "group", "aria-label": "Whose memory" },
       field("User", "user_id", user),
       field("Namespace", "namespace", namespace),
       field("Session", "session_id", session),
@@ -109,7 +112,7 @@ function shell(api: Api, who: WhoAmIResponse): void {
     main,
   );
   select(0);
-  void memory.refresh();
+  if (!bootstrap) void memory.refresh();
 }
 
 const saved = sessionStorage.getItem(KEY);

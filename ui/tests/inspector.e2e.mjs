@@ -5,6 +5,8 @@
 //   MEMOIRE_UI_URL       the Inspector's URL (http://127.0.0.1:<http port>/ui/)
 //   MEMOIRE_WRITER_KEY   a writer key of a fresh tenant
 //   MEMOIRE_READER_KEY   a reader key of the same tenant
+//   MEMOIRE_ADMIN_KEY    an admin key of the same tenant
+//   MEMOIRE_BOOTSTRAP_KEY the server's bootstrap admin key
 //   MEMOIRE_USER_ID      the user to chat as
 //   MEMOIRE_ARTIFACTS    where the screenshots go
 // Exits non-zero, naming the step, when anything is not as expected.
@@ -21,6 +23,8 @@ const env = (name) => {
 const url = env("MEMOIRE_UI_URL");
 const writerKey = env("MEMOIRE_WRITER_KEY");
 const readerKey = env("MEMOIRE_READER_KEY");
+const adminKey = env("MEMOIRE_ADMIN_KEY");
+const bootstrapKey = env("MEMOIRE_BOOTSTRAP_KEY");
 const user = env("MEMOIRE_USER_ID");
 const artifacts = env("MEMOIRE_ARTIFACTS");
 const chromiumPath = process.env.MEMOIRE_CHROMIUM ?? "/usr/bin/chromium";
@@ -210,6 +214,53 @@ try {
     await page.getByRole("tab", { name: "Chat & memory" }).focus();
     await page.keyboard.press("ArrowRight");
     await page.getByRole("tab", { name: "Users", selected: true }).waitFor();
+  });
+
+  await step("admin: a new key's secret is shown once, then revoked; a maintenance job runs", async () => {
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await signIn(adminKey);
+    await page.getByRole("tab", { name: "Admin" }).click();
+    await page.locator("dl.stats").waitFor();
+    await page.getByLabel("Key name").fill("ui-made");
+    await page.getByLabel("Role").selectOption({ label: "reader" });
+    await page.getByRole("button", { name: "Create key" }).click();
+    const secret = await page.locator(".secret-value").textContent();
+    expect(secret && secret.length >= 20, `no secret shown: ${secret}`);
+    const revoke = page.getByRole("button", { name: "Revoke ui-made" });
+    await revoke.click();
+    await revoke.waitFor({ state: "detached" });
+    await page.locator("tr", { hasText: "ui-made" }).waitFor();
+    await page.getByLabel("Job").selectOption({ label: "decay" });
+    await page.getByRole("button", { name: "Run and wait" }).click();
+    await page.locator("form[aria-label='Run maintenance'] pre", { hasText: "finished" }).waitFor();
+  });
+
+  await step("purge: a dry run first, then the typed user id", async () => {
+    await page.getByRole("tab", { name: "Chat & memory" }).click();
+    await page.getByLabel("show superseded").check();
+    await card("Lisbon").waitFor();
+    await page.getByRole("button", { name: "Purge user…" }).click();
+    await page.locator(".preview", { hasText: "would erase" }).waitFor();
+    const go = page.getByRole("button", { name: "Purge for good" });
+    expect(await go.isDisabled(), "purge is possible before the user id is typed");
+    await page.getByLabel(/Type the user id/).fill(user);
+    await go.click();
+    await page.locator(".preview", { hasText: "Purged" }).waitFor();
+    await memoryPane().locator(".empty", { hasText: "No memories" }).waitFor();
+  });
+
+  await step("bootstrap admin: tenants, and a bad name named next to its field", async () => {
+    await page.getByRole("button", { name: "Sign out" }).click();
+    await page.getByLabel("API key").fill(bootstrapKey);
+    await page.getByRole("button", { name: "Sign in" }).click();
+    await page.getByRole("tab", { name: "Tenants" }).waitFor();
+    await page.getByRole("button", { name: "Create tenant" }).click();
+    await page.locator('[data-error-for="name"]').filter({ hasText: /./ }).waitFor();
+    await page.getByLabel("Tenant name").fill("made-in-the-inspector");
+    await page.getByRole("button", { name: "Create tenant" }).click();
+    await page.getByRole("button", { name: "Manage made-in-the-inspector" }).click();
+    await page.getByRole("heading", { name: "Admin: made-in-the-inspector" }).waitFor();
+    await page.locator("dl.stats").waitFor();
   });
 
   expect(outside.length === 0, `requests left the server's origin: ${outside.join(", ")}`);
