@@ -27,7 +27,7 @@ def test_descriptors_carry_the_proto_documentation(server):
         sd = client.pool.FindServiceByName("memoire.v1.MemoryService")
         assert set(sd.methods_by_name) == {
             "Ingest", "Recall", "Conscious", "Teach", "Forget", "GetMemory", "ListMemories", "History",
-            "WhoAmI", "ListUsers", "ListEpisodes",
+            "WhoAmI", "ListUsers", "ListEpisodes", "Chat",
         }
         # grpcurl `describe` prints these comments.
         assert client.leading_comment("memoire/v1/memory.proto", "A direct, labeled memory write")

@@ -62,6 +62,12 @@ def test_the_client_speaks_every_kind_of_rpc_and_raises_typed_errors(endpoint, k
     mid = taught["memory"]["id"]
     assert m.get_memory(mid)["memory"]["id"] == mid
     assert m.history(mid)["versions"][0]["op"] == "VERSION_OP_CREATE"
+    prompt = m.chat("Plan my Saturday", session_id="s1", dry_run=True)["prompt"]
+    assert "Lives in Lisbon" in prompt[0]["content"] and prompt[1]["content"] == "Plan my Saturday"
+    turns = m.list_episodes(session_id="s1")["episodes"]
+    assert [t["content"] for t in turns] == ["I'm allergic to peanuts."]
+    assert user in [u["user_id"] for u in m.list_users(page_size=500)["users"]]
+    assert m.who_am_i()["role"] == "KEY_ROLE_ADMIN"
     assert m.forget([mid])["memories"] == "1"
     with pytest.raises(memoire.NotFoundError):
         m.get_memory(mid)

@@ -27,7 +27,7 @@ atexit.register(_native.shutdown)
 # Reads, and calls that are safe to repeat.
 _IDEMPOTENT = {
     "Recall", "Conscious", "GetMemory", "ListMemories", "History", "ListTenants", "ListApiKeys",
-    "GetStats", "ListDeadLetters",
+    "GetStats", "ListDeadLetters", "ListUsers", "ListEpisodes", "WhoAmI",
 }
 
 _ENUM_PREFIX = {
@@ -182,6 +182,31 @@ class _Api:
     def history(self, memory_id: str, *, timeout: Optional[float] = None) -> Any:
         return self._call("History", {"memory_id": memory_id}, timeout)
 
+    def chat(self, content: str, *, session_id: str, user: Optional[str] = None,
+             namespace: Optional[str] = None, message_id: Optional[str] = None, k: Optional[int] = None,
+             token_budget: Optional[int] = None, wait_timeout: Optional[float] = None,
+             dry_run: bool = False, timeout: Optional[float] = None) -> Any:
+        """Stores the message, builds the prompt from memory and, with the server's chat model,
+        returns its reply (`prompt`, `reply`, `model`); `dry_run` only builds the prompt."""
+        req = self._scoped(user, namespace, session_id=session_id, content=content, message_id=message_id,
+                           k=k, token_budget=token_budget, dry_run=dry_run or None,
+                           wait_timeout=f"{wait_timeout}s" if wait_timeout else None)
+        return self._call("Chat", req, timeout)
+
+    def list_users(self, *, namespace: Optional[str] = None, page_size: Optional[int] = None,
+                   page_token: Optional[str] = None, timeout: Optional[float] = None) -> Any:
+        req = _drop_none({"namespace": namespace, "page_size": page_size, "page_token": page_token})
+        return self._call("ListUsers", req, timeout)
+
+    def list_episodes(self, *, session_id: str, user: Optional[str] = None, namespace: Optional[str] = None,
+                      page_size: Optional[int] = None, page_token: Optional[str] = None,
+                      timeout: Optional[float] = None) -> Any:
+        req = self._scoped(user, namespace, session_id=session_id, page_size=page_size, page_token=page_token)
+        return self._call("ListEpisodes", req, timeout)
+
+    def who_am_i(self, *, timeout: Optional[float] = None) -> Any:
+        return self._call("WhoAmI", {}, timeout)
+
     # --- admin service --------------------------------------------------------------------
 
     def create_tenant(self, name: str, *, timeout: Optional[float] = None) -> Any:
@@ -234,6 +259,9 @@ class _Api:
 
 
 def _idempotent(method: str, request: Mapping[str, Any]) -> bool:
+    if method == "Chat":
+        # A dry run reads; a turn is stored once per message id (the model may be asked again).
+        return bool(request.get("dry_run") or request.get("message_id"))
     if method == "Ingest":
         msgs = request.get("messages") or []
         return bool(msgs) and all(m.get("message_id") for m in msgs)
