@@ -160,3 +160,13 @@ def running_server(tmp_path_factory, database: str | None = None, **extra_env: s
 def server(tmp_path_factory):
     with running_server(tmp_path_factory) as srv:
         yield srv
+
+
+@pytest.fixture(scope="module")
+def fake():
+    """A local fake OpenAI-compatible server (`fake_openai.py`)."""
+    from fake_openai import FakeOpenAI
+
+    f = FakeOpenAI()
+    yield f
+    f.close()

@@ -17,22 +17,14 @@ import uuid
 import pytest
 
 from conftest import ROOT, running_server
-from fake_openai import REPLY, FakeOpenAI
 
 ARTIFACTS = ROOT / "target" / "test-artifacts" / "inspector"
 
 
 @pytest.fixture(scope="module")
-def model():
-    fake = FakeOpenAI()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, model):
+def server(tmp_path_factory, fake):
     """The server, with a (fake) chat model answering the Inspector's chat."""
-    with running_server(tmp_path_factory, MEMOIRE_CHAT_MODEL="fake-chat", MEMOIRE_LLM_BASE_URL=model.url) as srv:
+    with running_server(tmp_path_factory, MEMOIRE_CHAT_MODEL="fake-chat", MEMOIRE_LLM_BASE_URL=fake.url) as srv:
         yield srv
 
 
@@ -187,7 +179,7 @@ def test_chat_builds_the_same_prompt_as_the_python_sdk(server):
     assert user == {"role": "MESSAGE_ROLE_USER", "content": "Plan my day"}
 
 
-def test_the_walkthrough_in_a_real_browser(server, model):
+def test_the_walkthrough_in_a_real_browser(server, fake):
     node, chromium = shutil.which("node"), os.environ.get("MEMOIRE_CHROMIUM", "/usr/bin/chromium")
     assert node, "node is missing: scripts/setup.sh installs it"
     assert os.path.exists(chromium), f"{chromium} is missing: scripts/setup.sh installs Debian's chromium"
@@ -204,7 +196,7 @@ def test_the_walkthrough_in_a_real_browser(server, model):
     assert len(list(ARTIFACTS.glob("*.png"))) >= 8
     # The model answered each turn with memory in its system prompt; after the edit, the
     # corrected text; after forgetting, not any more.
-    systems = [model.system_text(i) for i in range(len(model.requests))]
+    systems = [fake.system_text(i) for i in range(len(fake.requests))]
     corrected = [i for i, s in enumerate(systems) if "Porto, Portugal" in s]
     assert corrected, systems
     assert "Porto, Portugal" not in systems[-1]

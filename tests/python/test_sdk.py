@@ -20,14 +20,7 @@ import pytest
 memoire = pytest.importorskip("memoire", reason="pip install ./sdk-python (make test does)")
 openai = pytest.importorskip("openai")
 
-from fake_openai import REPLY, FakeOpenAI  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def fake():
-    f = FakeOpenAI()
-    yield f
-    f.close()
+from fake_openai import REPLY  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -210,14 +210,7 @@ pub fn list_query(
         page_size: v::page_size("page_size", r.page_size, limits.max_page_size)?,
         after: None,
     };
-    if !r.page_token.is_empty() {
-        q.after = Some(page_token::decode(
-            page_key,
-            "page_token",
-            &r.page_token,
-            &list_fingerprint(&q),
-        )?);
-    }
+    q.after = page_token::after(page_key, &r.page_token, &list_fingerprint(&q))?;
     Ok(q)
 }
 
@@ -366,14 +359,7 @@ pub fn list_episodes_query(
         page_size: v::page_size("page_size", r.page_size, limits.max_page_size)?,
         after: None,
     };
-    if !r.page_token.is_empty() {
-        q.after = Some(page_token::decode(
-            page_key,
-            "page_token",
-            &r.page_token,
-            &episodes_fingerprint(&q),
-        )?);
-    }
+    q.after = page_token::after(page_key, &r.page_token, &episodes_fingerprint(&q))?;
     Ok(q)
 }
 

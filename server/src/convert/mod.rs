@@ -440,6 +440,15 @@ pub mod page_token {
         ))
     }
 
+    /// The cursor of a request's `page_token` (none when it is empty), issued for the same
+    /// filters.
+    pub fn after(key: &PageKey, token: &str, fingerprint: &str) -> Result<Option<ListCursor>> {
+        if token.is_empty() {
+            return Ok(None);
+        }
+        decode(key, "page_token", token, fingerprint).map(Some)
+    }
+
     /// Decodes a cursor issued for the same filters.
     pub fn decode(
         key: &PageKey,
