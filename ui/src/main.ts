@@ -62,7 +62,10 @@ function shell(api: Api, who: WhoAmIResponse): void {
     ["Chat & memory", () => h("div", { class: "split" }, chat.el, memory.el)],
     ["Users", () => usersView(api, scope, openUser)],
     ["Episodes", () => episodesView(api, scope)],
-    ["Recall", () => recallPlayground(api, scope)],
+    ["Recall", () => recallPlayground(api, scope, {
+      memory: (m) => { select(0); void memory.history(m); },
+      session: (id) => { session.value = id; select(2); },
+    })],
     ["Conscious", () => consciousPlayground(api, scope)],
   ];
   if (who.role === KeyRole.ADMIN && who.tenantId) views.push(["Admin", () => adminView(api, who.tenantId)]);

@@ -7,10 +7,16 @@ import { KINDS, kindLabel, num, when } from "./format";
 import type { MessageInitShape } from "@bufbuild/protobuf";
 import type { RecallItem, RecallRequestSchema } from "./gen/memoire/v1/memory_pb";
 import { ConsciousSource } from "./gen/memoire/v1/memory_pb";
-import type { MemoryKind } from "./gen/memoire/v1/types_pb";
+import type { Memory, MemoryKind } from "./gen/memoire/v1/types_pb";
 import type { Scope } from "./memory";
 
-export function recallPlayground(api: Api, scope: () => Scope): HTMLElement {
+/** Where a recalled item's provenance leads: the memory's history, or the turn's session. */
+export interface Navigate {
+  memory(m: Memory): void;
+  session(sessionId: string): void;
+}
+
+export function recallPlayground(api: Api, scope: () => Scope, nav: Navigate): HTMLElement {
   const query = h("textarea", { rows: 2, placeholder: "Where does the user live?" });
   const k = h("input", { type: "number", min: 1, step: 1, value: 10 });
   const budget = h("input", { type: "number", min: 1, step: 1, value: 512 });
@@ -57,7 +63,7 @@ export function recallPlayground(api: Api, scope: () => Scope): HTMLElement {
         h("table", { class: "explain" },
           h("caption", {}, "Items, best first, with the components of their score"),
           h("thead", {}, h("tr", {}, ["#", "item", "final", "fused", "text (rank)", "vector (rank)", "context", "importance", "recency", "confidence", "provenance"].map((c) => h("th", { scope: "col" }, c)))),
-          h("tbody", {}, r.items.map((item, i) => row(item, i + 1))),
+          h("tbody", {}, r.items.map((item, i) => row(item, i + 1, nav))),
         ),
         h("h3", {}, "Packed context (what the prompt gets)"),
         h("pre", { class: "prompt", tabindex: 0 }, r.context || "(empty)"),
@@ -68,19 +74,24 @@ export function recallPlayground(api: Api, scope: () => Scope): HTMLElement {
   return h("section", { class: "pane", "aria-labelledby": "recall-title" }, h("h2", { id: "recall-title" }, "Why did it recall that?"), form, results);
 }
 
-function row(item: RecallItem, rank: number): HTMLElement {
+function row(item: RecallItem, rank: number, nav: Navigate): HTMLElement {
   const x = item.explain;
   let what: (Node | string)[] = [];
-  let provenance = "";
+  let provenance: (Node | string)[] = [];
   if (item.item.case === "memory") {
     const m = item.item.value;
     what = [h("span", { class: "badge" }, kindLabel(m.kind)), " ", m.content, m.slot ? h("code", {}, ` ${m.slot}`) : ""];
-    provenance = m.sourceEpisodeIds.length ? `from turns ${m.sourceEpisodeIds.join(", ")}` : "taught";
-    provenance += ` · memory ${m.id}`;
+    provenance = [
+      h("button", { type: "button", class: "link", onclick: () => nav.memory(m) }, "history"),
+      m.sourceEpisodeIds.length ? ` · from turns ${m.sourceEpisodeIds.join(", ")}` : " · taught",
+    ];
   } else if (item.item.case === "episode") {
     const ep = item.item.value;
     what = [h("span", { class: "badge" }, "turn"), " ", ep.content];
-    provenance = `session ${ep.sessionId} · ${when(ep.occurredAt)} · episode ${ep.id}`;
+    provenance = [
+      h("button", { type: "button", class: "link", onclick: () => nav.session(ep.sessionId) }, `session ${ep.sessionId}`),
+      ` · ${when(ep.occurredAt)} · episode ${ep.id}`,
+    ];
   }
   return h("tr", {},
     h("td", {}, String(rank)),
