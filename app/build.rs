@@ -6,8 +6,12 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 fn main() {
-    let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ui/dist");
-    println!("cargo:rerun-if-changed={}", dist.display());
+    let ui = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ui");
+    let dist = ui.join("dist");
+    // Without a build, watch ui/ itself: creating dist/ changes it. (A path that does not exist
+    // would rerun this script, and rebuild the crate, on every build.)
+    let watched = if dist.is_dir() { &dist } else { &ui };
+    println!("cargo:rerun-if-changed={}", watched.display());
     let mut files = Vec::new();
     if dist.is_dir() {
         collect(&dist, &mut files);
@@ -41,6 +45,13 @@ fn main() {
 fn collect(dir: &Path, files: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("reading ui/dist") {
         let path = entry.expect("reading ui/dist").path();
+        // Dot files (the build's `.built` stamp) are not served.
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
         if path.is_dir() {
             collect(&path, files);
         } else {

@@ -19,9 +19,10 @@ if ! cmp -s package-lock.json "$stamp"; then
   cp package-lock.json "$stamp"
 fi
 
-# Rebuild only when a source is newer than the bundle.
-if [ -f dist/app.js ] && [ -z "$(find src index.html build.mjs buf.gen.yaml tsconfig.json package-lock.json proto ../proto \
-     -newer dist/app.js -not -path 'src/gen/*' -print -quit)" ]; then
+# Rebuild only when a source is newer than the last complete build (ui/build.mjs writes
+# dist/.built last, so an interrupted build is redone).
+if [ -f dist/.built ] && [ -z "$(find src index.html build.mjs buf.gen.yaml tsconfig.json package.json package-lock.json \
+     proto ../proto ../scripts/ui.sh -newer dist/.built -not -path 'src/gen/*' -print -quit)" ]; then
   exit 0
 fi
 npm run --silent build

@@ -27,4 +27,6 @@ for (const f of ["index.html", "app.js", "app.css"]) {
   writeFileSync(`dist/${f}.gz`, zipped);
   gz += zipped.length;
 }
+// Written last: scripts/ui.sh compares the sources with it, so an interrupted build is redone.
+writeFileSync("dist/.built", `${new Date().toISOString()}\n`);
 console.log(`ui: dist/ ${(raw / 1024).toFixed(1)} KiB (${(gz / 1024).toFixed(1)} KiB gzipped)`);

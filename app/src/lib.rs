@@ -242,7 +242,12 @@ pub async fn serve(
     };
     let api = memoire_server::Api::new(uc, auth, server_settings(&config));
     let http_addr = listeners.http.local_addr()?;
-    let extra = if config.ui_enabled {
+    let extra = if config.ui_enabled && config.tls_cert_path.is_some() {
+        // The HTTP port is plaintext: serving the API there would bypass TLS and client
+        // certificates.
+        tracing::warn!(%http_addr, "the Inspector and gRPC-Web are off: the gRPC port serves TLS and the HTTP port is plaintext (ui_enabled applies without TLS only)");
+        axum::Router::new()
+    } else if config.ui_enabled {
         tracing::info!(%http_addr, "serving /metrics, /healthz, /readyz, the Inspector at /ui/ and gRPC-Web");
         ui::routes(api.web())
     } else {

@@ -78,19 +78,31 @@ async fn asset(path: Option<Path<String>>, headers: HeaderMap) -> Response {
     response
 }
 
-/// Whether the request's `Accept-Encoding` lists gzip (with a non-zero weight).
+/// Whether the request's `Accept-Encoding` accepts gzip: listed with a weight above zero, or
+/// covered by `*` when gzip itself is not listed.
 fn accepts_gzip(headers: &HeaderMap) -> bool {
-    headers
+    let mut gzip = None;
+    let mut any = None;
+    for coding in headers
         .get_all(header::ACCEPT_ENCODING)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|coding| {
-            let mut parts = coding.split(';').map(str::trim);
-            let name = parts.next().unwrap_or_default();
-            let zero = parts.any(|p| p.replace(' ', "") == "q=0");
-            (name.eq_ignore_ascii_case("gzip") || name == "*") && !zero
-        })
+    {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or_default();
+        let weight = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(Some(1.0), |(_, q)| q.trim().parse::<f32>().ok())
+            .unwrap_or(0.0);
+        if name.eq_ignore_ascii_case("gzip") {
+            gzip = Some(weight);
+        } else if name == "*" {
+            any = Some(weight);
+        }
+    }
+    gzip.or(any).is_some_and(|q| q > 0.0)
 }
 
 #[cfg(test)]
@@ -109,6 +121,10 @@ mod tests {
         assert!(accepts("*"));
         assert!(!accepts("br, deflate"));
         assert!(!accepts("gzip;q=0"));
+        assert!(!accepts("gzip;q=0.0, br"));
+        assert!(!accepts("gzip; Q=0.000"));
+        assert!(!accepts("gzip;q=0, *"), "an explicit refusal beats *");
+        assert!(accepts("gzip;q=0.001"));
         assert!(!accepts_gzip(&HeaderMap::new()));
     }
 }

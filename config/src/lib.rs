@@ -48,7 +48,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "ui_enabled",
-        "serve the Memory Inspector at /ui/ and memoire.v1 over gRPC-Web (API keys required as on the gRPC port) on http_addr",
+        "serve the Memory Inspector at /ui/ and memoire.v1 over gRPC-Web (API keys required as on the gRPC port) on http_addr; only when the gRPC port is plaintext (with TLS they stay off: the HTTP port has no TLS)",
     ),
     (
         "database_url",

@@ -39,6 +39,10 @@ const SPECULATIVE: &[&str] = &[
     "/memoire.v1.MemoryService/Teach",
 ];
 
+/// Marks a request that must carry an API key even in dev mode (gRPC-Web calls from browsers).
+#[derive(Debug, Clone, Copy)]
+pub struct KeyRequired;
+
 /// The response metadata with the calls a caller may still make at once.
 pub const REMAINING_HEADER: &str = "x-ratelimit-remaining";
 
@@ -108,6 +112,12 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .map(|v| v.to_str().map_err(|_| ()));
+            if header.is_none() && req.extensions().get::<KeyRequired>().is_some() {
+                return Ok(Status::unauthenticated(
+                    "this call needs an API key (`authorization: Bearer <key>`), also in dev_mode",
+                )
+                .into_http());
+            }
             let principal = match auth.principal(header).await {
                 Ok(principal) => principal,
                 Err(e) => return Ok(status(e).into_http()),

@@ -24,6 +24,47 @@ impl Extractor for Metadata<'_> {
     }
 }
 
+/// The RPC paths the server serves: `memoire.v1`'s (from the descriptors it is built from),
+/// health and reflection.
+static KNOWN_METHODS: std::sync::LazyLock<std::collections::HashSet<String>> =
+    std::sync::LazyLock::new(|| {
+        use prost::Message as _;
+        let mut known: std::collections::HashSet<String> = [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect();
+        let set = prost_types::FileDescriptorSet::decode(memoire_proto::FILE_DESCRIPTOR_SET)
+            .unwrap_or_default();
+        for file in set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    known.insert(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        known
+    });
+
+/// A metric's `method` label: the path of a method the server has, else `unknown` — a client
+/// calling made-up paths must not mint a label per path.
+fn method_label(path: &str) -> &str {
+    if KNOWN_METHODS.contains(path) {
+        path
+    } else {
+        "unknown"
+    }
+}
+
 /// Records `memoire_rpc_requests_total{method,code}` and `memoire_rpc_duration_seconds{method}`
 /// for every RPC, inside a tracing span named after the method.
 #[derive(Debug, Clone, Copy, Default)]
@@ -89,7 +130,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let method = req.uri().path().to_owned();
+        let method = method_label(req.uri().path()).to_owned();
         // Traced as `memoire.v1.MemoryService/Recall` (OpenTelemetry's name for an RPC span),
         // under the caller's span when its W3C `traceparent` came with the call.
         let span = tracing::info_span!(
@@ -175,5 +216,28 @@ where
                 Err(_) => Ok(tonic::Status::cancelled("Timeout expired").into_http()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_label_only_the_methods_the_server_has() {
+        assert_eq!(
+            method_label("/memoire.v1.MemoryService/Recall"),
+            "/memoire.v1.MemoryService/Recall"
+        );
+        assert_eq!(
+            method_label("/memoire.v1.AdminService/GetStats"),
+            "/memoire.v1.AdminService/GetStats"
+        );
+        assert_eq!(
+            method_label("/grpc.health.v1.Health/Check"),
+            "/grpc.health.v1.Health/Check"
+        );
+        assert_eq!(method_label("/memoire.v1.MemoryService/Nope"), "unknown");
+        assert_eq!(method_label("/x/y"), "unknown");
     }
 }

@@ -103,6 +103,16 @@ pub struct AppState {
     pub recall: RecallDefaults,
     /// Seals and opens page tokens.
     pub page_key: convert::PageKey,
+    /// Server-side deadline of one RPC: a call's own waits (`wait_timeout`) end before it.
+    pub request_timeout: Duration,
+}
+
+impl AppState {
+    /// How long a call may wait for extraction: what it asked for, ended a second before the
+    /// request timeout so that it can still reply (documented on `wait_timeout`).
+    pub fn extraction_wait(&self, asked: Duration) -> Duration {
+        asked.min(self.request_timeout.saturating_sub(Duration::from_secs(1)))
+    }
 }
 
 /// Accepted gRPC connections with TCP_NODELAY: without it, a response's small HTTP/2 frames wait
@@ -133,6 +143,7 @@ impl Api {
             limits: settings.limits.clone(),
             recall: settings.recall,
             page_key: convert::PageKey::new(settings.page_token_secret.as_deref()),
+            request_timeout: settings.request_timeout,
         };
         Api {
             state,
@@ -262,15 +273,18 @@ impl GrpcWeb {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let req = req.map(tonic::body::Body::new);
+        let mut req = req.map(tonic::body::Body::new);
+        // A browser's call always carries a key, also in dev mode: a page the browser was
+        // tricked into (DNS rebinding) has none.
+        req.extensions_mut().insert(auth::KeyRequired);
         let service = ServiceBuilder::new()
             // Outermost: the rest sees the gRPC call the browser's gRPC-Web request stands for.
             .layer(tonic_web::GrpcWebLayer::new())
-            .layer(self.api.middleware())
-            // Innermost, as tonic's own timeout is on the gRPC port.
+            // Around everything the call waits for, as tonic's timeout is on the gRPC port.
             .layer(layers::DeadlineLayer::new(
                 self.api.settings.request_timeout,
             ))
+            .layer(self.api.middleware())
             .service(self.routes.clone());
         match service.oneshot(req).await {
             Ok(response) => response,

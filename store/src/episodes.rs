@@ -352,7 +352,29 @@ impl PgStore {
         Ok(out)
     }
 
-    /// A page of one session's turns, in the order they were said (by `occurred_at`, then id).
+    /// The episode a client's `message_id` was stored as in `scope`, if any.
+    pub async fn episode_by_message_id(
+        &self,
+        scope: &Scope,
+        message_id: &str,
+    ) -> Result<Option<EpisodeHit>> {
+        let sql = format!(
+            "SELECT {EPISODE_COLUMNS} FROM episodes \
+             WHERE tenant_id = $1 AND user_id = $2 AND namespace = $3 AND message_id = $4"
+        );
+        let row: Option<EpisodeRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(scope.tenant_id)
+            .bind(&scope.user_id)
+            .bind(&scope.namespace)
+            .bind(message_id)
+            .fetch_optional(&mut *self.conn(scope.tenant_id).await?)
+            .await
+            .map_err(db_error)?;
+        row.map(EpisodeHit::try_from).transpose()
+    }
+
+    /// A page of one session's turns, in the order they were said (`occurred_at`, then the
+    /// order they were stored in, as everywhere else).
     pub async fn list_episodes(
         &self,
         q: &ListEpisodes,
@@ -360,8 +382,9 @@ impl PgStore {
         let sql = format!(
             "SELECT {EPISODE_COLUMNS} FROM episodes \
              WHERE tenant_id = $1 AND user_id = $2 AND namespace = $3 AND session_id = $4 \
-               AND ($5::timestamptz IS NULL OR (occurred_at, id) > ($5, $6)) \
-             ORDER BY occurred_at, id LIMIT $7"
+               AND ($5::timestamptz IS NULL OR (occurred_at, seq) > \
+                    (SELECT c.occurred_at, c.seq FROM episodes c WHERE c.tenant_id = $1 AND c.id = $6)) \
+             ORDER BY occurred_at, seq LIMIT $7"
         );
         let rows: Vec<EpisodeRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(q.scope.tenant_id)

@@ -348,16 +348,19 @@ impl PgStore {
 
     /// A page of the tenant's users (everyone with memories or turns), by user id.
     pub async fn list_users(&self, q: &ListUsers) -> Result<(Vec<UserSummary>, Option<String>)> {
-        // Each side reads its (tenant_id, user_id, namespace, …) index; the counts are per user.
+        // Each side reads its (tenant_id, user_id, …) index in user order and stops after a
+        // page of users; the counts are per user of the page.
         let rows: Vec<(String, i64, i64, Option<DateTime<Utc>>)> = sqlx::query_as(
             "WITH users AS ( \
-               SELECT user_id FROM memories \
-                WHERE tenant_id = $1 AND ($2::text IS NULL OR namespace = $2) \
-                  AND ($3::text IS NULL OR user_id > $3) \
+               (SELECT DISTINCT user_id FROM memories \
+                 WHERE tenant_id = $1 AND ($2::text IS NULL OR namespace = $2) \
+                   AND ($3::text IS NULL OR user_id > $3) \
+                 ORDER BY user_id LIMIT $4) \
                UNION \
-               SELECT user_id FROM episodes \
-                WHERE tenant_id = $1 AND ($2::text IS NULL OR namespace = $2) \
-                  AND ($3::text IS NULL OR user_id > $3) \
+               (SELECT DISTINCT user_id FROM episodes \
+                 WHERE tenant_id = $1 AND ($2::text IS NULL OR namespace = $2) \
+                   AND ($3::text IS NULL OR user_id > $3) \
+                 ORDER BY user_id LIMIT $4) \
                ORDER BY user_id LIMIT $4) \
              SELECT u.user_id, \
                     (SELECT count(*) FROM memories m WHERE m.tenant_id = $1 AND m.user_id = u.user_id \

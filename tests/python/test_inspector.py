@@ -16,7 +16,7 @@ import uuid
 
 import pytest
 
-from conftest import ROOT, running_server
+from conftest import ROOT, private_pki, running_server
 
 ARTIFACTS = ROOT / "target" / "test-artifacts" / "inspector"
 
@@ -150,6 +150,34 @@ def test_grpc_web_carries_the_same_keys_and_roles_as_grpc(server):
     # A request the client got wrong is INVALID_ARGUMENT naming the field, not INTERNAL.
     _, headers, frames = grpc_web(server.http, "Teach", b"\x0a\x01u\x20\x01", writer)
     assert grpc_status(headers, frames) == "3"
+
+
+def test_grpc_web_needs_a_key_even_in_dev_mode_and_unknown_paths_share_one_metric(tmp_path_factory):
+    with running_server(tmp_path_factory, MEMOIRE_DEV_MODE="true") as srv:
+        # On the gRPC port dev mode lets a call without a key act as the dev tenant's admin; a
+        # browser's call must carry one (a page the browser was tricked into has none).
+        client = srv.client()
+        try:
+            assert client.call("memoire.v1.MemoryService/WhoAmI", {})["role"] == "KEY_ROLE_ADMIN"
+        finally:
+            client.close()
+        _, headers, frames = grpc_web(srv.http, "WhoAmI", b"", None)
+        assert grpc_status(headers, frames) == "16"
+        for i in range(3):
+            grpc_web(srv.http, f"MadeUp{i}", b"", None)
+        metrics = get(f"http://{srv.http}/metrics")[2].decode()
+        assert 'method="unknown"' in metrics
+        assert "MadeUp" not in metrics
+
+
+def test_with_tls_on_the_grpc_port_the_plaintext_http_port_serves_no_api(tmp_path_factory):
+    _, cert, key = private_pki(tmp_path_factory.mktemp("pki"))
+    with running_server(tmp_path_factory, MEMOIRE_TLS_CERT_PATH=str(cert), MEMOIRE_TLS_KEY_PATH=str(key)) as srv:
+        assert get(f"http://{srv.http}/ui/")[0] == 404
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            grpc_web(srv.http, "WhoAmI", b"", srv.admin_key)
+        assert refused.value.code == 404
+        assert get(f"http://{srv.http}/healthz")[0] == 200
 
 
 def test_ui_enabled_false_serves_neither_the_app_nor_grpc_web(tmp_path_factory):

@@ -15,6 +15,7 @@ export class ChatPane {
   private readonly prompt = h("pre", { class: "prompt", "aria-label": "Prompt", tabindex: 0 }, "(send a message to see the prompt)");
   private readonly banner = h("div", { class: "banner", role: "alert" });
   private lastMessage = "";
+  private holdPrompt = false;
 
   constructor(
     private readonly api: Api,
@@ -77,12 +78,18 @@ export class ChatPane {
       showErrors(form, this.banner, failure(e));
       return;
     }
-    await this.memory.refresh();
+    // The pane shows what the model received: the refresh that follows must not rebuild it.
+    this.holdPrompt = true;
+    try {
+      await this.memory.refresh();
+    } finally {
+      this.holdPrompt = false;
+    }
   }
 
   /** The prompt for the last message from the memory as it is now (a dry run: nothing stored). */
   async rebuild(): Promise<void> {
-    if (!this.lastMessage) return;
+    if (!this.lastMessage || this.holdPrompt) return;
     const { user, namespace, session } = this.scope();
     try {
       const r = await this.api.memory.chat({ userId: user, namespace, sessionId: session, content: this.lastMessage, dryRun: true });

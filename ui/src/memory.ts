@@ -32,6 +32,8 @@ export class MemoryPane {
   /** What each memory was at the last refresh: to highlight what changed since. */
   private seen = new Map<string, { status: MemoryStatus; version: number }>();
   private changes = new Map<string, Change>();
+  /** The user, namespace and kind of the last read. */
+  private loadedKey = "";
   /** Called after every refresh (the chat rebuilds its prompt from the memory as it is now). */
   onRefresh: (() => void) | null = null;
 
@@ -96,10 +98,14 @@ export class MemoryPane {
     }
     clearErrors(this.el, this.banner);
     this.changes.clear();
-    const first = this.seen.size === 0;
+    // Changes are marked against the last read of the same user, namespace and kind only.
+    const key = JSON.stringify([user, namespace, kinds]);
+    const first = key !== this.loadedKey;
+    this.loadedKey = key;
     for (const m of memories) {
       const before = this.seen.get(m.id);
-      if (!first && !before) this.changes.set(m.id, m.status === MemoryStatus.SUPERSEDED ? "superseded" : "new");
+      if (first) continue;
+      if (!before) this.changes.set(m.id, m.status === MemoryStatus.SUPERSEDED ? "superseded" : "new");
       else if (before && before.status !== m.status && m.status === MemoryStatus.SUPERSEDED) this.changes.set(m.id, "superseded");
       else if (before && before.version !== m.version) this.changes.set(m.id, "corrected");
     }
@@ -195,30 +201,39 @@ export class MemoryPane {
     const content = h("textarea", { rows: 3 });
     content.value = m.content;
     const importance = h("input", { type: "number", min: 0, max: 1, step: 0.05 });
-    importance.value = String(Math.round(m.importance * 100) / 100);
+    const shownImportance = String(Math.round(m.importance * 100) / 100);
+    importance.value = shownImportance;
     const expires = h("input", { type: "datetime-local" });
     if (m.expiresAt) expires.value = localInput(timestampDate(m.expiresAt));
+    const shownExpiry = expires.value;
     const reason = h("input", { type: "text", placeholder: "Why the correction (kept in the history)" });
     const banner = h("div", { class: "banner", role: "alert" });
     const form = h("form", { novalidate: true, class: "edit-form", "aria-label": "Correct memory" },
       field("Content", "content", content),
       field("Importance (0–1)", "importance", importance),
-      field("Expires at (local time; empty: never)", "expires_at", expires),
+      field("Expires at (local time)", "expires_at", expires),
       field("Reason", "reason", reason),
       banner,
       h("button", { type: "submit" }, "Save correction"),
     );
     form.addEventListener("submit", (ev) => {
       ev.preventDefault();
+      // Only what the user changed: the rest keeps its current value (unset fields do).
       const req: MessageInitShape<typeof TeachRequestSchema> = {
         userId: m.userId,
         namespace: m.namespace,
         memoryId: m.id,
-        content: content.value,
         reason: reason.value || undefined,
       };
-      if (importance.value !== "") req.importance = Number(importance.value);
-      if (expires.value) req.expiresAt = timestampFromDate(new Date(expires.value));
+      if (content.value !== m.content) req.content = content.value;
+      if (importance.value !== shownImportance) req.importance = importance.value === "" ? Number.NaN : Number(importance.value);
+      if (expires.value !== shownExpiry) {
+        if (!expires.value) {
+          showErrors(form, banner, { code: "INVALID_ARGUMENT", message: "", fields: new Map([["expires_at", "An expiry cannot be removed here; forget the memory or set a later time."]]) });
+          return;
+        }
+        req.expiresAt = timestampFromDate(new Date(expires.value));
+      }
       void this.api.memory.teach(req).then(
         async () => {
           this.detail.hidden = true;
@@ -271,7 +286,7 @@ export class MemoryPane {
         async (r) => {
           fill(preview, `Purged ${r.memories} memories, ${r.versions} versions, ${r.episodes} episodes.`);
           go.disabled = true;
-          this.seen.clear();
+          this.loadedKey = "";
           await this.refresh();
         },
         (e: unknown) => showErrors(form, banner, failure(e)),

@@ -12,18 +12,21 @@ export function usersView(api: Api, scope: () => Scope, open: (user: string) => 
   const more = h("button", { type: "button", hidden: true }, "Load more");
   const onlyNamespace = h("input", { type: "checkbox" });
   const root = h("section", { class: "pane", "aria-labelledby": "users-title" });
+  // A page token holds only for the filter it came with; a reply to an older listing is dropped.
   let token = "";
+  let namespace: string | undefined;
+  let generation = 0;
   const load = async (reset: boolean) => {
     if (reset) {
       token = "";
+      namespace = onlyNamespace.checked ? scope().namespace : undefined;
+      generation += 1;
       body.replaceChildren();
     }
+    const mine = generation;
     try {
-      const page = await api.memory.listUsers({
-        namespace: onlyNamespace.checked ? scope().namespace : undefined,
-        pageSize: 100,
-        pageToken: token,
-      });
+      const page = await api.memory.listUsers({ namespace, pageSize: 100, pageToken: token });
+      if (mine !== generation) return;
       clearErrors(root, banner);
       for (const u of page.users) {
         body.append(h("tr", {},
@@ -64,7 +67,10 @@ export function episodesView(api: Api, scope: () => Scope & { session: string })
   const list = h("ol", { class: "episodes", "aria-live": "polite" });
   const banner = h("div", { class: "banner", role: "alert" });
   const more = h("button", { type: "button", hidden: true }, "Load more");
+  // As for users: the listing a page token belongs to, and a reply to an older one is dropped.
   let token = "";
+  let listing = { user: "", namespace: "", session: "" };
+  let generation = 0;
   const form = h("form", { novalidate: true, "aria-label": "Session" },
     field("Session", "session_id", session),
     banner,
@@ -73,11 +79,15 @@ export function episodesView(api: Api, scope: () => Scope & { session: string })
   const load = async (reset: boolean) => {
     if (reset) {
       token = "";
+      const { user, namespace } = scope();
+      listing = { user, namespace, session: session.value.trim() };
+      generation += 1;
       list.replaceChildren();
     }
-    const { user, namespace } = scope();
+    const mine = generation;
     try {
-      const page = await api.memory.listEpisodes({ userId: user, namespace, sessionId: session.value.trim(), pageSize: 100, pageToken: token });
+      const page = await api.memory.listEpisodes({ userId: listing.user, namespace: listing.namespace, sessionId: listing.session, pageSize: 100, pageToken: token });
+      if (mine !== generation) return;
       clearErrors(form, banner);
       for (const ep of page.episodes) {
         list.append(h("li", { "data-episode-id": ep.id },

@@ -1,5 +1,5 @@
-//! Chat with memory (the Chat RPC): the user's message stored like any ingested turn, the prompt
-//! a wrapped client would send built from the memory as it is after the message's extraction,
+//! Chat with memory (the Chat RPC): the prompt a wrapped client would send, built from the
+//! memory as it is before the message; the message stored like any ingested turn and extracted;
 //! and, with a chat model, the reply — stored as the assistant's turn.
 
 use std::time::Duration;
@@ -48,62 +48,90 @@ pub struct Chatted {
 }
 
 impl UseCases {
-    /// Stores the message (waiting for its extraction), builds the prompt from Conscious and
-    /// Recall, and asks the chat model, whose reply is stored as the assistant's turn.
+    /// Builds the prompt from the memory as it is before the message (Conscious, then Recall:
+    /// what a wrapped client sends), stores the message, and — while its extraction runs — asks
+    /// the chat model, whose reply is stored as the assistant's turn. A retry of a message
+    /// (same `message_id`) whose reply was stored returns that reply without asking again.
     pub async fn chat(&self, permit: &Permit, turn: ChatTurn) -> Result<Chatted> {
         let scope = turn.message.scope.clone();
         let session = turn.message.session_id.clone();
-        let text = turn.recall.text.clone();
-        let (extraction, episode_id) = if turn.dry_run {
-            (None, None)
-        } else {
-            let (ingested, waited) = self.ingest(turn.message, Some(turn.wait)).await?;
-            (Some(waited), ingested.first().map(|i| i.episode_id))
-        };
         let (_, conscious, _) = self
             .conscious(&scope, Some(&session), turn.budget, TOKENIZER)
             .await?;
+        let text = turn.recall.text.clone();
         let recalled = self
-            .recall(permit, turn.recall, turn.k, turn.budget, TOKENIZER, None)
-            .await?;
-        let prompt = chat::prompt(&conscious.text, &recalled.packed.text, &text);
-        let model = match &self.settings().chat {
-            Some(model) if !turn.dry_run => model.clone(),
-            _ => {
-                return Ok(Chatted {
-                    prompt,
-                    reply: None,
-                    extraction,
-                    episode_id,
-                    reply_episode_id: None,
-                });
-            }
-        };
-        let reply = model.reply(&prompt).await?;
-        // The reply is a turn of the conversation like any other (extracted in the background).
-        let stored = self
-            .ingest(
-                Ingest {
-                    scope,
-                    session_id: session,
-                    messages: vec![NewEpisode {
-                        role: MessageRole::Assistant,
-                        name: None,
-                        speaker_is_user: false,
-                        content: reply.clone(),
-                        message_id: None,
-                        occurred_at: None,
-                    }],
-                },
+            .recall_with(
+                permit,
+                turn.recall,
+                turn.k,
+                turn.budget,
+                TOKENIZER,
                 None,
+                !turn.dry_run,
             )
             .await?;
+        let prompt = chat::prompt(&conscious.text, &recalled.packed.text, &text);
+        if turn.dry_run {
+            return Ok(Chatted {
+                prompt,
+                reply: None,
+                extraction: None,
+                episode_id: None,
+                reply_episode_id: None,
+            });
+        }
+        let reply_id = turn.message.messages[0]
+            .message_id
+            .as_ref()
+            .map(|id| format!("{id}/reply"));
+        let (ingested, _) = self.ingest(turn.message, None).await?;
+        let ids: Vec<Uuid> = ingested.iter().map(|i| i.episode_id).collect();
+        let retried = ingested.first().is_some_and(|i| i.duplicate);
+        let earlier = match (&reply_id, retried) {
+            (Some(id), true) => self.store().episode_by_message_id(&scope, id).await?,
+            _ => None,
+        };
+        let model = self.settings().chat.clone();
+        let name = model
+            .as_ref()
+            .map(|m| m.model().to_owned())
+            .unwrap_or_default();
+        let extracted = self.await_extraction(scope.tenant_id, &ids, turn.wait);
+        let (extraction, reply) = match (earlier, model) {
+            (Some(stored), _) => (extracted.await?, Some((stored.content, stored.id))),
+            (None, None) => (extracted.await?, None),
+            (None, Some(model)) => {
+                let (extraction, reply) = tokio::join!(extracted, model.reply(&prompt));
+                let (extraction, reply) = (extraction?, reply?);
+                // The reply is a turn of the conversation like any other (extracted in the
+                // background), stored once per message id.
+                let (stored, _) = self
+                    .ingest(
+                        Ingest {
+                            scope,
+                            session_id: session,
+                            messages: vec![NewEpisode {
+                                role: MessageRole::Assistant,
+                                name: None,
+                                speaker_is_user: false,
+                                content: reply.clone(),
+                                message_id: reply_id,
+                                occurred_at: None,
+                            }],
+                        },
+                        None,
+                    )
+                    .await?;
+                let id = stored.first().map(|i| i.episode_id).unwrap_or_default();
+                (extraction, Some((reply, id)))
+            }
+        };
         Ok(Chatted {
             prompt,
-            reply: Some((model.model().to_owned(), reply)),
-            extraction,
-            episode_id,
-            reply_episode_id: stored.0.first().map(|i| i.episode_id),
+            extraction: Some(extraction),
+            episode_id: ids.first().copied(),
+            reply_episode_id: reply.as_ref().map(|(_, id)| *id),
+            reply: reply.map(|(text, _)| (name, text)),
         })
     }
 }

@@ -55,11 +55,28 @@ impl UseCases {
     pub async fn recall(
         &self,
         permit: &Permit,
+        query: RecallQuery,
+        k: usize,
+        budget: usize,
+        tokenizer: &str,
+        min_score: Option<f32>,
+    ) -> Result<Recalled> {
+        self.recall_with(permit, query, k, budget, tokenizer, min_score, true)
+            .await
+    }
+
+    /// Recall; `record_access: false` leaves the memories' access statistics as they were (a
+    /// prompt built only to be shown).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn recall_with(
+        &self,
+        permit: &Permit,
         mut query: RecallQuery,
         k: usize,
         budget: usize,
         tokenizer: &str,
         min_score: Option<f32>,
+        record_access: bool,
     ) -> Result<Recalled> {
         let counter = Tiktoken::named("tokenizer", tokenizer)?;
         let s = &self.settings().recall;
@@ -107,7 +124,7 @@ impl UseCases {
                 Item::Episode(_) => None,
             })
             .collect();
-        if !touched.is_empty() {
+        if record_access && !touched.is_empty() {
             // Access statistics are written after the reply, never on its path.
             let (store, permit) = (self.store().clone(), permit.clone());
             tokio::spawn(async move {
@@ -250,17 +267,28 @@ impl UseCases {
             // Retried messages count too: the caller waits for what it sent.
             Some(deadline) => {
                 let ids: Vec<Uuid> = ingested.iter().map(|i| i.episode_id).collect();
-                let waited = self
-                    .wait_for_extraction(scope.tenant_id, &ids, deadline)
-                    .instrument(tracing::info_span!("wait_for_extraction"))
-                    .await?;
-                // A worker wrote what it extracted: the caller's next reads must see it.
-                self.store().wrote(scope.tenant_id);
-                waited
+                self.await_extraction(scope.tenant_id, &ids, deadline)
+                    .await?
             }
             None => ExtractionWait::Queued,
         };
         Ok((ingested, state))
+    }
+
+    /// Waits until the episodes `ids` are extracted or dead-lettered, or `deadline` passes; the
+    /// caller's next reads then see what the worker wrote.
+    pub(crate) async fn await_extraction(
+        &self,
+        tenant: Uuid,
+        ids: &[Uuid],
+        deadline: Duration,
+    ) -> Result<ExtractionWait> {
+        let waited = self
+            .wait_for_extraction(tenant, ids, deadline)
+            .instrument(tracing::info_span!("wait_for_extraction"))
+            .await?;
+        self.store().wrote(tenant);
+        Ok(waited)
     }
 
     /// Refuses more messages while the tenant has `max_backlog` or more waiting for extraction:

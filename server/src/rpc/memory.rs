@@ -41,7 +41,7 @@ impl MemoryService for MemorySvc {
         let tenant = who.tenant(KeyRole::Writer).map_err(status)?;
         let r = req.into_inner();
         let wait = r.wait_for_extraction;
-        let deadline = c::wait_timeout(r.wait_timeout.as_ref()).map_err(status)?;
+        let deadline = s.extraction_wait(c::wait_timeout(r.wait_timeout.as_ref()).map_err(status)?);
         let cmd = c::ingest_command(r, tenant, &s.limits, s.uc.store().now()).map_err(status)?;
         s.uc.limiter()
             .admit_messages(&who, cmd.messages.len())
@@ -230,8 +230,9 @@ impl MemoryService for MemorySvc {
             KeyRole::Writer
         };
         let tenant = who.tenant(role).map_err(status)?;
-        let turn =
+        let mut turn =
             c::chat_turn(r, tenant, &s.limits, &s.recall, s.uc.store().now()).map_err(status)?;
+        turn.wait = s.extraction_wait(turn.wait);
         if !turn.dry_run {
             s.uc.limiter()
                 .admit_messages(&who, 1)

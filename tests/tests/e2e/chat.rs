@@ -85,7 +85,8 @@ async fn chat_builds_the_prompt_from_memory_asks_the_model_and_stores_both_turns
         .expect_err("a reader's turn");
     assert_eq!(refused.code(), Code::PermissionDenied);
 
-    // A turn: stored, extracted (Lisbon supersedes Porto), then the prompt from that memory.
+    // A turn: the prompt from the memory before the message; the message stored and extracted
+    // (Lisbon supersedes Porto) by the time the reply comes.
     let r = m
         .chat(pb::ChatRequest {
             message_id: Some("m-1".into()),
@@ -96,12 +97,28 @@ async fn chat_builds_the_prompt_from_memory_asks_the_model_and_stores_both_turns
         .into_inner();
     assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
     let system = &r.prompt[0].content;
-    assert!(system.contains("Lives in Lisbon"), "{system}");
-    assert!(!system.contains("Lives in Porto"), "superseded: {system}");
+    assert!(system.contains("Lives in Porto"), "{system}");
+    assert!(
+        !system.contains("I moved to Lisbon"),
+        "the message is the user's turn, not memory: {system}"
+    );
     assert_eq!(
         (r.reply.as_str(), r.model.as_str()),
         ("Enjoy Lisbon!", "fake-chat")
     );
+    let current: Vec<String> = m
+        .list_memories(pb::ListMemoriesRequest {
+            user_id: "u".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .memories
+        .into_iter()
+        .map(|m| m.content)
+        .collect();
+    assert_eq!(current, ["Lives in Lisbon"]);
     // The model got exactly that prompt.
     let asked = fake.requests();
     assert_eq!(asked.len(), 1);
@@ -136,19 +153,24 @@ async fn chat_builds_the_prompt_from_memory_asks_the_model_and_stores_both_turns
     );
     assert!(!r.episode_id.is_empty() && !r.reply_episode_id.is_empty());
 
-    // A retry with the same message id stores the message once (the reply is asked again).
-    m.chat(pb::ChatRequest {
-        message_id: Some("m-1".into()),
-        ..turn("I moved to Lisbon")
-    })
-    .await
-    .expect("retry");
-    let user_turns = turns(&client)
+    // A retry with the same message id stores nothing new and returns the stored reply; the
+    // model is not asked again.
+    fake.set_script(|_, _| Reply::Content("A different answer".into()));
+    let again = m
+        .chat(pb::ChatRequest {
+            message_id: Some("m-1".into()),
+            ..turn("I moved to Lisbon")
+        })
         .await
-        .iter()
-        .filter(|(r, _)| *r == user)
-        .count();
-    assert_eq!(user_turns, 1);
+        .expect("retry")
+        .into_inner();
+    assert_eq!(again.reply, "Enjoy Lisbon!");
+    assert_eq!(
+        (again.episode_id.as_str(), again.reply_episode_id.as_str()),
+        (r.episode_id.as_str(), r.reply_episode_id.as_str())
+    );
+    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(turns(&client).await.len(), 2);
 
     // Bad input names the field and stores nothing.
     for (req, field) in [
@@ -186,10 +208,19 @@ async fn without_a_chat_model_chat_returns_the_prompt_and_no_reply() {
         .into_inner();
     assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
     assert!(r.reply.is_empty() && r.model.is_empty() && r.reply_episode_id.is_empty());
-    assert!(
-        r.prompt[0].content.contains("Lives in Lisbon"),
-        "{:?}",
-        r.prompt
-    );
+    // Nothing was remembered before the first message: the prompt is the message alone.
+    assert_eq!(r.prompt.len(), 1, "{:?}", r.prompt);
     assert_eq!(turns(&client).await.len(), 1);
+    // The next one gets what the first taught.
+    let next = client
+        .memory()
+        .chat(turn("Where should I eat?"))
+        .await
+        .expect("chat")
+        .into_inner();
+    assert!(
+        next.prompt[0].content.contains("Lives in Lisbon"),
+        "{:?}",
+        next.prompt
+    );
 }
