@@ -11,12 +11,17 @@ use candle_transformers::models::bert::{BertModel, Config};
 use memoire_core::embed::{BoxFuture, Embedder};
 use memoire_core::{Error, Result};
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// sentence-transformers' `max_seq_length` for this model family: longer inputs are truncated.
 pub const MAX_SEQ_LEN: usize = 256;
 /// Texts per forward pass; larger batches only add padding waste on two cores.
 const BATCH: usize = 32;
+/// Queries embedded together at most (see [`LocalEmbedder`]'s `waiting`).
+const QUERY_BATCH: usize = 8;
+
+/// A single text waiting for a forward pass, and where its vector goes.
+type Waiting = (String, oneshot::Sender<Result<Vec<f32>>>);
 
 struct Model {
     bert: BertModel,
@@ -36,6 +41,11 @@ pub struct LocalEmbedder {
     permits: Arc<Semaphore>,
     // Forward passes run at once over a batch's chunks: one per core.
     passes: usize,
+    // Single texts (queries) waiting while every pass is busy. The next pass to finish embeds
+    // them together: one pass over several short texts costs less per text (all-MiniLM-L6-v2
+    // on one core here: 9.0 ms alone, 7.5 ms each for two, 6.0 ms each for four), and a query
+    // that finds a pass free does not wait for company.
+    waiting: Arc<std::sync::Mutex<Vec<Waiting>>>,
 }
 
 impl std::fmt::Debug for LocalEmbedder {
@@ -106,7 +116,71 @@ impl LocalEmbedder {
             dims,
             permits: Arc::new(Semaphore::new(threads.max(1))),
             passes: threads.max(1),
+            waiting: Arc::default(),
         })
+    }
+
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Vec<Waiting>> {
+        // A panic while holding the lock leaves a valid Vec: keep going.
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Embeds one text: waits with the others for a free pass (see `waiting`).
+    async fn embed_one(&self, text: String) -> Result<Vec<f32>> {
+        let (tx, rx) = oneshot::channel();
+        self.waiting().push((text, tx));
+        self.serve_any_waiting();
+        rx.await
+            .map_err(|_| model_err("the embedding pass was dropped"))?
+    }
+
+    /// Starts a pass over the waiting texts when there are some and a pass is free. Called after
+    /// a text is queued and after a pass is given back: then no text waits while a pass is free.
+    fn serve_any_waiting(&self) {
+        if self.waiting().is_empty() {
+            return;
+        }
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            tokio::spawn(self.clone().serve_waiting(permit));
+        }
+    }
+
+    /// Embeds waiting texts, up to [`QUERY_BATCH`] per pass, while any wait; then gives the
+    /// pass back.
+    async fn serve_waiting(self, permit: OwnedSemaphorePermit) {
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut waiting = self.waiting();
+                let n = waiting.len().min(QUERY_BATCH);
+                waiting.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                drop(permit);
+                // A text queued while this pass was still held found no pass free: serve it.
+                self.serve_any_waiting();
+                return;
+            }
+            let (texts, senders): (Vec<String>, Vec<_>) = batch.into_iter().unzip();
+            let this = self.clone();
+            let count = texts.len();
+            let out = tokio::task::spawn_blocking(move || this.embed_blocking(&texts))
+                .await
+                .map_err(model_err)
+                .and_then(|r| r);
+            metrics::histogram!("memoire_embedding_query_batch").record(count as f64);
+            match out {
+                Ok(vectors) => {
+                    for (tx, v) in senders.into_iter().zip(vectors) {
+                        let _ = tx.send(Ok(v));
+                    }
+                }
+                Err(e) => {
+                    for tx in senders {
+                        let _ = tx.send(Err(Error::Provider(e.to_string())));
+                    }
+                }
+            }
+        }
     }
 
     /// Embeds synchronously (call from a blocking thread).
@@ -220,13 +294,19 @@ impl Embedder for LocalEmbedder {
             if texts.is_empty() {
                 return Ok(Vec::new());
             }
-            let _permit = self.permits.acquire().await.map_err(model_err)?;
+            if let [text] = texts {
+                return Ok(vec![self.embed_one(text.clone()).await?]);
+            }
+            let permit = self.permits.acquire().await.map_err(model_err)?;
             let this = self.clone();
             let texts = texts.to_vec();
             let started = std::time::Instant::now();
-            let out = tokio::task::spawn_blocking(move || this.embed_blocking(&texts))
-                .await
-                .map_err(model_err)??;
+            let out = tokio::task::spawn_blocking(move || this.embed_blocking(&texts)).await;
+            drop(permit);
+            // Texts that waited while every pass was busy, this one included, have no pass
+            // serving them yet.
+            self.serve_any_waiting();
+            let out = out.map_err(model_err)??;
             tracing::trace!(
                 count = out.len(),
                 elapsed_ms = started.elapsed().as_secs_f64() * 1e3,

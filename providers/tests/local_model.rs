@@ -98,3 +98,36 @@ fn a_missing_model_directory_names_the_setting_and_the_fix() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn queries_that_wait_together_are_embedded_together_each_as_if_alone() {
+    let model = load();
+    let reference = reference();
+    // More at once than there are passes: some wait, and are embedded in one pass together
+    // (padded to the longest), each still giving sentence-transformers' vector.
+    let mut calls = tokio::task::JoinSet::new();
+    for (text, want) in reference.iter().cycle().take(24) {
+        let model = model.clone();
+        let (text, want) = (text.clone(), want.clone());
+        calls.spawn(async move {
+            let got = model
+                .embed(std::slice::from_ref(&text))
+                .await
+                .expect("embed");
+            (text, cosine(&want, &got[0]))
+        });
+    }
+    let mut done = 0;
+    while let Some(call) = calls.join_next().await {
+        let (text, c) = call.expect("task");
+        assert!(c >= 0.999, "cosine {c} for {text:?}");
+        done += 1;
+    }
+    assert_eq!(done, 24);
+    // A pass left free serves the next query at once, alone.
+    let one = model
+        .embed(std::slice::from_ref(&reference[0].0))
+        .await
+        .expect("alone");
+    assert!(cosine(&reference[0].1, &one[0]) >= 0.999);
+}

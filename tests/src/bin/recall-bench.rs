@@ -561,6 +561,11 @@ async fn main() -> anyhow::Result<()> {
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP INDEX {hnsw}")))
         .execute(&mut conn)
         .await?;
+    // The seed set is written across row-level security, as the worker writes (`*`), with the
+    // memories table's policies off for its owner while COPY runs (COPY cannot run under them).
+    sqlx::raw_sql("SET memoire.tenant = '*'; ALTER TABLE memories NO FORCE ROW LEVEL SECURITY")
+        .execute(&mut conn)
+        .await?;
     let started = Instant::now();
     let mut copy = conn
         .copy_in_raw("COPY memories (id, tenant_id, user_id, namespace, kind, content, content_key, importance, confidence, version, created_at, updated_at, embedding, embedding_model) FROM STDIN WITH (FORMAT csv)")
@@ -593,6 +598,9 @@ async fn main() -> anyhow::Result<()> {
     )
     .execute(&mut conn)
     .await?;
+    sqlx::raw_sql("ALTER TABLE memories FORCE ROW LEVEL SECURITY")
+        .execute(&mut conn)
+        .await?;
     let load_secs = started.elapsed().as_secs_f64();
     let started = Instant::now();
     sqlx::raw_sql("SET maintenance_work_mem = '1GB'")
