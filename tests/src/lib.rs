@@ -549,6 +549,24 @@ pub async fn teach(client: &Client, req: pb::TeachRequest) -> pb::Memory {
         .expect("memory")
 }
 
+/// The contents of `user`'s current memories (default namespace), newest first. Panics on an
+/// error.
+pub async fn current_contents(client: &Client, user: &str) -> Vec<String> {
+    client
+        .memory()
+        .list_memories(pb::ListMemoriesRequest {
+            user_id: user.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .memories
+        .into_iter()
+        .map(|m| m.content)
+        .collect()
+}
+
 /// Forget every memory and episode of `user` for good (a purge by selector).
 pub fn purge_user(user: &str) -> pb::ForgetRequest {
     pb::ForgetRequest {

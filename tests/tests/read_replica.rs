@@ -14,7 +14,7 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use memoire_tests::{TestServer, fact, http_get, proto as pb};
+use memoire_tests::{TestServer, current_contents, fact, http_get, proto as pb};
 
 const VERSION: &str = "15";
 
@@ -153,19 +153,7 @@ async fn reads(server: &TestServer, target: &str) -> f64 {
 }
 
 async fn list(client: &memoire_sdk::Client) -> Vec<String> {
-    let mut contents: Vec<String> = client
-        .memory()
-        .list_memories(pb::ListMemoriesRequest {
-            user_id: "ada".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .memories
-        .into_iter()
-        .map(|m| m.content)
-        .collect();
+    let mut contents = current_contents(client, "ada").await;
     contents.sort();
     contents
 }

@@ -3,7 +3,7 @@
 
 use memoire_core::chat::MEMORY_HEADER;
 use memoire_tests::fake_llm::{FakeLlm, Reply};
-use memoire_tests::{TestServer, proto as pb, violated_field};
+use memoire_tests::{TestServer, current_contents, proto as pb, violated_field};
 use tonic::Code;
 
 fn turn(content: &str) -> pb::ChatRequest {
@@ -106,19 +106,7 @@ async fn chat_builds_the_prompt_from_memory_asks_the_model_and_stores_both_turns
         (r.reply.as_str(), r.model.as_str()),
         ("Enjoy Lisbon!", "fake-chat")
     );
-    let current: Vec<String> = m
-        .list_memories(pb::ListMemoriesRequest {
-            user_id: "u".into(),
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .memories
-        .into_iter()
-        .map(|m| m.content)
-        .collect();
-    assert_eq!(current, ["Lives in Lisbon"]);
+    assert_eq!(current_contents(&client, "u").await, ["Lives in Lisbon"]);
     // The model got exactly that prompt.
     let asked = fake.requests();
     assert_eq!(asked.len(), 1);
