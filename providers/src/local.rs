@@ -198,27 +198,36 @@ impl LocalEmbedder {
         // thread that another process descheduled.
         let lanes = self.passes.min(chunks.len()).max(1);
         let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> = chunks.iter().map(|_| None).collect();
-        std::thread::scope(|scope| {
-            let (chunks, forward) = (&chunks, &forward);
-            let handles: Vec<_> = (0..lanes)
-                .map(|lane| {
-                    scope.spawn(move || {
-                        chunks
-                            .iter()
-                            .enumerate()
-                            .skip(lane)
-                            .step_by(lanes)
-                            .map(|(i, c)| (i, forward(c)))
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            for h in handles {
-                for (i, r) in h.join().unwrap_or_default() {
-                    results[i] = Some(r);
-                }
+        if lanes == 1 {
+            // One chunk (every query, every short batch): this thread runs it, no thread spawned.
+            // A panicking pass is reported as below, as when it ran on a thread of its own.
+            for (slot, chunk) in results.iter_mut().zip(&chunks) {
+                *slot =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| forward(chunk))).ok();
             }
-        });
+        } else {
+            std::thread::scope(|scope| {
+                let (chunks, forward) = (&chunks, &forward);
+                let handles: Vec<_> = (0..lanes)
+                    .map(|lane| {
+                        scope.spawn(move || {
+                            chunks
+                                .iter()
+                                .enumerate()
+                                .skip(lane)
+                                .step_by(lanes)
+                                .map(|(i, c)| (i, forward(c)))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                    .collect();
+                for h in handles {
+                    for (i, r) in h.join().unwrap_or_default() {
+                        results[i] = Some(r);
+                    }
+                }
+            });
+        }
         let mut out = vec![Vec::new(); texts.len()];
         for (chunk, vectors) in chunks.iter().zip(results) {
             let vectors = vectors.unwrap_or_else(|| Err(model_err("a forward pass panicked")))?;
