@@ -224,7 +224,6 @@ pub fn chat_turn(
     tenant_id: Uuid,
     limits: &Limits,
     settings: &RecallDefaults,
-    now: DateTime<Utc>,
 ) -> Result<ChatTurn> {
     let content = v::content("content", &r.content, limits.max_content_bytes)?;
     let k = v::count_or_default("k", r.k as usize, settings.default_k, limits.max_k)?;
@@ -235,31 +234,25 @@ pub fn chat_turn(
         limits.max_token_budget,
     )?;
     let wait = wait_timeout(r.wait_timeout.as_ref())?;
-    let message = ingest_command(
-        pb::IngestRequest {
-            user_id: r.user_id,
-            namespace: r.namespace,
-            session_id: r.session_id,
-            messages: vec![pb::Message {
-                role: pb::MessageRole::User as i32,
-                content: content.clone(),
-                message_id: r.message_id,
-                ..Default::default()
-            }],
-            ..Default::default()
+    // The user's own message, as Ingest stores one (no speaker name: it is the user's).
+    let message = Ingest {
+        scope: Scope {
+            tenant_id,
+            user_id: v::required_id("user_id", &r.user_id)?,
+            namespace: v::namespace("namespace", &r.namespace)?,
         },
-        tenant_id,
-        limits,
-        now,
-    )
-    // The message is `content` here, not `messages[0]`.
-    .map_err(|e| match e {
-        Error::InvalidArgument { field, message } => Error::InvalidArgument {
-            field: field.replace("messages[0].", ""),
-            message,
-        },
-        other => other,
-    })?;
+        session_id: v::required_id("session_id", &r.session_id)?,
+        messages: vec![NewEpisode {
+            role: MessageRole::User,
+            name: None,
+            speaker_is_user: true,
+            content: content.clone(),
+            message_id: non_empty(r.message_id)
+                .map(|id| v::required_id("message_id", &id))
+                .transpose()?,
+            occurred_at: None,
+        }],
+    };
     if content.len() > limits.max_query_bytes {
         return Err(Error::invalid(
             "content",

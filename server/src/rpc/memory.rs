@@ -230,8 +230,7 @@ impl MemoryService for MemorySvc {
             KeyRole::Writer
         };
         let tenant = who.tenant(role).map_err(status)?;
-        let mut turn =
-            c::chat_turn(r, tenant, &s.limits, &s.recall, s.uc.store().now()).map_err(status)?;
+        let mut turn = c::chat_turn(r, tenant, &s.limits, &s.recall).map_err(status)?;
         turn.wait = s.extraction_wait(turn.wait);
         if !turn.dry_run {
             s.uc.limiter()
