@@ -55,12 +55,11 @@ impl UseCases {
     pub async fn chat(&self, permit: &Permit, turn: ChatTurn) -> Result<Chatted> {
         let scope = turn.message.scope.clone();
         let session = turn.message.session_id.clone();
-        let (_, conscious, _) = self
-            .conscious(&scope, Some(&session), turn.budget, TOKENIZER)
-            .await?;
         let text = turn.recall.text.clone();
-        let recalled = self
-            .recall_with(
+        // The two reads of the memory block, at once.
+        let ((_, conscious, _), recalled) = tokio::try_join!(
+            self.conscious(&scope, Some(&session), turn.budget, TOKENIZER),
+            self.recall_with(
                 permit,
                 turn.recall,
                 turn.k,
@@ -68,8 +67,8 @@ impl UseCases {
                 TOKENIZER,
                 None,
                 !turn.dry_run,
-            )
-            .await?;
+            ),
+        )?;
         let prompt = chat::prompt(&conscious.text, &recalled.packed.text, &text);
         if turn.dry_run {
             return Ok(Chatted {
