@@ -86,33 +86,6 @@ def grpc_status(headers: dict, frames: list[tuple[int, bytes]]) -> str:
     raise AssertionError(f"no grpc-status in {headers} / {frames}")
 
 
-def fields(message: bytes) -> dict[int, object]:
-    """The top-level fields of a protobuf message (varints and length-delimited only)."""
-    out, i = {}, 0
-    def varint():
-        nonlocal i
-        shift = value = 0
-        while True:
-            b = message[i]
-            i += 1
-            value |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                return value
-    while i < len(message):
-        tag = varint()
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            out[number] = varint()
-        elif wire == 2:
-            size = varint()
-            out[number] = message[i:i + size]
-            i += size
-        else:
-            raise AssertionError(f"unexpected wire type {wire}")
-    return out
-
-
 def test_the_inspector_is_served_from_the_binary_with_a_strict_policy(server):
     status, headers, body = get(f"http://{server.http}/ui/")
     assert status == 200, body
@@ -132,6 +105,8 @@ def test_the_inspector_is_served_from_the_binary_with_a_strict_policy(server):
 
 
 def test_grpc_web_carries_the_same_keys_and_roles_as_grpc(server):
+    from memoire import _messages  # the SDK's codec: messages by method name
+
     _, writer, reader = keys(server, "grpc-web")
     _, headers, frames = grpc_web(server.http, "WhoAmI", b"", None)
     assert grpc_status(headers, frames) == "16"  # UNAUTHENTICATED
@@ -140,15 +115,16 @@ def test_grpc_web_carries_the_same_keys_and_roles_as_grpc(server):
     _, headers, frames = grpc_web(server.http, "WhoAmI", b"", reader)
     assert grpc_status(headers, frames) == "0"
     data = [frame for flag, frame in frames if not flag & 0x80]
-    assert fields(data[0])[2] == 1  # KEY_ROLE_READER
+    assert _messages.decode("WhoAmI", data[0])["role"] == "KEY_ROLE_READER"
     # A write with a reader key is refused as on the gRPC port: PERMISSION_DENIED.
-    teach = b"\x0a\x01u" + b"\x20\x01" + b"\x2a\x02hi"  # user_id "u", kind FACT, content "hi"
+    teach = _messages.encode("Teach", {"user_id": "u", "kind": "MEMORY_KIND_FACT", "content": "hi"})
     _, headers, frames = grpc_web(server.http, "Teach", teach, reader)
     assert grpc_status(headers, frames) == "7"
     _, headers, frames = grpc_web(server.http, "Teach", teach, writer)
     assert grpc_status(headers, frames) == "0"
     # A request the client got wrong is INVALID_ARGUMENT naming the field, not INTERNAL.
-    _, headers, frames = grpc_web(server.http, "Teach", b"\x0a\x01u\x20\x01", writer)
+    no_content = _messages.encode("Teach", {"user_id": "u", "kind": "MEMORY_KIND_FACT"})
+    _, headers, frames = grpc_web(server.http, "Teach", no_content, writer)
     assert grpc_status(headers, frames) == "3"
 
 

@@ -185,14 +185,16 @@ try {
     const table = page.locator("table.explain");
     await table.locator("tbody tr").first().waitFor();
     await page.locator(".results pre.prompt").waitFor();
-    // Provenance: a recalled turn leads to its session's turns.
-    await table.getByRole("button", { name: /^session / }).first().click();
+  });
+
+  await step("provenance: a recalled turn leads to its session's turns", async () => {
+    await page.locator("table.explain").getByRole("button", { name: /^session / }).first().click();
     await page.getByRole("tab", { name: "Episodes", selected: true }).waitFor();
     await page.locator("ol.episodes li", { hasText: "I live in Lisbon" }).waitFor();
-    await page.getByRole("tab", { name: "Recall" }).click();
   });
 
   await step("bad input in the Recall form is named next to its field", async () => {
+    await page.getByRole("tab", { name: "Recall" }).click();
     await page.getByLabel("Query").fill("   ");
     await page.getByRole("button", { name: "Recall", exact: true }).click();
     await page.locator('[data-error-for="query"]').filter({ hasText: /./ }).waitFor();
