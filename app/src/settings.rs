@@ -59,7 +59,6 @@ pub fn usecase_settings(
     summarizer: Option<Arc<dyn Summarizer>>,
     chat: Option<Arc<dyn Responder>>,
 ) -> Settings {
-    let every = |secs: u64| (secs > 0).then(|| Duration::from_secs(secs));
     Settings {
         recall: RecallSettings {
             weights: Weights {
@@ -103,13 +102,6 @@ pub fn usecase_settings(
             reflect_max_turns: config.reflect_max_turns as usize,
             reflect_idle: Duration::from_secs(config.reflect_idle_secs),
             max_content_bytes: config.max_content_bytes,
-            every: vec![
-                (Job::Optimize, every(config.optimize_interval_secs)),
-                (Job::Decay, every(config.decay_interval_secs)),
-                (Job::Reflect, every(config.reflect_interval_secs)),
-                (Job::Retention, every(config.retention_interval_secs)),
-                (Job::ReEmbed, every(config.reembed_interval_secs)),
-            ],
         },
         extract: ExtractSettings {
             retry: RetryPolicy {
@@ -138,12 +130,29 @@ pub fn usecase_settings(
     }
 }
 
-/// The worker loops' settings.
+/// The worker's settings (its schedules were validated when the configuration loaded).
 pub fn worker_settings(config: &Config) -> WorkerSettings {
     WorkerSettings {
         expiry_sweep_interval: Duration::from_secs(config.expiry_sweep_interval_secs),
         poll_interval: Duration::from_millis(config.worker_poll_interval_ms),
         concurrency: config.worker_concurrency,
         embed_batch: config.embed_batch_size,
+        // In the order of `Config::job_schedules`; validated when the configuration loaded.
+        schedules: [
+            Job::Optimize,
+            Job::Decay,
+            Job::Reflect,
+            Job::Retention,
+            Job::ReEmbed,
+        ]
+        .into_iter()
+        .zip(config.job_schedules())
+        .filter_map(|(job, (_, expr))| {
+            memoire_config::parse_schedule(expr)
+                .ok()
+                .flatten()
+                .map(|s| (job, s))
+        })
+        .collect(),
     }
 }

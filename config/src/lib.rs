@@ -328,24 +328,24 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "memories whose confidence decays below this leave recall and Conscious (history keeps them)",
     ),
     (
-        "optimize_interval_secs",
-        "how often the worker recomputes essential memories (0: only when triggered)",
+        "optimize_schedule",
+        "when the worker recomputes essential memories: a cron expression in UTC with seconds (sec min hour day-of-month month day-of-week); empty: only when triggered",
     ),
     (
-        "decay_interval_secs",
-        "how often the worker applies decay (0: only when triggered)",
+        "decay_schedule",
+        "when the worker applies decay: a cron expression in UTC with seconds (sec min hour day-of-month month day-of-week); empty: only when triggered",
     ),
     (
-        "reflect_interval_secs",
-        "how often the worker summarizes quiet sessions (0: only when triggered)",
+        "reflect_schedule",
+        "when the worker summarizes quiet sessions: a cron expression in UTC with seconds (sec min hour day-of-month month day-of-week); empty: only when triggered",
     ),
     (
-        "retention_interval_secs",
-        "how often the worker applies retention policies (0: only when triggered)",
+        "retention_schedule",
+        "when the worker applies retention policies: a cron expression in UTC with seconds (sec min hour day-of-month month day-of-week); empty: only when triggered",
     ),
     (
-        "reembed_interval_secs",
-        "how often the worker looks for vectors of another model to re-embed (0: only when triggered)",
+        "reembed_schedule",
+        "when the worker looks for vectors of another model to re-embed: a cron expression in UTC with seconds (sec min hour day-of-month month day-of-week); empty: only when triggered",
     ),
     (
         "reflect_min_turns",
@@ -501,11 +501,11 @@ pub struct Config {
     pub conscious_cache_ttl_secs: u64,
     pub decay_half_life_days: f32,
     pub decay_floor: f32,
-    pub optimize_interval_secs: u64,
-    pub decay_interval_secs: u64,
-    pub reflect_interval_secs: u64,
-    pub retention_interval_secs: u64,
-    pub reembed_interval_secs: u64,
+    pub optimize_schedule: String,
+    pub decay_schedule: String,
+    pub reflect_schedule: String,
+    pub retention_schedule: String,
+    pub reembed_schedule: String,
     pub reflect_min_turns: u32,
     pub reflect_idle_secs: u64,
     pub reflect_max_turns: u32,
@@ -601,11 +601,11 @@ impl Default for Config {
             conscious_cache_ttl_secs: 3_600,
             decay_half_life_days: 180.0,
             decay_floor: 0.2,
-            optimize_interval_secs: 3_600,
-            decay_interval_secs: 3_600,
-            reflect_interval_secs: 600,
-            retention_interval_secs: 3_600,
-            reembed_interval_secs: 300,
+            optimize_schedule: "0 0 * * * *".into(),
+            decay_schedule: "0 15 * * * *".into(),
+            reflect_schedule: "0 */10 * * * *".into(),
+            retention_schedule: "0 30 * * * *".into(),
+            reembed_schedule: "0 */5 * * * *".into(),
             reflect_min_turns: 8,
             reflect_idle_secs: 1_800,
             reflect_max_turns: 8,
@@ -696,6 +696,16 @@ impl Config {
             }
         }
         let keys: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<String> = std::env::vars()
+            .filter_map(|(name, _)| {
+                name.starts_with(ENV_PREFIX)
+                    .then(|| renamed(&name))
+                    .flatten()
+            })
+            .collect();
+        if !stale.is_empty() {
+            return Err(ConfigError(stale));
+        }
         fig = fig.merge(Env::prefixed(ENV_PREFIX).only(&keys));
         for (key, value) in [
             ("grpc_addr", &flags.grpc_addr),
@@ -713,6 +723,9 @@ impl Config {
                 return Err(ConfigError(vec![format!("--set '{kv}' is not KEY=VALUE")]));
             };
             let key = key.trim();
+            if let Some(why) = renamed(key) {
+                return Err(ConfigError(vec![format!("--set: {why}")]));
+            }
             if !keys.contains(&key) {
                 return Err(ConfigError(vec![format!("--set: unknown setting '{key}'")]));
             }
@@ -728,9 +741,14 @@ impl Config {
         let config: Config = fig.extract().map_err(|e| {
             ConfigError(
                 e.into_iter()
-                    .map(|e| match e.path.last() {
-                        Some(key) => format!("{}: {}", setting(key), e.kind),
-                        None => e.to_string(),
+                    .map(|e| match (&e.kind, e.path.last()) {
+                        (figment::error::Kind::UnknownField(key, _), _)
+                            if renamed(key).is_some() =>
+                        {
+                            renamed(key).unwrap_or_default()
+                        }
+                        (_, Some(key)) => format!("{}: {}", setting(key), e.kind),
+                        (_, None) => e.to_string(),
                     })
                     .collect(),
             )
@@ -961,7 +979,7 @@ impl Config {
         {
             bad("recall_recency_half_life_days", "must be positive".into());
         }
-        let ranges: [(&str, u64, u64, u64); 45] = [
+        let ranges: [(&str, u64, u64, u64); 40] = [
             (
                 "embedding_timeout_ms",
                 self.embedding_timeout_ms,
@@ -1129,36 +1147,6 @@ impl Config {
                 7 * 86_400,
             ),
             (
-                "optimize_interval_secs",
-                self.optimize_interval_secs,
-                0,
-                30 * 86_400,
-            ),
-            (
-                "decay_interval_secs",
-                self.decay_interval_secs,
-                0,
-                30 * 86_400,
-            ),
-            (
-                "reflect_interval_secs",
-                self.reflect_interval_secs,
-                0,
-                30 * 86_400,
-            ),
-            (
-                "retention_interval_secs",
-                self.retention_interval_secs,
-                0,
-                30 * 86_400,
-            ),
-            (
-                "reembed_interval_secs",
-                self.reembed_interval_secs,
-                0,
-                30 * 86_400,
-            ),
-            (
                 "reflect_min_turns",
                 self.reflect_min_turns as u64,
                 2,
@@ -1181,11 +1169,27 @@ impl Config {
                 );
             }
         }
+        for (key, expr) in self.job_schedules() {
+            if let Err(why) = parse_schedule(expr) {
+                bad(key, why);
+            }
+        }
         if problems.is_empty() {
             Ok(())
         } else {
             Err(ConfigError(problems))
         }
+    }
+
+    /// Each periodic job's schedule setting and its cron expression (see [`parse_schedule`]).
+    pub fn job_schedules(&self) -> [(&'static str, &str); 5] {
+        [
+            ("optimize_schedule", &self.optimize_schedule),
+            ("decay_schedule", &self.decay_schedule),
+            ("reflect_schedule", &self.reflect_schedule),
+            ("retention_schedule", &self.retention_schedule),
+            ("reembed_schedule", &self.reembed_schedule),
+        ]
     }
 
     /// Every setting as `key = value` lines, secrets hidden: safe to print and log.
@@ -1208,6 +1212,53 @@ impl Config {
             .collect::<Vec<_>>()
             .join("\n")
     }
+}
+
+/// A job's schedule from its setting: a cron expression in UTC whose first field is the second
+/// (`sec min hour day-of-month month day-of-week [year]`, or `@hourly`, `@daily`, ...); `None`
+/// when empty (the job runs only when triggered).
+pub fn parse_schedule(expr: &str) -> Result<Option<cron::Schedule>, String> {
+    let expr = expr.trim();
+    if expr.is_empty() {
+        return Ok(None);
+    }
+    let schedule: cron::Schedule = expr.parse().map_err(|_| {
+        let hint = if expr.split_whitespace().count() == 5 {
+            "; it has 5 fields, and the first of 6 is the second: '0 */10 * * * *' is every ten minutes"
+        } else {
+            ""
+        };
+        format!(
+            "'{expr}' is not a cron expression (sec min hour day-of-month month day-of-week [year], \
+             or @hourly, @daily, @weekly, @monthly, @yearly){hint}"
+        )
+    })?;
+    if schedule.upcoming(chrono::Utc).next().is_none() {
+        return Err(format!("'{expr}' never fires again"));
+    }
+    Ok(Some(schedule))
+}
+
+/// Settings that were renamed, and what replaced them: named in the error when still set.
+const RENAMED: [(&str, &str); 5] = [
+    ("optimize_interval_secs", "optimize_schedule"),
+    ("decay_interval_secs", "decay_schedule"),
+    ("reflect_interval_secs", "reflect_schedule"),
+    ("retention_interval_secs", "retention_schedule"),
+    ("reembed_interval_secs", "reembed_schedule"),
+];
+
+/// The error for a renamed setting `old` (file key, variable or `--set`), if it is one.
+fn renamed(old: &str) -> Option<String> {
+    let old = old.trim().to_ascii_lowercase();
+    let old = old
+        .strip_prefix(&ENV_PREFIX.to_ascii_lowercase())
+        .unwrap_or(&old);
+    RENAMED.iter().find(|(o, _)| *o == old).map(|(o, new)| {
+        format!(
+            "{o} was replaced by {new}, a cron expression with seconds (see docs/configuration.md)"
+        )
+    })
 }
 
 /// Just enough TOML to tell whether `--set` got a typed value.
@@ -1347,6 +1398,57 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("postgres://u:***@db:5432/m"), "{shown}");
+    }
+
+    #[test]
+    fn job_schedules_are_cron_expressions_with_seconds() {
+        let mut c = Config::default();
+        assert!(c.validate().is_ok());
+        for (_, expr) in c.job_schedules() {
+            assert!(parse_schedule(expr).expect("default").is_some(), "{expr}");
+        }
+        c.reflect_schedule = String::new();
+        assert!(c.validate().is_ok(), "empty: only when triggered");
+        c.optimize_schedule = "*/10 * * * *".into();
+        c.decay_schedule = "every hour".into();
+        c.retention_schedule = "0 0 0 1 1 * 2001".into();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("optimize_schedule") && err.contains("5 fields"),
+            "{err}"
+        );
+        assert!(
+            err.contains("decay_schedule") && err.contains("not a cron"),
+            "{err}"
+        );
+        assert!(
+            err.contains("retention_schedule") && err.contains("never fires"),
+            "{err}"
+        );
+        assert!(!err.contains("reflect_schedule"), "{err}");
+    }
+
+    #[test]
+    fn renamed_settings_name_their_replacement() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("m.toml", "reflect_interval_secs = 60")?;
+            let flags = Flags {
+                config: Some("m.toml".into()),
+                ..Flags::default()
+            };
+            let err = Config::load(&flags).unwrap_err().to_string();
+            assert!(err.contains("replaced by reflect_schedule"), "{err}");
+            let flags = Flags {
+                set: vec!["decay_interval_secs=5".into()],
+                ..Flags::default()
+            };
+            let err = Config::load(&flags).unwrap_err().to_string();
+            assert!(err.contains("replaced by decay_schedule"), "{err}");
+            jail.set_env("MEMOIRE_OPTIMIZE_INTERVAL_SECS", "60");
+            let err = Config::load(&Flags::default()).unwrap_err().to_string();
+            assert!(err.contains("replaced by optimize_schedule"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

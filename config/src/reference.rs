@@ -84,7 +84,7 @@ fn group_of(key: &str) -> Option<&'static str> {
         }
         _ if key.starts_with("llm_") || key == "chat_model" => "LLM",
         _ if key.starts_with("conscious_") => "Conscious",
-        _ if key.ends_with("_interval_secs") || key.starts_with("reflect_") => "Background jobs",
+        _ if key.ends_with("_schedule") || key.starts_with("reflect_") => "Background jobs",
         _ => return None,
     };
     Some(group)

@@ -49,7 +49,7 @@ pub use episodes::{
     RetryPolicy, ScopeClaim,
 };
 pub use error::db_error;
-pub use maintenance::{JobOutput, JobScope, VectorClaim, VectorTable};
+pub use maintenance::{JobLock, JobOutput, JobScope, VectorClaim, VectorTable};
 pub use memories::Correction;
 pub use recall::{VectorSettings, record_stage};
 pub use schema::vector_index_name;

@@ -35,6 +35,12 @@ pub struct JobScope {
     pub user_id: Option<String>,
 }
 
+/// A run's exclusive right to its job (see [`PgStore::lock_job`]).
+#[derive(Debug)]
+pub struct JobLock {
+    _tx: sqlx::Transaction<'static, sqlx::Postgres>,
+}
+
 /// Rows per batch of the bulk jobs.
 const BATCH: i64 = 500;
 
@@ -512,6 +518,30 @@ impl PgStore {
         .await
         .map_err(db_error)?;
         Ok(())
+    }
+
+    /// The right to run `job` alone, among every worker and server sharing the database (a
+    /// transaction-level advisory lock on its own connection): waits for a run elsewhere to end
+    /// when `wait`, else `None` while one runs. Released when dropped, or when the holder's
+    /// connection dies.
+    pub async fn lock_job(&self, job: &str, wait: bool) -> Result<Option<JobLock>> {
+        let mut tx = self.begin(Rows::All).await?;
+        let key = format!("job/{job}");
+        let got: bool = if wait {
+            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(&key)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_error)?;
+            true
+        } else {
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                .bind(&key)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(db_error)?
+        };
+        Ok(got.then_some(JobLock { _tx: tx }))
     }
 
     /// Records the start of a maintenance run.

@@ -126,6 +126,8 @@ def running_server(tmp_path_factory, database: str | None = None, **extra_env: s
         "MEMOIRE_LOG_FORMAT": "json",
         "MEMOIRE_EMBEDDING_MODEL_DIR": os.environ.get(
             "MEMOIRE_EMBEDDING_MODEL_DIR", str(ROOT / ".models" / "all-MiniLM-L6-v2")),
+        # The periodic jobs run when a test asks (RunMaintenance), not on the clock.
+        **{f"MEMOIRE_{job}_SCHEDULE": "" for job in ("OPTIMIZE", "DECAY", "REFLECT", "RETENTION", "REEMBED")},
         **extra_env,
     }
     with open(log, "wb") as out:

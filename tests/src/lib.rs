@@ -127,6 +127,12 @@ impl TestServer {
             grpc_addr: "127.0.0.1:0".parse().expect("addr"),
             http_addr: "127.0.0.1:0".parse().expect("addr"),
             expiry_sweep_interval_secs: 3600,
+            // The periodic jobs run when a test asks (RunMaintenance), not on the clock.
+            optimize_schedule: String::new(),
+            decay_schedule: String::new(),
+            reflect_schedule: String::new(),
+            retention_schedule: String::new(),
+            reembed_schedule: String::new(),
             worker_poll_interval_ms: 200,
             shutdown_grace_secs: 5,
             embedding_model_dir: model_dir(),

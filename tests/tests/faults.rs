@@ -1,5 +1,5 @@
-//! Durability of the write path: a worker killed in the middle of a batch and a flushed Redis
-//! lose nothing and duplicate nothing — every acknowledged message is stored once and extracted
+//! Durability of the write path: a worker stopped or killed in the middle of a batch and a
+//! flushed Redis lose nothing and duplicate nothing — every acknowledged message is stored once and extracted
 //! once. (Restarting Postgres has its own test binary, `fault_postgres`, because it interrupts
 //! every connection of the machine's server.)
 
@@ -63,10 +63,9 @@ async fn assert_extracted_exactly_once(server: &TestServer, n: usize) {
     assert_eq!((episodes, done), (n as i64, n as i64));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
-    const N: usize = 12;
-    // A model that takes 150 ms per turn, so the kill lands in the middle of the batch.
+/// A model that takes 150 ms per turn (so that a stop or a kill lands in the middle of a
+/// batch), and a server without a worker that extracts with it.
+async fn slow_model_server() -> (FakeLlm, TestServer) {
     let fake = FakeLlm::start(|turn, _| {
         let item = turn
             .strip_prefix("I like ")
@@ -93,19 +92,15 @@ async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
         None,
     )
     .await;
-    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
-    ingest_all(&client, N).await;
+    (fake, server)
+}
 
-    let worker = server.start_worker(|_| {}).await;
+/// Waits until the worker has extracted at least `n` episodes.
+async fn wait_for_progress(server: &TestServer, n: i64) {
     let until = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let done: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM episodes WHERE extracted_at IS NOT NULL")
-                .fetch_one(server.pool())
-                .await
-                .expect("count");
-        if done >= 3 {
-            break;
+        if extracted(server).await >= n {
+            return;
         }
         assert!(
             tokio::time::Instant::now() < until,
@@ -113,13 +108,66 @@ async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Killed while a request to the model is in flight.
-    worker.kill().await;
-    let done: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM episodes WHERE extracted_at IS NOT NULL")
+}
+
+async fn extracted(server: &TestServer) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM episodes WHERE extracted_at IS NOT NULL")
+        .fetch_one(server.pool())
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_mid_batch_finishes_its_episode_and_leaves_the_rest_pending() {
+    const N: usize = 12;
+    let (_fake, server) = slow_model_server().await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    ingest_all(&client, N).await;
+
+    let worker = server.start_worker(|_| {}).await;
+    wait_for_progress(&server, 3).await;
+    let asked = tokio::time::Instant::now();
+    worker.stop().await;
+    // The episode in flight (150 ms of model) finishes; the next ones do not start.
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "the stop took {:?}",
+        asked.elapsed()
+    );
+    let done = extracted(&server).await;
+    assert!(
+        done < N as i64,
+        "the rest is left pending ({done} of {N} done)"
+    );
+    // Never half-written: an episode is extracted with its memory, or pending without one.
+    let memories: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM memories WHERE slot LIKE 'user.taste.%'")
             .fetch_one(server.pool())
             .await
-            .expect("count");
+            .expect("memories");
+    assert_eq!(
+        memories, done,
+        "one memory per extracted episode, none for the others"
+    );
+
+    let worker = server.start_worker(|_| {}).await;
+    server.wait_extracted(Duration::from_secs(30)).await;
+    worker.stop().await;
+    assert_extracted_exactly_once(&server, N).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
+    const N: usize = 12;
+    let (_fake, server) = slow_model_server().await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    ingest_all(&client, N).await;
+
+    let worker = server.start_worker(|_| {}).await;
+    wait_for_progress(&server, 3).await;
+    // Killed while a request to the model is in flight.
+    worker.kill().await;
+    let done = extracted(&server).await;
     assert!(
         done < N as i64,
         "the kill must land mid-batch ({done} of {N} done)"

@@ -8,7 +8,7 @@ use memoire_core::Error;
 use memoire_core::embed::memory_text;
 use memoire_core::extract::{ExtractError, ExtractionInput, Extractor};
 use memoire_core::resolve::Thresholds;
-use memoire_store::{Failure, PendingEpisode, RetryPolicy};
+use memoire_store::{EmbedClaim, Failure, PendingEpisode, RetryPolicy};
 use tracing::Instrument as _;
 
 use crate::UseCases;
@@ -187,13 +187,28 @@ impl UseCases {
         batch: i64,
         policy: &RetryPolicy,
     ) -> memoire_core::Result<usize> {
-        let Some(claim) = self
-            .store()
+        match self.claim_unembedded(batch).await? {
+            Some(claim) => self.embed_claimed(claim, policy).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Claims up to `batch` episodes that have no vector yet, for the embedding lease (see
+    /// `PgStore::claim_unembedded`). `None` when there are none.
+    pub async fn claim_unembedded(&self, batch: i64) -> memoire_core::Result<Option<EmbedClaim>> {
+        self.store()
             .claim_unembedded(batch, self.settings().extract.embed_lease)
-            .await?
-        else {
-            return Ok(0);
-        };
+            .await
+    }
+
+    /// Embeds claimed episodes in one model call and stores their vectors; a failed call counts
+    /// as an attempt of each (dead-lettered after `policy.max_attempts`). Returns how many were
+    /// embedded.
+    pub async fn embed_claimed(
+        &self,
+        claim: EmbedClaim,
+        policy: &RetryPolicy,
+    ) -> memoire_core::Result<usize> {
         let texts = claim.texts();
         match self.embed(&texts).await {
             Ok(vectors) => claim.complete(vectors, self.embedding_model()).await,

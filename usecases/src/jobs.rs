@@ -73,16 +73,45 @@ pub struct JobSettings {
     pub reflect_idle: Duration,
     /// Longest memory content.
     pub max_content_bytes: usize,
-    /// How often each job runs on its own (`None`: only when triggered).
-    pub every: Vec<(Job, Option<Duration>)>,
 }
 
 /// Re-embed's batch: rows claimed and embedded per model call.
 const REEMBED_BATCH: i64 = 64;
 
 impl UseCases {
-    /// Runs `job` over `scope` and records the run under `id`. Returns what the job did.
+    /// Runs `job` over `scope` and records the run under `id`, after any run of the same job
+    /// elsewhere (another worker's schedule, another `RunMaintenance`) has ended: one job runs
+    /// once at a time across every process sharing the database. Returns what the job did.
     pub async fn run_job(
+        &self,
+        id: Uuid,
+        job: Job,
+        scope: &JobScope,
+    ) -> memoire_core::Result<serde_json::Value> {
+        let _alone = self.store().lock_job(job.as_str(), true).await?;
+        self.run_locked(id, job, scope).await
+    }
+
+    /// A scheduled run of `job` over every tenant — skipped (`None`, nothing recorded) while
+    /// another process runs the job.
+    pub async fn run_scheduled_job(
+        &self,
+        job: Job,
+    ) -> memoire_core::Result<Option<serde_json::Value>> {
+        let Some(_alone) = self.store().lock_job(job.as_str(), false).await? else {
+            crate::job_outcome(job.as_str(), "skipped");
+            tracing::debug!(
+                job = job.as_str(),
+                "scheduled run skipped: the job runs elsewhere"
+            );
+            return Ok(None);
+        };
+        self.run_locked(Uuid::now_v7(), job, &JobScope::default())
+            .await
+            .map(Some)
+    }
+
+    async fn run_locked(
         &self,
         id: Uuid,
         job: Job,
@@ -112,9 +141,7 @@ impl UseCases {
         };
         metrics::histogram!("memoire_maintenance_seconds", "task" => job.as_str())
             .record(started.elapsed().as_secs_f64());
-        let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!("memoire_jobs_total", "task" => job.as_str(), "outcome" => outcome)
-            .increment(1);
+        crate::job_outcome(job.as_str(), if result.is_ok() { "ok" } else { "error" });
         match &result {
             Ok(v) => {
                 tracing::info!(job = job.as_str(), run_id = %id, result = %v, "maintenance job done")
@@ -244,38 +271,5 @@ impl UseCases {
             // Teach invalidated what it wrote.
             changed: Vec::new(),
         })
-    }
-}
-
-/// When each scheduled job is next due.
-#[derive(Debug)]
-pub struct Schedule {
-    next: Vec<(Job, Duration, Instant)>,
-}
-
-impl Schedule {
-    /// The schedule of `s`'s jobs, each first due one interval from now.
-    pub fn new(s: &JobSettings) -> Self {
-        let now = Instant::now();
-        Schedule {
-            next: s
-                .every
-                .iter()
-                .filter_map(|(job, every)| every.map(|e| (*job, e, now + e)))
-                .collect(),
-        }
-    }
-
-    /// The jobs due now (each then scheduled one interval later).
-    pub fn due(&mut self) -> Vec<Job> {
-        let now = Instant::now();
-        let mut due = Vec::new();
-        for (job, every, next) in &mut self.next {
-            if *next <= now {
-                due.push(*job);
-                *next = now + *every;
-            }
-        }
-        due
     }
 }

@@ -36,8 +36,9 @@ pub use query::QueryEmbedder;
 
 // The store's plain types that adapters and the worker see in use-case signatures.
 pub use memoire_store::{
-    Applied, ConsciousSource, ConsciousView, EPISODES_CHANNEL, ExportScope, ImportCounts, Importer,
-    JobScope, NewApiKey, PendingEpisode, RetryPolicy, ScopeClaim, TenantUpdate,
+    Applied, ConsciousSource, ConsciousView, EPISODES_CHANNEL, EmbedClaim, ExportScope,
+    ImportCounts, Importer, JobScope, NewApiKey, PendingEpisode, RetryPolicy, ScopeClaim,
+    TenantUpdate,
 };
 
 /// What Recall needs besides the store.

@@ -1,40 +1,47 @@
-//! Mémoire's background worker: the loops that drive extraction, episode embedding, the expiry
-//! sweep and the periodic jobs. What each step does is a use-case (`memoire-usecases`); this
-//! crate decides when steps run.
+//! Mémoire's background worker, on apalis: extraction, episode embedding, the expiry sweep
+//! and the periodic jobs, each an apalis worker under one [`Monitor`]. What each step does is a
+//! use-case (`memoire-usecases`); this crate decides when steps run.
 //!
-//! The queue is the episodes table itself (see `memoire-store`'s `episodes` module): Ingest's
-//! commit is the enqueue, so nothing acknowledged can be lost between a database and a broker.
-//! [`run`] drives three loops until shutdown:
+//! - **extraction**: the backend (`queue::due_scopes`) reads the users with due episodes — when
+//!   Ingest's notification wakes it, and every `poll_interval` (the reconciler) — and claims each
+//!   user (a Postgres advisory lock per user+namespace, so several workers share the load and
+//!   one user's episodes are resolved in the order they were said) when the worker has room:
+//!   `concurrency` users at once. The task extracts the user's due episodes in order; each is
+//!   extracted, resolved and marked done in one transaction — the acknowledgement. A failure is
+//!   retried with exponential backoff stored on the episode (the user's later episodes wait, to
+//!   keep the order) and after `max_attempts` goes to the dead-letter queue, which lets the
+//!   later episodes proceed.
+//! - **embedding** (`queue::unembedded`): episodes without a vector, a batch per task, claimed
+//!   under a lease (no row stays locked while the model runs; a dead worker's batch is taken
+//!   over when the lease ends), with the same retry rules; the task times out at the lease.
+//! - **the periodic jobs** (optimize, decay, reflect, retention, re-embed) run on apalis-cron
+//!   schedules; a run first takes the job's advisory lock, so one job runs once at a time across
+//!   every worker and server sharing the database (a tick that finds it running is skipped).
+//! - **housekeeping**: the expiry sweep (memories past their expiry get an `expire` version;
+//!   planner statistics autovacuum left stale are refreshed) and the queue gauges, on intervals.
 //!
-//! - **extraction**: a reconciler scan finds users with due episodes; up to `concurrency` users
-//!   are claimed at once (a Postgres advisory lock per user+namespace, so several workers share
-//!   the load and one user's episodes are resolved in the order they were said); each episode is
-//!   extracted, resolved and marked done in one transaction. A failure is retried with
-//!   exponential backoff (the user's later episodes wait, to keep the order) and after
-//!   `max_attempts` goes to the dead-letter queue, which lets the later episodes proceed.
-//! - **embedding**: episodes without a vector, in batches under a lease (no row stays locked
-//!   while the model runs; a dead worker's batch is taken over when the lease ends), with the
-//!   same retry rules.
-//! - **expiry sweep and gauges**: memories past their expiry get an `expire` version; queue
-//!   depths and the dead-letter count are published as metrics; tables whose planner statistics
-//!   autovacuum has left stale (off, or behind after a burst) are analyzed.
-//!
-//! Ingest's statement trigger sends a notification that wakes the loops at once; the reconciler
-//! also runs every `poll_interval`, so a lost notification, a restarted worker or a restarted
-//! Postgres only delay work. Database errors never stop the worker: it logs, waits and resumes.
+//! Database errors never stop a worker: the backends log, back off and read again, a failed
+//! task is logged, and a worker that fails anyway (a panic outside a task) is restarted by the
+//! monitor. On shutdown no new task starts; an extraction in flight finishes the episode it is
+//! on and leaves the rest pending.
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use apalis::prelude::{Data, Event, Monitor, WorkerBuilder, WorkerBuilderExt as _, WorkerContext};
+use apalis_cron::{CronScheduler, Tick};
 use memoire_core::Error;
 use memoire_core::extract::Extractor;
-use memoire_core::model::Scope;
-use memoire_usecases::jobs::Schedule;
-use memoire_usecases::{JobScope, PendingEpisode, Step, UseCases, job_outcome};
-use tokio::sync::{Notify, watch};
+use memoire_usecases::jobs::Job;
+use memoire_usecases::{EmbedClaim, PendingEpisode, Step, UseCases, job_outcome};
+use tokio::sync::Notify;
 use tracing::Instrument as _;
+
+mod measure;
+mod queue;
+
+use measure::TaskMetrics;
+use queue::{Claimed, Every, Queue};
 
 /// The worker's own settings (what each step does is the use-cases' settings).
 #[derive(Debug, Clone)]
@@ -47,102 +54,108 @@ pub struct WorkerSettings {
     pub concurrency: usize,
     /// Episodes embedded per model call.
     pub embed_batch: u32,
+    /// The periodic jobs that run on a schedule (the others run only when triggered).
+    pub schedules: Vec<(Job, cron::Schedule)>,
 }
 
-/// Episodes read per claim round.
+/// Episodes read per round of one user's extraction.
 const EPISODES_PER_ROUND: i64 = 32;
 
-/// The extraction side of the worker, shared by its tasks.
+/// What the extraction task needs.
 #[derive(Debug)]
 struct Extraction {
     uc: UseCases,
     extractor: Arc<dyn Extractor>,
-    settings: WorkerSettings,
-    stop: watch::Receiver<bool>,
+    /// Wakes the backend: a task that found work has the queue read again at once.
+    wake: Arc<Notify>,
 }
 
-impl Extraction {
-    /// One reconciler pass: every due user, `concurrency` at a time. Returns how many episodes
-    /// were finished (extracted or dead-lettered).
-    async fn pass(&self) -> memoire_core::Result<usize> {
-        let scopes = self
-            .uc
-            .store()
-            .pending_scopes((self.settings.concurrency * 8) as i64)
-            .await?;
-        let done = futures::stream::iter(scopes)
-            .map(|scope| self.user(scope))
-            .buffer_unordered(self.settings.concurrency)
-            .fold(Ok(0usize), |acc, r| async move {
-                match (acc, r) {
-                    (Ok(a), Ok(n)) => Ok(a + n),
-                    (Err(e), _) | (_, Err(e)) => Err(e),
-                }
-            })
-            .await?;
-        Ok(done)
-    }
-
-    /// Extracts one user's due episodes in order, holding the user's claim.
-    async fn user(&self, scope: Scope) -> memoire_core::Result<usize> {
-        let store = self.uc.store();
-        let Some(_claim) = store.claim_scope(&scope).await? else {
-            return Ok(0); // another worker has this user
-        };
-        let mut done = 0;
-        loop {
-            let episodes: Vec<PendingEpisode> =
-                store.pending_episodes(&scope, EPISODES_PER_ROUND).await?;
-            if episodes.is_empty() {
-                return Ok(done);
+/// The extraction task: `claimed`'s due episodes, in the order they were said, under its claim.
+/// Returns how many were finished (extracted or dead-lettered).
+async fn extract(
+    claimed: Claimed,
+    worker: WorkerContext,
+    x: Data<Arc<Extraction>>,
+) -> Result<usize, Error> {
+    let Claimed { scope, claim } = claimed;
+    let store = x.uc.store();
+    let mut done = 0;
+    'rounds: loop {
+        let episodes: Vec<PendingEpisode> =
+            store.pending_episodes(&scope, EPISODES_PER_ROUND).await?;
+        if episodes.is_empty() {
+            break;
+        }
+        for ep in &episodes {
+            if worker.is_shutting_down() || ep.extract_after.is_some_and(|t| t > store.now()) {
+                break 'rounds;
             }
-            for ep in &episodes {
-                let stopping = *self.stop.borrow();
-                if stopping || ep.extract_after.is_some_and(|t| t > store.now()) {
-                    return Ok(done);
-                }
-                let span = tracing::info_span!("extract_episode", episode_id = %ep.id);
-                match self
-                    .uc
-                    .extract_episode(ep, self.extractor.as_ref())
-                    .instrument(span)
-                    .await?
-                {
-                    Step::Next => done += 1,
-                    Step::Wait => return Ok(done),
-                }
+            let span = tracing::info_span!("extract_episode", episode_id = %ep.id);
+            match x
+                .uc
+                .extract_episode(ep, x.extractor.as_ref())
+                .instrument(span)
+                .await?
+            {
+                Step::Next => done += 1,
+                Step::Wait => break 'rounds,
             }
         }
     }
+    drop(claim);
+    if done > 0 {
+        x.wake.notify_one();
+    }
+    Ok(done)
 }
 
-/// Embeds pending episodes until none is left (or an error). Returns how many.
-async fn embed_pass(uc: &UseCases, settings: &WorkerSettings) -> memoire_core::Result<usize> {
+/// The embedding task: one claimed batch.
+async fn embed(claim: EmbedClaim, uc: Data<UseCases>) -> Result<usize, Error> {
+    let started = Instant::now();
     let retry = uc.settings().extract.retry;
-    let mut total = 0;
-    loop {
-        let started = std::time::Instant::now();
-        match uc
-            .embed_pending_episodes(settings.embed_batch as i64, &retry)
-            .instrument(tracing::info_span!("embed_episodes"))
-            .await
-        {
-            Ok(0) => return Ok(total),
-            Ok(n) => {
-                metrics::histogram!("memoire_embedding_duration_seconds", "kind" => "episodes")
-                    .record(started.elapsed().as_secs_f64());
-                metrics::counter!("memoire_episodes_embedded_total").increment(n as u64);
-                job_outcome("embed", "ok");
-                total += n;
+    match uc
+        .embed_claimed(claim, &retry)
+        .instrument(tracing::info_span!("embed_episodes"))
+        .await
+    {
+        Ok(n) => {
+            metrics::histogram!("memoire_embedding_duration_seconds", "kind" => "episodes")
+                .record(started.elapsed().as_secs_f64());
+            metrics::counter!("memoire_episodes_embedded_total").increment(n as u64);
+            job_outcome("embed", "ok");
+            Ok(n)
+        }
+        Err(e) => {
+            if !matches!(e, Error::Unavailable(_)) {
+                job_outcome("embed", "retry");
             }
-            Err(e) => {
-                if !matches!(e, Error::Unavailable(_)) {
-                    job_outcome("embed", "retry");
-                }
-                return Err(e);
-            }
+            Err(e)
         }
     }
+}
+
+/// A periodic job's scheduled run (skipped while the job runs elsewhere).
+async fn scheduled(_: Tick, job: Data<Job>, uc: Data<UseCases>) -> Result<(), Error> {
+    // The run logs and records its own outcome.
+    uc.run_scheduled_job(*job).await.map(|_| ())
+}
+
+/// The expiry sweep, then a refresh of stale planner statistics.
+async fn sweep(_: Tick, uc: Data<UseCases>) -> Result<(), Error> {
+    if let Err(e) = uc.sweep_expired().await {
+        job_outcome("expiry", "error");
+        return Err(e);
+    }
+    let tables = uc.store().analyze_stale_tables().await?;
+    if !tables.is_empty() {
+        tracing::info!(?tables, "refreshed stale planner statistics");
+    }
+    Ok(())
+}
+
+/// Queue depths and the dead-letter count, as gauges.
+async fn gauges(_: Tick, uc: Data<UseCases>) -> Result<(), Error> {
+    publish_gauges(&uc).await
 }
 
 async fn publish_gauges(uc: &UseCases) -> memoire_core::Result<()> {
@@ -157,7 +170,7 @@ async fn publish_gauges(uc: &UseCases) -> memoire_core::Result<()> {
     Ok(())
 }
 
-/// Listens for Ingest's notifications and wakes the loops; reconnects after errors.
+/// Listens for Ingest's notifications and wakes the backends; reconnects after errors.
 async fn listen(uc: UseCases, wakes: Vec<Arc<Notify>>) {
     loop {
         let listener = async {
@@ -179,153 +192,129 @@ async fn listen(uc: UseCases, wakes: Vec<Arc<Notify>>) {
     }
 }
 
-/// Completes when the stop flag is set.
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
-/// Runs `pass` whenever `wake` fires or `every` passes, until `stop`. Runs again at once while a
-/// pass finds work; backs off after an error.
-async fn drive<F, Fut>(
-    name: &'static str,
-    wake: Arc<Notify>,
-    every: Duration,
-    mut stop: watch::Receiver<bool>,
-    mut pass: F,
-) where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = memoire_core::Result<usize>>,
-{
-    let mut backoff = every;
-    loop {
-        let stopping = *stop.borrow();
-        if stopping {
-            break;
-        }
-        match pass().await {
-            Ok(n) if n > 0 => {
-                backoff = every;
-                continue;
-            }
-            Ok(_) => backoff = every,
-            Err(e) => {
-                tracing::warn!(job = name, error = %e, "worker pass failed; retrying");
-                backoff = (backoff * 2).min(Duration::from_secs(30));
-            }
-        }
-        tokio::select! {
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stopped(&mut stop) => break,
-        }
-    }
-}
-
-/// Runs the worker until `shutdown` completes. In-flight episodes finish; no new ones start.
+/// Runs the worker until `shutdown` completes. In-flight tasks finish (an extraction stops
+/// after the episode it is on); no new ones start.
 pub async fn run(
     uc: UseCases,
     extractor: Arc<dyn Extractor>,
     settings: WorkerSettings,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = ()> + Send,
 ) {
     tracing::info!(
         concurrency = settings.concurrency,
         extractor = extractor.basis().as_str(),
         poll_interval_ms = settings.poll_interval.as_millis() as u64,
+        scheduled = ?settings.schedules.iter().map(|(j, s)| format!("{}: {s}", j.as_str())).collect::<Vec<_>>(),
         "worker started"
     );
-    let (stop_tx, stop) = watch::channel(false);
     let extract_wake = Arc::new(Notify::new());
     let embed_wake = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(
         uc.clone(),
         vec![extract_wake.clone(), embed_wake.clone()],
     ));
-
+    let every = settings.poll_interval;
     let extraction = Arc::new(Extraction {
         uc: uc.clone(),
         extractor,
-        settings: settings.clone(),
-        stop: stop.clone(),
+        wake: extract_wake.clone(),
     });
-    let extract_loop = {
-        let x = extraction.clone();
-        drive(
-            "extract",
-            extract_wake,
-            settings.poll_interval,
-            stop.clone(),
-            move || {
-                let x = x.clone();
-                async move { x.pass().await }
-            },
-        )
-    };
-    let embed_loop = {
-        let (uc, settings) = (uc.clone(), settings.clone());
-        drive(
-            "embed",
-            embed_wake,
-            settings.poll_interval,
-            stop.clone(),
-            move || {
-                let (uc, settings) = (uc.clone(), settings.clone());
-                async move { embed_pass(&uc, &settings).await }
-            },
-        )
-    };
-    let housekeeping = {
-        let uc = uc.clone();
-        let mut stop = stop.clone();
-        let (sweep_every, gauge_every) = (settings.expiry_sweep_interval, settings.poll_interval);
-        async move {
-            let mut schedule = Schedule::new(&uc.settings().jobs);
-            let mut jobs_tick = tokio::time::interval(Duration::from_secs(1));
-            jobs_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut sweep = tokio::time::interval(sweep_every);
-            let mut gauges = tokio::time::interval(gauge_every);
-            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                let stopping = *stop.borrow();
-                if stopping {
-                    break;
-                }
-                tokio::select! {
-                    _ = sweep.tick() => {
-                        if let Err(e) = uc.sweep_expired().await {
-                            job_outcome("expiry", "error");
-                            tracing::warn!(error = %e, "expiry sweep failed");
-                        }
-                        match uc.store().analyze_stale_tables().await {
-                            Ok(tables) if !tables.is_empty() => {
-                                tracing::info!(?tables, "refreshed stale planner statistics");
-                            }
-                            Ok(_) => {}
-                            Err(e) => tracing::warn!(error = %e, "refreshing planner statistics failed"),
-                        }
-                    }
-                    _ = gauges.tick() => {
-                        if let Err(e) = publish_gauges(&uc).await {
-                            tracing::debug!(error = %e, "queue gauges not updated");
-                        }
-                    }
-                    _ = jobs_tick.tick() => {
-                        for job in schedule.due() {
-                            // Logged and recorded by the run itself.
-                            let _ = uc.run_job(uuid::Uuid::now_v7(), job, &JobScope::default()).await;
-                        }
-                    }
-                    _ = stopped(&mut stop) => break,
-                }
+
+    let mut monitor = Monitor::new()
+        .register({
+            let (uc, x, concurrency) = (uc.clone(), extraction, settings.concurrency);
+            move |_| {
+                WorkerBuilder::new("extract")
+                    .backend(Queue::new(queue::due_scopes(
+                        uc.clone(),
+                        extract_wake.clone(),
+                        every,
+                        (concurrency * 8) as i64,
+                    )))
+                    .data(x.clone())
+                    .layer(TaskMetrics("extract"))
+                    .enable_tracing()
+                    .catch_panic()
+                    .concurrency(concurrency)
+                    .build(extract)
             }
-        }
-    };
-    let stopper = async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    };
-    tokio::join!(extract_loop, embed_loop, housekeeping, stopper);
+        })
+        .register({
+            let (uc, batch) = (uc.clone(), settings.embed_batch as i64);
+            // Past the lease another worker may take the batch over.
+            let lease = uc.settings().extract.embed_lease;
+            move |_| {
+                WorkerBuilder::new("embed")
+                    .backend(Queue::new(queue::unembedded(
+                        uc.clone(),
+                        embed_wake.clone(),
+                        every,
+                        batch,
+                    )))
+                    .data(uc.clone())
+                    .layer(TaskMetrics("embed"))
+                    .enable_tracing()
+                    .catch_panic()
+                    .timeout(lease)
+                    .concurrency(1)
+                    .build(embed)
+            }
+        })
+        .register({
+            let (uc, interval) = (uc.clone(), settings.expiry_sweep_interval);
+            move |_| {
+                WorkerBuilder::new("expiry-sweep")
+                    .backend(CronScheduler::new(Every(interval)))
+                    .data(uc.clone())
+                    .layer(TaskMetrics("expiry-sweep"))
+                    .enable_tracing()
+                    .catch_panic()
+                    .build(sweep)
+            }
+        })
+        .register({
+            let uc = uc.clone();
+            move |_| {
+                WorkerBuilder::new("queue-gauges")
+                    .backend(CronScheduler::new(Every(every)))
+                    .data(uc.clone())
+                    .catch_panic()
+                    .build(gauges)
+            }
+        });
+    for (job, schedule) in settings.schedules {
+        let uc = uc.clone();
+        // No concurrency limit: a tick that comes while the job still runs is taken (a cron
+        // backend left unpolled past its next tick fails) and skipped by the job's lock.
+        monitor = monitor.register(move |_| {
+            WorkerBuilder::new(format!("job-{}", job.as_str()))
+                .backend(CronScheduler::new(schedule.clone()))
+                .data(job)
+                .data(uc.clone())
+                .layer(TaskMetrics(job.as_str()))
+                .enable_tracing()
+                .catch_panic()
+                .build(scheduled)
+        });
+    }
+    let result = monitor
+        .on_event(|worker, event| {
+            if let Event::Error(e) = event {
+                tracing::warn!(worker = worker.name(), error = %e, "worker task failed");
+            }
+        })
+        .should_restart(|worker, e| {
+            tracing::warn!(worker = worker.name(), error = %e, "worker failed; restarting it");
+            true
+        })
+        .run_with_signal(async {
+            shutdown.await;
+            Ok(())
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "the worker's monitor ended with an error");
+    }
     listener.abort();
     tracing::info!("worker stopped");
 }

@@ -4,8 +4,9 @@
 //!    spread over 200 users — p50 / p95 / p99 latency of the acknowledgement and messages/s —
 //!    with no worker running (the write path alone), then with the embedded worker extracting
 //!    and embedding beside it (the one-command default).
-//! 2. Extraction: messages queued with the worker stopped, then one worker (rule extractor,
-//!    local embedding model) drains the queue — extraction and episode-embedding throughput.
+//! 2. Extraction: 5,000 messages queued with the worker stopped, then one worker (rule
+//!    extractor, local embedding model) drains the queue — extraction and episode-embedding
+//!    throughput, and how many statements sqlx logged as slow (over a second: a lock wait).
 //!
 //! `--quick` runs a smaller version (for a smoke test).
 
@@ -15,6 +16,17 @@ use std::time::{Duration, Instant};
 
 use memoire_sdk::Client;
 use memoire_tests::{TestServer, percentile_ms, proto as pb};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::{Layer, filter};
+
+/// Counts sqlx's "slow statement" warnings (target `sqlx::query`, level WARN).
+struct SlowStatements(Arc<AtomicUsize>);
+
+impl<S: tracing::Subscriber> Layer<S> for SlowStatements {
+    fn on_event(&self, _: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 const CITIES: &[&str] = &[
     "Dallas", "Lisbon", "Osaka", "Denver", "Nairobi", "Bergen", "Quito", "Lyon", "Perth", "Austin",
@@ -187,7 +199,13 @@ async fn main() -> anyhow::Result<()> {
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
     let calls = 4_000 / scale;
-    let extraction_messages = 2_000 / scale;
+    let extraction_messages = 5_000 / scale;
+    let slow = Arc::new(AtomicUsize::new(0));
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(
+        SlowStatements(slow.clone()).with_filter(filter::filter_fn(|m| {
+            m.target() == "sqlx::query" && *m.level() == tracing::Level::WARN
+        })),
+    ))?;
 
     println!("ingest-bench: acknowledgement of Ingest over gRPC (127.0.0.1, 200 users)");
     println!(
@@ -223,6 +241,7 @@ async fn main() -> anyhow::Result<()> {
     println!("ingest-bench: extraction (rule extractor, local embedding model, one worker)");
     let (server, client) = workerless().await;
     drive(&client, extraction_messages / 10, 10, 4, 0).await?;
+    let slow_before = slow.load(Ordering::Relaxed);
     let started = Instant::now();
     let worker = server.start_worker(|c| c.worker_concurrency = 2).await;
     let (mut extracted_at, mut embedded_at) = (None, None);
@@ -246,9 +265,11 @@ async fn main() -> anyhow::Result<()> {
     let (extract_s, embed_s) = (extracted_at.unwrap_or(0.0), embedded_at.unwrap_or(0.0));
     println!(
         "{extraction_messages} messages: extracted in {extract_s:.1} s ({:.0} messages/s, {memories} memories written); \
-         episodes embedded in {embed_s:.1} s ({:.0} episodes/s); both loops share the 2 cores",
+         episodes embedded in {embed_s:.1} s ({:.0} episodes/s); both loops share the 2 cores; \
+         {} slow statements (over 1 s) logged meanwhile",
         extraction_messages as f64 / extract_s,
-        extraction_messages as f64 / embed_s
+        extraction_messages as f64 / embed_s,
+        slow.load(Ordering::Relaxed) - slow_before
     );
     Ok(())
 }

@@ -1036,6 +1036,8 @@ async fn the_llm_extractor_against_a_fake_openai_endpoint() {
         "memoire_llm_request_seconds",
         "memoire_llm_tokens_total",
         "memoire_ingested_messages_total",
+        "memoire_worker_tasks_total",
+        "memoire_worker_task_seconds",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics");
     }

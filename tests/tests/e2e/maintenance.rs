@@ -589,3 +589,84 @@ async fn stale_planner_statistics_are_refreshed_once() {
         "fresh statistics are left alone: {again:?}"
     );
 }
+
+/// The `optimize` runs recorded so far: (status, started_at, finished_at), in start order.
+async fn optimize_runs(
+    server: &TestServer,
+) -> Vec<(String, chrono::DateTime<Utc>, Option<chrono::DateTime<Utc>>)> {
+    sqlx::query_as(
+        "SELECT status, started_at, finished_at FROM maintenance_runs \
+         WHERE job = 'optimize' ORDER BY started_at",
+    )
+    .fetch_all(server.pool())
+    .await
+    .expect("maintenance runs")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_job_runs_on_its_cron_schedule_and_never_beside_another_run_of_itself() {
+    // Every second: the schedule is apalis-cron's, the exclusion the job's advisory lock.
+    let server = TestServer::start_with(|c| c.optimize_schedule = "* * * * * *".into(), None).await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Admin).await;
+    teach(&client, fact("u", "My name is Ada")).await;
+
+    // Another process runs the job (here: the test holds its lock).
+    let mut elsewhere = server.pool().begin().await.expect("begin");
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('job/optimize', 0))")
+        .execute(&mut *elsewhere)
+        .await
+        .expect("take the job's lock");
+    let before = optimize_runs(&server).await.len();
+    let triggered = tokio::spawn({
+        let admin = server.admin();
+        let tenant = tenant.clone();
+        async move {
+            admin
+                .admin()
+                .run_maintenance(pb::RunMaintenanceRequest {
+                    job: pb::MaintenanceJob::Optimize as i32,
+                    tenant_id: tenant,
+                    wait: true,
+                    ..Default::default()
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        optimize_runs(&server).await.len(),
+        before,
+        "no run starts while the job runs elsewhere: the schedule's ticks are skipped"
+    );
+    assert!(!triggered.is_finished(), "RunMaintenance waits its turn");
+
+    elsewhere.rollback().await.expect("release the lock");
+    let answer = tokio::time::timeout(Duration::from_secs(10), triggered)
+        .await
+        .expect("RunMaintenance ran once the job was free")
+        .expect("task")
+        .expect("run maintenance")
+        .into_inner();
+    assert!(answer.finished);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let runs = optimize_runs(&server).await;
+        // The triggered run, and at least two on the schedule.
+        if runs.len() >= before + 3 && runs.iter().all(|r| r.0 == "done") {
+            for pair in runs.windows(2) {
+                let (_, _, first_end) = &pair[0];
+                let (_, second_start, _) = &pair[1];
+                assert!(
+                    first_end.is_some_and(|end| end <= *second_start),
+                    "two runs of one job overlapped: {runs:?}"
+                );
+            }
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the schedule did not run the job: {runs:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
