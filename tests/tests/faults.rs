@@ -8,7 +8,7 @@ use std::time::Duration;
 use memoire_config::ExtractorKind;
 use memoire_sdk::Client;
 use memoire_tests::fake_llm::{FakeLlm, Reply};
-use memoire_tests::{TestServer, proto as pb};
+use memoire_tests::{TestServer, TestWorker, proto as pb};
 use serde_json::json;
 
 fn likes(i: usize) -> String {
@@ -95,12 +95,19 @@ async fn slow_model_server() -> (FakeLlm, TestServer) {
     (fake, server)
 }
 
-/// Waits until the worker has extracted at least `n` episodes.
-async fn wait_for_progress(server: &TestServer, n: i64) {
+/// Messages ingested for one user in the fault tests.
+const N: usize = 12;
+
+/// A slow-model server with `N` messages queued and a worker that has extracted 3 of them.
+async fn mid_batch() -> (FakeLlm, TestServer, Client, TestWorker) {
+    let (fake, server) = slow_model_server().await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    ingest_all(&client, N).await;
+    let worker = server.start_worker(|_| {}).await;
     let until = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        if extracted(server).await >= n {
-            return;
+        if extracted(&server).await >= 3 {
+            return (fake, server, client, worker);
         }
         assert!(
             tokio::time::Instant::now() < until,
@@ -119,13 +126,7 @@ async fn extracted(server: &TestServer) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_stopped_mid_batch_finishes_its_episode_and_leaves_the_rest_pending() {
-    const N: usize = 12;
-    let (_fake, server) = slow_model_server().await;
-    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
-    ingest_all(&client, N).await;
-
-    let worker = server.start_worker(|_| {}).await;
-    wait_for_progress(&server, 3).await;
+    let (_fake, server, _client, worker) = mid_batch().await;
     let asked = tokio::time::Instant::now();
     worker.stop().await;
     // The episode in flight (150 ms of model) finishes; the next ones do not start.
@@ -158,13 +159,7 @@ async fn a_worker_stopped_mid_batch_finishes_its_episode_and_leaves_the_rest_pen
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_mid_batch_loses_and_duplicates_nothing() {
-    const N: usize = 12;
-    let (_fake, server) = slow_model_server().await;
-    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
-    ingest_all(&client, N).await;
-
-    let worker = server.start_worker(|_| {}).await;
-    wait_for_progress(&server, 3).await;
+    let (_fake, server, client, worker) = mid_batch().await;
     // Killed while a request to the model is in flight.
     worker.kill().await;
     let done = extracted(&server).await;

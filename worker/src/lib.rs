@@ -140,8 +140,24 @@ async fn scheduled(_: Tick, job: Data<Job>, uc: Data<UseCases>) -> Result<(), Er
     uc.run_scheduled_job(*job).await.map(|_| ())
 }
 
+/// One run at a time of a housekeeping task in this process: its ticks keep coming while a run
+/// is slow (a cron backend must be polled on time), and a tick that finds the previous run still
+/// going is skipped.
+#[derive(Debug, Clone, Default)]
+struct Alone(Arc<tokio::sync::Mutex<()>>);
+
+impl Alone {
+    /// Held while a run goes on; `None` while another one does.
+    fn start(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        self.0.try_lock().ok()
+    }
+}
+
 /// The expiry sweep, then a refresh of stale planner statistics.
-async fn sweep(_: Tick, uc: Data<UseCases>) -> Result<(), Error> {
+async fn sweep(_: Tick, uc: Data<UseCases>, alone: Data<Alone>) -> Result<(), Error> {
+    let Some(_running) = alone.start() else {
+        return Ok(());
+    };
     if let Err(e) = uc.sweep_expired().await {
         job_outcome("expiry", "error");
         return Err(e);
@@ -154,7 +170,10 @@ async fn sweep(_: Tick, uc: Data<UseCases>) -> Result<(), Error> {
 }
 
 /// Queue depths and the dead-letter count, as gauges.
-async fn gauges(_: Tick, uc: Data<UseCases>) -> Result<(), Error> {
+async fn gauges(_: Tick, uc: Data<UseCases>, alone: Data<Alone>) -> Result<(), Error> {
+    let Some(_running) = alone.start() else {
+        return Ok(());
+    };
     publish_gauges(&uc).await
 }
 
@@ -266,6 +285,7 @@ pub async fn run(
                 WorkerBuilder::new("expiry-sweep")
                     .backend(CronScheduler::new(Every(interval)))
                     .data(uc.clone())
+                    .data(Alone::default())
                     .layer(TaskMetrics("expiry-sweep"))
                     .enable_tracing()
                     .catch_panic()
@@ -278,6 +298,7 @@ pub async fn run(
                 WorkerBuilder::new("queue-gauges")
                     .backend(CronScheduler::new(Every(every)))
                     .data(uc.clone())
+                    .data(Alone::default())
                     .catch_panic()
                     .build(gauges)
             }
