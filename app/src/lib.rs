@@ -289,7 +289,9 @@ pub async fn run_worker(
             migrate_on_start: false,
             ..config.clone()
         },
-        (config.worker_concurrency as u32 * 2 + 4).min(64),
+        // Per user extracted: its claim and its work; then the notification listener, the
+        // embedding batch, the sweep or gauges, and a scheduled job's lock and work.
+        (config.worker_concurrency as u32 * 2 + 6).min(64),
         // The worker's reads feed its writes: all on the primary.
         false,
     )

@@ -696,8 +696,10 @@ impl Config {
             }
         }
         let keys: Vec<&str> = SETTINGS.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<String> = std::env::vars()
-            .filter_map(|(name, _)| {
+        // Names only (figment reads the values): a variable that is not UTF-8 is not ours.
+        let stale: Vec<String> = std::env::vars_os()
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter_map(|name| {
                 name.starts_with(ENV_PREFIX)
                     .then(|| renamed(&name))
                     .flatten()

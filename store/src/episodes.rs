@@ -183,6 +183,13 @@ pub struct ScopeClaim {
     _tx: Transaction<'static, Postgres>,
 }
 
+impl ScopeClaim {
+    /// Releases the claim now (dropping it releases it too, a moment later, in the background).
+    pub async fn release(self) -> Result<()> {
+        self._tx.rollback().await.map_err(db_error)
+    }
+}
+
 fn claim_key(scope: &Scope) -> String {
     format!(
         "extract/{}/{}/{}",

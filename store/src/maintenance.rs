@@ -35,6 +35,9 @@ pub struct JobScope {
     pub user_id: Option<String>,
 }
 
+/// How often a run waiting for its job's lock asks again.
+pub const JOB_LOCK_RETRY: Duration = Duration::from_millis(250);
+
 /// A run's exclusive right to its job (see [`PgStore::lock_job`]).
 #[derive(Debug)]
 pub struct JobLock {
@@ -521,27 +524,29 @@ impl PgStore {
     }
 
     /// The right to run `job` alone, among every worker and server sharing the database (a
-    /// transaction-level advisory lock on its own connection): waits for a run elsewhere to end
-    /// when `wait`, else `None` while one runs. Released when dropped, or when the holder's
-    /// connection dies.
+    /// transaction-level advisory lock on its own connection): `None` while a run elsewhere holds
+    /// it, unless `wait`, which asks again every [`JOB_LOCK_RETRY`] until it is free, holding no
+    /// connection in between (a caller that gives up leaves nothing behind). Released when
+    /// dropped, or when the holder's connection dies.
     pub async fn lock_job(&self, job: &str, wait: bool) -> Result<Option<JobLock>> {
-        let mut tx = self.begin(Rows::All).await?;
         let key = format!("job/{job}");
-        let got: bool = if wait {
-            sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(&key)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
-            true
-        } else {
-            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
-                .bind(&key)
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(db_error)?
-        };
-        Ok(got.then_some(JobLock { _tx: tx }))
+        loop {
+            let mut tx = self.begin(Rows::All).await?;
+            let got: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))")
+                    .bind(&key)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_error)?;
+            if got {
+                return Ok(Some(JobLock { _tx: tx }));
+            }
+            tx.rollback().await.map_err(db_error)?;
+            if !wait {
+                return Ok(None);
+            }
+            tokio::time::sleep(JOB_LOCK_RETRY).await;
+        }
     }
 
     /// Records the start of a maintenance run.

@@ -54,7 +54,9 @@ def test_a_separate_worker_extracts_what_the_server_acknowledged(split):
         client.close()
     status, body = http_get(http, "/metrics")
     assert status == 200 and 'memoire_jobs_total{task="extract",outcome="ok"}' in body, body[:2000]
-    # Each apalis worker's tasks are counted by the worker's tower layer.
-    assert 'memoire_worker_tasks_total{worker="extract",outcome="ok"}' in body, body[:2000]
+    # Each apalis worker's tasks are counted by the worker's tower layer, when the task ends
+    # (after the episode is acknowledged, so a moment after Ingest's wait returned).
+    counted = 'memoire_worker_tasks_total{worker="extract",outcome="ok"}'
+    wait_until(proc, log, "memoire-worker", lambda: counted in http_get(http, "/metrics")[1], timeout=30)
     assert http_get(http, "/healthz") == (200, "ok\n")
     assert proc.poll() is None, log.read_text()

@@ -277,7 +277,7 @@ impl TestServer {
         let extractor = memoire_app::providers::extractor(&config).expect("extractor");
         let store = PgStore::connect(&memoire_store::PgSettings {
             url: self.database_url.clone(),
-            max_connections: (config.worker_concurrency as u32) * 2 + 4,
+            max_connections: (config.worker_concurrency as u32) * 2 + 6,
             acquire_timeout: Duration::from_secs(5),
             hnsw_ef_search: config.recall_hnsw_ef_search,
             row_level_security: config.database_row_level_security,

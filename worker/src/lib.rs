@@ -102,7 +102,8 @@ async fn extract(
             }
         }
     }
-    drop(claim);
+    // Released before the backend is woken, so that it can claim the user again at once.
+    claim.release().await?;
     if done > 0 {
         x.wake.notify_one();
     }
@@ -134,10 +135,34 @@ async fn embed(claim: EmbedClaim, uc: Data<UseCases>) -> Result<usize, Error> {
     }
 }
 
-/// A periodic job's scheduled run (skipped while the job runs elsewhere).
-async fn scheduled(_: Tick, job: Data<Job>, uc: Data<UseCases>) -> Result<(), Error> {
+/// A periodic job's scheduled run: skipped while the job's previous tick still waits or runs
+/// here, or while the job runs elsewhere. This process runs one scheduled job at a time (`slot`):
+/// each holds two connections (its lock and its work) of a pool sized for that.
+async fn scheduled(
+    _: Tick,
+    job: Data<Job>,
+    uc: Data<UseCases>,
+    alone: Data<Alone>,
+    slot: Data<JobSlot>,
+) -> Result<(), Error> {
+    let Some(_mine) = alone.start() else {
+        return Ok(());
+    };
+    let Ok(_slot) = slot.take().await else {
+        return Ok(()); // never closed
+    };
     // The run logs and records its own outcome.
     uc.run_scheduled_job(*job).await.map(|_| ())
+}
+
+/// The one scheduled job this process runs at a time.
+#[derive(Debug, Clone)]
+struct JobSlot(Arc<tokio::sync::Semaphore>);
+
+impl JobSlot {
+    async fn take(&self) -> Result<tokio::sync::SemaphorePermit<'_>, tokio::sync::AcquireError> {
+        self.0.acquire().await
+    }
 }
 
 /// One run at a time of a housekeeping task in this process: its ticks keep coming while a run
@@ -174,7 +199,11 @@ async fn gauges(_: Tick, uc: Data<UseCases>, alone: Data<Alone>) -> Result<(), E
     let Some(_running) = alone.start() else {
         return Ok(());
     };
-    publish_gauges(&uc).await
+    // Every second: an outage is told by the backends and /readyz, not here.
+    if let Err(e) = publish_gauges(&uc).await {
+        tracing::debug!(error = %e, "queue gauges not updated");
+    }
+    Ok(())
 }
 
 async fn publish_gauges(uc: &UseCases) -> memoire_core::Result<()> {
@@ -303,15 +332,18 @@ pub async fn run(
                     .build(gauges)
             }
         });
+    let slot = JobSlot(Arc::new(tokio::sync::Semaphore::new(1)));
     for (job, schedule) in settings.schedules {
-        let uc = uc.clone();
+        let (uc, slot) = (uc.clone(), slot.clone());
         // No concurrency limit: a tick that comes while the job still runs is taken (a cron
-        // backend left unpolled past its next tick fails) and skipped by the job's lock.
+        // backend left unpolled past its next tick fails) and skipped.
         monitor = monitor.register(move |_| {
             WorkerBuilder::new(format!("job-{}", job.as_str()))
                 .backend(CronScheduler::new(schedule.clone()))
                 .data(job)
                 .data(uc.clone())
+                .data(Alone::default())
+                .data(slot.clone())
                 .layer(TaskMetrics(job.as_str()))
                 .enable_tracing()
                 .catch_panic()

@@ -234,3 +234,34 @@ impl apalis_cron::Schedule<Utc> for Every {
         Some(Tick::new(now + self.0.as_secs().max(1)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apalis_cron::Schedule as _;
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs()
+    }
+
+    #[test]
+    fn every_fires_one_interval_from_now_and_never_sooner_than_a_second() {
+        let before = now();
+        let tick = Every(Duration::from_secs(60))
+            .next_tick(&Utc)
+            .expect("tick")
+            .get_timestamp();
+        assert!((before + 60..=now() + 60).contains(&tick), "{tick}");
+        let tick = Every(Duration::from_millis(200))
+            .next_tick(&Utc)
+            .expect("tick")
+            .get_timestamp();
+        assert!(
+            tick > before,
+            "a sub-second interval fires a second later: {tick}"
+        );
+    }
+}
