@@ -365,18 +365,28 @@ pub fn one_core_per_model_pass(binary: &str) {
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM: the graceful-shutdown trigger of both binaries.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// The handlers are installed when this is called, not when the future is first polled: a
+/// signal that comes while the process is still starting (its HTTP port may already answer)
+/// is a graceful shutdown too, not the default exit. Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => tokio::select! { _ = ctrl_c => {}, _ = term.recv() => {} },
-            Err(_) => {
-                let _ = ctrl_c.await;
+        let interrupt = signal(SignalKind::interrupt());
+        let terminate = signal(SignalKind::terminate());
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -281,9 +281,9 @@ pub async fn run(
                     )))
                     .data(x.clone())
                     .layer(TaskMetrics("extract"))
+                    .concurrency(concurrency)
                     .enable_tracing()
                     .catch_panic()
-                    .concurrency(concurrency)
                     .build(extract)
             }
         })
@@ -301,10 +301,10 @@ pub async fn run(
                     )))
                     .data(uc.clone())
                     .layer(TaskMetrics("embed"))
+                    .concurrency(1)
+                    .timeout(lease)
                     .enable_tracing()
                     .catch_panic()
-                    .timeout(lease)
-                    .concurrency(1)
                     .build(embed)
             }
         })
