@@ -743,14 +743,16 @@ impl Config {
         let config: Config = fig.extract().map_err(|e| {
             ConfigError(
                 e.into_iter()
-                    .map(|e| match (&e.kind, e.path.last()) {
-                        (figment::error::Kind::UnknownField(key, _), _)
-                            if renamed(key).is_some() =>
-                        {
-                            renamed(key).unwrap_or_default()
+                    .map(|e| {
+                        let replaced = match &e.kind {
+                            figment::error::Kind::UnknownField(key, _) => renamed(key),
+                            _ => None,
+                        };
+                        match (replaced, e.path.last()) {
+                            (Some(why), _) => why,
+                            (None, Some(key)) => format!("{}: {}", setting(key), e.kind),
+                            (None, None) => e.to_string(),
                         }
-                        (_, Some(key)) => format!("{}: {}", setting(key), e.kind),
-                        (_, None) => e.to_string(),
                     })
                     .collect(),
             )
