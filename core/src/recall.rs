@@ -14,6 +14,7 @@
 //! final     = fused × (1 + w_imp × (importance − 0.5)) × confidence^w_conf × subject × speaker
 //!             + w_rec × recency
 //! speaker   = 1 + w_spk for an episode whose speaker, or a memory whose subject, the query names; else 1
+//!             (the searches themselves look for the query without its speakers' names)
 //! subject   = 1 − w_subj when the memory is about someone else (its subject is set and is not
 //!             "user") and the query does not name them; else 1
 //! recency   = 0.5 ^ (age_days / half_life_days)
@@ -24,10 +25,13 @@
 //! with RRF and the weighted sum tied and the text/vector split (0.4–0.6) making no difference.
 //! On long conversations (`make eval`, the LoCoMo development split, user-style ingest) the
 //! text/vector split, the context weight and the speaker boost were chosen by leave-one-
-//! conversation-out cross-validation over a grid (text 0.25–0.45, context 0.4–1.0, speaker
-//! 0.2–1.0, objective R@10 + nDCG@10), with episodes embedded with the turns before them
-//! (`embed::episode_vector_text`): all five folds chose text 0.35, context 0.6 and speaker 0.3,
-//! the default. (With turns embedded alone the folds had chosen context 0.4 and speaker 0.2.)
+//! conversation-out cross-validation (`eval-cv --fusion`), with episodes embedded with the turns
+//! before them (`embed::episode_vector_text`) and the speakers' names out of the searched text
+//! ([`without_names`]): over a grid (text 0.15–0.45, context 0.1–0.6, speaker 0.3–2.0; objective
+//! R@10 + nDCG@10 averaged over the question categories) four folds of five chose text 0.25,
+//! context 0.2 and a speaker boost of 1.0–2.0, and all five together 0.25, 0.2, 1.5, the
+//! defaults. With the names left in the searches, a boost above 0.3 had hurt: the name already
+//! pulled the searches towards every turn that mentions the speaker.
 //! Session diversity (demoting repeats of a session) lowered recall and was left out. The
 //! weighted sum is the default because it keeps score magnitudes — a distant nearest
 //! neighbour does not score like a close one — which makes `min_score` meaningful. Recency is
@@ -113,6 +117,70 @@ fn words(s: &str) -> Vec<String> {
         .filter(|w| !w.is_empty())
         .map(str::to_lowercase)
         .collect()
+}
+
+/// The longest speaker name (in words) that [`without_names`] takes out of a query.
+pub const MAX_NAME_WORDS: usize = 3;
+
+/// A query word as names are compared: lowercase, without surrounding punctuation or a
+/// possessive `'s` ("Caroline's?" → "caroline").
+fn name_key(token: &str) -> String {
+    let t = token.trim_matches(|c: char| !c.is_alphanumeric());
+    let t = t
+        .strip_suffix("'s")
+        .or_else(|| t.strip_suffix("\u{2019}s"))
+        .unwrap_or(t);
+    t.to_lowercase()
+}
+
+/// The runs of up to [`MAX_NAME_WORDS`] consecutive words of `query` that could be a speaker's
+/// name, as [`without_names`] compares them (lowercase, one space between words): what the store
+/// looks up among the scope's speakers.
+pub fn name_candidates(query: &str) -> Vec<String> {
+    let keys: Vec<String> = query.split_whitespace().map(name_key).collect();
+    let mut out = std::collections::BTreeSet::new();
+    for n in 1..=MAX_NAME_WORDS {
+        for run in keys.windows(n) {
+            if run.iter().all(|k| !k.is_empty()) {
+                out.insert(run.join(" "));
+            }
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// `query` without the names of the conversation's speakers (`names`: lowercase, as
+/// [`name_candidates`] spells them) — what the searches look for. Who is asked about is not
+/// what is asked: the name matches every turn its speaker said (their name is part of each
+/// turn's text and vector) and every turn addressed to them, so it pulls the query towards
+/// greetings ("Thanks, Melanie!") and away from its content; the speaker boost, which reads
+/// the query as asked, prefers that speaker's turns instead. A query that is nothing but names
+/// is kept as it is.
+pub fn without_names(query: &str, names: &[String]) -> String {
+    if names.is_empty() {
+        return query.to_owned();
+    }
+    let tokens: Vec<&str> = query.split_whitespace().collect();
+    let keys: Vec<String> = tokens.iter().map(|t| name_key(t)).collect();
+    let mut kept = Vec::with_capacity(tokens.len());
+    let mut i = 0;
+    while i < tokens.len() {
+        let named = (1..=MAX_NAME_WORDS.min(tokens.len() - i))
+            .rev()
+            .find(|n| names.contains(&keys[i..i + n].join(" ")));
+        match named {
+            Some(n) => i += n,
+            None => {
+                kept.push(tokens[i]);
+                i += 1;
+            }
+        }
+    }
+    if kept.iter().any(|t| t.chars().any(char::is_alphanumeric)) {
+        kept.join(" ")
+    } else {
+        query.to_owned()
+    }
 }
 
 /// Whether a memory about `subject` is about someone the query does not name.
@@ -884,5 +952,47 @@ mod tests {
         assert!(small.truncated && small.tokens <= 10);
         assert!(small.text.contains("likes tea"));
         assert_eq!(pack(&items, 0, &Words).text, "");
+    }
+
+    #[test]
+    fn a_speakers_name_leaves_the_query_the_searches_see() {
+        let names = vec!["melanie".to_owned(), "mary ann".to_owned()];
+        assert_eq!(
+            without_names("What activities does Melanie partake in?", &names),
+            "What activities does partake in?"
+        );
+        assert_eq!(
+            without_names("What do Melanie's kids like?", &names),
+            "What do kids like?"
+        );
+        assert_eq!(
+            without_names("Where did Mary Ann go, and MELANIE?", &names),
+            "Where did go, and"
+        );
+        // Not a speaker of this conversation: kept.
+        assert_eq!(
+            without_names("Where does Anna live?", &names),
+            "Where does Anna live?"
+        );
+        // Nothing but names: kept whole.
+        assert_eq!(without_names("Melanie?", &names), "Melanie?");
+        assert_eq!(without_names("Melanie", &[]), "Melanie");
+    }
+
+    #[test]
+    fn name_candidates_are_the_querys_runs_of_up_to_three_words() {
+        let c = name_candidates("Did Mary Ann's dog bark?");
+        for want in [
+            "did",
+            "mary",
+            "ann",
+            "mary ann",
+            "did mary ann",
+            "ann dog bark",
+        ] {
+            assert!(c.contains(&want.to_owned()), "{want} in {c:?}");
+        }
+        assert!(!c.iter().any(|x| x.split(' ').count() > MAX_NAME_WORDS));
+        assert!(name_candidates("  ?! ").is_empty());
     }
 }

@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use memoire_core::Result;
 use memoire_core::command::RecallQuery;
 use memoire_core::model::Memory;
-use memoire_core::recall::{Candidate, EpisodeHit, Item};
+use memoire_core::recall::{self, Candidate, EpisodeHit, Item};
 use pgvector::Vector;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
@@ -368,6 +368,31 @@ fn adjacent_turns(alias: &str) -> String {
     )
 }
 
+/// Which of `candidates` (lowercase runs of the query's words, `core::recall::name_candidates`)
+/// is the name of someone who speaks in `q`'s conversations: one index probe each (migration
+/// 0016), stopping at their first turn, whatever the size of the history.
+async fn speakers_named(
+    conn: &mut PgConnection,
+    q: &RecallQuery,
+    candidates: &[String],
+) -> Result<Vec<String>> {
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar(
+        "SELECT c FROM unnest($4::text[]) c WHERE EXISTS (SELECT 1 FROM episodes e \
+         WHERE e.tenant_id = $1 AND e.user_id = $2 AND e.namespace = ANY($3) \
+         AND e.name IS NOT NULL AND lower(e.name) = c)",
+    )
+    .bind(q.tenant_id)
+    .bind(&q.user_id)
+    .bind(&q.namespaces)
+    .bind(candidates)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)
+}
+
 /// The turns said just before and just after each episode of `ids`.
 async fn neighbours(
     conn: &mut PgConnection,
@@ -501,30 +526,64 @@ fn ranked(hits: &[(Uuid, f32)]) -> HashMap<Uuid, (u32, f32)> {
 
 impl PgStore {
     /// Candidates for `q`: memories (and episodes when asked) found by full text or by vector,
-    /// with their ranks and scores, hydrated as of `q.as_of` when given. `vector` is the query's
-    /// embedding, still being computed: the full-text searches run meanwhile, and only the
-    /// vector side waits for it (`None`: no vector search).
-    pub async fn recall_candidates(
+    /// with their ranks and scores, hydrated as of `q.as_of` when given.
+    ///
+    /// The searches look for what is asked: when turns are searched, the names of the scope's
+    /// speakers leave the text first (`core::recall::without_names`; ranking reads the query as
+    /// asked). `embed` is given that text and embeds it: the full-text searches run meanwhile,
+    /// and only the vector side waits for it (`None`: no vector search).
+    pub async fn recall_candidates<E, F>(
         &self,
         q: &RecallQuery,
-        vector: impl std::future::Future<Output = Result<Option<Vec<f32>>>>,
+        embed: E,
         vs: &VectorSettings,
-    ) -> Result<Vec<Candidate>> {
+    ) -> Result<Vec<Candidate>>
+    where
+        E: FnOnce(String) -> F,
+        F: Future<Output = Result<Option<Vec<f32>>>>,
+    {
         let now = self.clock.now();
         let tables: &[Table] = if q.include_episodes {
             &[Table::Memories, Table::Episodes]
         } else {
             &[Table::Memories]
         };
-        let (vector, (texts, searched)) = tokio::join!(vector, async {
-            let texts =
-                futures::future::join_all(tables.iter().map(|t| self.text_hits(*t, q, vs, now)))
-                    .await;
+        // One connection per table, set up at once; the names are looked up on the turns'.
+        let mut conns = Vec::with_capacity(tables.len());
+        for conn in
+            futures::future::join_all(tables.iter().map(|_| self.read_conn(q.tenant_id))).await
+        {
+            conns.push(conn?);
+        }
+        let mut searched = q.clone();
+        if let Some(turns) = tables
+            .iter()
+            .position(|t| *t == Table::Episodes)
+            .map(|i| &mut conns[i])
+        {
+            let candidates = recall::name_candidates(&q.text);
+            let names = staged(
+                "speaker_names",
+                Table::Episodes,
+                speakers_named(turns, q, &candidates),
+            )
+            .await?;
+            searched.text = recall::without_names(&q.text, &names);
+        }
+        let q = &searched;
+        let (vector, (texts, done)) = tokio::join!(embed(q.text.clone()), async {
+            let texts = futures::future::join_all(
+                tables
+                    .iter()
+                    .zip(conns)
+                    .map(|(t, conn)| self.text_hits(conn, *t, q, vs, now)),
+            )
+            .await;
             (texts, Instant::now())
         });
         // How long the vector side still waited for the query's embedding once the full-text
         // searches were done: the embedding's share of the critical path.
-        record_stage("embedding_wait", "all", searched);
+        record_stage("embedding_wait", "all", done);
         let vector = vector?;
         let vector = vector.as_deref();
         // The tables are searched at once: each is a chain of round trips.
@@ -545,12 +604,12 @@ impl PgStore {
     /// The connection they ran on comes with them, for the rest of the table's chain.
     async fn text_hits(
         &self,
+        mut conn: PoolConnection<Postgres>,
         table: Table,
         q: &RecallQuery,
         vs: &VectorSettings,
         now: DateTime<Utc>,
     ) -> Result<TextHits> {
-        let mut conn = self.read_conn(q.tenant_id).await?;
         let stats = staged(
             "scope_stats",
             table,

@@ -77,6 +77,29 @@ impl Conversation {
     }
 }
 
+/// The value after `--name` on the command line.
+pub fn option(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
+/// The data directory of the evaluation binaries: their first argument that is neither an
+/// option nor the value of one of `valued` (options that take a value), else
+/// `MEMOIRE_EVAL_DATA`, else `../shared/data/locomo-dev` beside the repository.
+pub fn data_dir(valued: &[&str]) -> std::path::PathBuf {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = args
+        .iter()
+        .enumerate()
+        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || !valued.contains(&args[i - 1].as_str())))
+        .map(|(_, a)| a.clone());
+    arg.map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("MEMOIRE_EVAL_DATA").map(std::path::PathBuf::from))
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../../shared/data/locomo-dev")
+        })
+}
+
 /// The text a baseline indexes for a turn: `[<session date>] <speaker>: <text>`.
 pub fn rendered(session: &Session, turn: &Turn) -> String {
     format!(

@@ -49,9 +49,9 @@ const BACKLOG_RETRY: Duration = Duration::from_secs(5);
 const CORRECTION_ATTEMPTS: usize = 3;
 
 impl UseCases {
-    /// Recall: embed the query (cached; full text searches meanwhile) → vector candidates → rank
-    /// (core) → pack under the token budget (with `tokenizer`'s counts) → access statistics
-    /// after the reply, once `permit` is granted.
+    /// Recall: embed what is searched for (the query without its speakers' names; cached; full
+    /// text searches meanwhile) → vector candidates → rank (core) → pack under the token budget
+    /// (with `tokenizer`'s counts) → access statistics after the reply, once `permit` is granted.
     pub async fn recall(
         &self,
         permit: &Permit,
@@ -85,13 +85,13 @@ impl UseCases {
         query.candidates = s.candidates.max(k);
         query.min_confidence = s.min_confidence;
         let tenant = query.tenant_id;
-        // The query is embedded while the full-text searches run.
-        let embedding = async {
+        // What the searches look for is embedded while the full-text searches run.
+        let embedding = |text: String| async move {
             let span = tracing::info_span!("query_embedding", cached = tracing::field::Empty);
             let (vector, cached) = self
                 .inner
                 .queries
-                .embed(tenant, &query.text)
+                .embed(tenant, &text)
                 .instrument(span.clone())
                 .await?;
             span.record("cached", cached);

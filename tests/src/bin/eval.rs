@@ -7,35 +7,14 @@
 //! (JSON lines), for choosing fusion settings offline by cross-validation. `--reflect` runs the
 //! reflect job (session digests) after extraction, before the questions.
 
-use std::path::PathBuf;
-
 use memoire_tests::eval;
 use memoire_tests::{TestServer, percentile_ms};
-
-/// The value after `--name`.
-fn option(name: &str) -> Option<String> {
-    std::env::args().skip_while(|a| a != name).nth(1)
-}
-
-fn data_dir() -> PathBuf {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let arg = args
-        .iter()
-        .enumerate()
-        .find(|(i, a)| !a.starts_with("--") && (*i == 0 || !args[i - 1].starts_with("--")))
-        .map(|(_, a)| a.clone());
-    arg.map(PathBuf::from)
-        .or_else(|| std::env::var_os("MEMOIRE_EVAL_DATA").map(PathBuf::from))
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/locomo-dev")
-        })
-}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Measured as the binaries run: one core per forward pass of the model.
     memoire_app::one_core_per_model_pass("eval");
-    let dir = data_dir();
+    let dir = eval::data_dir(&["--conversations", "--dump"]);
     if !dir.is_dir() {
         eprintln!(
             "eval: no evaluation data at {} — pass a directory of LoCoMo-format conversations \
@@ -45,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
         );
         std::process::exit(2);
     }
-    let limit = option("--conversations").and_then(|n| n.parse::<usize>().ok());
+    let limit = eval::option("--conversations").and_then(|n| n.parse::<usize>().ok());
     let mut convs = eval::read_dir(&dir)?;
     if let Some(n) = limit {
         convs.truncate(n);
@@ -59,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let server = TestServer::start_with(|c| c.log = "warn".into(), None).await;
-    let mut file = match option("--dump") {
+    let mut file = match eval::option("--dump") {
         Some(path) => Some(std::io::BufWriter::new(std::fs::File::create(&path)?)),
         None => None,
     };

@@ -381,6 +381,90 @@ async fn likes_and_allergies_in_any_script_keep_their_own_slots() {
     );
 }
 
+/// Recall of `query` over user "talk"'s turns, explained.
+async fn explained(client: &Client, query: &str) -> Vec<(String, f32)> {
+    let reply = client
+        .memory()
+        .recall(pb::RecallRequest {
+            user_id: "talk".into(),
+            query: query.into(),
+            k: 10,
+            include_episodes: Some(true),
+            explain: true,
+            ..Default::default()
+        })
+        .await
+        .expect("recall")
+        .into_inner();
+    reply
+        .items
+        .iter()
+        .filter_map(|i| match &i.item {
+            Some(pb::recall_item::Item::Episode(e)) => Some((
+                e.content.clone(),
+                i.explain.as_ref().map_or(-1.0, |x| x.text_score),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_about_a_speaker_searches_for_what_is_asked_not_for_their_name() {
+    let server = TestServer::start().await;
+    let (_, client) = server.tenant("names", pb::KeyRole::Writer).await;
+    let greeting = "Melanie! Good morning Melanie, so good to see you, Melanie.";
+    let pottery = "I have been learning pottery lately, it keeps me calm.";
+    ingest(
+        &client,
+        "talk",
+        vec![
+            said_by("Caroline", greeting),
+            said_by("Melanie", pottery),
+            said_by("Caroline", "I went hiking in the hills with my dog."),
+            said_by("Caroline", "My sister Anna visits next week."),
+        ],
+        true,
+    )
+    .await;
+    for _ in 0..400 {
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM episodes WHERE user_id = 'talk' AND embedding IS NULL",
+        )
+        .fetch_one(server.pool())
+        .await
+        .expect("pending");
+        if pending == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // "Melanie" is a speaker here: the searches look for "What hobby does have?", so the
+    // greeting that repeats her name matches nothing in full text, and her own turn comes first
+    // (the speaker boost still reads the question as asked).
+    let items = explained(&client, "What hobby does Melanie have?").await;
+    assert_eq!(items[0].0, pottery, "{items:?}");
+    let (_, greeting_text) = items
+        .iter()
+        .find(|(c, _)| c == greeting)
+        .expect("the greeting is a candidate");
+    assert_eq!(*greeting_text, 0.0, "{items:?}");
+    // A query that is nothing but a name is searched as asked: the greeting matches it best in
+    // full text (her own turn still comes first, by the speaker boost).
+    let items = explained(&client, "Melanie?").await;
+    assert_eq!(items[0].0, pottery, "{items:?}");
+    let (_, greeting_text) = items
+        .iter()
+        .find(|(c, _)| c == greeting)
+        .expect("the greeting is a candidate");
+    assert_eq!(*greeting_text, 1.0, "{items:?}");
+    // Someone who does not speak here keeps their name in the searches ("who" and "is" are
+    // stop words: only "Anna" can match).
+    let items = explained(&client, "Who is Anna?").await;
+    assert_eq!(items[0].0, "My sister Anna visits next week.", "{items:?}");
+    assert!(items[0].1 > 0.0, "{items:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_is_idempotent_on_message_id() {
     let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
