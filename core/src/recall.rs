@@ -122,22 +122,37 @@ fn words(s: &str) -> Vec<String> {
 /// The longest speaker name (in words) that [`without_names`] takes out of a query.
 pub const MAX_NAME_WORDS: usize = 3;
 
-/// A query word as names are compared: lowercase, without surrounding punctuation or a
-/// possessive `'s` ("Caroline's?" → "caroline").
-fn name_key(token: &str) -> String {
-    let t = token.trim_matches(|c: char| !c.is_alphanumeric());
-    let t = t
-        .strip_suffix("'s")
-        .or_else(|| t.strip_suffix("\u{2019}s"))
-        .unwrap_or(t);
-    t.to_lowercase()
+/// A query's words, and each as names are compared: lowercase, without surrounding punctuation
+/// or a possessive `'s` ("Caroline's?" → "caroline"); empty when the word cannot be part of a
+/// name here. Where the query uses capitals, a name is written with one ("Did I pay the bill?"
+/// keeps its bill when someone called Bill speaks); a query in lower case throughout may name
+/// anyone.
+fn name_keys(query: &str) -> (Vec<&str>, Vec<String>) {
+    let tokens: Vec<&str> = query.split_whitespace().collect();
+    let cased = query.chars().any(char::is_uppercase);
+    let keys = tokens
+        .iter()
+        .map(|token| {
+            let t = token.trim_matches(|c: char| !c.is_alphanumeric());
+            let t = t
+                .strip_suffix("'s")
+                .or_else(|| t.strip_suffix("\u{2019}s"))
+                .unwrap_or(t);
+            if cased && !t.starts_with(char::is_uppercase) {
+                String::new()
+            } else {
+                t.to_lowercase()
+            }
+        })
+        .collect();
+    (tokens, keys)
 }
 
 /// The runs of up to [`MAX_NAME_WORDS`] consecutive words of `query` that could be a speaker's
 /// name, as [`without_names`] compares them (lowercase, one space between words): what the store
 /// looks up among the scope's speakers.
 pub fn name_candidates(query: &str) -> Vec<String> {
-    let keys: Vec<String> = query.split_whitespace().map(name_key).collect();
+    let (_, keys) = name_keys(query);
     let mut out = std::collections::BTreeSet::new();
     for n in 1..=MAX_NAME_WORDS {
         for run in keys.windows(n) {
@@ -160,14 +175,14 @@ pub fn without_names(query: &str, names: &[String]) -> String {
     if names.is_empty() {
         return query.to_owned();
     }
-    let tokens: Vec<&str> = query.split_whitespace().collect();
-    let keys: Vec<String> = tokens.iter().map(|t| name_key(t)).collect();
+    let (tokens, keys) = name_keys(query);
     let mut kept = Vec::with_capacity(tokens.len());
     let mut i = 0;
     while i < tokens.len() {
-        let named = (1..=MAX_NAME_WORDS.min(tokens.len() - i))
-            .rev()
-            .find(|n| names.contains(&keys[i..i + n].join(" ")));
+        let named = (1..=MAX_NAME_WORDS.min(tokens.len() - i)).rev().find(|n| {
+            let run = &keys[i..i + n];
+            run.iter().all(|k| !k.is_empty()) && names.contains(&run.join(" "))
+        });
         match named {
             Some(n) => i += n,
             None => {
@@ -974,24 +989,28 @@ mod tests {
             without_names("Where does Anna live?", &names),
             "Where does Anna live?"
         );
+        // Where the query uses capitals, a name has one: a word that only sounds like a speaker
+        // stays.
+        let bill = vec!["bill".to_owned()];
+        assert_eq!(
+            without_names("Did I pay the bill Bill sent?", &bill),
+            "Did I pay the bill sent?"
+        );
+        assert_eq!(without_names("what did bill say", &bill), "what did say");
         // Nothing but names: kept whole.
         assert_eq!(without_names("Melanie?", &names), "Melanie?");
         assert_eq!(without_names("Melanie", &[]), "Melanie");
     }
 
     #[test]
-    fn name_candidates_are_the_querys_runs_of_up_to_three_words() {
+    fn name_candidates_are_the_querys_capitalized_runs_of_up_to_three_words() {
         let c = name_candidates("Did Mary Ann's dog bark?");
-        for want in [
-            "did",
-            "mary",
-            "ann",
-            "mary ann",
-            "did mary ann",
-            "ann dog bark",
-        ] {
+        for want in ["did", "mary", "ann", "mary ann", "did mary ann"] {
             assert!(c.contains(&want.to_owned()), "{want} in {c:?}");
         }
+        // Lower-case words cannot be a name where the query uses capitals.
+        assert!(!c.iter().any(|x| x.contains("dog")), "{c:?}");
+        assert!(name_candidates("did mary's dog bark").contains(&"dog bark".to_owned()));
         assert!(!c.iter().any(|x| x.split(' ').count() > MAX_NAME_WORDS));
         assert!(name_candidates("  ?! ").is_empty());
     }

@@ -312,6 +312,26 @@ impl TestServer {
             .expect("use-cases")
     }
 
+    /// Waits until every episode of the database has its vector; panics after `limit`.
+    pub async fn wait_embedded(&self, limit: Duration) {
+        let until = tokio::time::Instant::now() + limit;
+        loop {
+            let pending: i64 =
+                sqlx::query_scalar("SELECT count(*) FROM episodes WHERE embedding IS NULL")
+                    .fetch_one(self.pool())
+                    .await
+                    .expect("count unembedded");
+            if pending == 0 {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{pending} episodes still wait for their vector after {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Waits until no episode of the database waits for extraction; panics after `limit`.
     pub async fn wait_extracted(&self, limit: Duration) {
         let until = tokio::time::Instant::now() + limit;

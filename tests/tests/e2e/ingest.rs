@@ -427,37 +427,25 @@ async fn a_question_about_a_speaker_searches_for_what_is_asked_not_for_their_nam
         true,
     )
     .await;
-    for _ in 0..400 {
-        let pending: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM episodes WHERE user_id = 'talk' AND embedding IS NULL",
-        )
-        .fetch_one(server.pool())
-        .await
-        .expect("pending");
-        if pending == 0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    server.wait_embedded(Duration::from_secs(20)).await;
     // "Melanie" is a speaker here: the searches look for "What hobby does have?", so the
     // greeting that repeats her name matches nothing in full text, and her own turn comes first
     // (the speaker boost still reads the question as asked).
+    let text_score = |items: &[(String, f32)], content: &str| {
+        items
+            .iter()
+            .find(|(c, _)| c == content)
+            .map(|(_, t)| *t)
+            .unwrap_or_else(|| panic!("{content:?} is a candidate: {items:?}"))
+    };
     let items = explained(&client, "What hobby does Melanie have?").await;
     assert_eq!(items[0].0, pottery, "{items:?}");
-    let (_, greeting_text) = items
-        .iter()
-        .find(|(c, _)| c == greeting)
-        .expect("the greeting is a candidate");
-    assert_eq!(*greeting_text, 0.0, "{items:?}");
+    assert_eq!(text_score(&items, greeting), 0.0, "{items:?}");
     // A query that is nothing but a name is searched as asked: the greeting matches it best in
     // full text (her own turn still comes first, by the speaker boost).
     let items = explained(&client, "Melanie?").await;
     assert_eq!(items[0].0, pottery, "{items:?}");
-    let (_, greeting_text) = items
-        .iter()
-        .find(|(c, _)| c == greeting)
-        .expect("the greeting is a candidate");
-    assert_eq!(*greeting_text, 1.0, "{items:?}");
+    assert_eq!(text_score(&items, greeting), 1.0, "{items:?}");
     // Someone who does not speak here keeps their name in the searches ("who" and "is" are
     // stop words: only "Anna" can match).
     let items = explained(&client, "Who is Anna?").await;
@@ -1174,22 +1162,7 @@ async fn episodes_are_embedded_in_batches_and_recallable() {
         })
         .collect();
     ingest(&client, "u", messages, true).await;
-    let until = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let missing: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM episodes WHERE embedding IS NULL")
-                .fetch_one(server.pool())
-                .await
-                .expect("count");
-        if missing == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{missing} episodes not embedded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_embedded(Duration::from_secs(20)).await;
     let model: String = sqlx::query_scalar("SELECT DISTINCT embedding_model FROM episodes")
         .fetch_one(server.pool())
         .await

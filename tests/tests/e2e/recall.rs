@@ -532,18 +532,9 @@ async fn episodes_are_searched_unless_told_not_to() {
     .expect("episode");
     // The worker embeds it in the background; compare recalls once it has (else one recall may
     // count no vectors in the scope and the next find one).
-    for _ in 0..200 {
-        let embedded: bool = sqlx::query_scalar(
-            "SELECT embedding IS NOT NULL FROM episodes WHERE message_id = 'm-1'",
-        )
-        .fetch_one(server.pool())
-        .await
-        .expect("embedded?");
-        if embedded {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    server
+        .wait_embedded(std::time::Duration::from_secs(10))
+        .await;
     let without = m
         .recall(pb::RecallRequest {
             include_episodes: Some(false),

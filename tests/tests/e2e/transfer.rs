@@ -256,17 +256,7 @@ async fn export_purge_import_answers_every_read_identically_and_twice_changes_no
     )
     .await;
     // Every episode embedded (the worker does it after extraction), and some access statistics.
-    for _ in 0..400 {
-        let unembedded: i64 =
-            sqlx::query_scalar("SELECT count(*) FROM episodes WHERE embedding IS NULL")
-                .fetch_one(server.pool())
-                .await
-                .expect("count");
-        if unembedded == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    server.wait_embedded(Duration::from_secs(20)).await;
     // Recalls before the export, so that it holds access statistics.
     let (warm, hits) = reads(&server, &client, &[], 0).await;
     assert!(hits > 0, "the warm-up Recalls returned no memory: {warm:?}");
