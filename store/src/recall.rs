@@ -462,13 +462,16 @@ async fn nearest(
         .push(format!("::vector({dims})))::float4 AS sim"));
     push_scope(&mut b, table, q, now, false);
     b.push(format!(" AND m.embedding_model = '{model}' ORDER BY "));
-    b.push(&distance)
-        .push_bind(Vector::from(vector.to_vec()))
-        .push(format!("::vector({dims})"));
-    // Equal distances (duplicates) straddling the cut are broken by id, whatever order the scan
-    // (or a parallel plan's workers) returned them in. The HNSW index orders by distance alone.
     if exact {
-        b.push(", m.id");
+        // By the similarity already computed for the select list: one distance per row, not
+        // two. Equal similarities (duplicates) straddling the cut are broken by id, whatever
+        // order the scan (or a parallel plan's workers) returned them in.
+        b.push("sim DESC, m.id");
+    } else {
+        // The HNSW index orders by the indexed expression's distance alone.
+        b.push(&distance)
+            .push_bind(Vector::from(vector.to_vec()))
+            .push(format!("::vector({dims})"));
     }
     b.push(" LIMIT ");
     b.push_bind(q.candidates as i64);
