@@ -551,36 +551,31 @@ impl PgStore {
         } else {
             &[Table::Memories]
         };
-        // One connection per table, set up at once; the names are looked up on the turns'.
-        let mut conns = Vec::with_capacity(tables.len());
-        for conn in
-            futures::future::join_all(tables.iter().map(|_| self.read_conn(q.tenant_id))).await
-        {
-            conns.push(conn?);
-        }
+        // The names are looked up on the turns' connection, which their searches then use; the
+        // other tables' connections are set up while the query embeds.
         let mut searched = q.clone();
-        if let Some(turns) = tables
-            .iter()
-            .position(|t| *t == Table::Episodes)
-            .map(|i| &mut conns[i])
-        {
+        let mut turns_conn = None;
+        if q.include_episodes {
+            let mut conn = self.read_conn(q.tenant_id).await?;
             let candidates = recall::name_candidates(&q.text);
             let names = staged(
                 "speaker_names",
                 Table::Episodes,
-                speakers_named(turns, q, &candidates),
+                speakers_named(&mut conn, q, &candidates),
             )
             .await?;
             searched.text = recall::without_names(&q.text, &names);
+            turns_conn = Some(conn);
         }
         let q = &searched;
         let (vector, (texts, done)) = tokio::join!(embed(q.text.clone()), async {
-            let texts = futures::future::join_all(
-                tables
-                    .iter()
-                    .zip(conns)
-                    .map(|(t, conn)| self.text_hits(conn, *t, q, vs, now)),
-            )
+            let texts = futures::future::join_all(tables.iter().map(|t| {
+                let conn = match t {
+                    Table::Episodes => turns_conn.take(),
+                    Table::Memories => None,
+                };
+                self.text_hits(conn, *t, q, vs, now)
+            }))
             .await;
             (texts, Instant::now())
         });
@@ -604,15 +599,20 @@ impl PgStore {
 
     /// The scope's statistics and its best full-text matches in `table`; for conversation turns
     /// ([`with_context`]), their neighbouring turns too (while the query is still being embedded).
-    /// The connection they ran on comes with them, for the rest of the table's chain.
+    /// They run on `conn` when given, else on a new connection; it comes with them, for the rest
+    /// of the table's chain.
     async fn text_hits(
         &self,
-        mut conn: PoolConnection<Postgres>,
+        conn: Option<PoolConnection<Postgres>>,
         table: Table,
         q: &RecallQuery,
         vs: &VectorSettings,
         now: DateTime<Utc>,
     ) -> Result<TextHits> {
+        let mut conn = match conn {
+            Some(conn) => conn,
+            None => self.read_conn(q.tenant_id).await?,
+        };
         let stats = staged(
             "scope_stats",
             table,
