@@ -314,40 +314,36 @@ impl TestServer {
 
     /// Waits until every episode of the database has its vector; panics after `limit`.
     pub async fn wait_embedded(&self, limit: Duration) {
-        let until = tokio::time::Instant::now() + limit;
-        loop {
-            let pending: i64 =
-                sqlx::query_scalar("SELECT count(*) FROM episodes WHERE embedding IS NULL")
-                    .fetch_one(self.pool())
-                    .await
-                    .expect("count unembedded");
-            if pending == 0 {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < until,
-                "{pending} episodes still wait for their vector after {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.wait_for_none("embedding IS NULL", "their vector", limit)
+            .await
     }
 
     /// Waits until no episode of the database waits for extraction; panics after `limit`.
     pub async fn wait_extracted(&self, limit: Duration) {
+        self.wait_for_none(
+            "extracted_at IS NULL AND extract_dead_at IS NULL",
+            "extraction",
+            limit,
+        )
+        .await
+    }
+
+    /// Waits until no episode matches `pending` (an SQL condition); panics after `limit`, saying
+    /// how many still wait for `what`.
+    async fn wait_for_none(&self, pending: &str, what: &str, limit: Duration) {
         let until = tokio::time::Instant::now() + limit;
+        let sql = format!("SELECT count(*) FROM episodes WHERE {pending}");
         loop {
-            let pending: i64 = sqlx::query_scalar(
-                "SELECT count(*) FROM episodes WHERE extracted_at IS NULL AND extract_dead_at IS NULL",
-            )
-            .fetch_one(self.pool())
-            .await
-            .expect("count pending");
-            if pending == 0 {
+            let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+                .fetch_one(self.pool())
+                .await
+                .expect("count waiting episodes");
+            if count == 0 {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < until,
-                "{pending} episodes still wait for extraction after {limit:?}"
+                "{count} episodes still wait for {what} after {limit:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
