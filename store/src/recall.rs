@@ -11,6 +11,7 @@
 //! larger ones use the model's partial HNSW index with pgvector's iterative scan, so that the
 //! tenant/user filter does not starve the result.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -553,7 +554,7 @@ impl PgStore {
         };
         // The names are looked up on the turns' connection, which their searches then use; the
         // other tables' connections are set up while the query embeds.
-        let mut searched = q.clone();
+        let mut q = Cow::Borrowed(q);
         let mut turns_conn = None;
         if q.include_episodes {
             let mut conn = self.read_conn(q.tenant_id).await?;
@@ -561,13 +562,16 @@ impl PgStore {
             let names = staged(
                 "speaker_names",
                 Table::Episodes,
-                speakers_named(&mut conn, q, &candidates),
+                speakers_named(&mut conn, &q, &candidates),
             )
             .await?;
-            searched.text = recall::without_names(&q.text, &names);
+            if !names.is_empty() {
+                let searched = recall::without_names(&q.text, &names);
+                q.to_mut().text = searched;
+            }
             turns_conn = Some(conn);
         }
-        let q = &searched;
+        let q = q.as_ref();
         let (vector, (texts, done)) = tokio::join!(embed(q.text.clone()), async {
             let texts = futures::future::join_all(tables.iter().map(|t| {
                 let conn = match t {
