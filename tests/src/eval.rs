@@ -16,7 +16,7 @@
 //! binary gains. A returned memory counts as its source turns (in order, duplicates dropped).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -85,18 +85,17 @@ pub fn option(name: &str) -> Option<String> {
 /// The data directory of the evaluation binaries: their first argument that is neither an
 /// option nor the value of one of `valued` (options that take a value), else
 /// `MEMOIRE_EVAL_DATA`, else `../shared/data/locomo-dev` beside the repository.
-pub fn data_dir(valued: &[&str]) -> std::path::PathBuf {
+pub fn data_dir(valued: &[&str]) -> PathBuf {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let arg = args
         .iter()
         .enumerate()
         .find(|(i, a)| !a.starts_with("--") && (*i == 0 || !valued.contains(&args[i - 1].as_str())))
         .map(|(_, a)| a.clone());
-    arg.map(std::path::PathBuf::from)
-        .or_else(|| std::env::var_os("MEMOIRE_EVAL_DATA").map(std::path::PathBuf::from))
+    arg.map(PathBuf::from)
+        .or_else(|| std::env::var_os("MEMOIRE_EVAL_DATA").map(PathBuf::from))
         .unwrap_or_else(|| {
-            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../../shared/data/locomo-dev")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/locomo-dev")
         })
 }
 

@@ -246,8 +246,9 @@ struct Embedded<'a> {
     /// The questions' vectors, as asked and without the speakers' names.
     asked: Vec<Vec<f32>>,
     named_out: Vec<Vec<f32>>,
-    /// The conversation's speakers, lowercase (what the store finds in the query).
-    names: Vec<String>,
+    /// The questions without the speakers' names (`core::recall::without_names`, with the
+    /// conversation's speakers as the names the store would find).
+    named_out_texts: Vec<String>,
 }
 
 impl<'a> Embedded<'a> {
@@ -273,8 +274,8 @@ impl<'a> Embedded<'a> {
             docs: vectors(model, cache, &texts)?,
             asked: vectors(model, cache, &asked)?,
             named_out: vectors(model, cache, &named_out)?,
+            named_out_texts: named_out,
             texts,
-            names,
             c,
         })
     }
@@ -302,12 +303,12 @@ impl<'a> Embedded<'a> {
         };
         let mut out = vec![Metrics::default(); settings.len()];
         for (qi, q) in self.c.questions.iter().enumerate() {
-            let stripped = without_names(&q.text, &self.names);
+            let stripped = &self.named_out_texts[qi];
             let text_asked = normalized(bm25.scores(&q.text));
-            let text_out = normalized(bm25.scores(&stripped));
+            let text_out = normalized(bm25.scores(stripped));
             let text_context = bm25_context
                 .as_ref()
-                .map(|b| normalized(b.scores(&stripped)));
+                .map(|b| normalized(b.scores(stripped)));
             let query_words = words(&q.text);
             for (m, s) in out.iter_mut().zip(settings) {
                 let (text, qv) = match s.searched {
