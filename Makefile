@@ -1,7 +1,7 @@
 # The commands the README and CI use. `make run` and `make test` set up what is missing first.
 EVAL_DATA ?= ../shared/data/locomo-dev
 
-.PHONY: setup ui run test drill bench-transfer wheel eval bench bench-recall bench-ingest bench-conscious bench-tenancy bench-tracing bench-sdk bench-peer python-sdk build release lint fmt migrate check-config
+.PHONY: setup ui run test drill bench-transfer wheel eval bench bench-recall bench-embed bench-ingest bench-conscious bench-tenancy bench-tracing bench-sdk bench-peer python-sdk build release lint fmt migrate check-config
 
 MEMOIRE_ADMIN_KEY ?= memoire-dev-admin-key
 export MEMOIRE_ADMIN_KEY
@@ -32,7 +32,11 @@ eval: setup
 	cargo run --release --locked -p memoire-tests --bin eval -- $(EVAL_DATA)
 
 # Benchmarks run in release against the set-up services; they print p50/p95/p99 and throughput.
-bench: bench-ingest bench-conscious bench-recall bench-tenancy bench-tracing
+bench: bench-embed bench-ingest bench-conscious bench-recall bench-tenancy bench-tracing
+
+# The local embedding model alone: one query at a time, four callers, batches of documents.
+bench-embed: setup
+	cargo run --release --locked -p memoire-tests --bin embed-bench
 
 bench-recall: setup
 	cargo run --release --locked -p memoire-tests --bin recall-bench

@@ -320,8 +320,7 @@ pub async fn run_worker(
 }
 /// A binary's start: its configuration from `flags` (an invalid one is printed, prefixed with
 /// `binary`, and becomes exit code 2), then logs and traces (as service `binary`; call
-/// [`Telemetry::shutdown`] before exiting). Commands that embed call [`one_core_per_model_pass`]
-/// first.
+/// [`Telemetry::shutdown`] before exiting).
 pub fn start(binary: &str, flags: &Flags) -> Result<(Config, Telemetry), std::process::ExitCode> {
     let config = Config::load(flags).map_err(|e| {
         eprintln!("{binary}: {e}");
@@ -329,39 +328,6 @@ pub fn start(binary: &str, flags: &Flags) -> Result<(Config, Telemetry), std::pr
     })?;
     let telemetry = init_tracing(&config, binary);
     Ok((config, telemetry))
-}
-
-/// Makes the local embedding model run each forward pass on one core, by re-executing the
-/// process with `RAYON_NUM_THREADS=1` unless that variable is already set (an operator's own
-/// value is kept; the variable cannot be set soundly in a running process).
-///
-/// candle otherwise splits every matrix product of a pass across all cores, and a pass that
-/// starts after an idle gap — as every served query does — pays for waking the other thread at
-/// each product: one query took 14.4 ms that way after 15 ms idle, against 10.5 ms on one core
-/// (9.8 / 10.4 back to back); inside Recall, 15.3 against 12.7 ms (`make eval`, mean of 760
-/// computed query embeddings). Batches still use every core, one pass per core
-/// (`LocalEmbedder::embed_blocking`).
-pub fn one_core_per_model_pass(binary: &str) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt as _;
-        if std::env::var_os("RAYON_NUM_THREADS").is_some() {
-            return;
-        }
-        let Ok(exe) = std::env::current_exe() else {
-            return;
-        };
-        let err = std::process::Command::new(exe)
-            .args(std::env::args_os().skip(1))
-            .env("RAYON_NUM_THREADS", "1")
-            .exec();
-        eprintln!(
-            "{binary}: could not re-execute with RAYON_NUM_THREADS=1 ({err}); \
-             embedding passes use every core"
-        );
-    }
-    #[cfg(not(unix))]
-    let _ = binary;
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM: the graceful-shutdown trigger of both binaries.

@@ -1,21 +1,21 @@
 //! all-MiniLM-L6-v2 (or any BERT sentence-embedding model in the same layout) in-process, on CPU,
-//! in pure Rust: BertModel → mean pooling over the attention mask → L2 normalization, exactly as
-//! sentence-transformers does it.
+//! in pure Rust: the BERT encoder ([`crate::bert`]) → mean pooling over the tokens → L2
+//! normalization, exactly as sentence-transformers does it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use memoire_core::embed::{BoxFuture, Embedder};
 use memoire_core::{Error, Result};
-use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+
+use crate::bert::{Bert, Config};
 
 /// sentence-transformers' `max_seq_length` for this model family: longer inputs are truncated.
 pub const MAX_SEQ_LEN: usize = 256;
-/// Texts per forward pass; larger batches only add padding waste on two cores.
+/// Texts per forward pass: enough token rows to fill the encoder's row blocks, few enough that
+/// a batch spreads over the cores.
 const BATCH: usize = 32;
 /// Queries embedded together at most (see [`LocalEmbedder`]'s `waiting`).
 const QUERY_BATCH: usize = 8;
@@ -24,9 +24,8 @@ const QUERY_BATCH: usize = 8;
 type Waiting = (String, oneshot::Sender<Result<Vec<f32>>>);
 
 struct Model {
-    bert: BertModel,
+    bert: Bert,
     tokenizer: Tokenizer,
-    device: Device,
 }
 
 /// The local embedder. Cheap to clone.
@@ -42,9 +41,9 @@ pub struct LocalEmbedder {
     // Forward passes run at once over a batch's chunks: one per core.
     passes: usize,
     // Single texts (queries) waiting while every pass is busy. The next pass to finish embeds
-    // them together: one pass over several short texts costs less per text (all-MiniLM-L6-v2
-    // on one core here: 9.0 ms alone, 7.5 ms each for two, 6.0 ms each for four), and a query
-    // that finds a pass free does not wait for company.
+    // them together: one pass over several short texts reads the weights once for all of them
+    // (`make bench-embed`: four callers get 1.5x the queries/s of one), and a query that finds a
+    // pass free does not wait for company.
     waiting: Arc<std::sync::Mutex<Vec<Waiting>>>,
 }
 
@@ -84,34 +83,25 @@ impl LocalEmbedder {
                 .map_err(|e| Error::invalid("embedding_model_dir", format!("config.json: {e}")))?;
         let mut tokenizer = Tokenizer::from_file(file(dir, "tokenizer.json")?)
             .map_err(|e| Error::invalid("embedding_model_dir", format!("tokenizer.json: {e}")))?;
-        // The shipped tokenizer.json pads every input to 128 tokens, which makes one short
-        // sentence 3x slower; pad to the longest of the batch and truncate as
-        // sentence-transformers does.
-        tokenizer.with_padding(Some(PaddingParams {
-            strategy: PaddingStrategy::BatchLongest,
-            ..PaddingParams::default()
-        }));
+        // The shipped tokenizer.json pads every input to 128 tokens; the encoder takes each
+        // text at its own length. Truncate as sentence-transformers does.
+        tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
                 max_length: MAX_SEQ_LEN,
                 ..TruncationParams::default()
             }))
             .map_err(model_err)?;
-        let device = Device::Cpu;
         let weights = std::fs::read(file(dir, "model.safetensors")?).map_err(model_err)?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
-            .map_err(model_err)?;
-        let dims = config.hidden_size;
-        let bert = BertModel::load(vb, &config).map_err(model_err)?;
+        let bert = Bert::load(&config, &weights).map_err(|e| {
+            Error::invalid("embedding_model_dir", format!("model.safetensors: {e}"))
+        })?;
+        let dims = bert.dims();
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         Ok(LocalEmbedder {
-            model: Arc::new(Model {
-                bert,
-                tokenizer,
-                device,
-            }),
+            model: Arc::new(Model { bert, tokenizer }),
             model_id: model_id.to_owned(),
             dims,
             permits: Arc::new(Semaphore::new(threads.max(1))),
@@ -193,9 +183,7 @@ impl LocalEmbedder {
             let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
             self.model.forward(&batch)
         };
-        // Chunks are spread over the cores, one single-threaded forward pass per core: with
-        // RAYON_NUM_THREADS=1 (see `memoire_app::one_core_per_model_pass`) a pass never waits for a second
-        // thread that another process descheduled.
+        // Chunks are spread over the cores, one single-threaded forward pass per core.
         let lanes = self.passes.min(chunks.len()).max(1);
         let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> = chunks.iter().map(|_| None).collect();
         if lanes == 1 {
@@ -241,51 +229,15 @@ impl LocalEmbedder {
 
 impl Model {
     fn forward(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let encodings = self
-            .tokenizer
-            .encode_batch(texts.to_vec(), true)
+        // One text at a time: `encode_batch` would hand the texts to a thread pool, and a pass
+        // keeps to one core (see `LocalEmbedder::passes`).
+        let encodings = texts
+            .iter()
+            .map(|t| self.tokenizer.encode(*t, true))
+            .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(model_err)?;
-        let rows = encodings.len();
-        let cols = encodings.first().map(|e| e.get_ids().len()).unwrap_or(0);
-        let (mut ids, mut mask) = (
-            Vec::with_capacity(rows * cols),
-            Vec::with_capacity(rows * cols),
-        );
-        for e in &encodings {
-            ids.extend_from_slice(e.get_ids());
-            mask.extend_from_slice(e.get_attention_mask());
-        }
-        let ids = Tensor::from_vec(ids, (rows, cols), &self.device).map_err(model_err)?;
-        let mask = Tensor::from_vec(mask, (rows, cols), &self.device).map_err(model_err)?;
-        let type_ids = ids.zeros_like().map_err(model_err)?;
-        let hidden = self
-            .bert
-            .forward(&ids, &type_ids, Some(&mask))
-            .map_err(model_err)?;
-        // Mean over real tokens only, then unit length.
-        let mask = mask
-            .to_dtype(DType::F32)
-            .and_then(|m| m.unsqueeze(2))
-            .map_err(model_err)?;
-        let summed = hidden
-            .broadcast_mul(&mask)
-            .and_then(|t| t.sum(1))
-            .map_err(model_err)?;
-        let counts = mask
-            .sum(1)
-            .and_then(|c| c.clamp(1e-9, f64::MAX))
-            .map_err(model_err)?;
-        let pooled = summed.broadcast_div(&counts).map_err(model_err)?;
-        let norms = pooled
-            .sqr()
-            .and_then(|t| t.sum_keepdim(1))
-            .and_then(|t| t.sqrt())
-            .and_then(|t| t.clamp(1e-12, f64::MAX))
-            .map_err(model_err)?;
-        pooled
-            .broadcast_div(&norms)
-            .and_then(|t| t.to_vec2::<f32>())
-            .map_err(model_err)
+        let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        self.bert.embed(&ids).map_err(model_err)
     }
 }
 

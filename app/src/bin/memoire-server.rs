@@ -59,13 +59,6 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    // Only serving and importing embed: the other subcommands start no model.
-    if matches!(
-        cli.command,
-        None | Some(Command::Serve | Command::Import { .. })
-    ) {
-        memoire_app::one_core_per_model_pass("memoire-server");
-    }
     let (config, telemetry) = match memoire_app::start("memoire-server", &cli.flags) {
         Ok(started) => started,
         Err(code) => return code,

@@ -17,7 +17,6 @@ struct Cli {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    memoire_app::one_core_per_model_pass("memoire-worker");
     let (config, telemetry) = match memoire_app::start("memoire-worker", &cli.flags) {
         Ok(started) => started,
         Err(code) => return code,

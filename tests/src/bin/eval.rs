@@ -13,7 +13,6 @@ use memoire_tests::{TestServer, percentile_ms};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Measured as the binaries run: one core per forward pass of the model.
-    memoire_app::one_core_per_model_pass("eval");
     let dir = eval::data_dir(&["--conversations", "--dump"]);
     if !dir.is_dir() {
         eprintln!(

@@ -195,7 +195,6 @@ async fn teach(calls: usize) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Measured as the binaries run: one core per forward pass of the model.
-    memoire_app::one_core_per_model_pass("ingest-bench");
     let quick = std::env::args().any(|a| a == "--quick");
     let scale = if quick { 10 } else { 1 };
     let calls = 4_000 / scale;

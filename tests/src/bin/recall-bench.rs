@@ -485,7 +485,6 @@ async fn start_server(
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Measured as the binaries run: one core per forward pass of the model.
-    memoire_app::one_core_per_model_pass("recall-bench");
     let opts = options();
     let mut rng = StdRng::seed_from_u64(42);
     // Users: one per measured scope size, plus small users (1k each) so that the table holds

@@ -99,7 +99,6 @@ impl Side {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    memoire_app::one_core_per_model_pass("tenancy-bench");
     let quick = std::env::args().any(|a| a == "--quick");
     let (seed, calls) = if quick { (100, 200) } else { (1_000, 2_000) };
     // Both, each alone (what each part costs), neither — twice: the second "off" is a control,
