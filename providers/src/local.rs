@@ -175,9 +175,9 @@ impl LocalEmbedder {
 
     /// Embeds synchronously (call from a blocking thread).
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
-        // Sort by length so that each batch pads little; restore the order at the end.
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| texts[i].len());
+        // Passes do not pad, and a text's vector does not depend on the others in its pass, so
+        // chunks are simply consecutive texts.
+        let order: Vec<usize> = (0..texts.len()).collect();
         let chunks: Vec<&[usize]> = order.chunks(BATCH).collect();
         let forward = |chunk: &[usize]| {
             let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
