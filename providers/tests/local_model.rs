@@ -64,7 +64,10 @@ async fn matches_sentence_transformers_in_a_batch_and_one_by_one() {
         let c = cosine(want, &one[0]);
         assert!(c >= 0.9999, "single: cosine {c} for {text:?}");
         // A pass does not pad, and each text's arithmetic is its own.
-        assert_eq!(&one[0], in_batch, "alone and in a batch differ for {text:?}");
+        assert_eq!(
+            &one[0], in_batch,
+            "alone and in a batch differ for {text:?}"
+        );
     }
 }
 
