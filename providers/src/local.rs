@@ -41,9 +41,8 @@ pub struct LocalEmbedder {
     // Forward passes run at once over a batch's chunks: one per core.
     passes: usize,
     // Single texts (queries) waiting while every pass is busy. The next pass to finish embeds
-    // them together: one pass over several short texts reads the weights once for all of them
-    // (`make bench-embed`: four callers get 1.5x the queries/s of one), and a query that finds a
-    // pass free does not wait for company.
+    // them together: one pass over several short texts reads the weights once for all of them,
+    // and a query that finds a pass free does not wait for company.
     waiting: Arc<std::sync::Mutex<Vec<Waiting>>>,
 }
 
