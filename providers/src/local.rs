@@ -176,12 +176,8 @@ impl LocalEmbedder {
     pub fn embed_blocking(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         // Passes do not pad, and a text's vector does not depend on the others in its pass, so
         // chunks are simply consecutive texts.
-        let order: Vec<usize> = (0..texts.len()).collect();
-        let chunks: Vec<&[usize]> = order.chunks(BATCH).collect();
-        let forward = |chunk: &[usize]| {
-            let batch: Vec<&str> = chunk.iter().map(|&i| texts[i].as_str()).collect();
-            self.model.forward(&batch)
-        };
+        let chunks: Vec<&[String]> = texts.chunks(BATCH).collect();
+        let forward = |chunk: &[String]| self.model.forward(chunk);
         // Chunks are spread over the cores, one single-threaded forward pass per core.
         let lanes = self.passes.min(chunks.len()).max(1);
         let mut results: Vec<Option<Result<Vec<Vec<f32>>>>> = chunks.iter().map(|_| None).collect();
@@ -215,24 +211,21 @@ impl LocalEmbedder {
                 }
             });
         }
-        let mut out = vec![Vec::new(); texts.len()];
-        for (chunk, vectors) in chunks.iter().zip(results) {
-            let vectors = vectors.unwrap_or_else(|| Err(model_err("a forward pass panicked")))?;
-            for (&i, v) in chunk.iter().zip(vectors) {
-                out[i] = v;
-            }
+        let mut out = Vec::with_capacity(texts.len());
+        for vectors in results {
+            out.extend(vectors.unwrap_or_else(|| Err(model_err("a forward pass panicked")))?);
         }
         Ok(out)
     }
 }
 
 impl Model {
-    fn forward(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+    fn forward(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         // One text at a time: `encode_batch` would hand the texts to a thread pool, and a pass
         // keeps to one core (see `LocalEmbedder::passes`).
         let encodings = texts
             .iter()
-            .map(|t| self.tokenizer.encode(*t, true))
+            .map(|t| self.tokenizer.encode(t.as_str(), true))
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(model_err)?;
         let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
