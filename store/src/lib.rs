@@ -15,6 +15,7 @@
 //!   kept in Redis under generation keys that every write bumps.
 //! - `error`: sqlx errors classified by SQLSTATE into the domain error.
 
+mod bm25;
 mod cache;
 mod conscious;
 mod episodes;

@@ -26,18 +26,13 @@ use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
+use crate::bm25::{self, Corpus, DfCache, Postings, Terms};
 use crate::episodes::session_turns;
 use crate::rows::{
     EPISODE_COLUMNS, EpisodeRow, MEMORY_COLUMNS, MemoryRow, access_count, last_accessed,
 };
 use crate::{PgStore, db_error};
 
-/// Query words that carry no information in a memory store (stemmed, as in the index).
-const QUERY_STOP_WORDS: &[&str] = &["user", "memori", "rememb", "know"];
-
-/// BM25's k1 and b.
-const K1: f64 = 1.2;
-const B: f64 = 0.75;
 /// How long scope statistics are reused. They move slowly (BM25's N and average length, and the
 /// exact-or-HNSW choice), and recomputing them scans the scope, so they are not refreshed often.
 const STATS_TTL: Duration = Duration::from_secs(300);
@@ -64,13 +59,29 @@ struct ScopeStats {
     vectors: u64,
 }
 
-/// Per-scope statistics, cached briefly (BM25's N and average length; the exact/HNSW choice).
+impl ScopeStats {
+    fn corpus(self) -> Corpus {
+        Corpus {
+            docs: self.docs,
+            avg_len: self.avg_len,
+        }
+    }
+}
+
+/// Per-scope statistics, cached briefly (BM25's N and average length; the exact/HNSW choice),
+/// and the document frequencies of the large scopes' terms.
 #[derive(Debug)]
-pub struct StatsCache(crate::ttl::TtlMap<String, ScopeStats>);
+pub struct StatsCache {
+    scopes: crate::ttl::TtlMap<String, ScopeStats>,
+    dfs: DfCache,
+}
 
 impl Default for StatsCache {
     fn default() -> Self {
-        StatsCache(crate::ttl::TtlMap::new(STATS_TTL))
+        StatsCache {
+            scopes: crate::ttl::TtlMap::new(STATS_TTL),
+            dfs: DfCache::new(STATS_TTL),
+        }
     }
 }
 
@@ -88,26 +99,13 @@ impl Table {
         }
     }
 
-    /// Its BM25 postings table (migration 0003).
-    fn terms(self) -> &'static str {
+    /// Its BM25 postings.
+    fn postings(self) -> Postings {
         match self {
-            Table::Memories => "memory_terms",
-            Table::Episodes => "episode_terms",
+            Table::Memories => Postings::Memories,
+            Table::Episodes => Postings::Episodes,
         }
     }
-}
-
-/// `AND p.namespace` in `namespaces`: an equality for one namespace (the common case), so that
-/// it is an index condition on the postings key's third column whatever the statistics (without
-/// them, `= ANY` was applied as a filter, and the term's range became the user's).
-fn push_namespaces(b: &mut QueryBuilder<Postgres>, namespaces: &[String]) {
-    match namespaces {
-        [one] => b.push(" AND p.namespace = ").push_bind(one.clone()),
-        many => b
-            .push(" AND p.namespace = ANY(")
-            .push_bind(many.to_vec())
-            .push(")"),
-    };
 }
 
 /// Pushes `FROM <table> m [version join] WHERE <scope and filters>` for `q`; with `scored`, the
@@ -225,7 +223,7 @@ impl StatsCache {
         model: &str,
     ) -> Result<ScopeStats> {
         let key = scope_key(table, q, model);
-        if let Some(stats) = self.0.get(&key) {
+        if let Some(stats) = self.scopes.get(&key) {
             return Ok(stats);
         }
         let sql = format!(
@@ -248,7 +246,7 @@ impl StatsCache {
             vectors: vectors.max(0) as u64,
         };
         if docs >= STATS_CACHE_MIN_DOCS {
-            self.0.put(key, stats);
+            self.scopes.put(key, stats);
         }
         Ok(stats)
     }
@@ -265,94 +263,54 @@ fn has_filters(q: &RecallQuery) -> bool {
         || q.as_of.is_some()
 }
 
-/// BM25 scores of the scope's best documents for `q` — or, with `only`, of exactly those
-/// documents (statistics still over the whole scope), so that a candidate that vector search
-/// found gets its real text score too.
+/// The scope's best BM25 matches for `q` (filtered as it asks), with the query's terms.
 async fn bm25(
     conn: &mut PgConnection,
+    cache: &StatsCache,
     table: Table,
     q: &RecallQuery,
     stats: ScopeStats,
     now: DateTime<Utc>,
-    only: Option<&[Uuid]>,
-) -> Result<Vec<(Uuid, f32)>> {
-    if stats.docs == 0.0 || q.text.trim().is_empty() || only.is_some_and(|o| o.is_empty()) {
-        return Ok(Vec::new());
-    }
-    let mut b = QueryBuilder::<Postgres>::new(
-        "WITH terms AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', ",
-    );
-    b.push_bind(q.text.clone());
-    // Every memory is about the user: in a query, "user" names no topic, yet it matches every
-    // memory that mentions "the user's …" — thousands of postings to score for nothing.
-    b.push(")) WHERE lexeme <> ALL(")
-        .push_bind(QUERY_STOP_WORDS)
-        // One index range per query term (the fenced subquery is run per term), whatever the
-        // planner believes of the table: with stale or missing statistics (a young database,
-        // autovacuum off or behind) a join here was planned as a scan of every posting of the
-        // user — 5–25x slower at 10k memories.
-        .push(format!(
-            ")), postings AS (SELECT p.lexeme, p.doc_id, p.tf, p.dl FROM terms t CROSS JOIN LATERAL \
-             (SELECT p.lexeme, p.doc_id, p.tf, p.dl FROM {} p WHERE p.lexeme = t.lexeme \
-             AND p.tenant_id = ",
-            table.terms()
-        ))
-        .push_bind(q.tenant_id)
-        .push(" AND p.user_id = ")
-        .push_bind(q.user_id.clone());
-    push_namespaces(&mut b, &q.namespaces);
-    if table == Table::Memories && q.as_of.is_none() {
-        // The current view is scored without touching memories: postings carry the status.
-        let statuses: &[&str] = if q.include_superseded {
-            &["active", "superseded"]
-        } else {
-            &["active"]
-        };
-        b.push(" AND p.status = ANY(").push_bind(statuses).push(")");
-    }
-    b.push(
-        " OFFSET 0) p), df AS (SELECT lexeme, count(*)::float8 AS df FROM postings GROUP BY lexeme), \
-         scored AS (SELECT p.doc_id, sum(ln(1 + (greatest(",
-    );
-    b.push_bind(stats.docs)
-        .push("::float8, df.df) - df.df + 0.5) / (df.df + 0.5)) * p.tf * ")
-        .push_bind(K1 + 1.0)
-        .push(" / (p.tf + ")
-        .push_bind(K1)
-        .push(" * (1 - ")
-        .push_bind(B)
-        .push(" + ")
-        .push_bind(B)
-        .push(" * p.dl / ")
-        .push_bind(stats.avg_len.max(1.0))
-        .push(")))::float4 AS score FROM postings p JOIN df USING (lexeme)");
-    if let Some(only) = only {
-        b.push(" WHERE p.doc_id = ANY(")
-            .push_bind(only.to_vec())
-            .push(")");
-    }
-    b.push(" GROUP BY p.doc_id ORDER BY score DESC, p.doc_id");
+) -> Result<(Vec<(Uuid, f32)>, Terms)> {
+    let corpus = stats.corpus();
     // Without filters only expiry can still drop a document: the best few suffice.
-    if !has_filters(q) && only.is_none() {
-        b.push(" LIMIT ").push_bind((q.candidates * 4) as i64);
+    let pool = (!has_filters(q)).then_some(q.candidates * 4);
+    let cache_dfs = stats.docs >= STATS_CACHE_MIN_DOCS;
+    let (terms, best) = bm25::best(
+        conn,
+        &cache.dfs,
+        table.postings(),
+        q,
+        corpus,
+        cache_dfs,
+        pool,
+    )
+    .await?;
+    if terms.is_empty() || best.as_ref().is_some_and(|b| b.is_empty()) {
+        return Ok((Vec::new(), terms));
     }
-    if only.is_some() {
-        // The documents named are candidates already, found within the scope.
-        b.push(") SELECT doc_id, score FROM scored");
-        return b
-            .build_query_as()
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db_error);
+    let mut b = QueryBuilder::<Postgres>::new("WITH ");
+    match best {
+        Some(best) => {
+            let (ids, scores): (Vec<Uuid>, Vec<f32>) = best.into_iter().unzip();
+            b.push("scored AS (SELECT * FROM unnest(")
+                .push_bind(ids)
+                .push("::uuid[], ")
+                .push_bind(scores)
+                .push("::float4[]) s(doc_id, score))");
+        }
+        None => bm25::push_full_scan(&mut b, table.postings(), q, &terms, corpus, pool),
     }
-    b.push(") SELECT m.id, s.score");
+    b.push(" SELECT m.id, s.score");
     push_scope(&mut b, table, q, now, true);
     b.push(" ORDER BY s.score DESC, m.id LIMIT ")
         .push_bind(q.candidates as i64);
-    b.build_query_as()
+    let hits = b
+        .build_query_as()
         .fetch_all(&mut *conn)
         .await
-        .map_err(db_error)
+        .map_err(db_error)?;
+    Ok((hits, terms))
 }
 
 /// An episode's turns said just before and just after it in its session (by time, then by the
@@ -509,6 +467,8 @@ struct TextHits {
     conn: PoolConnection<Postgres>,
     stats: ScopeStats,
     hits: Vec<(Uuid, f32)>,
+    /// The query's terms in the scope, for the text scores of what vector search finds.
+    terms: Terms,
     adjacent: Vec<Adjacent>,
 }
 
@@ -623,10 +583,10 @@ impl PgStore {
             self.stats_cache.get(&mut conn, table, q, &vs.model),
         )
         .await?;
-        let hits = staged(
+        let (hits, terms) = staged(
             "full_text",
             table,
-            bm25(&mut conn, table, q, stats, now, None),
+            bm25(&mut conn, &self.stats_cache, table, q, stats, now),
         )
         .await?;
         let adjacent = if with_context(table, q) {
@@ -644,6 +604,7 @@ impl PgStore {
             conn,
             stats,
             hits,
+            terms,
             adjacent,
         })
     }
@@ -662,6 +623,7 @@ impl PgStore {
             mut conn,
             stats,
             hits: text_all,
+            terms,
             adjacent: text_adjacent,
         } = text;
         let context = with_context(table, q);
@@ -750,7 +712,15 @@ impl PgStore {
                     Some(c) => c?,
                     None => self.read_conn(q.tenant_id).await?,
                 };
-                bm25(&mut c, table, q, stats, now, Some(&no_text)).await
+                bm25::scores_of(
+                    &mut c,
+                    table.postings(),
+                    q,
+                    &terms,
+                    stats.corpus(),
+                    &no_text,
+                )
+                .await
             }),
             staged("hydrate", table, async {
                 match table {

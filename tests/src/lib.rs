@@ -736,8 +736,8 @@ pub fn recall_stage_totals(metrics: &str) -> Vec<(String, f64, f64)> {
 /// Recall's profile between two `/metrics` pages (`before` empty: since the start): the mean of
 /// each stage in ms, one line per stage (stages of the two tables run concurrently, and the
 /// full-text side overlaps the query embedding, so the means do not add up to a latency).
-pub fn recall_profile(before: &str, after: &str) -> String {
-    let before = recall_stage_totals(before);
+pub fn recall_profile(before_page: &str, after: &str) -> String {
+    let before = recall_stage_totals(before_page);
     let mut out = String::new();
     for (name, sum, n) in recall_stage_totals(after) {
         let (sum0, n0) = before
@@ -750,6 +750,31 @@ pub fn recall_profile(before: &str, after: &str) -> String {
             out.push_str(&format!(
                 "  {name:<58} {:>7.2} ms mean over {n}\n",
                 sum / n * 1e3
+            ));
+        }
+    }
+    // How the full-text searches found their best documents (lists read to the end, proven from
+    // their heads, or every posting scored).
+    let counts = |page: &str| -> Vec<(String, f64)> {
+        page.lines()
+            .filter_map(|l| l.strip_prefix("memoire_recall_full_text_total"))
+            .filter_map(|rest| {
+                let (labels, value) = rest.rsplit_once(' ')?;
+                Some((labels.to_owned(), value.trim().parse().ok()?))
+            })
+            .collect()
+    };
+    let earlier = counts(before_page);
+    for (labels, n) in counts(after) {
+        let n0 = earlier
+            .iter()
+            .find(|(l, _)| *l == labels)
+            .map_or(0.0, |(_, n)| *n);
+        if n > n0 {
+            out.push_str(&format!(
+                "  {:<58} {:>7} searches\n",
+                format!("recall_full_text_total{labels}"),
+                n - n0
             ));
         }
     }

@@ -660,3 +660,206 @@ async fn every_reference_to_memories_and_episodes_is_indexed() {
         "foreign keys without an index: {unindexed:?}"
     );
 }
+
+/// BM25 by hand, over every posting: the reference the store's full-text search must match.
+/// Returns the `k` best active documents of `user` for `text` (scores as `real`, ties by id).
+async fn bm25_by_hand(
+    server: &TestServer,
+    tenant: uuid::Uuid,
+    text: &str,
+    statuses: &[&str],
+    kind: Option<&str>,
+    k: usize,
+) -> Vec<(uuid::Uuid, f32)> {
+    let pool = server.pool();
+    let terms: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $1))")
+            .bind(text)
+            .fetch_all(pool)
+            .await
+            .expect("terms");
+    let (docs, avg): (f64, f64) = sqlx::query_as(
+        "SELECT count(*)::float8, avg(length(tsv))::float8 FROM memories \
+         WHERE tenant_id = $1 AND user_id = 'u' AND namespace = 'default'",
+    )
+    .bind(tenant)
+    .fetch_one(pool)
+    .await
+    .expect("corpus");
+    let rows: Vec<(uuid::Uuid, String, f64, f64)> = sqlx::query_as(
+        "SELECT m.id, u.lexeme, coalesce(array_length(u.positions, 1), 1)::float8, \
+                length(m.tsv)::float8 \
+         FROM memories m, unnest(m.tsv) u \
+         WHERE m.tenant_id = $1 AND m.user_id = 'u' AND m.status = ANY($2) \
+           AND ($3::text IS NULL OR m.kind = $3) AND u.lexeme = ANY($4)",
+    )
+    .bind(tenant)
+    .bind(statuses)
+    .bind(kind)
+    .bind(&terms)
+    .fetch_all(pool)
+    .await
+    .expect("postings");
+    // Document frequencies count the postings the search may score (kinds are not in them).
+    let df_rows: Vec<(String, f64)> = sqlx::query_as(
+        "SELECT u.lexeme, count(*)::float8 FROM memories m, unnest(m.tsv) u \
+         WHERE m.tenant_id = $1 AND m.user_id = 'u' AND m.status = ANY($2) AND u.lexeme = ANY($3) \
+         GROUP BY u.lexeme",
+    )
+    .bind(tenant)
+    .bind(statuses)
+    .bind(&terms)
+    .fetch_all(pool)
+    .await
+    .expect("df");
+    let df: std::collections::HashMap<String, f64> = df_rows.into_iter().collect();
+    let (k1, b) = (1.2f64, 0.75f64);
+    let mut scores: std::collections::HashMap<uuid::Uuid, f64> = Default::default();
+    for (id, lexeme, tf, dl) in rows {
+        let n = df[&lexeme];
+        let idf = (1.0 + (docs.max(n) - n + 0.5) / (n + 0.5)).ln();
+        *scores.entry(id).or_default() +=
+            idf * tf * (k1 + 1.0) / (tf + k1 * (1.0 - b + b * dl / avg.max(1.0)));
+    }
+    let mut ranked: Vec<(uuid::Uuid, f32)> =
+        scores.into_iter().map(|(id, s)| (id, s as f32)).collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    ranked.truncate(k);
+    ranked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ranks_first() {
+    use rand::{Rng as _, SeedableRng as _};
+    let server = TestServer::start_with(no_worker, None).await;
+    let scope = scope(&server).await;
+    // 4,000 memories over a small vocabulary whose first words are in most of them: long posting
+    // lists, repeated words (tf > 1), many equal lengths (ties) and some superseded memories.
+    const WORDS: &[&str] = &[
+        "garden", "river", "violin", "pencil", "rocket", "tiger", "ocean", "lantern", "marble",
+        "harbor", "canyon", "orchid",
+    ];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let (mut ids, mut contents, mut kinds, mut statuses) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..4_000 {
+        let len = rng.random_range(1..12);
+        let words: Vec<&str> = (0..len)
+            .map(|_| {
+                // Word i is drawn with probability ~ 1 / (i + 1).
+                let x: f64 = rng.random_range(0.0..3.1);
+                WORDS[((x.exp() - 1.0) as usize).min(WORDS.len() - 1)]
+            })
+            .collect();
+        ids.push(uuid::Uuid::now_v7());
+        contents.push(words.join(" "));
+        kinds.push(if rng.random_bool(0.2) {
+            "preference"
+        } else {
+            "fact"
+        });
+        statuses.push(if rng.random_bool(0.1) {
+            "superseded"
+        } else {
+            "active"
+        });
+    }
+    sqlx::query(
+        "INSERT INTO memories (id, tenant_id, user_id, namespace, kind, content, content_key, \
+           importance, confidence, status, version, created_at, updated_at) \
+         SELECT i, $1, 'u', 'default', k, c, c, 0.5, 1, s, 1, now(), now() \
+         FROM unnest($2::uuid[], $3::text[], $4::text[], $5::text[]) x(i, c, k, s)",
+    )
+    .bind(scope.tenant_id)
+    .bind(&ids)
+    .bind(&contents)
+    .bind(&kinds)
+    .bind(&statuses)
+    .execute(server.pool())
+    .await
+    .expect("seed");
+    sqlx::query("ANALYZE memory_terms")
+        .execute(server.pool())
+        .await
+        .expect("analyze");
+
+    let proven = r#"memoire_recall_full_text_total{how="proven"}"#;
+    let proven_before = metric(&server, proven).await;
+    let vs = memoire_store::VectorSettings {
+        model: "m".into(),
+        dims: 384,
+        exact_search_max_scope: 10_000,
+    };
+    let queries = [
+        "garden",
+        "river violin",
+        "garden river",
+        "garden orchid",
+        "tiger tiger canyon",
+        "garden river violin pencil rocket",
+        "harbor",
+        "marble lantern ocean",
+    ];
+    for (text, superseded, kind) in queries.iter().map(|t| (*t, false, None)).chain([
+        ("garden river", true, None),
+        ("river violin", false, Some("preference")),
+    ]) {
+        let q = memoire_core::command::RecallQuery {
+            tenant_id: scope.tenant_id,
+            user_id: "u".into(),
+            namespaces: vec!["default".into()],
+            text: text.into(),
+            kinds: kind
+                .map(|k: &str| vec![MemoryKind::parse(k).expect("kind")])
+                .unwrap_or_default(),
+            tags: vec![],
+            slot: None,
+            created_after: None,
+            created_before: None,
+            as_of: None,
+            include_superseded: superseded,
+            include_episodes: false,
+            candidates: 50,
+            min_confidence: 0.0,
+        };
+        // Twice: the second time the common terms' frequencies come from the cache.
+        for pass in 0..2 {
+            let found = server
+                .store
+                .recall_candidates(&q, |_| async { Ok(None) }, &vs)
+                .await
+                .expect("recall");
+            let mut got: Vec<(u32, uuid::Uuid, f32)> = found
+                .iter()
+                .filter_map(|c| c.text_rank.map(|r| (r, c.item.id(), c.text_score)))
+                .collect();
+            got.sort_by_key(|g| g.0);
+            let statuses: &[&str] = if superseded {
+                &["active", "superseded"]
+            } else {
+                &["active"]
+            };
+            let want = bm25_by_hand(&server, scope.tenant_id, text, statuses, kind, 50).await;
+            assert_eq!(got.len(), want.len(), "{text} (pass {pass})");
+            for (i, ((_, id, score), (want_id, want_score))) in got.iter().zip(&want).enumerate() {
+                assert_eq!(id, want_id, "{text} (pass {pass}): place {}", i + 1);
+                assert!(
+                    (score - want_score).abs() <= 1e-5 * want_score.abs().max(1.0),
+                    "{text} (pass {pass}): place {} scored {score}, by hand {want_score}",
+                    i + 1
+                );
+            }
+        }
+    }
+    // The lists' heads sufficed at least once (not only complete lists, or a scan).
+    assert!(metric(&server, proven).await > proven_before);
+}
+
+async fn metric(server: &TestServer, name_and_labels: &str) -> f64 {
+    memoire_tests::http_get(server.http_addr, "/metrics")
+        .await
+        .lines()
+        .find(|l| l.starts_with(name_and_labels))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
