@@ -83,6 +83,18 @@ pub struct TestServer {
 }
 
 impl TestServer {
+    /// The value of the first series on `/metrics` that starts with `name_and_labels` (0 when
+    /// there is none yet).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        http_get(self.http_addr, "/metrics")
+            .await
+            .lines()
+            .find(|l| l.starts_with(name_and_labels))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     /// Starts a server with the default test configuration.
     pub async fn start() -> Self {
         Self::start_with(|_| {}, None).await

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use memoire_core::clock::ManualClock;
-use memoire_tests::{TestServer, http_get, proto as pb, violated_field};
+use memoire_tests::{TestServer, proto as pb, violated_field};
 use serde::Deserialize;
 use tonic::Code;
 
@@ -644,16 +644,6 @@ async fn bad_recall_requests_name_the_field() {
     }
 }
 
-async fn metric(server: &TestServer, name_and_labels: &str) -> f64 {
-    http_get(server.http_addr, "/metrics")
-        .await
-        .lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn query_embeddings_are_cached_in_redis() {
     let (server, mut m, _) = seeded().await;
@@ -665,12 +655,12 @@ async fn query_embeddings_are_cached_in_redis() {
     );
     let first = m.recall(ask(&text)).await.expect("recall").into_inner();
     // The cache is written after the reply; give it a moment.
-    let before = metric(&server, hits).await;
+    let before = server.metric(hits).await;
     let mut second = None;
     for _ in 0..50 {
         tokio::time::sleep(Duration::from_millis(20)).await;
         let r = m.recall(ask(&text)).await.expect("recall").into_inner();
-        if metric(&server, hits).await > before {
+        if server.metric(hits).await > before {
             second = Some(r);
             break;
         }

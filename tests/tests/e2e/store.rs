@@ -783,7 +783,7 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
         .expect("analyze");
 
     let proven = r#"memoire_recall_full_text_total{how="proven"}"#;
-    let proven_before = metric(&server, proven).await;
+    let proven_before = server.metric(proven).await;
     let vs = memoire_store::VectorSettings {
         model: "m".into(),
         dims: 384,
@@ -851,15 +851,5 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
         }
     }
     // The lists' heads sufficed at least once (not only complete lists, or a scan).
-    assert!(metric(&server, proven).await > proven_before);
-}
-
-async fn metric(server: &TestServer, name_and_labels: &str) -> f64 {
-    memoire_tests::http_get(server.http_addr, "/metrics")
-        .await
-        .lines()
-        .find(|l| l.starts_with(name_and_labels))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
+    assert!(server.metric(proven).await > proven_before);
 }
