@@ -1,10 +1,11 @@
 //! Recall's candidates: BM25 full-text search and vector search over one user's scope, run
 //! concurrently, then hydrated (as of a time, when asked). Fusion and packing are `core::recall`.
 //!
-//! BM25 (k1 = 1.2, b = 0.75) uses real statistics, read from the postings tables of migration
-//! 0003 (scope, lexeme → document, tf, length) with index-only scans: document frequencies are the
-//! query terms' postings in the scope, N and the average document length (in distinct lexemes)
-//! cover the whole scope (cached per scope for 5 minutes).
+//! BM25 (k1 = 1.2, b = 0.75, `bm25.rs`) uses real statistics, read from the postings tables of
+//! migrations 0003 and 0017 (scope, lexeme → document, tf, length) with index-only scans:
+//! document frequencies are the query terms' postings in the scope, N and the average document
+//! length (in distinct lexemes) cover the whole scope (cached per scope for 5 minutes, with the
+//! document frequencies of scopes of 1,000 documents or more).
 //!
 //! Vector search returns the true top-k of the caller's scope: scopes with at most
 //! `exact_search_max_scope` vectors are searched exactly (the per-user index, then distances);
