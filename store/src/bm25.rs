@@ -7,9 +7,11 @@
 //! term frequency, then document length, and the term's score falls in that order — a few hundred
 //! of them. Every document read that could reach the pool is scored exactly (its missing terms
 //! looked up by primary key), and a document no list has reached can score at most the sum of each
-//! unfinished list's last score. When the pool's last score is above that bound, the pool is
-//! the exact top of the scope, ties broken by id as in a full scan. Otherwise (and with filters,
-//! which the postings do not carry) every posting is scored in one statement.
+//! unfinished list's last score. When the pool's last score is above that bound (or, with one
+//! list unfinished, equal to it, the unread ties coming after the last read in the index, so after
+//! it by id), the pool is the exact top of the scope, ties broken by id as in a full scan.
+//! Otherwise (and with filters, which the postings do not carry) every posting is scored in one
+//! statement.
 
 use std::collections::HashMap;
 
@@ -25,17 +27,17 @@ use crate::ttl::TtlMap;
 const QUERY_STOP_WORDS: &[&str] = &["user", "memori", "rememb", "know"];
 
 /// BM25's k1 and b.
-pub(crate) const K1: f64 = 1.2;
-pub(crate) const B: f64 = 0.75;
+const K1: f64 = 1.2;
+const B: f64 = 0.75;
 
 /// Postings read per term, as a multiple of the pool asked for. (Reading further in rounds did
 /// not pay on the recall bench: a query whose lists' heads do not settle it is mostly one whose
 /// terms are common together, where a second round read thousands of postings, looked up
 /// thousands of documents, and then often scanned anyway.)
 const DEPTH: usize = 2;
-/// Terms a document's membership is tracked for (a bit each); longer queries are scored by a
-/// full scan.
-const MAX_TERMS: usize = 64;
+/// Terms a document's membership is tracked for (a bit each of a `u64`, whose all-terms mask must
+/// not shift by 64); longer queries are scored by a full scan.
+const MAX_TERMS: usize = 63;
 
 /// The postings tables (migration 0003).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

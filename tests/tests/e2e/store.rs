@@ -763,6 +763,13 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
             "active"
         });
     }
+    // And one memory with 64 distinct words, one more than a search tracks per document (a full
+    // scan).
+    let long: String = (0..63).map(|i| format!("word{i} ")).collect::<String>() + "garden";
+    ids.push(uuid::Uuid::now_v7());
+    contents.push(long.clone());
+    kinds.push("fact");
+    statuses.push("active");
     sqlx::query(
         "INSERT INTO memories (id, tenant_id, user_id, namespace, kind, content, content_key, \
            importance, confidence, status, version, created_at, updated_at) \
@@ -798,6 +805,7 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
         "garden river violin pencil rocket",
         "harbor",
         "marble lantern ocean",
+        long.as_str(),
     ];
     for (text, superseded, kind) in queries.iter().map(|t| (*t, false, None)).chain([
         ("garden river", true, None),
