@@ -79,6 +79,15 @@ impl Terms {
     pub(crate) fn is_empty(&self) -> bool {
         self.lexemes.is_empty()
     }
+
+    /// Each lexeme's position among the terms (its bit in a document's `known`).
+    fn positions(&self) -> HashMap<&str, usize> {
+        self.lexemes
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (l.as_str(), i))
+            .collect()
+    }
 }
 
 /// Document frequencies of common terms in large scopes, kept as long as the scope statistics
@@ -416,6 +425,11 @@ impl Round {
         (1u64 << self.rest.len()) - 1
     }
 
+    /// The terms whose list is not complete.
+    fn open(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.rest.len()).filter(|i| self.complete & (1 << i) == 0)
+    }
+
     /// The most a document can still gain from the terms it is not known to have.
     fn upper(&self, s: &Seen) -> f64 {
         s.score
@@ -432,16 +446,14 @@ impl Round {
         if self.complete == self.all() {
             return false;
         }
-        let open = (0..self.rest.len())
-            .filter(|i| self.complete & (1 << i) == 0)
-            .count();
+        let open = self.open().count();
         let mut upper: Vec<f64> = self.seen.values().map(|s| self.upper(s)).collect();
         if upper.len() < pool {
             return true;
         }
-        let (_, ceiling, _) = upper.select_nth_unstable_by(pool - 1, |a, b| b.total_cmp(a));
+        let ceiling = nth_best(&mut upper, pool);
         let unseen: f64 = self.rest.iter().sum();
-        open > 1 && *ceiling <= unseen + margin(unseen)
+        open > 1 && ceiling <= unseen + margin(unseen)
     }
 
     /// The documents whose missing terms must be looked up: those that could still reach the
@@ -449,12 +461,7 @@ impl Round {
     fn to_resolve(&self, pool: usize) -> Vec<Uuid> {
         let all = self.all();
         let mut lower: Vec<f64> = self.seen.values().map(|s| s.score).collect();
-        let floor = if lower.len() >= pool {
-            let (_, nth, _) = lower.select_nth_unstable_by(pool - 1, |a, b| b.total_cmp(a));
-            *nth
-        } else {
-            f64::NEG_INFINITY
-        };
+        let floor = nth_best(&mut lower, pool);
         let mut ids: Vec<Uuid> = self
             .seen
             .iter()
@@ -473,12 +480,7 @@ impl Round {
         found: &[(Uuid, String, f32, f32)],
         avg: f64,
     ) {
-        let index: HashMap<&str, usize> = terms
-            .lexemes
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.as_str(), i))
-            .collect();
+        let index = terms.positions();
         for (doc, lexeme, tf, dl) in found {
             let (Some(s), Some(&i)) = (self.seen.get_mut(doc), index.get(lexeme.as_str())) else {
                 continue;
@@ -524,7 +526,7 @@ impl Round {
     /// much as the last one read, it has its frequency (1) and length, and so comes after it in
     /// the index — by id, as ties rank. Every other unread document scores less.
     fn ties_follow(&self, score: f64, id: Uuid) -> bool {
-        let mut open = (0..self.rest.len()).filter(|i| self.complete & (1 << i) == 0);
+        let mut open = self.open();
         let (Some(i), None) = (open.next(), open.next()) else {
             return false;
         };
@@ -538,6 +540,16 @@ impl Round {
             && score > below + margin(below)
             && last_id >= id
     }
+}
+
+/// The `n`-th largest of `scores` (`n` ≥ 1), or −∞ when there are fewer.
+fn nth_best(scores: &mut [f64], n: usize) -> f64 {
+    if scores.len() < n {
+        return f64::NEG_INFINITY;
+    }
+    *scores
+        .select_nth_unstable_by(n - 1, |a, b| b.total_cmp(a))
+        .1
 }
 
 /// Counts how a full-text search found its best documents, in
@@ -588,13 +600,7 @@ pub(crate) async fn best(
     }
     let ids = round.to_resolve(pool);
     if !ids.is_empty() {
-        let open: Vec<String> = terms
-            .lexemes
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| round.complete & (1 << i) == 0)
-            .map(|(_, l)| l.clone())
-            .collect();
+        let open: Vec<String> = round.open().map(|i| terms.lexemes[i].clone()).collect();
         let found = postings_of(conn, table, q, &ids, &open).await?;
         round.resolve(&terms, &ids, &found, avg);
     }
@@ -659,12 +665,7 @@ pub(crate) async fn scores_of(
         return Ok(Vec::new());
     }
     let avg = corpus.avg();
-    let index: HashMap<&str, usize> = terms
-        .lexemes
-        .iter()
-        .enumerate()
-        .map(|(i, l)| (l.as_str(), i))
-        .collect();
+    let index = terms.positions();
     let mut scores: HashMap<Uuid, f64> = HashMap::new();
     for (doc, lexeme, tf, dl) in postings_of(conn, table, q, ids, &terms.lexemes).await? {
         if let Some(&i) = index.get(lexeme.as_str()) {
