@@ -10,7 +10,7 @@ use memoire_core::recall::Weights;
 use memoire_core::resolve::Thresholds;
 use memoire_core::validate::Limits;
 use memoire_server::{RecallDefaults, ServerSettings};
-use memoire_store::{ConsciousSettings, RetryPolicy, VectorSettings};
+use memoire_store::{ConsciousSettings, RetryPolicy, SearchSettings};
 use memoire_usecases::jobs::{Job, JobSettings};
 use memoire_usecases::{ExtractSettings, RecallSettings, Settings};
 use memoire_worker::WorkerSettings;
@@ -77,10 +77,11 @@ pub fn usecase_settings(
                 recency: config.recall_recency_weight,
                 half_life_days: config.recall_recency_half_life_days,
             },
-            vectors: VectorSettings {
+            search: SearchSettings {
                 model: model.to_owned(),
                 dims: config.embedding_dims,
                 exact_search_max_scope: config.recall_exact_search_max_scope,
+                exact_text_max_scope: config.recall_exact_text_max_scope,
             },
             // At least the largest k, so that the pool is the same for every request.
             candidates: config.recall_candidates.max(config.max_k),

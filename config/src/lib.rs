@@ -188,6 +188,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "scopes with at most this many vectors are searched exactly; larger ones use HNSW",
     ),
     (
+        "recall_exact_text_max_scope",
+        "scopes with at most this many documents get the exact full-text top; in larger ones a query of common words takes the best of its terms' top postings instead of scoring them all",
+    ),
+    (
         "recall_hnsw_ef_search",
         "hnsw.ef_search for approximate vector search (iterative scans on)",
     ),
@@ -457,6 +461,7 @@ pub struct Config {
     pub recall_recency_weight: f32,
     pub recall_recency_half_life_days: f32,
     pub recall_exact_search_max_scope: u64,
+    pub recall_exact_text_max_scope: u64,
     pub recall_hnsw_ef_search: u32,
     pub log: String,
     pub log_format: LogFormat,
@@ -555,6 +560,7 @@ impl Default for Config {
             recall_recency_weight: 0.01,
             recall_recency_half_life_days: 30.0,
             recall_exact_search_max_scope: 10_000,
+            recall_exact_text_max_scope: 20_000,
             recall_hnsw_ef_search: 100,
             log: "info,sqlx=warn".into(),
             log_format: LogFormat::Text,

@@ -11,7 +11,12 @@
 //! list unfinished, equal to it, the unread ties coming after the last read in the index, so after
 //! it by id), the pool is the exact top of the scope, ties broken by id as in a full scan.
 //! Otherwise (and with filters, which the postings do not carry) every posting is scored in one
-//! statement.
+//! statement — except in a scope larger than the exact limit (`recall_exact_text_max_scope`),
+//! where the work is bounded: at most as many documents as the pool are looked up (those read
+//! that could rank highest), and when that does not prove the pool, the best of the documents
+//! scored in full are the pool. Like the approximate vector search of such scopes, this may miss
+//! a document that no list's head reached, or one not looked up; it is deterministic, and
+//! counted.
 
 use std::collections::HashMap;
 
@@ -498,10 +503,21 @@ impl Round {
         }
     }
 
-    /// The best `pool` documents, when this round proves them the scope's: every document fully
-    /// scored, ranked by score (as `real`, like the SQL) then id; and either every list complete,
-    /// or the last of the pool above anything a document not read could score.
-    fn best(&self, pool: usize) -> Option<Vec<(Uuid, f32)>> {
+    /// Of `ids` (documents to look up), the `n` that could score the most: the best bound first,
+    /// then by id (so that the choice depends only on the data).
+    fn most_promising(&self, mut ids: Vec<Uuid>, n: usize) -> Vec<Uuid> {
+        if ids.len() > n {
+            let upper = |id: &Uuid| self.seen.get(id).map_or(0.0, |s| self.upper(s));
+            ids.sort_by(|a, b| upper(b).total_cmp(&upper(a)).then(a.cmp(b)));
+            ids.truncate(n);
+            ids.sort();
+        }
+        ids
+    }
+
+    /// The best `pool` of the documents whose score is known in full, ranked by score (as `real`,
+    /// like the SQL) then id.
+    fn best_known(&self, pool: usize) -> Vec<(Uuid, f64)> {
         let all = self.all();
         let mut exact: Vec<(Uuid, f64)> = self
             .seen
@@ -511,6 +527,15 @@ impl Round {
             .collect();
         exact.sort_by(|a, b| (b.1 as f32).total_cmp(&(a.1 as f32)).then(a.0.cmp(&b.0)));
         exact.truncate(pool);
+        exact
+    }
+
+    /// The best `pool` documents, when this round proves them the scope's: every document that
+    /// could reach the pool fully scored ([`Round::best_known`]); and either every list complete,
+    /// or the last of the pool above anything a document not read could score.
+    fn best(&self, pool: usize) -> Option<Vec<(Uuid, f32)>> {
+        let all = self.all();
+        let exact = self.best_known(pool);
         let proven = self.complete == all || {
             let unseen: f64 = self.rest.iter().sum();
             exact.len() == pool && {
@@ -554,8 +579,9 @@ fn nth_best(scores: &mut [f64], n: usize) -> f64 {
 
 /// Counts how a full-text search found its best documents, in
 /// `memoire_recall_full_text_total{how}`: every list read to its end (`complete`), proven from
-/// the lists' heads (`proven`), or every posting scored (`scan`: filters, long queries, or lists
-/// too deep).
+/// the lists' heads (`proven`), taken from the lists' heads unproven in a scope above the exact
+/// limit (`approximate`), or every posting scored (`scan`: filters, long queries, or lists too
+/// deep).
 fn ranked_by(how: &'static str) {
     metrics::counter!("memoire_recall_full_text_total", "how" => how).increment(1);
 }
@@ -567,7 +593,9 @@ fn margin(score: f64) -> f64 {
 
 /// The scope's best `pool` documents for the query and its terms, before the scope's other
 /// filters. `None` when the query's terms cannot be ranked this way (filters the postings do not
-/// carry, too many terms, or lists too deep): score them with [`push_full_scan`].
+/// carry, too many terms, or lists too deep in a scope searched exactly): score them with
+/// [`push_full_scan`]. With `exact` false (a scope above the exact limit), lists too deep give
+/// the best documents of their heads instead (see the module's documentation).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn best(
     conn: &mut PgConnection,
@@ -577,6 +605,7 @@ pub(crate) async fn best(
     corpus: Corpus,
     cache_dfs: bool,
     pool: Option<usize>,
+    exact: bool,
 ) -> Result<(Terms, Option<Vec<(Uuid, f32)>>)> {
     if corpus.docs == 0.0 || q.text.trim().is_empty() {
         return Ok((Terms::default(), None));
@@ -594,17 +623,24 @@ pub(crate) async fn best(
         return Ok((terms, None));
     };
     let mut round = Round::new(&terms, &lists, avg);
-    if round.hopeless(pool) {
+    if exact && round.hopeless(pool) {
         ranked_by("scan");
         return Ok((terms, None));
     }
-    let ids = round.to_resolve(pool);
+    let mut ids = round.to_resolve(pool);
+    // Above the exact limit the work is bounded: at most as many documents as the pool are looked
+    // up (one round trip of a few hundred primary-key probes), the heads' most promising. Proving
+    // the pool could take thousands (60 ms and more at 100k on the recall bench).
+    let cut = !exact && ids.len() > pool;
+    if cut {
+        ids = round.most_promising(ids, pool);
+    }
     if !ids.is_empty() {
         let open: Vec<String> = round.open().map(|i| terms.lexemes[i].clone()).collect();
         let found = postings_of(conn, table, q, &ids, &open).await?;
         round.resolve(&terms, &ids, &found, avg);
     }
-    match round.best(pool) {
+    match round.best(pool).filter(|_| !cut) {
         Some(best) => {
             ranked_by(if round.complete == round.all() {
                 "complete"
@@ -612,6 +648,14 @@ pub(crate) async fn best(
                 "proven"
             });
             Ok((terms, Some(best)))
+        }
+        None if !exact => {
+            ranked_by("approximate");
+            let best = round.best_known(pool);
+            Ok((
+                terms,
+                Some(best.into_iter().map(|(id, s)| (id, s as f32)).collect()),
+            ))
         }
         None => {
             ranked_by("scan");
@@ -760,6 +804,35 @@ mod tests {
         r.resolve(&t, &ids, &[(id(3), "t1".into(), 1.0, 9.0)], avg);
         let both = 2.0 * weight(1.0, 9.0, avg) + weight(1.0, 9.0, avg);
         assert!((r.seen[&id(3)].score - both).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unproven_heads_give_their_best_looked_up_documents() {
+        let avg = 5.0;
+        let t = terms(&[1.0, 1.0]);
+        // Two unfinished lists of equal postings: nothing is proven.
+        let lists = vec![
+            list(&[(1, 1.0, 4.0), (2, 1.0, 4.0), (3, 1.0, 4.0)], false),
+            list(&[(3, 1.0, 4.0), (4, 1.0, 4.0), (5, 1.0, 4.0)], false),
+        ];
+        let mut r = Round::new(&t, &lists, avg);
+        assert!(r.best(2).is_none());
+        // Document 3 is known in full (both lists reached it); of the others, each has one term
+        // and may have the other: they tie on their bound, so the lowest ids are looked up first.
+        let ids = r.to_resolve(2);
+        assert_eq!(ids, vec![id(1), id(2), id(4), id(5)]);
+        let picked = r.most_promising(ids, 2);
+        assert_eq!(picked, vec![id(1), id(2)]);
+        // Document 2 has the other term, document 1 not: 3 and 2 are the best known, by id.
+        r.resolve(&t, &picked, &[(id(2), "t1".into(), 1.0, 4.0)], avg);
+        let best = r.best_known(2);
+        assert_eq!(
+            best.iter().map(|b| b.0).collect::<Vec<_>>(),
+            vec![id(2), id(3)]
+        );
+        assert_eq!(best[0].1, best[1].1);
+        // A document not looked up is never in the pool: its score is not known.
+        assert!(r.best_known(10).iter().all(|b| b.0 != id(4)));
     }
 
     #[test]

@@ -52,7 +52,7 @@ pub use episodes::{
 pub use error::db_error;
 pub use maintenance::{JobLock, JobOutput, JobScope, VectorClaim, VectorTable};
 pub use memories::Correction;
-pub use recall::{VectorSettings, record_stage};
+pub use recall::{SearchSettings, record_stage};
 pub use schema::vector_index_name;
 pub use tenants::{NewApiKey, PRINCIPAL_TTL, TenantUpdate, hash_secret};
 pub use transfer::{ExportScope, FORMAT_VERSION, ImportCounts, Importer};

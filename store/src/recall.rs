@@ -42,15 +42,19 @@ const STATS_TTL: Duration = Duration::from_secs(300);
 /// once, not after the TTL).
 const STATS_CACHE_MIN_DOCS: f64 = 1_000.0;
 
-/// Vector search settings.
+/// How the searches run.
 #[derive(Debug, Clone)]
-pub struct VectorSettings {
+pub struct SearchSettings {
     /// The model id (vectors of other models are never compared).
     pub model: String,
     /// Its dimension.
     pub dims: u32,
-    /// Scopes up to this size are searched exactly.
+    /// Scopes with up to this many vectors are searched exactly; larger ones through HNSW.
     pub exact_search_max_scope: u64,
+    /// Scopes with up to this many documents get the exact full-text top; in larger ones, a
+    /// query whose best documents the postings' heads cannot prove takes the heads' best
+    /// (`bm25::best`) instead of scoring every posting.
+    pub exact_text_max_scope: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -271,6 +275,7 @@ async fn bm25(
     table: Table,
     q: &RecallQuery,
     stats: ScopeStats,
+    exact_max_scope: u64,
     now: DateTime<Utc>,
 ) -> Result<(Vec<(Uuid, f32)>, Terms)> {
     let corpus = stats.corpus();
@@ -285,6 +290,7 @@ async fn bm25(
         corpus,
         cache_dfs,
         pool,
+        stats.docs <= exact_max_scope as f64,
     )
     .await?;
     if terms.is_empty() || best.as_ref().is_some_and(|b| b.is_empty()) {
@@ -383,7 +389,7 @@ async fn nearest(
     table: Table,
     q: &RecallQuery,
     vector: &[f32],
-    settings: &VectorSettings,
+    settings: &SearchSettings,
     stats: ScopeStats,
     now: DateTime<Utc>,
     adjacent: bool,
@@ -501,7 +507,7 @@ impl PgStore {
         &self,
         q: &RecallQuery,
         embed: E,
-        vs: &VectorSettings,
+        vs: &SearchSettings,
     ) -> Result<Vec<Candidate>>
     where
         E: FnOnce(String) -> F,
@@ -571,7 +577,7 @@ impl PgStore {
         conn: Option<PoolConnection<Postgres>>,
         table: Table,
         q: &RecallQuery,
-        vs: &VectorSettings,
+        vs: &SearchSettings,
         now: DateTime<Utc>,
     ) -> Result<TextHits> {
         let mut conn = match conn {
@@ -587,7 +593,15 @@ impl PgStore {
         let (hits, terms) = staged(
             "full_text",
             table,
-            bm25(&mut conn, &self.stats_cache, table, q, stats, now),
+            bm25(
+                &mut conn,
+                &self.stats_cache,
+                table,
+                q,
+                stats,
+                vs.exact_text_max_scope,
+                now,
+            ),
         )
         .await?;
         let adjacent = if with_context(table, q) {
@@ -617,7 +631,7 @@ impl PgStore {
         q: &RecallQuery,
         text: TextHits,
         vector: Option<&[f32]>,
-        vs: &VectorSettings,
+        vs: &SearchSettings,
         now: DateTime<Utc>,
     ) -> Result<Vec<Candidate>> {
         let TextHits {
@@ -807,7 +821,7 @@ async fn hydrate_memories(
     q: &RecallQuery,
     ids: &[Uuid],
     vector: Option<&[f32]>,
-    vs: &VectorSettings,
+    vs: &SearchSettings,
 ) -> Result<Vec<(Item, Option<f32>)>> {
     let vector = vector.map(|v| Vector::from(v.to_vec()));
     let rows: Vec<Hydrated<MemoryRow>> = match q.as_of {
@@ -862,7 +876,7 @@ async fn hydrate_episodes(
     tenant_id: Uuid,
     ids: &[Uuid],
     vector: Option<&[f32]>,
-    vs: &VectorSettings,
+    vs: &SearchSettings,
 ) -> Result<Vec<(Item, Option<f32>)>> {
     let sql = format!(
         "SELECT {EPISODE_COLUMNS}, {} FROM episodes WHERE tenant_id = $1 AND id = ANY($2)",

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use memoire_core::embed::{Embedder, Embedding, memory_text};
 use memoire_core::model::Scope;
 use memoire_core::recall::Weights;
-use memoire_store::{ConsciousCache, ConsciousSettings, PgStore, VectorSettings};
+use memoire_store::{ConsciousCache, ConsciousSettings, PgStore, SearchSettings};
 
 pub use auth::Authenticator;
 pub use chat::{ChatTurn, Chatted};
@@ -46,8 +46,8 @@ pub use memoire_store::{
 pub struct RecallSettings {
     /// Fusion weights.
     pub weights: Weights,
-    /// Vector search settings.
-    pub vectors: VectorSettings,
+    /// How the searches run (exact or approximate, by scope size).
+    pub search: SearchSettings,
     /// Candidates per search side, whatever k is (at least the largest k).
     pub candidates: usize,
     /// The decay floor: memories below it are left out.

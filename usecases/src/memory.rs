@@ -99,7 +99,7 @@ impl UseCases {
         };
         let candidates = self
             .store()
-            .recall_candidates(&query, embedding, &s.vectors)
+            .recall_candidates(&query, embedding, &s.search)
             .await?;
         let started = std::time::Instant::now();
         let ranked = tracing::info_span!("rank").in_scope(|| {

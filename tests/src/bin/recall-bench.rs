@@ -9,9 +9,11 @@
 //!
 //! It generates realistic user memories (no downloads), embeds them with the local model (cached
 //! under target/bench-cache so reruns skip it), bulk-loads them into a fresh database (COPY, then
-//! the HNSW index is built), starts two servers on that database — one caching query embeddings
-//! in Redis, one computing every query — and drives Recall at concurrency 1 and 8, then prints
-//! where the time of each scope's c=1 run went (`memoire_recall_stage_seconds`).
+//! the HNSW index is built), starts three servers on that database — one caching query embeddings
+//! in Redis, one computing every query, one ranking the full text exactly at every scope size —
+//! and drives Recall at concurrency 1 and 8, then prints where the time of each scope's c=1 run
+//! went (`memoire_recall_stage_seconds`), and how much the approximate full text of large scopes
+//! changes Recall's top 10.
 //! Everything (server, Postgres, Redis, load generator) shares this machine.
 
 use std::collections::BTreeSet;
@@ -450,6 +452,46 @@ async fn drive(
     Ok((all, qps))
 }
 
+/// Recall's item ids for each query (k = 10, c = 1), with each call's latency.
+async fn recall_ids(
+    endpoint: &str,
+    key: &str,
+    user: &str,
+    queries: &[String],
+) -> anyhow::Result<Vec<(Vec<String>, Duration)>> {
+    let client = Client::builder(endpoint)
+        .api_key(key)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let mut m = client.memory();
+    let mut out = Vec::with_capacity(queries.len());
+    for q in queries {
+        let t = Instant::now();
+        let r = m
+            .recall(pb::RecallRequest {
+                user_id: user.to_owned(),
+                query: q.clone(),
+                k: 10,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow::anyhow!("recall failed: {e}"))?
+            .into_inner();
+        let elapsed = t.elapsed();
+        let ids = r
+            .items
+            .iter()
+            .map(|i| match &i.item {
+                Some(pb::recall_item::Item::Memory(m)) => m.id.clone(),
+                Some(pb::recall_item::Item::Episode(e)) => e.id.clone(),
+                None => String::new(),
+            })
+            .collect();
+        out.push((ids, elapsed));
+    }
+    Ok(out)
+}
+
 async fn start_server(
     config: Config,
     store: PgStore,
@@ -625,6 +667,17 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
 
+    // A third, caching too, ranks the full text exactly at every scope size: what the
+    // approximate full text of large scopes (`recall_exact_text_max_scope`) is compared with.
+    let (exact_text, _stop_c) = start_server(
+        Config {
+            recall_exact_text_max_scope: u64::MAX,
+            ..config.clone()
+        },
+        memoire_app::connect(&config).await?,
+    )
+    .await?;
+
     let queries: Vec<String> = (0..opts.queries)
         .map(|_| query(&mut rng))
         .collect::<BTreeSet<_>>()
@@ -687,6 +740,46 @@ async fn main() -> anyhow::Result<()> {
     println!("Where a Recall's time goes (memoire_recall_stage_seconds, means per stage):");
     for (row, profile) in &profiles {
         println!("{row}\n{profile}");
+    }
+
+    // What the approximate full text of large scopes changes in Recall's answers.
+    println!();
+    println!(
+        "Recall's top 10 (k=10, embeddings cached, c=1) with the full text's top taken from the \
+         postings' heads above {} documents, vs every posting scored (the same {} queries)",
+        config.recall_exact_text_max_scope,
+        queries.len()
+    );
+    println!(
+        "{:<8} {:>11} {:>10} {:>22} {:>22}",
+        "scope", "overlap@10", "same list", "default p50 / p95 ms", "exact p50 / p95 ms"
+    );
+    for (user, n) in &measured {
+        let default = recall_ids(&cached, &key, user, &queries).await?;
+        let exact = recall_ids(&exact_text, &key, user, &queries).await?;
+        let (mut overlap, mut asked, mut same) = (0usize, 0usize, 0usize);
+        for ((got, _), (want, _)) in default.iter().zip(&exact) {
+            overlap += got.iter().filter(|id| want.contains(id)).count();
+            asked += want.len();
+            same += usize::from(got == want);
+        }
+        let lat = |runs: &[(Vec<String>, Duration)]| {
+            let mut l: Vec<Duration> = runs.iter().map(|r| r.1).collect();
+            l.sort();
+            format!(
+                "{:.2} / {:.2}",
+                memoire_tests::percentile_ms(&l, 0.50),
+                memoire_tests::percentile_ms(&l, 0.95)
+            )
+        };
+        println!(
+            "{:<8} {:>10.1}% {:>9.1}% {:>22} {:>22}",
+            format!("{}k", n / 1000),
+            100.0 * overlap as f64 / asked.max(1) as f64,
+            100.0 * same as f64 / default.len().max(1) as f64,
+            lat(&default),
+            lat(&exact)
+        );
     }
 
     // Does filtered vector search return the true top-10 of the scope?

@@ -791,10 +791,11 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
 
     let proven = r#"memoire_recall_full_text_total{how="proven"}"#;
     let proven_before = server.metric(proven).await;
-    let vs = memoire_store::VectorSettings {
+    let vs = memoire_store::SearchSettings {
         model: "m".into(),
         dims: 384,
         exact_search_max_scope: 10_000,
+        exact_text_max_scope: 10_000,
     };
     let queries = [
         "garden",
@@ -860,4 +861,80 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
     }
     // The lists' heads sufficed at least once (not only complete lists, or a scan).
     assert!(server.metric(proven).await > proven_before);
+
+    // Above the exact limit, a query the heads cannot settle takes the heads' best instead of a
+    // scan: every score is still exact, and the ranking follows the scores. Most of the exact top
+    // 10 is found even on this data, which is adversarial for it (twelve words: the documents with
+    // all of a long query's words are long, and no term's best postings reach them; 70 of 80 when
+    // written, 5 of 10 for the five-word query). On the recall bench, 98.8% of Recall's top 10.
+    let approximate = r#"memoire_recall_full_text_total{how="approximate"}"#;
+    let approximate_before = server.metric(approximate).await;
+    let vs = memoire_store::SearchSettings {
+        exact_text_max_scope: 1_000,
+        ..vs
+    };
+    let (mut overlap, mut asked) = (0, 0);
+    for text in &queries[..queries.len() - 1] {
+        let q = memoire_core::command::RecallQuery {
+            tenant_id: scope.tenant_id,
+            user_id: "u".into(),
+            namespaces: vec!["default".into()],
+            text: (*text).into(),
+            kinds: vec![],
+            tags: vec![],
+            slot: None,
+            created_after: None,
+            created_before: None,
+            as_of: None,
+            include_superseded: false,
+            include_episodes: false,
+            candidates: 50,
+            min_confidence: 0.0,
+        };
+        let found = server
+            .store
+            .recall_candidates(&q, |_| async { Ok(None) }, &vs)
+            .await
+            .expect("recall");
+        let mut got: Vec<(u32, uuid::Uuid, f32)> = found
+            .iter()
+            .filter_map(|c| c.text_rank.map(|r| (r, c.item.id(), c.text_score)))
+            .collect();
+        got.sort_by_key(|g| g.0);
+        let every: std::collections::HashMap<uuid::Uuid, f32> =
+            bm25_by_hand(&server, scope.tenant_id, text, &["active"], None, 10_000)
+                .await
+                .into_iter()
+                .collect();
+        assert_eq!(got.len(), 50, "{text}");
+        for (i, (_, id, score)) in got.iter().enumerate() {
+            let want = every[id];
+            assert!(
+                (score - want).abs() <= 1e-5 * want.abs().max(1.0),
+                "{text}: place {} scored {score}, by hand {want}",
+                i + 1
+            );
+            if i > 0 {
+                let (prev_id, prev) = (got[i - 1].1, got[i - 1].2);
+                assert!(
+                    prev > *score || (prev == *score && prev_id < *id),
+                    "{text}: place {} is out of order",
+                    i + 1
+                );
+            }
+        }
+        let want = bm25_by_hand(&server, scope.tenant_id, text, &["active"], None, 10).await;
+        // Equal scores at the tenth place may be any of the tied documents.
+        let tenth = want[want.len() - 1].1;
+        overlap += got[..10]
+            .iter()
+            .filter(|(_, _, score)| *score >= tenth)
+            .count();
+        asked += want.len();
+    }
+    assert!(server.metric(approximate).await > approximate_before);
+    assert!(
+        overlap * 4 >= asked * 3,
+        "the heads' top 10 found {overlap} of the exact top 10s' {asked}"
+    );
 }
