@@ -578,82 +578,113 @@ impl PgStore {
         basis: Basis,
         thresholds: Thresholds,
     ) -> Result<Option<Vec<Applied>>> {
-        let now = self.clock.now();
-        let scope = ep.scope();
-        let actor = format!("extractor:{}", basis.as_str());
-        let model = embeddings.first().map(|e| e.model.clone());
-        let mut vectors: Vec<Option<Vector>> = embeddings
-            .into_iter()
-            .map(|e| Some(Vector::from(e.vector)))
-            .collect();
-        vectors.resize(extraction.candidates.len(), None);
+        let mut applied = self
+            .apply_extractions(vec![(ep, extraction, embeddings)], basis, thresholds)
+            .await?;
+        Ok(applied.pop().flatten())
+    }
 
-        let mut tx = self.begin(ep.tenant_id).await?;
-        lock_user(&mut tx, scope.tenant_id, &scope.user_id, &scope.namespace).await?;
-        let pending: Option<bool> = sqlx::query_scalar(
-            "SELECT extracted_at IS NULL AND extract_dead_at IS NULL FROM episodes \
-             WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
-        )
-        .bind(ep.id)
-        .bind(ep.tenant_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        if pending != Some(true) {
-            // Extracted by an earlier run, dead-lettered, or purged meanwhile.
-            return Ok(None);
+    /// [`PgStore::apply_extraction`] for a run of one user's episodes (one scope), in the order
+    /// given, in one transaction: the user is locked once and the run committed once, and each
+    /// episode's candidates are resolved against what the episodes before it wrote, as when they
+    /// are applied one at a time. Everything is written or nothing. One result per episode.
+    pub async fn apply_extractions(
+        &self,
+        run: Vec<(&PendingEpisode, &Extraction, Vec<Embedding>)>,
+        basis: Basis,
+        thresholds: Thresholds,
+    ) -> Result<Vec<Option<Vec<Applied>>>> {
+        let Some(scope) = run.first().map(|(ep, _, _)| ep.scope()) else {
+            return Ok(Vec::new());
+        };
+        if run.iter().any(|(ep, _, _)| ep.scope() != scope) {
+            return Err(Error::Internal(
+                "a run of extractions spans several scopes".into(),
+            ));
         }
+        let now = self.clock.now();
+        let actor = format!("extractor:{}", basis.as_str());
+        let mut tx = self.begin(scope.tenant_id).await?;
+        lock_user(&mut tx, scope.tenant_id, &scope.user_id, &scope.namespace).await?;
         let create_only: bool =
             sqlx::query_scalar("SELECT extraction_create_only FROM tenants WHERE id = $1")
                 .bind(scope.tenant_id)
                 .fetch_one(&mut *tx)
                 .await
                 .map_err(db_error)?;
-
-        let mut applied = Vec::with_capacity(extraction.candidates.len());
-        for (c, vector) in extraction.candidates.iter().zip(vectors) {
-            let a = self
-                .apply_candidate(
+        let mut out = Vec::with_capacity(run.len());
+        let mut written = false;
+        for (ep, extraction, embeddings) in run {
+            let pending: Option<bool> = sqlx::query_scalar(
+                "SELECT extracted_at IS NULL AND extract_dead_at IS NULL FROM episodes \
+                 WHERE id = $1 AND tenant_id = $2 FOR UPDATE",
+            )
+            .bind(ep.id)
+            .bind(ep.tenant_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if pending != Some(true) {
+                // Extracted by an earlier run, dead-lettered, or purged meanwhile.
+                out.push(None);
+                continue;
+            }
+            let model = embeddings.first().map(|e| e.model.clone());
+            let mut vectors: Vec<Option<Vector>> = embeddings
+                .into_iter()
+                .map(|e| Some(Vector::from(e.vector)))
+                .collect();
+            vectors.resize(extraction.candidates.len(), None);
+            let mut applied = Vec::with_capacity(extraction.candidates.len());
+            for (c, vector) in extraction.candidates.iter().zip(vectors) {
+                let a = self
+                    .apply_candidate(
+                        &mut tx,
+                        Candidate {
+                            ep,
+                            scope: &scope,
+                            c,
+                            vector: vector.as_ref(),
+                            model: model.as_deref(),
+                        },
+                        basis,
+                        thresholds,
+                        create_only,
+                        &actor,
+                        now,
+                    )
+                    .await?;
+                applied.push(a);
+            }
+            for why in &extraction.rejected {
+                audit(
                     &mut tx,
-                    Candidate {
-                        ep,
-                        scope: &scope,
-                        c,
-                        vector: vector.as_ref(),
-                        model: model.as_deref(),
-                    },
-                    basis,
-                    thresholds,
-                    create_only,
+                    scope.tenant_id,
                     &actor,
+                    "extract.reject",
+                    Some(ep.id),
+                    json!({ "reason": why }),
                     now,
                 )
                 .await?;
-            applied.push(a);
-        }
-        for why in &extraction.rejected {
-            audit(
-                &mut tx,
-                scope.tenant_id,
-                &actor,
-                "extract.reject",
-                Some(ep.id),
-                json!({ "reason": why }),
-                now,
+            }
+            sqlx::query(
+                "UPDATE episodes SET extracted_at = $2, extract_error = NULL, extract_after = NULL \
+                 WHERE id = $1",
             )
-            .await?;
+            .bind(ep.id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            written = true;
+            out.push(Some(applied));
         }
-        sqlx::query(
-            "UPDATE episodes SET extracted_at = $2, extract_error = NULL, extract_after = NULL \
-             WHERE id = $1",
-        )
-        .bind(ep.id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-        tx.commit().await.map_err(db_error)?;
-        Ok(Some(applied))
+        // A replay writes nothing (the transaction is rolled back when dropped).
+        if written {
+            tx.commit().await.map_err(db_error)?;
+        }
+        Ok(out)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use memoire_core::Error;
 use memoire_core::embed::memory_text;
 use memoire_core::extract::{ExtractError, ExtractionInput, Extractor};
+use memoire_core::model::Basis;
 use memoire_core::resolve::Thresholds;
 use memoire_store::{EmbedClaim, Failure, PendingEpisode, RetryPolicy};
 use tracing::Instrument as _;
@@ -86,19 +87,7 @@ impl UseCases {
                 {
                     Err(e) => Err(failed("applying the extraction", e)?),
                     Ok(applied) => {
-                        for why in &extraction.rejected {
-                            metrics::counter!("memoire_extraction_decisions_total", "action" => "reject").increment(1);
-                            tracing::info!(episode_id = %ep.id, reason = %why, "candidate rejected");
-                        }
-                        for a in applied.iter().flatten() {
-                            metrics::counter!("memoire_extraction_decisions_total", "action" => a.action).increment(1);
-                            if let Some(score) = a.score {
-                                metrics::histogram!("memoire_resolver_score", "action" => a.action)
-                                    .record(score as f64);
-                            }
-                            tracing::debug!(episode_id = %ep.id, action = a.action, memory_id = ?a.memory_id, reason = %a.reason, "resolved");
-                        }
-                        job_outcome("extract", if applied.is_some() { "ok" } else { "replay" });
+                        self.record_extraction(ep, &extraction, applied.as_deref());
                         Ok(())
                     }
                 },
@@ -120,6 +109,122 @@ impl UseCases {
                 Ok(Step::Next)
             }
         }
+    }
+
+    /// Extracts the first of `episodes` (one user's due episodes, in the order they were said)
+    /// — and, when the extractor answers at once and reads nothing the episodes before it write
+    /// (the rule extractor, without related memories), as many of the next as are ready,
+    /// together: their candidates embedded in one model call, written in one transaction
+    /// ([`memoire_store::PgStore::apply_extractions`]). An episode whose input or extractor fails
+    /// ends the run; it is then extracted alone, which records its failure. So does any failure
+    /// to write the run: each of its episodes is then extracted alone. Returns how many episodes
+    /// from the front are finished, and whether the next must wait.
+    pub async fn extract_run(
+        &self,
+        episodes: &[PendingEpisode],
+        extractor: &dyn Extractor,
+    ) -> memoire_core::Result<(usize, Step)> {
+        let s = &self.settings().extract;
+        if extractor.basis() != Basis::Rule || s.known_memories > 0 || episodes.len() < 2 {
+            return self
+                .extract_each(&episodes[..episodes.len().min(1)], extractor)
+                .await;
+        }
+        let started = Instant::now();
+        let mut ready = Vec::with_capacity(episodes.len());
+        for ep in episodes {
+            let Ok(input) = self.extraction_input(ep, s).await else {
+                break;
+            };
+            match extractor.extract(&input).await {
+                Ok(x) => ready.push((ep, x.filed_under_speaker(&input.turn))),
+                Err(_) => break,
+            }
+        }
+        if ready.len() < 2 {
+            return self.extract_each(&episodes[..1], extractor).await;
+        }
+        let texts: Vec<String> = ready
+            .iter()
+            .flat_map(|(_, x)| &x.candidates)
+            .map(|c| memory_text(&c.content, c.subject.as_deref(), c.slot.as_deref()))
+            .collect();
+        let applied = match self.embeddings(&texts).await {
+            Ok(mut vectors) => {
+                let mut run = Vec::with_capacity(ready.len());
+                for (ep, x) in &ready {
+                    let rest = vectors.split_off(x.candidates.len().min(vectors.len()));
+                    run.push((*ep, x, std::mem::replace(&mut vectors, rest)));
+                }
+                self.store()
+                    .apply_extractions(run, extractor.basis(), s.thresholds)
+                    .instrument(tracing::info_span!("resolve_write", episodes = ready.len()))
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let applied = match applied {
+            Ok(applied) => applied,
+            Err(e @ Error::Unavailable(_)) => return Err(e),
+            Err(e) => {
+                tracing::warn!(episodes = ready.len(), error = %e, "writing a run of extractions failed; extracting them one at a time");
+                return self.extract_each(&episodes[..ready.len()], extractor).await;
+            }
+        };
+        let per_episode = started.elapsed().as_secs_f64() / ready.len() as f64;
+        let mut changed = false;
+        for ((ep, x), applied) in ready.iter().zip(&applied) {
+            self.record_extraction(ep, x, applied.as_deref());
+            metrics::histogram!("memoire_extraction_seconds").record(per_episode);
+            changed |= applied
+                .iter()
+                .flatten()
+                .any(|a| !matches!(a.action, "duplicate" | "ignore"));
+        }
+        if changed {
+            self.changed(&ready[0].0.scope()).await;
+        }
+        Ok((ready.len(), Step::Next))
+    }
+
+    /// Extracts `episodes` one at a time, in order, until one must wait. Returns how many are
+    /// finished, and whether the next must wait.
+    async fn extract_each(
+        &self,
+        episodes: &[PendingEpisode],
+        extractor: &dyn Extractor,
+    ) -> memoire_core::Result<(usize, Step)> {
+        for (done, ep) in episodes.iter().enumerate() {
+            if self.extract_episode(ep, extractor).await? == Step::Wait {
+                return Ok((done, Step::Wait));
+            }
+        }
+        Ok((episodes.len(), Step::Next))
+    }
+
+    /// Counts what extracting one episode decided (`memoire_extraction_decisions_total`, the
+    /// resolver's scores, the job's outcome); `applied` is `None` for a replay.
+    fn record_extraction(
+        &self,
+        ep: &PendingEpisode,
+        extraction: &memoire_core::extract::Extraction,
+        applied: Option<&[memoire_store::Applied]>,
+    ) {
+        for why in &extraction.rejected {
+            metrics::counter!("memoire_extraction_decisions_total", "action" => "reject")
+                .increment(1);
+            tracing::info!(episode_id = %ep.id, reason = %why, "candidate rejected");
+        }
+        for a in applied.into_iter().flatten() {
+            metrics::counter!("memoire_extraction_decisions_total", "action" => a.action)
+                .increment(1);
+            if let Some(score) = a.score {
+                metrics::histogram!("memoire_resolver_score", "action" => a.action)
+                    .record(score as f64);
+            }
+            tracing::debug!(episode_id = %ep.id, action = a.action, memory_id = ?a.memory_id, reason = %a.reason, "resolved");
+        }
+        job_outcome("extract", if applied.is_some() { "ok" } else { "replay" });
     }
 
     /// The turn an extractor reads, with its context.

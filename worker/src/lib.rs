@@ -86,20 +86,30 @@ async fn extract(
         if episodes.is_empty() {
             break;
         }
-        for ep in &episodes {
-            if worker.is_shutting_down() || ep.extract_after.is_some_and(|t| t > store.now()) {
+        // The due ones: an episode retried later holds back the user's later episodes.
+        let now = store.now();
+        let due = episodes
+            .iter()
+            .position(|ep| ep.extract_after.is_some_and(|t| t > now))
+            .unwrap_or(episodes.len());
+        let mut rest = &episodes[..due];
+        while !rest.is_empty() {
+            if worker.is_shutting_down() {
                 break 'rounds;
             }
-            let span = tracing::info_span!("extract_episode", episode_id = %ep.id);
-            match x
-                .uc
-                .extract_episode(ep, x.extractor.as_ref())
-                .instrument(span)
-                .await?
-            {
-                Step::Next => done += 1,
-                Step::Wait => break 'rounds,
+            let span = tracing::info_span!("extract_episodes", first_episode_id = %rest[0].id);
+            let (n, step) =
+                x.uc.extract_run(rest, x.extractor.as_ref())
+                    .instrument(span)
+                    .await?;
+            done += n;
+            rest = &rest[n..];
+            if step == Step::Wait {
+                break 'rounds;
             }
+        }
+        if due < episodes.len() {
+            break;
         }
     }
     // Released before the backend is woken, so that it can claim the user again at once.

@@ -222,6 +222,66 @@ async fn dana_moves_to_dallas_and_keeps_her_allergy() {
     assert!(audited >= 4, "{audited} audit rows");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_of_turns_is_extracted_together_as_if_one_at_a_time() {
+    let server = TestServer::start().await;
+    let (tenant, client) = server.tenant("run", pb::KeyRole::Writer).await;
+    // One Ingest: the worker finds the five turns due at once. Each later turn is resolved
+    // against what the earlier ones wrote in the same run.
+    let r = ingest(
+        &client,
+        "dana",
+        vec![
+            user("I live in San Francisco."),
+            user("I'm allergic to peanuts."),
+            user("I just moved to Dallas."),
+            user("I'm allergic to peanuts."),
+            user("My name is Dana."),
+        ],
+        true,
+    )
+    .await;
+    assert_eq!(r.extraction, pb::ExtractionState::Completed as i32);
+    let memories = current(&client, "dana").await;
+    let in_slot = |s: &str| memories.iter().filter(|m| m.slot == s).collect::<Vec<_>>();
+    let home = in_slot("user.home_city");
+    assert_eq!(home.len(), 1, "{memories:?}");
+    assert!(home[0].content.contains("Dallas"));
+    assert_eq!(
+        in_slot("user.allergy.peanuts").len(),
+        1,
+        "the repeated allergy is not written twice"
+    );
+    assert!(in_slot("user.name")[0].content.contains("Dana"));
+    let all = client
+        .memory()
+        .list_memories(pb::ListMemoriesRequest {
+            user_id: "dana".into(),
+            slot: Some("user.home_city".into()),
+            include_superseded: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .memories;
+    let sf = all
+        .iter()
+        .find(|m| m.content.contains("San Francisco"))
+        .expect("SF kept");
+    assert_eq!(sf.status, pb::MemoryStatus::Superseded as i32);
+    assert_eq!(sf.superseded_by, home[0].id);
+    // One transaction wrote them all: every turn was marked extracted at the same instant.
+    let marked: Vec<Option<chrono::DateTime<chrono::Utc>>> =
+        sqlx::query_scalar("SELECT DISTINCT extracted_at FROM episodes WHERE tenant_id = $1::uuid")
+            .bind(&tenant)
+            .fetch_all(server.pool())
+            .await
+            .expect("episodes");
+    assert_eq!(marked.len(), 1, "{marked:?}");
+    assert!(marked[0].is_some());
+}
+
 fn said_by(name: &str, content: &str) -> pb::Message {
     pb::Message {
         name: Some(name.into()),
