@@ -78,6 +78,25 @@ async fn remembers(client: &Client, user_id: &str, content: &str) -> bool {
         .any(|m| m.content == content)
 }
 
+/// The memory of `user_id` in `slot` whose content has `text`, superseded ones included.
+async fn in_history(client: &Client, user_id: &str, slot: &str, text: &str) -> pb::Memory {
+    client
+        .memory()
+        .list_memories(pb::ListMemoriesRequest {
+            user_id: user_id.into(),
+            slot: Some(slot.into()),
+            include_superseded: true,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .memories
+        .into_iter()
+        .find(|m| m.content.contains(text))
+        .unwrap_or_else(|| panic!("{text} kept in {slot}"))
+}
+
 async fn dead_letters(server: &TestServer, tenant: &str) -> Vec<pb::DeadLetter> {
     server
         .admin()
@@ -179,22 +198,7 @@ async fn dana_moves_to_dallas_and_keeps_her_allergy() {
     );
 
     // San Francisco is in the history, superseded by Dallas, decided by the resolver.
-    let all = client
-        .memory()
-        .list_memories(pb::ListMemoriesRequest {
-            user_id: "dana".into(),
-            slot: Some("user.home_city".into()),
-            include_superseded: true,
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .memories;
-    let sf = all
-        .iter()
-        .find(|m| m.content.contains("San Francisco"))
-        .expect("SF kept");
+    let sf = in_history(&client, "dana", "user.home_city", "San Francisco").await;
     assert_eq!(sf.status, pb::MemoryStatus::Superseded as i32);
     assert_eq!(sf.superseded_by, home.id);
     let history = client
@@ -253,22 +257,7 @@ async fn a_run_of_turns_is_extracted_together_as_if_one_at_a_time() {
         "the repeated allergy is not written twice"
     );
     assert!(in_slot("user.name")[0].content.contains("Dana"));
-    let all = client
-        .memory()
-        .list_memories(pb::ListMemoriesRequest {
-            user_id: "dana".into(),
-            slot: Some("user.home_city".into()),
-            include_superseded: true,
-            ..Default::default()
-        })
-        .await
-        .expect("list")
-        .into_inner()
-        .memories;
-    let sf = all
-        .iter()
-        .find(|m| m.content.contains("San Francisco"))
-        .expect("SF kept");
+    let sf = in_history(&client, "dana", "user.home_city", "San Francisco").await;
     assert_eq!(sf.status, pb::MemoryStatus::Superseded as i32);
     assert_eq!(sf.superseded_by, home[0].id);
     // One transaction wrote them all: every turn was marked extracted at the same instant.

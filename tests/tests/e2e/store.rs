@@ -663,6 +663,52 @@ async fn every_reference_to_memories_and_episodes_is_indexed() {
 
 /// BM25 by hand, over every posting: the reference the store's full-text search must match.
 /// Returns the `k` best active documents of `user` for `text` (scores as `real`, ties by id).
+/// A full-text query of user "u"'s memories, 50 candidates.
+fn text_query(
+    tenant_id: uuid::Uuid,
+    text: &str,
+    include_superseded: bool,
+    kind: Option<&str>,
+) -> memoire_core::command::RecallQuery {
+    memoire_core::command::RecallQuery {
+        tenant_id,
+        user_id: "u".into(),
+        namespaces: vec!["default".into()],
+        text: text.into(),
+        kinds: kind
+            .map(|k| vec![MemoryKind::parse(k).expect("kind")])
+            .unwrap_or_default(),
+        tags: vec![],
+        slot: None,
+        created_after: None,
+        created_before: None,
+        as_of: None,
+        include_superseded,
+        include_episodes: false,
+        candidates: 50,
+        min_confidence: 0.0,
+    }
+}
+
+/// The full-text hits of `q` (no vector search), best first: (rank, id, BM25 score).
+async fn text_ranked(
+    server: &TestServer,
+    q: &memoire_core::command::RecallQuery,
+    settings: &memoire_store::SearchSettings,
+) -> Vec<(u32, uuid::Uuid, f32)> {
+    let found = server
+        .store
+        .recall_candidates(q, |_| async { Ok(None) }, settings)
+        .await
+        .expect("recall");
+    let mut got: Vec<(u32, uuid::Uuid, f32)> = found
+        .iter()
+        .filter_map(|c| c.text_rank.map(|r| (r, c.item.id(), c.text_score)))
+        .collect();
+    got.sort_by_key(|g| g.0);
+    got
+}
+
 async fn bm25_by_hand(
     server: &TestServer,
     tenant: uuid::Uuid,
@@ -812,36 +858,10 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
         ("garden river", true, None),
         ("river violin", false, Some("preference")),
     ]) {
-        let q = memoire_core::command::RecallQuery {
-            tenant_id: scope.tenant_id,
-            user_id: "u".into(),
-            namespaces: vec!["default".into()],
-            text: text.into(),
-            kinds: kind
-                .map(|k: &str| vec![MemoryKind::parse(k).expect("kind")])
-                .unwrap_or_default(),
-            tags: vec![],
-            slot: None,
-            created_after: None,
-            created_before: None,
-            as_of: None,
-            include_superseded: superseded,
-            include_episodes: false,
-            candidates: 50,
-            min_confidence: 0.0,
-        };
+        let q = text_query(scope.tenant_id, text, superseded, kind);
         // Twice: the second time the common terms' frequencies come from the cache.
         for pass in 0..2 {
-            let found = server
-                .store
-                .recall_candidates(&q, |_| async { Ok(None) }, &vs)
-                .await
-                .expect("recall");
-            let mut got: Vec<(u32, uuid::Uuid, f32)> = found
-                .iter()
-                .filter_map(|c| c.text_rank.map(|r| (r, c.item.id(), c.text_score)))
-                .collect();
-            got.sort_by_key(|g| g.0);
+            let got = text_ranked(&server, &q, &vs).await;
             let statuses: &[&str] = if superseded {
                 &["active", "superseded"]
             } else {
@@ -875,32 +895,8 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
     };
     let (mut overlap, mut asked) = (0, 0);
     for text in &queries[..queries.len() - 1] {
-        let q = memoire_core::command::RecallQuery {
-            tenant_id: scope.tenant_id,
-            user_id: "u".into(),
-            namespaces: vec!["default".into()],
-            text: (*text).into(),
-            kinds: vec![],
-            tags: vec![],
-            slot: None,
-            created_after: None,
-            created_before: None,
-            as_of: None,
-            include_superseded: false,
-            include_episodes: false,
-            candidates: 50,
-            min_confidence: 0.0,
-        };
-        let found = server
-            .store
-            .recall_candidates(&q, |_| async { Ok(None) }, &vs)
-            .await
-            .expect("recall");
-        let mut got: Vec<(u32, uuid::Uuid, f32)> = found
-            .iter()
-            .filter_map(|c| c.text_rank.map(|r| (r, c.item.id(), c.text_score)))
-            .collect();
-        got.sort_by_key(|g| g.0);
+        let q = text_query(scope.tenant_id, text, false, None);
+        let got = text_ranked(&server, &q, &vs).await;
         let every: std::collections::HashMap<uuid::Uuid, f32> =
             bm25_by_hand(&server, scope.tenant_id, text, &["active"], None, 10_000)
                 .await
