@@ -200,7 +200,7 @@ async fn one_recall_and_one_ingest_arrive_at_the_collector_as_span_trees() {
         trace(s, &ingest_trace)
             .values()
             .any(|r| r.span.name == "memoire.v1.MemoryService/Ingest")
-            && s.iter().any(|r| r.span.name == "resolve_write")
+            && s.iter().any(|r| r.span.name == "extract_run")
     })
     .await;
     let tree = trace(&spans, &ingest_trace);
@@ -223,5 +223,10 @@ async fn one_recall_and_one_ingest_arrive_at_the_collector_as_span_trees() {
     for step in ["extraction_input", "extractor", "resolve_write"] {
         assert!(steps.iter().any(|s| s == step), "{step}: {steps:?}");
     }
+    // Under the run the worker took the user's due turns in.
+    let run = tree
+        .get(&extraction.span.parent_span_id)
+        .expect("the run's span");
+    assert_eq!(run.span.name, "extract_run");
     telemetry.shutdown();
 }

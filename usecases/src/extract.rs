@@ -133,10 +133,18 @@ impl UseCases {
         let started = Instant::now();
         let mut ready = Vec::with_capacity(episodes.len());
         for ep in episodes {
-            let Ok(input) = self.extraction_input(ep, s).await else {
+            let Ok(input) = self
+                .extraction_input(ep, s)
+                .instrument(tracing::info_span!("extraction_input", episode_id = %ep.id))
+                .await
+            else {
                 break;
             };
-            match extractor.extract(&input).await {
+            match extractor
+                .extract(&input)
+                .instrument(tracing::info_span!("extractor", episode_id = %ep.id))
+                .await
+            {
                 Ok(x) => ready.push((ep, x.filed_under_speaker(&input.turn))),
                 Err(_) => break,
             }
@@ -195,7 +203,8 @@ impl UseCases {
         extractor: &dyn Extractor,
     ) -> memoire_core::Result<(usize, Step)> {
         for (done, ep) in episodes.iter().enumerate() {
-            if self.extract_episode(ep, extractor).await? == Step::Wait {
+            let span = tracing::info_span!("extract_episode", episode_id = %ep.id);
+            if self.extract_episode(ep, extractor).instrument(span).await? == Step::Wait {
                 return Ok((done, Step::Wait));
             }
         }

@@ -97,7 +97,7 @@ async fn extract(
             if worker.is_shutting_down() {
                 break 'rounds;
             }
-            let span = tracing::info_span!("extract_episodes", first_episode_id = %rest[0].id);
+            let span = tracing::info_span!("extract_run", first_episode_id = %rest[0].id);
             let (n, step) =
                 x.uc.extract_run(rest, x.extractor.as_ref())
                     .instrument(span)
