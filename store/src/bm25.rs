@@ -505,13 +505,18 @@ impl Round {
 
     /// Of `ids` (documents to look up), the `n` that could score the most: the best bound first,
     /// then by id (so that the choice depends only on the data).
-    fn most_promising(&self, mut ids: Vec<Uuid>, n: usize) -> Vec<Uuid> {
-        if ids.len() > n {
-            let upper = |id: &Uuid| self.seen.get(id).map_or(0.0, |s| self.upper(s));
-            ids.sort_by(|a, b| upper(b).total_cmp(&upper(a)).then(a.cmp(b)));
-            ids.truncate(n);
-            ids.sort();
+    fn most_promising(&self, ids: Vec<Uuid>, n: usize) -> Vec<Uuid> {
+        if ids.len() <= n {
+            return ids;
         }
+        // Each bound once, not once per comparison.
+        let mut bounded: Vec<(f64, Uuid)> = ids
+            .into_iter()
+            .map(|id| (self.seen.get(&id).map_or(0.0, |s| self.upper(s)), id))
+            .collect();
+        bounded.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let mut ids: Vec<Uuid> = bounded.into_iter().take(n).map(|(_, id)| id).collect();
+        ids.sort();
         ids
     }
 
@@ -530,20 +535,26 @@ impl Round {
         exact
     }
 
-    /// The best `pool` documents, when this round proves them the scope's: every document that
-    /// could reach the pool fully scored ([`Round::best_known`]); and either every list complete,
-    /// or the last of the pool above anything a document not read could score.
+    /// The best `pool` documents, when this round proves them the scope's (see
+    /// [`Round::proves`]).
+    #[cfg(test)]
     fn best(&self, pool: usize) -> Option<Vec<(Uuid, f32)>> {
-        let all = self.all();
         let exact = self.best_known(pool);
-        let proven = self.complete == all || {
+        self.proves(&exact, pool).then(|| as_real(exact))
+    }
+
+    /// Whether `exact`, this round's [`Round::best_known`] `pool`, is the scope's top: every
+    /// document that could reach the pool fully scored; and either every list complete, or the
+    /// last of the pool above anything a document not read could score.
+    fn proves(&self, exact: &[(Uuid, f64)], pool: usize) -> bool {
+        let all = self.all();
+        self.complete == all || {
             let unseen: f64 = self.rest.iter().sum();
             exact.len() == pool && {
                 let (id, last) = exact[pool - 1];
                 last > unseen + margin(unseen) || self.ties_follow(last, id)
             }
-        };
-        proven.then(|| exact.into_iter().map(|(id, s)| (id, s as f32)).collect())
+        }
     }
 
     /// Whether the pool's last (`score`, `id`) is proven although an unread document may score as
@@ -565,6 +576,11 @@ impl Round {
             && score > below + margin(below)
             && last_id >= id
     }
+}
+
+/// Scores as the SQL returns them (`real`).
+fn as_real(scored: Vec<(Uuid, f64)>) -> Vec<(Uuid, f32)> {
+    scored.into_iter().map(|(id, s)| (id, s as f32)).collect()
 }
 
 /// The `n`-th largest of `scores` (`n` ≥ 1), or −∞ when there are fewer.
@@ -640,28 +656,22 @@ pub(crate) async fn best(
         let found = postings_of(conn, table, q, &ids, &open).await?;
         round.resolve(&terms, &ids, &found, avg);
     }
-    match round.best(pool).filter(|_| !cut) {
-        Some(best) => {
-            ranked_by(if round.complete == round.all() {
-                "complete"
-            } else {
-                "proven"
-            });
-            Ok((terms, Some(best)))
+    // With lookups cut, a document not looked up may still pass the pool: nothing is proven.
+    let top = round.best_known(pool);
+    let how = if !cut && round.proves(&top, pool) {
+        if round.complete == round.all() {
+            "complete"
+        } else {
+            "proven"
         }
-        None if !exact => {
-            ranked_by("approximate");
-            let best = round.best_known(pool);
-            Ok((
-                terms,
-                Some(best.into_iter().map(|(id, s)| (id, s as f32)).collect()),
-            ))
-        }
-        None => {
-            ranked_by("scan");
-            Ok((terms, None))
-        }
-    }
+    } else if !exact {
+        "approximate"
+    } else {
+        ranked_by("scan");
+        return Ok((terms, None));
+    };
+    ranked_by(how);
+    Ok((terms, Some(as_real(top))))
 }
 
 /// Pushes `scored AS (…)`: every posting of the terms in the scope, scored and summed per
