@@ -566,28 +566,13 @@ impl PgStore {
             .collect())
     }
 
-    /// Resolves and writes an episode's candidates, and marks the episode extracted — in one
-    /// transaction. `embeddings` holds one vector per candidate (of its `memory_text`), or is
-    /// empty when there is no embedding model. `None` when the episode was already extracted (a
-    /// replay writes nothing).
-    pub async fn apply_extraction(
-        &self,
-        ep: &PendingEpisode,
-        extraction: &Extraction,
-        embeddings: Vec<Embedding>,
-        basis: Basis,
-        thresholds: Thresholds,
-    ) -> Result<Option<Vec<Applied>>> {
-        let mut applied = self
-            .apply_extractions(vec![(ep, extraction, embeddings)], basis, thresholds)
-            .await?;
-        Ok(applied.pop().flatten())
-    }
-
-    /// [`PgStore::apply_extraction`] for a run of one user's episodes (one scope), in the order
-    /// given, in one transaction: the user is locked once and the run committed once, and each
-    /// episode's candidates are resolved against what the episodes before it wrote, as when they
-    /// are applied one at a time. Everything is written or nothing. One result per episode.
+    /// Resolves and writes the candidates of a run of one user's episodes (one scope, one
+    /// episode or more), in the order given, and marks each episode extracted — in one
+    /// transaction: the user is locked once and the run committed once, and each episode's
+    /// candidates are resolved against what the episodes before it wrote. Everything is written
+    /// or nothing. `embeddings` holds one vector per candidate (of its `memory_text`), or is empty
+    /// when there is no embedding model. One result per episode: `None` when it was already
+    /// extracted (a replay writes nothing).
     pub async fn apply_extractions(
         &self,
         run: Vec<(&PendingEpisode, &Extraction, Vec<Embedding>)>,

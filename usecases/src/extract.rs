@@ -80,17 +80,17 @@ impl UseCases {
                 .map(|x| x.filed_under_speaker(&input.turn))
             {
                 Err(e) => Err(e),
-                Ok(extraction) => match self
-                    .apply(ep, &extraction, extractor, s)
-                    .instrument(tracing::info_span!("resolve_write"))
-                    .await
-                {
-                    Err(e) => Err(failed("applying the extraction", e)?),
-                    Ok(applied) => {
-                        self.record_extraction(ep, &extraction, applied.as_deref());
-                        Ok(())
+                Ok(extraction) => {
+                    let run = [(ep, extraction)];
+                    match self.apply(&run, extractor, s).await {
+                        Err(e) => Err(failed("applying the extraction", e)?),
+                        Ok(applied) => {
+                            let applied = applied.into_iter().next().flatten();
+                            self.record_extraction(ep, &run[0].1, applied.as_deref());
+                            Ok(())
+                        }
                     }
-                },
+                }
             },
         };
         metrics::histogram!("memoire_extraction_seconds").record(started.elapsed().as_secs_f64());
@@ -152,26 +152,7 @@ impl UseCases {
         if ready.len() < 2 {
             return self.extract_each(&episodes[..1], extractor).await;
         }
-        let texts: Vec<String> = ready
-            .iter()
-            .flat_map(|(_, x)| &x.candidates)
-            .map(|c| memory_text(&c.content, c.subject.as_deref(), c.slot.as_deref()))
-            .collect();
-        let applied = match self.embeddings(&texts).await {
-            Ok(mut vectors) => {
-                let mut run = Vec::with_capacity(ready.len());
-                for (ep, x) in &ready {
-                    let rest = vectors.split_off(x.candidates.len().min(vectors.len()));
-                    run.push((*ep, x, std::mem::replace(&mut vectors, rest)));
-                }
-                self.store()
-                    .apply_extractions(run, extractor.basis(), s.thresholds)
-                    .instrument(tracing::info_span!("resolve_write", episodes = ready.len()))
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        let applied = match applied {
+        let applied = match self.apply(&ready, extractor, s).await {
             Ok(applied) => applied,
             Err(e @ Error::Unavailable(_)) => return Err(e),
             Err(e) => {
@@ -180,17 +161,9 @@ impl UseCases {
             }
         };
         let per_episode = started.elapsed().as_secs_f64() / ready.len() as f64;
-        let mut changed = false;
         for ((ep, x), applied) in ready.iter().zip(&applied) {
             self.record_extraction(ep, x, applied.as_deref());
             metrics::histogram!("memoire_extraction_seconds").record(per_episode);
-            changed |= applied
-                .iter()
-                .flatten()
-                .any(|a| !matches!(a.action, "duplicate" | "ignore"));
-        }
-        if changed {
-            self.changed(&ready[0].0.scope()).await;
         }
         Ok((ready.len(), Step::Next))
     }
@@ -264,31 +237,42 @@ impl UseCases {
         })
     }
 
-    /// Embeds the candidates (before the transaction: no lock is held while the model runs),
-    /// then resolves and writes them; invalidates Conscious when something changed.
+    /// Embeds the candidates of a run of one user's episodes in one model call (before the
+    /// transaction: no lock is held while the model runs), then resolves and writes them in order,
+    /// in one transaction; invalidates Conscious when something changed. One result per episode
+    /// (`None`: a replay).
     async fn apply(
         &self,
-        ep: &PendingEpisode,
-        extraction: &memoire_core::extract::Extraction,
+        run: &[(&PendingEpisode, memoire_core::extract::Extraction)],
         extractor: &dyn Extractor,
         s: &crate::ExtractSettings,
-    ) -> memoire_core::Result<Option<Vec<memoire_store::Applied>>> {
-        let texts: Vec<String> = extraction
-            .candidates
+    ) -> memoire_core::Result<Vec<Option<Vec<memoire_store::Applied>>>> {
+        let Some((first, _)) = run.first() else {
+            return Ok(Vec::new());
+        };
+        let texts: Vec<String> = run
             .iter()
+            .flat_map(|(_, x)| &x.candidates)
             .map(|c| memory_text(&c.content, c.subject.as_deref(), c.slot.as_deref()))
             .collect();
-        let embeddings = self.embeddings(&texts).await?;
+        let mut vectors = self.embeddings(&texts).await?;
+        let mut each = Vec::with_capacity(run.len());
+        for (ep, x) in run {
+            let rest = vectors.split_off(x.candidates.len().min(vectors.len()));
+            each.push((*ep, x, std::mem::replace(&mut vectors, rest)));
+        }
         let applied = self
             .store()
-            .apply_extraction(ep, extraction, embeddings, extractor.basis(), s.thresholds)
+            .apply_extractions(each, extractor.basis(), s.thresholds)
+            .instrument(tracing::info_span!("resolve_write", episodes = run.len()))
             .await?;
         if applied
             .iter()
             .flatten()
+            .flatten()
             .any(|a| !matches!(a.action, "duplicate" | "ignore"))
         {
-            self.changed(&ep.scope()).await;
+            self.changed(&first.scope()).await;
         }
         Ok(applied)
     }
