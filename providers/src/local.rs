@@ -77,30 +77,13 @@ fn model_err(e: impl std::fmt::Display) -> Error {
 impl LocalEmbedder {
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
     pub fn load(dir: &Path, model_id: &str) -> Result<Self> {
-        let config: Config =
-            serde_json::from_slice(&std::fs::read(file(dir, "config.json")?).map_err(model_err)?)
-                .map_err(|e| Error::invalid("embedding_model_dir", format!("config.json: {e}")))?;
-        let mut tokenizer = Tokenizer::from_file(file(dir, "tokenizer.json")?)
-            .map_err(|e| Error::invalid("embedding_model_dir", format!("tokenizer.json: {e}")))?;
-        // The shipped tokenizer.json pads every input to 128 tokens; the encoder takes each
-        // text at its own length. Truncate as sentence-transformers does.
-        tokenizer.with_padding(None);
-        tokenizer
-            .with_truncation(Some(TruncationParams {
-                max_length: MAX_SEQ_LEN,
-                ..TruncationParams::default()
-            }))
-            .map_err(model_err)?;
-        let weights = std::fs::read(file(dir, "model.safetensors")?).map_err(model_err)?;
-        let bert = Bert::load(&config, &weights).map_err(|e| {
-            Error::invalid("embedding_model_dir", format!("model.safetensors: {e}"))
-        })?;
-        let dims = bert.dims();
+        let model = Model::load(dir, Bert::load)?;
+        let dims = model.bert.dims();
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1);
         Ok(LocalEmbedder {
-            model: Arc::new(Model { bert, tokenizer }),
+            model: Arc::new(model),
             model_id: model_id.to_owned(),
             dims,
             permits: Arc::new(Semaphore::new(threads.max(1))),
@@ -220,6 +203,33 @@ impl LocalEmbedder {
 }
 
 impl Model {
+    /// Reads the model files from `dir`; `encoder` builds the encoder from the config and the
+    /// weights' bytes.
+    fn load(
+        dir: &Path,
+        encoder: impl FnOnce(&Config, &[u8]) -> std::result::Result<Bert, String>,
+    ) -> Result<Model> {
+        let config: Config =
+            serde_json::from_slice(&std::fs::read(file(dir, "config.json")?).map_err(model_err)?)
+                .map_err(|e| Error::invalid("embedding_model_dir", format!("config.json: {e}")))?;
+        let mut tokenizer = Tokenizer::from_file(file(dir, "tokenizer.json")?)
+            .map_err(|e| Error::invalid("embedding_model_dir", format!("tokenizer.json: {e}")))?;
+        // The shipped tokenizer.json pads every input to 128 tokens; the encoder takes each
+        // text at its own length. Truncate as sentence-transformers does.
+        tokenizer.with_padding(None);
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: MAX_SEQ_LEN,
+                ..TruncationParams::default()
+            }))
+            .map_err(model_err)?;
+        let weights = std::fs::read(file(dir, "model.safetensors")?).map_err(model_err)?;
+        let bert = encoder(&config, &weights).map_err(|e| {
+            Error::invalid("embedding_model_dir", format!("model.safetensors: {e}"))
+        })?;
+        Ok(Model { bert, tokenizer })
+    }
+
     fn forward(&self, texts: &[String]) -> Result<Vec<Vec<f32>>> {
         // One text at a time: `encode_batch` would hand the texts to a thread pool, and a pass
         // keeps to one core (see `LocalEmbedder::passes`).
@@ -267,5 +277,42 @@ impl Embedder for LocalEmbedder {
             );
             Ok(out)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both packings of the dense layers, whichever kernel this CPU runs, against
+    /// sentence-transformers' vectors (`tests/local_model.rs` checks the embedder the server
+    /// loads, through its public API).
+    #[test]
+    fn both_packings_match_sentence_transformers() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models/all-MiniLM-L6-v2");
+        let raw = include_str!("../tests/data/minilm_reference.json");
+        let doc: serde_json::Value = serde_json::from_str(raw).expect("reference json");
+        let sentences = doc["sentences"].as_array().expect("sentences");
+        let texts: Vec<String> = sentences
+            .iter()
+            .map(|s| s["text"].as_str().expect("text").to_owned())
+            .collect();
+        for pairs in [false, true] {
+            let model = Model::load(&dir, |config, weights| {
+                Bert::load_packed(config, weights, pairs)
+            })
+            .expect("the model files (scripts/setup.sh installs them)");
+            let got = model.forward(&texts).expect("embed");
+            for (s, v) in sentences.iter().zip(&got) {
+                let want: Vec<f32> = s["embedding"]
+                    .as_array()
+                    .expect("embedding")
+                    .iter()
+                    .map(|x| x.as_f64().expect("f64") as f32)
+                    .collect();
+                let c = memoire_core::embed::cosine(&want, v);
+                assert!(c >= 0.9999, "bfloat16 pairs {pairs}: cosine {c} for {s}");
+            }
+        }
     }
 }
