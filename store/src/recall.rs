@@ -24,7 +24,7 @@ use memoire_core::model::Memory;
 use memoire_core::recall::{self, Candidate, EpisodeHit, Item};
 use pgvector::Vector;
 use sqlx::pool::PoolConnection;
-use sqlx::{PgConnection, Postgres, QueryBuilder};
+use sqlx::{Connection as _, PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::bm25::{self, Corpus, DfCache, Postings, Terms};
@@ -443,10 +443,22 @@ async fn nearest(
     b.push_bind(q.candidates as i64);
     // Iterative scans may return neighbours slightly out of order: order them here.
     b.push(") x ORDER BY x.sim DESC, x.id");
-    b.build_query_as()
-        .fetch_all(&mut *conn)
+    let query = b.build_query_as();
+    if exact {
+        return query.fetch_all(&mut *conn).await.map_err(db_error);
+    }
+    // The planner picks the HNSW index or the user's own index and a sort of every distance by
+    // its estimate of the scope's rows, and after a burst of writes, until the next ANALYZE, its
+    // statistics can say a 10k scope holds a handful (`make bench-peer`: 15 ms a search instead
+    // of ~2). The scope was counted above and is too large to sort: without sorts, the index's
+    // order is the only plan left (the outer sort of at most `candidates` rows is in every plan).
+    let mut tx = conn
+        .begin_with("BEGIN READ ONLY; SET LOCAL enable_sort = off")
         .await
-        .map_err(db_error)
+        .map_err(db_error)?;
+    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
+    tx.commit().await.map_err(db_error)?;
+    Ok(rows)
 }
 
 /// Records how long one stage of Recall took, in `memoire_recall_stage_seconds{stage, table}`

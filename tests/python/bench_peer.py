@@ -25,6 +25,7 @@ import concurrent.futures as cf
 import hashlib
 import os
 import random
+import re
 import sys
 import tempfile
 import time
@@ -186,6 +187,46 @@ def row(scope: int, what: str, c: int, res: dict, k: int | None) -> str:
     return f"| {scope:,} | {what} | {c} | {cells[0]} | {cells[1]} | {ratio:.2f}×{per_k} |"
 
 
+def server_times(http: str) -> dict[str, tuple[float, int]]:
+    """Mémoire's own account of its time: (sum of seconds, count) of each Recall stage
+    (`memoire_recall_stage_seconds`), of the query embeddings and of the Recall RPC, from /metrics."""
+    import urllib.request
+
+    wanted = ("memoire_recall_stage_seconds", "memoire_embedding_duration_seconds", "memoire_rpc_duration_seconds")
+    out: dict[str, list[float]] = {}
+    with urllib.request.urlopen(f"http://{http}/metrics", timeout=5) as r:
+        for line in r.read().decode().splitlines():
+            name, _, value = line.rpartition(" ")
+            for base in wanted:
+                for part, i in (("_sum", 0), ("_count", 1)):
+                    if name.startswith(base + part):
+                        key = base.removeprefix("memoire_").removesuffix("_seconds") + name[len(base + part):]
+                        if base.endswith("rpc_duration_seconds") and "Recall" not in key:
+                            continue
+                        if base.startswith("memoire_embedding") and 'kind="query"' not in key:
+                            continue
+                        out.setdefault(key, [0.0, 0])[i] = float(value)
+    return {k: (v[0], int(v[1])) for k, v in out.items()}
+
+
+def profile(scope: int, before: dict, after: dict) -> str:
+    """Mean milliseconds of each server-side stage over the calls between `before` and `after`."""
+    parts = []
+    for key in sorted(after):
+        total, n = after[key][0] - before.get(key, (0.0, 0))[0], after[key][1] - before.get(key, (0.0, 0))[1]
+        if n > 0:
+            label = re.sub(r'^recall_stage\{stage="([a-z_]+)",table="([a-z]+)"\}$', r"\1 (\2)", key)
+            label = {'embedding_duration{kind="query"}': "query embedding"}.get(label, label)
+            label = "whole Recall" if key.startswith("rpc_duration") else label
+            parts.append(f"{label} {total / n * 1000:.2f}")
+    return (f"bench-peer: Mémoire's server at {scope:,}, search c=1, mean ms over {after_calls(before, after)} "
+            "calls: " + "; ".join(parts))
+
+
+def after_calls(before: dict, after: dict) -> int:
+    return max((n - before.get(k, (0.0, 0))[1] for k, (_, n) in after.items() if k.startswith("rpc_duration")), default=0)
+
+
 class _Factory:
     def mktemp(self, name: str) -> Path:
         return Path(tempfile.mkdtemp(prefix=name))
@@ -231,7 +272,9 @@ def main() -> None:
                           file=sys.stderr)
                 extra = [(user, t) for t in facts(args.inserts, seed=scope + 1)]
                 lines.append(row(scope, "insert", 1, alternate(systems, "insert", extra), None))
+                before = server_times(srv.http)
                 lines.append(row(scope, "search", 1, alternate(systems, "search", [(user, q) for q in qs]), 10))
+                print(profile(scope, before, server_times(srv.http)), file=sys.stderr)
                 lines.append(row(scope, "search", 4, rounds(systems, user, qs), 10))
                 print("\n".join(lines[-3:]), file=sys.stderr)
     finally:

@@ -793,3 +793,77 @@ async fn ties_are_broken_the_same_way_at_concurrency_four() {
         }
     }
 }
+
+/// Scans of the memories' HNSW indexes so far, as `pg_stat_user_indexes` reports them (a
+/// backend reports its counts within seconds of a transaction's end).
+async fn hnsw_scans(server: &TestServer) -> i64 {
+    sqlx::query_scalar(
+        "SELECT coalesce(sum(s.idx_scan), 0)::int8 FROM pg_stat_user_indexes s \
+         JOIN pg_class c ON c.oid = s.indexrelid JOIN pg_am a ON a.oid = c.relam \
+         WHERE s.relname = 'memories' AND a.amname = 'hnsw'",
+    )
+    .fetch_one(server.pool())
+    .await
+    .expect("index statistics")
+}
+
+/// A scope above `recall_exact_search_max_scope` is searched through the model's HNSW index
+/// even while the planner's statistics still say its user has a handful of memories, as after a
+/// burst of writes before the next ANALYZE. Postgres then preferred the user's index and a sort
+/// of every distance: 15 ms instead of ~2 at a 10k scope (`make bench-peer`, docs/benchmarks.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_scope_is_searched_through_the_vector_index_whatever_the_statistics_say() {
+    let server = TestServer::start_with(|c| c.recall_exact_search_max_scope = 20, None).await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let mut m = client.memory();
+    let things = [
+        "sushi", "jazz", "chess", "hiking", "pottery", "tennis", "opera", "yoga",
+    ];
+    let cities = [
+        "Dallas", "Lisbon", "Osaka", "Denver", "Nairobi", "Toronto", "Lyon",
+    ];
+    let teach = |i: usize| {
+        memoire_tests::fact(
+            "u",
+            &format!(
+                "Took up {} in {} in {}",
+                things[i % things.len()],
+                cities[i % cities.len()],
+                1990 + i
+            ),
+        )
+    };
+    for i in 0..5 {
+        m.teach(teach(i)).await.expect("teach");
+    }
+    // The statistics now say the user has five memories; the next 75 arrive after them.
+    sqlx::query("ANALYZE memories")
+        .execute(server.pool())
+        .await
+        .expect("analyze");
+    for i in 5..80 {
+        m.teach(teach(i)).await.expect("teach");
+    }
+    // Teach's resolver compares vectors without the index: nothing has scanned it yet.
+    let before = hnsw_scans(&server).await;
+    let items = m
+        .recall(pb::RecallRequest {
+            user_id: "u".into(),
+            query: "pottery classes in Osaka".into(),
+            k: 10,
+            ..Default::default()
+        })
+        .await
+        .expect("recall")
+        .into_inner()
+        .items;
+    assert_eq!(items.len(), 10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while hnsw_scans(&server).await == before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the approximate search did not use the HNSW index"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
