@@ -452,8 +452,10 @@ async fn nearest(
     // statistics can say a 10k scope holds a handful (`make bench-peer`: 15 ms a search instead
     // of ~2). The scope was counted above and is too large to sort: without sorts, the index's
     // order is the only plan left (the outer sort of at most `candidates` rows is in every plan).
+    // A disabled sort still counts in the plan's cost, as 10^10, which would make Postgres
+    // compile the statement with JIT (~140 ms): JIT goes too.
     let mut tx = conn
-        .begin_with("BEGIN READ ONLY; SET LOCAL enable_sort = off")
+        .begin_with("BEGIN READ ONLY; SET LOCAL enable_sort = off; SET LOCAL jit = off")
         .await
         .map_err(db_error)?;
     let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
