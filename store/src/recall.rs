@@ -10,7 +10,8 @@
 //! Vector search returns the true top-k of the caller's scope: scopes with at most
 //! `exact_search_max_scope` vectors are searched exactly (the per-user index, then distances);
 //! larger ones use the model's partial HNSW index with pgvector's iterative scan, so that the
-//! tenant/user filter does not starve the result.
+//! tenant/user filter does not starve the result (with sorts and JIT off for that statement: the
+//! planner's statistics may lag a burst of writes, and then it would sort every distance).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
