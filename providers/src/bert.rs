@@ -93,7 +93,7 @@ enum Packed {
 
 /// Whether this CPU multiplies bfloat16 pairs (AVX-512 BF16): the weights are then packed as
 /// [`Packed::BfloatPairs`], once, at load.
-fn has_bfloat_pairs() -> bool {
+pub(crate) fn has_bfloat_pairs() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx512f")
@@ -216,19 +216,10 @@ impl Weights<'_> {
 }
 
 impl Bert {
-    /// Builds the encoder from a `config.json` and the bytes of a `model.safetensors`, for the
-    /// fastest kernel this CPU has.
-    pub fn load(config: &Config, safetensors: &[u8]) -> Result<Bert, LoadError> {
-        Bert::load_packed(config, safetensors, has_bfloat_pairs())
-    }
-
-    /// [`Bert::load`] with the dense layers packed as bfloat16 pairs or as halves, whatever the
-    /// CPU (the tests check both against the reference vectors).
-    pub(crate) fn load_packed(
-        config: &Config,
-        safetensors: &[u8],
-        pairs: bool,
-    ) -> Result<Bert, LoadError> {
+    /// Builds the encoder from a `config.json` and the bytes of a `model.safetensors`, its dense
+    /// layers packed as bfloat16 pairs or as halves ([`has_bfloat_pairs`] says which this CPU
+    /// runs fastest; either works on any CPU, and the tests check both).
+    pub fn load(config: &Config, safetensors: &[u8], pairs: bool) -> Result<Bert, LoadError> {
         let activation = match config.hidden_act.as_str() {
             "gelu" => Activation::Gelu,
             "gelu_new" | "gelu_pytorch_tanh" => Activation::GeluTanh,

@@ -10,7 +10,7 @@ use memoire_core::{Error, Result};
 use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-use crate::bert::{Bert, Config};
+use crate::bert::{Bert, Config, has_bfloat_pairs};
 
 /// sentence-transformers' `max_seq_length` for this model family: longer inputs are truncated.
 pub const MAX_SEQ_LEN: usize = 256;
@@ -77,7 +77,7 @@ fn model_err(e: impl std::fmt::Display) -> Error {
 impl LocalEmbedder {
     /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from `dir`.
     pub fn load(dir: &Path, model_id: &str) -> Result<Self> {
-        let model = Model::load(dir, Bert::load)?;
+        let model = Model::load(dir, has_bfloat_pairs())?;
         let dims = model.bert.dims();
         let threads = std::thread::available_parallelism()
             .map(|n| n.get())
@@ -203,12 +203,8 @@ impl LocalEmbedder {
 }
 
 impl Model {
-    /// Reads the model files from `dir`; `encoder` builds the encoder from the config and the
-    /// weights' bytes.
-    fn load(
-        dir: &Path,
-        encoder: impl FnOnce(&Config, &[u8]) -> std::result::Result<Bert, String>,
-    ) -> Result<Model> {
+    /// Reads the model files from `dir`, the dense layers packed as bfloat16 `pairs` or halves.
+    fn load(dir: &Path, pairs: bool) -> Result<Model> {
         let config: Config =
             serde_json::from_slice(&std::fs::read(file(dir, "config.json")?).map_err(model_err)?)
                 .map_err(|e| Error::invalid("embedding_model_dir", format!("config.json: {e}")))?;
@@ -224,7 +220,7 @@ impl Model {
             }))
             .map_err(model_err)?;
         let weights = std::fs::read(file(dir, "model.safetensors")?).map_err(model_err)?;
-        let bert = encoder(&config, &weights).map_err(|e| {
+        let bert = Bert::load(&config, &weights, pairs).map_err(|e| {
             Error::invalid("embedding_model_dir", format!("model.safetensors: {e}"))
         })?;
         Ok(Model { bert, tokenizer })
@@ -298,10 +294,8 @@ mod tests {
             .map(|s| s["text"].as_str().expect("text").to_owned())
             .collect();
         for pairs in [false, true] {
-            let model = Model::load(&dir, |config, weights| {
-                Bert::load_packed(config, weights, pairs)
-            })
-            .expect("the model files (scripts/setup.sh installs them)");
+            let model =
+                Model::load(&dir, pairs).expect("the model files (scripts/setup.sh installs them)");
             let got = model.forward(&texts).expect("embed");
             for (s, v) in sentences.iter().zip(&got) {
                 let want: Vec<f32> = s["embedding"]
