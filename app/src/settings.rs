@@ -83,8 +83,9 @@ pub fn usecase_settings(
                 exact_search_max_scope: config.recall_exact_search_max_scope,
                 exact_text_max_scope: config.recall_exact_text_max_scope,
             },
-            // At least the largest k, so that the pool is the same for every request.
-            candidates: config.recall_candidates.max(config.max_k),
+            // A Recall with a larger k takes k (`UseCases::recall_with`): the first items
+            // are the same for every k up to this.
+            candidates: config.recall_candidates,
             min_confidence: config.decay_floor,
         },
         conscious: ConsciousSettings {

@@ -137,7 +137,7 @@ pub const SETTINGS: &[(&str, &str)] = &[
     ),
     (
         "recall_candidates",
-        "candidates taken from each of full-text and vector search before fusion (at least max_k: the pool never depends on k)",
+        "candidates taken from each of full-text and vector search before fusion (a larger k takes k: a Recall's first items are the same for every k up to this)",
     ),
     (
         "recall_fusion",

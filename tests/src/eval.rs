@@ -640,8 +640,12 @@ pub struct Outcome {
     pub rrf: Metrics,
     /// Latency of the first Recall of each question (its query embedding computed).
     pub latencies: Vec<Duration>,
-    /// Questions whose first 10 items differ between k = 10 and k = 100.
+    /// Questions whose first 10 items differ between k = 10 and k = `recall_candidates` (the
+    /// pool, the same for every k up to it).
     pub unstable: usize,
+    /// Questions whose first 10 items differ between k = 10 and k = 100 (past the pool, which
+    /// then grows to k).
+    pub unstable_past_pool: usize,
     /// Memories the worker wrote.
     pub memories: i64,
     /// Seconds from the first Ingest to the worker being idle.
@@ -751,7 +755,8 @@ pub async fn evaluate(
         Metrics::default(),
     );
     let mut latencies = Vec::new();
-    let mut unstable = 0;
+    let (mut unstable, mut unstable_past_pool) = (0, 0);
+    let pool = memoire_app::Config::default().recall_candidates as u32;
     for c in convs {
         let docs: Vec<(String, String)> = c
             .turns()
@@ -802,8 +807,9 @@ pub async fn evaluate(
                 .await?
                 .into_inner();
             wrap.add(q, &packed_turn_ids(&wrapped, &episodes));
-            // Asking for more never reorders the first ones.
+            // Asking for more never reorders the first ones, up to the pool.
             let ten = m.recall(ask(10, Some(true))).await?.into_inner();
+            let pooled = m.recall(ask(pool, Some(true))).await?.into_inner();
             let hundred = m.recall(ask(100, Some(true))).await?.into_inner();
             let first = |r: &pb::RecallResponse, n: usize| -> Vec<String> {
                 r.items
@@ -816,8 +822,11 @@ pub async fn evaluate(
                     })
                     .collect()
             };
-            if first(&ten, 10) != first(&hundred, 10) {
+            if first(&ten, 10) != first(&pooled, 10) {
                 unstable += 1;
+            }
+            if first(&ten, 10) != first(&hundred, 10) {
+                unstable_past_pool += 1;
             }
             if let Some(out) = dump.as_deref_mut() {
                 let explained = m
@@ -880,6 +889,7 @@ pub async fn evaluate(
         rrf: fused,
         latencies,
         unstable,
+        unstable_past_pool,
         memories,
         ingest_seconds,
     })

@@ -48,7 +48,7 @@ pub struct RecallSettings {
     pub weights: Weights,
     /// How the searches run (exact or approximate, by scope size).
     pub search: SearchSettings,
-    /// Candidates per search side, whatever k is (at least the largest k).
+    /// Candidates per search side for every k up to this (a larger k takes k).
     pub candidates: usize,
     /// The decay floor: memories below it are left out.
     pub min_confidence: f32,

@@ -80,8 +80,10 @@ impl UseCases {
     ) -> Result<Recalled> {
         let counter = Tiktoken::named("tokenizer", tokenizer)?;
         let s = &self.settings().recall;
-        // The same candidates whatever k is (the composition root makes the pool at least the
-        // largest k): the first items never depend on how many were asked for.
+        // The same candidates for every k up to `recall_candidates` (so the first items do not
+        // depend on how many were asked for); a larger k takes k from each search. The pool is
+        // most of a Recall's database work: half of it was measured to leave `make eval`'s
+        // quality unchanged (docs/benchmarks.md), so it is not sized for the largest k allowed.
         query.candidates = s.candidates.max(k);
         query.min_confidence = s.min_confidence;
         let tenant = query.tenant_id;

@@ -77,8 +77,11 @@ async fn main() -> anyhow::Result<()> {
         percentile_ms(&o.latencies, 0.95)
     );
     println!(
-        "k-stability: {} of {questions} questions had a different top 10 at k=100 than at k=10",
-        o.unstable
+        "k-stability: {} of {questions} questions had a different top 10 at k={} (recall_candidates) \
+         than at k=10; {} at k=100 (past the pool)",
+        o.unstable,
+        memoire_app::Config::default().recall_candidates,
+        o.unstable_past_pool
     );
     let metrics = memoire_tests::http_get(server.http_addr, "/metrics").await;
     println!(
