@@ -10,8 +10,9 @@
 //! Vector search returns the true top-k of the caller's scope: scopes with at most
 //! `exact_search_max_scope` vectors are searched exactly (the per-user index, then distances);
 //! larger ones use the model's partial HNSW index with pgvector's iterative scan, so that the
-//! tenant/user filter does not starve the result (with sorts and JIT off for that statement: the
-//! planner's statistics may lag a burst of writes, and then it would sort every distance).
+//! tenant/user filter does not starve the result (with sorts and JIT off, in a read-only
+//! transaction opened while the query embeds: the planner's statistics may lag a burst of writes,
+//! and then it would sort every distance).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -25,7 +26,7 @@ use memoire_core::model::Memory;
 use memoire_core::recall::{self, Candidate, EpisodeHit, Item};
 use pgvector::Vector;
 use sqlx::pool::PoolConnection;
-use sqlx::{Connection as _, PgConnection, Postgres, QueryBuilder};
+use sqlx::{PgConnection, Postgres, QueryBuilder, SqlSafeStr, Transaction};
 use uuid::Uuid;
 
 use crate::bm25::{self, Corpus, DfCache, Postings, Terms};
@@ -402,7 +403,7 @@ async fn nearest(
     // The model id and dimension are literals so that the planner can match the partial
     // expression index (they were validated at start-up: no quotes).
     let model = settings.model.replace('\'', "");
-    let exact = stats.vectors <= settings.exact_search_max_scope || q.as_of.is_some();
+    let exact = !approximate(stats, q, settings);
     let distance = if exact {
         // Not the indexed expression: the per-user index narrows, then every distance is computed.
         "m.embedding <=> ".to_owned()
@@ -444,24 +445,44 @@ async fn nearest(
     b.push_bind(q.candidates as i64);
     // Iterative scans may return neighbours slightly out of order: order them here.
     b.push(") x ORDER BY x.sim DESC, x.id");
-    let query = b.build_query_as();
-    if exact {
-        return query.fetch_all(&mut *conn).await.map_err(db_error);
-    }
-    // The planner picks the HNSW index or the user's own index and a sort of every distance by
-    // its estimate of the scope's rows, and after a burst of writes, until the next ANALYZE, its
-    // statistics can say a 10k scope holds a handful (`make bench-peer`: 15 ms a search instead
-    // of ~2). The scope was counted above and is too large to sort: without sorts, the index's
-    // order is the only plan left (the outer sort of at most `candidates` rows is in every plan).
-    // A disabled sort still counts in the plan's cost, as 10^10, which would make Postgres
-    // compile the statement with JIT (~140 ms): JIT goes too.
-    let mut tx = conn
-        .begin_with("BEGIN READ ONLY; SET LOCAL enable_sort = off; SET LOCAL jit = off")
+    b.build_query_as()
+        .fetch_all(&mut *conn)
         .await
-        .map_err(db_error)?;
-    let rows = query.fetch_all(&mut *tx).await.map_err(db_error)?;
-    tx.commit().await.map_err(db_error)?;
-    Ok(rows)
+        .map_err(db_error)
+}
+
+/// Whether `table`'s vector search for `q` goes through the HNSW index (else it is exact).
+fn approximate(stats: ScopeStats, q: &RecallQuery, settings: &SearchSettings) -> bool {
+    stats.vectors > settings.exact_search_max_scope && q.as_of.is_none()
+}
+
+/// What an approximate vector search runs in. The planner picks the HNSW index or the user's own
+/// index and a sort of every distance by its estimate of the scope's rows, and after a burst of
+/// writes, until the next ANALYZE, its statistics can say a 10k scope holds a handful (`make
+/// bench-peer`: 15 ms a search instead of ~2). The scope was counted and is too large to sort:
+/// without sorts, the index's order is the only plan left (the outer sort of at most
+/// `candidates` rows is in every plan; hydration, which follows in the same transaction, sorts
+/// nothing). A disabled sort still counts in the plan's cost, as 10^10, which would make Postgres
+/// compile the statement with JIT (~140 ms): JIT goes too.
+const FENCE: &str = "BEGIN READ ONLY; SET LOCAL enable_sort = off; SET LOCAL jit = off";
+
+/// A table's connection for the rest of its chain: as taken, or inside the read-only
+/// transaction of an approximate vector search ([`FENCE`]). That transaction is opened while the
+/// query is still being embedded, and never committed: dropped, its ROLLBACK (all the same for a
+/// read-only transaction) goes out with the check sqlx runs as the connection returns to the
+/// pool, so that neither costs the reply a round trip.
+enum Chain {
+    Plain(PoolConnection<Postgres>),
+    Fenced(Transaction<'static, Postgres>),
+}
+
+impl Chain {
+    fn conn(&mut self) -> &mut PgConnection {
+        match self {
+            Chain::Plain(c) => c,
+            Chain::Fenced(tx) => tx,
+        }
+    }
 }
 
 /// Records how long one stage of Recall took, in `memoire_recall_stage_seconds{stage, table}`
@@ -486,7 +507,7 @@ async fn staged<T>(stage: &'static str, table: Table, work: impl Future<Output =
 /// conversation turns) their neighbouring turns.
 struct TextHits {
     /// The connection the table's chain of queries runs on (scoped to the caller's tenant once).
-    conn: PoolConnection<Postgres>,
+    conn: Chain,
     stats: ScopeStats,
     hits: Vec<(Uuid, f32)>,
     /// The query's terms in the scope, for the text scores of what vector search finds.
@@ -630,6 +651,19 @@ impl PgStore {
         } else {
             Vec::new()
         };
+        let conn = if approximate(stats, q, vs) {
+            Chain::Fenced(
+                staged(
+                    "fence",
+                    table,
+                    Transaction::begin(conn, Some(FENCE.into_sql_str())),
+                )
+                .await
+                .map_err(db_error)?,
+            )
+        } else {
+            Chain::Plain(conn)
+        };
         Ok(TextHits {
             conn,
             stats,
@@ -671,7 +705,7 @@ impl PgStore {
                         staged(
                             "vector",
                             table,
-                            nearest(&mut conn, table, q, v, vs, stats, now, context),
+                            nearest(conn.conn(), table, q, v, vs, stats, now, context),
                         )
                         .await
                     }
@@ -754,9 +788,9 @@ impl PgStore {
             }),
             staged("hydrate", table, async {
                 match table {
-                    Table::Memories => hydrate_memories(&mut conn, q, &ids, vector, vs).await,
+                    Table::Memories => hydrate_memories(conn.conn(), q, &ids, vector, vs).await,
                     Table::Episodes => {
-                        hydrate_episodes(&mut conn, q.tenant_id, &ids, vector, vs).await
+                        hydrate_episodes(conn.conn(), q.tenant_id, &ids, vector, vs).await
                     }
                 }
             })

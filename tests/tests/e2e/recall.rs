@@ -813,7 +813,15 @@ async fn hnsw_scans(server: &TestServer) -> i64 {
 /// of every distance: 15 ms instead of ~2 at a 10k scope (`make bench-peer`, docs/benchmarks.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_scope_is_searched_through_the_vector_index_whatever_the_statistics_say() {
-    let server = TestServer::start_with(|c| c.recall_exact_search_max_scope = 20, None).await;
+    // Few connections, so that the writes after the search reuse the one it ran on.
+    let server = TestServer::start_with(
+        |c| {
+            c.recall_exact_search_max_scope = 20;
+            c.database_max_connections = 4;
+        },
+        None,
+    )
+    .await;
     let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
     let mut m = client.memory();
     let things = [
@@ -865,5 +873,28 @@ async fn a_large_scope_is_searched_through_the_vector_index_whatever_the_statist
             "the approximate search did not use the HNSW index"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // The search's read-only transaction is never committed: its rollback goes out as the
+    // connection returns to the pool. No connection is left in it, and writes go on.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state LIKE 'idle in transaction%'",
+        )
+        .fetch_one(server.pool())
+        .await
+        .expect("pg_stat_activity");
+        if open == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{open} connections stayed in a transaction"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for i in 80..100 {
+        m.teach(teach(i)).await.expect("teach after the search");
     }
 }
