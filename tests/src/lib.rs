@@ -343,19 +343,29 @@ impl TestServer {
     /// Waits until no episode matches `pending` (an SQL condition); panics after `limit`, saying
     /// how many still wait for `what`.
     async fn wait_for_none(&self, pending: &str, what: &str, limit: Duration) {
+        self.wait_for_zero(
+            &format!("SELECT count(*) FROM episodes WHERE {pending}"),
+            &format!("episodes still wait for {what}"),
+            limit,
+        )
+        .await
+    }
+
+    /// Waits until `count` (an SQL query of one count) is 0; panics after `limit`, saying how
+    /// many `what` there still were.
+    pub async fn wait_for_zero(&self, count: &str, what: &str, limit: Duration) {
         let until = tokio::time::Instant::now() + limit;
-        let sql = format!("SELECT count(*) FROM episodes WHERE {pending}");
         loop {
-            let count: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
+            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(count.to_owned()))
                 .fetch_one(self.pool())
                 .await
-                .expect("count waiting episodes");
-            if count == 0 {
+                .expect("count");
+            if n == 0 {
                 return;
             }
             assert!(
                 tokio::time::Instant::now() < until,
-                "{count} episodes still wait for {what} after {limit:?}"
+                "{n} {what} after {limit:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -654,6 +654,17 @@ async fn main() -> anyhow::Result<()> {
         load_secs,
         started.elapsed().as_secs_f64()
     );
+    // The 100k user's rows and its HNSW index are larger than Postgres' default buffer cache:
+    // how many of a Recall's pages come from disk depends on it (docs/scaling.md).
+    let (buffers, table, index): (String, String, String) = sqlx::query_as(sqlx::AssertSqlSafe(
+        format!(
+            "SELECT current_setting('shared_buffers'), pg_size_pretty(pg_relation_size('memories')), \
+             pg_size_pretty(pg_relation_size('{hnsw}'))"
+        ),
+    ))
+    .fetch_one(&mut conn)
+    .await?;
+    println!("postgres shared_buffers {buffers}; memories {table}, its HNSW index {index}");
 
     // Two servers on the same data: one caches query embeddings in Redis, one never does.
     let (cached, _stop_a) =

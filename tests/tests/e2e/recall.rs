@@ -876,24 +876,14 @@ async fn a_large_scope_is_searched_through_the_vector_index_whatever_the_statist
     }
     // The search's read-only transaction is never committed: its rollback goes out as the
     // connection returns to the pool. No connection is left in it, and writes go on.
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let open: i64 = sqlx::query_scalar(
+    server
+        .wait_for_zero(
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
              AND state LIKE 'idle in transaction%'",
+            "connections stayed in a transaction",
+            Duration::from_secs(30),
         )
-        .fetch_one(server.pool())
-        .await
-        .expect("pg_stat_activity");
-        if open == 0 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{open} connections stayed in a transaction"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        .await;
     for i in 80..100 {
         m.teach(teach(i)).await.expect("teach after the search");
     }
