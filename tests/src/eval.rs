@@ -640,8 +640,9 @@ pub struct Outcome {
     pub rrf: Metrics,
     /// Latency of the first Recall of each question (its query embedding computed).
     pub latencies: Vec<Duration>,
-    /// Questions whose first 10 items differ between k = 10 and k = `recall_candidates` (the
-    /// pool, the same for every k up to it).
+    /// The server's `recall_candidates`: the pool, the same for every k up to it.
+    pub pool: u32,
+    /// Questions whose first 10 items differ between k = 10 and k = `pool`.
     pub unstable: usize,
     /// Questions whose first 10 items differ between k = 10 and k = 100 (past the pool, which
     /// then grows to k).
@@ -756,7 +757,7 @@ pub async fn evaluate(
     );
     let mut latencies = Vec::new();
     let (mut unstable, mut unstable_past_pool) = (0, 0);
-    let pool = memoire_app::Config::default().recall_candidates as u32;
+    let pool = server.config.recall_candidates as u32;
     for c in convs {
         let docs: Vec<(String, String)> = c
             .turns()
@@ -888,6 +889,7 @@ pub async fn evaluate(
         dense,
         rrf: fused,
         latencies,
+        pool,
         unstable,
         unstable_past_pool,
         memories,

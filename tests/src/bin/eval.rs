@@ -79,9 +79,7 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "k-stability: {} of {questions} questions had a different top 10 at k={} (recall_candidates) \
          than at k=10; {} at k=100 (past the pool)",
-        o.unstable,
-        memoire_app::Config::default().recall_candidates,
-        o.unstable_past_pool
+        o.unstable, o.pool, o.unstable_past_pool
     );
     let metrics = memoire_tests::http_get(server.http_addr, "/metrics").await;
     println!(
