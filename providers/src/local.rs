@@ -117,15 +117,21 @@ impl LocalEmbedder {
         }
     }
 
+    /// The next pass's texts: up to [`QUERY_BATCH`] of those waiting, first come first served.
+    /// A query nobody waits for any more (a Recall that embeds another text instead) leaves the
+    /// queue unembedded.
+    fn next_batch(&self) -> Vec<Waiting> {
+        let mut waiting = self.waiting();
+        waiting.retain(|(_, tx)| !tx.is_closed());
+        let n = waiting.len().min(QUERY_BATCH);
+        waiting.drain(..n).collect()
+    }
+
     /// Embeds waiting texts, up to [`QUERY_BATCH`] per pass, while any wait; then gives the
     /// pass back.
     async fn serve_waiting(self, permit: OwnedSemaphorePermit) {
         loop {
-            let batch: Vec<Waiting> = {
-                let mut waiting = self.waiting();
-                let n = waiting.len().min(QUERY_BATCH);
-                waiting.drain(..n).collect()
-            };
+            let batch = self.next_batch();
             if batch.is_empty() {
                 drop(permit);
                 // A text queued while this pass was still held found no pass free: serve it.
@@ -280,12 +286,37 @@ impl Embedder for LocalEmbedder {
 mod tests {
     use super::*;
 
+    fn model_dir() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models/all-MiniLM-L6-v2")
+    }
+
+    /// A query whose caller stopped waiting before a pass took it is not embedded; the others
+    /// are, in order.
+    #[tokio::test]
+    async fn a_query_nobody_waits_for_leaves_the_queue() {
+        let embedder = LocalEmbedder::load(&model_dir(), "all-MiniLM-L6-v2")
+            .expect("the model files (scripts/setup.sh installs them)");
+        let mut kept = Vec::new();
+        for (i, text) in ["first", "dropped", "third"].into_iter().enumerate() {
+            let (tx, rx) = oneshot::channel();
+            embedder.waiting().push((text.to_owned(), tx));
+            if i == 1 {
+                drop(rx);
+            } else {
+                kept.push(rx);
+            }
+        }
+        let batch: Vec<String> = embedder.next_batch().into_iter().map(|(t, _)| t).collect();
+        assert_eq!(batch, ["first", "third"]);
+        assert!(embedder.waiting().is_empty());
+    }
+
     /// Both packings of the dense layers, whichever kernel this CPU runs, against
     /// sentence-transformers' vectors (`tests/local_model.rs` checks the embedder the server
     /// loads, through its public API).
     #[test]
     fn both_packings_match_sentence_transformers() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models/all-MiniLM-L6-v2");
+        let dir = model_dir();
         let raw = include_str!("../tests/data/minilm_reference.json");
         let doc: serde_json::Value = serde_json::from_str(raw).expect("reference json");
         let sentences = doc["sentences"].as_array().expect("sentences");

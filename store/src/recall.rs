@@ -76,11 +76,14 @@ impl ScopeStats {
 }
 
 /// Per-scope statistics, cached briefly (BM25's N and average length; the exact/HNSW choice),
-/// and the document frequencies of the large scopes' terms.
+/// the document frequencies of the large scopes' terms, and the speakers' names queries found.
 #[derive(Debug)]
 pub struct StatsCache {
     scopes: crate::ttl::TtlMap<String, ScopeStats>,
     dfs: DfCache,
+    /// Per scope of turns, the speakers' names that its queries were found to name: a hint
+    /// only, for whether a query may start embedding before its names are looked up.
+    speakers: crate::ttl::TtlMap<String, Vec<String>>,
 }
 
 impl Default for StatsCache {
@@ -88,9 +91,14 @@ impl Default for StatsCache {
         StatsCache {
             scopes: crate::ttl::TtlMap::new(STATS_TTL),
             dfs: DfCache::new(STATS_TTL),
+            speakers: crate::ttl::TtlMap::new(STATS_TTL),
         }
     }
 }
+
+/// At most this many speakers' names are remembered per scope (the hint of
+/// [`StatsCache::may_name_a_speaker`]).
+const MAX_SPEAKERS_REMEMBERED: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Table {
@@ -222,6 +230,34 @@ fn scope_key(table: Table, q: &RecallQuery, model: &str) -> String {
 }
 
 impl StatsCache {
+    /// Whether any of `candidates` is a name that an earlier query of `q`'s scope was found to
+    /// name (then the query waits for its names to be looked up before it embeds).
+    fn may_name_a_speaker(&self, q: &RecallQuery, candidates: &[String]) -> bool {
+        let known = self
+            .speakers
+            .get(&scope_key(Table::Episodes, q, ""))
+            .unwrap_or_default();
+        candidates.iter().any(|c| known.contains(c))
+    }
+
+    /// Remembers that `names` are speakers in `q`'s scope.
+    fn found_speakers(&self, q: &RecallQuery, names: &[String]) {
+        if names.is_empty() {
+            return;
+        }
+        let key = scope_key(Table::Episodes, q, "");
+        let mut known = self.speakers.get(&key).unwrap_or_default();
+        let before = known.len();
+        for n in names {
+            if !known.contains(n) && known.len() < MAX_SPEAKERS_REMEMBERED {
+                known.push(n.clone());
+            }
+        }
+        if known.len() > before {
+            self.speakers.put(key, known);
+        }
+    }
+
     async fn get(
         &self,
         conn: &mut PgConnection,
@@ -539,6 +575,13 @@ impl PgStore {
     /// speakers leave the text first (`core::recall::without_names`; ranking reads the query as
     /// asked). `embed` is given that text and embeds it: the full-text searches run meanwhile,
     /// and only the vector side waits for it (`None`: no vector search).
+    ///
+    /// A query that names no speaker its scope's queries were found to name starts embedding
+    /// as asked while the names are looked up, and then the lookup costs the reply nothing; if
+    /// it does name one after all, it is embedded again without the names and the first
+    /// embedding is dropped (a query still waiting for a model pass leaves the queue). A query
+    /// that may name a known speaker waits for the lookup, so that the model is not spent twice
+    /// on the questions of a conversation, which mostly name its speakers.
     pub async fn recall_candidates<E, F>(
         &self,
         q: &RecallQuery,
@@ -546,7 +589,7 @@ impl PgStore {
         vs: &SearchSettings,
     ) -> Result<Vec<Candidate>>
     where
-        E: FnOnce(String) -> F,
+        E: Fn(String) -> F,
         F: Future<Output = Result<Option<Vec<f32>>>>,
     {
         let now = self.clock.now();
@@ -559,23 +602,55 @@ impl PgStore {
         // other tables' connections are set up while the query embeds.
         let mut q = Cow::Borrowed(q);
         let mut turns_conn = None;
+        let candidates = if q.include_episodes {
+            recall::name_candidates(&q.text)
+        } else {
+            Vec::new()
+        };
+        let early = !self.stats_cache.may_name_a_speaker(&q, &candidates);
+        let mut embedding = early.then(|| Box::pin(embed(q.text.clone())));
+        // The embedding's outcome, when it came before the names.
+        let mut embedded = None;
         if q.include_episodes {
-            let mut conn = self.read_conn(q.tenant_id).await?;
-            let candidates = recall::name_candidates(&q.text);
-            let names = staged(
-                "speaker_names",
-                Table::Episodes,
-                speakers_named(&mut conn, &q, &candidates),
-            )
-            .await?;
-            if !names.is_empty() {
-                let searched = recall::without_names(&q.text, &names);
+            let names = {
+                let lookup = async {
+                    let mut conn = self.read_conn(q.tenant_id).await?;
+                    let names = staged(
+                        "speaker_names",
+                        Table::Episodes,
+                        speakers_named(&mut conn, &q, &candidates),
+                    )
+                    .await?;
+                    Ok::<_, memoire_core::Error>((conn, names))
+                };
+                tokio::pin!(lookup);
+                loop {
+                    tokio::select! {
+                        found = &mut lookup => break found?,
+                        Some(out) = async { embedding.as_mut()?.await.into() },
+                            if embedded.is_none() => embedded = Some(out),
+                    }
+                }
+            };
+            let (conn, names) = names;
+            self.stats_cache.found_speakers(&q, &names);
+            let searched = recall::without_names(&q.text, &names);
+            if searched != q.text {
                 q.to_mut().text = searched;
+                embedding = None;
+                embedded = None;
             }
             turns_conn = Some(conn);
         }
         let q = q.as_ref();
-        let (vector, (texts, done)) = tokio::join!(embed(q.text.clone()), async {
+        let vector = async {
+            match (embedded, embedding) {
+                (Some(out), _) => out,
+                (None, Some(embedding)) => embedding.await,
+                (None, None) => embed(q.text.clone()).await,
+            }
+        };
+        let (vector, (texts, done)) = tokio::join!(vector, async {
             let texts = futures::future::join_all(tables.iter().map(|t| {
                 let conn = match t {
                     Table::Episodes => turns_conn.take(),

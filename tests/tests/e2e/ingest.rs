@@ -502,6 +502,97 @@ async fn a_question_about_a_speaker_searches_for_what_is_asked_not_for_their_nam
     assert!(items[0].1 > 0.0, "{items:?}");
 }
 
+/// A query starts embedding as asked while the speakers' names are looked up; one that names a
+/// speaker is embedded again without the name, and the vector search uses that embedding. Once a
+/// scope's queries were found to name a speaker, a query that may name them waits for the lookup
+/// and is embedded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_query_is_embedded_while_its_names_are_looked_up_and_again_without_them() {
+    let server = TestServer::start().await;
+    let (tenant, client) = server.tenant("names", pb::KeyRole::Writer).await;
+    ingest(
+        &client,
+        "talk",
+        vec![
+            said_by("Caroline", "I went hiking in the hills with my dog."),
+            said_by("Melanie", "I have been learning pottery lately."),
+        ],
+        true,
+    )
+    .await;
+    server.wait_embedded(Duration::from_secs(20)).await;
+    let vs = memoire_store::SearchSettings {
+        model: server.config.embedding_model.clone(),
+        dims: server.config.embedding_dims,
+        exact_search_max_scope: 10_000,
+        exact_text_max_scope: 10_000,
+    };
+    let recall = |text: &str| {
+        let (server, vs) = (&server, &vs);
+        let q = memoire_core::command::RecallQuery {
+            tenant_id: tenant.parse().expect("tenant id"),
+            user_id: "talk".into(),
+            namespaces: vec!["default".into()],
+            text: text.into(),
+            kinds: vec![],
+            tags: vec![],
+            slot: None,
+            created_after: None,
+            created_before: None,
+            as_of: None,
+            include_superseded: false,
+            include_episodes: true,
+            candidates: 50,
+            min_confidence: 0.0,
+        };
+        async move {
+            // Only a text without "Melanie" gets a vector: the vector search runs only if the
+            // searched text was embedded.
+            let asked = std::sync::Mutex::new(Vec::new());
+            let found = server
+                .store
+                .recall_candidates(
+                    &q,
+                    |text: String| {
+                        asked.lock().expect("lock").push(text.clone());
+                        async move {
+                            let named = text.contains("Melanie");
+                            Ok((!named).then(|| vec![0.05; vs.dims as usize]))
+                        }
+                    },
+                    vs,
+                )
+                .await
+                .expect("recall");
+            let searched = found.iter().any(|c| c.vector_rank.is_some());
+            (asked.into_inner().expect("lock"), searched)
+        }
+    };
+    let (asked, searched) = recall("What does Melanie make?").await;
+    assert_eq!(asked[0], "What does Melanie make?", "{asked:?}");
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(!asked[1].contains("Melanie"), "{asked:?}");
+    assert!(searched, "the vector side used the text without the name");
+    let (asked, searched) = recall("Where did Caroline and her dog go?").await;
+    assert_eq!(asked.len(), 2, "{asked:?}");
+    assert!(searched);
+    let (asked, searched) = recall("Where did the dog go hiking?").await;
+    assert_eq!(
+        asked,
+        ["Where did the dog go hiking?"],
+        "no name: embedded once"
+    );
+    assert!(searched);
+    let (asked, searched) = recall("What else does Melanie make?").await;
+    assert_eq!(
+        asked.len(),
+        1,
+        "a known speaker: looked up first: {asked:?}"
+    );
+    assert!(!asked[0].contains("Melanie"), "{asked:?}");
+    assert!(searched);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingest_is_idempotent_on_message_id() {
     let server = TestServer::start_with(|c| c.worker_embedded = false, None).await;
