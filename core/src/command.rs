@@ -419,3 +419,26 @@ pub struct RecallQuery {
     /// Memories whose confidence decayed below this are left out (the decay floor).
     pub min_confidence: f32,
 }
+
+impl RecallQuery {
+    /// A query of `text` over one namespace of a user's memories and turns, without filters;
+    /// the use-case sets `candidates` and `min_confidence` from its settings.
+    pub fn new(tenant_id: Uuid, user_id: String, namespace: String, text: String) -> Self {
+        RecallQuery {
+            tenant_id,
+            user_id,
+            namespaces: vec![namespace],
+            text,
+            kinds: Vec::new(),
+            tags: Vec::new(),
+            slot: None,
+            created_after: None,
+            created_before: None,
+            as_of: None,
+            include_superseded: false,
+            include_episodes: true,
+            candidates: 0,
+            min_confidence: 0.0,
+        }
+    }
+}

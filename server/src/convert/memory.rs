@@ -263,23 +263,12 @@ pub fn chat_turn(
             ),
         ));
     }
-    let recall = RecallQuery {
+    let recall = RecallQuery::new(
         tenant_id,
-        user_id: message.scope.user_id.clone(),
-        namespaces: vec![message.scope.namespace.clone()],
-        text: content,
-        kinds: Vec::new(),
-        tags: Vec::new(),
-        slot: None,
-        created_after: None,
-        created_before: None,
-        as_of: None,
-        include_superseded: false,
-        include_episodes: true,
-        // Set by the use-case from its settings.
-        candidates: 0,
-        min_confidence: 0.0,
-    };
+        message.scope.user_id.clone(),
+        message.scope.namespace.clone(),
+        content,
+    );
     Ok(ChatTurn {
         message,
         recall,

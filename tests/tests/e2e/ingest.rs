@@ -530,20 +530,13 @@ async fn a_query_is_embedded_while_its_names_are_looked_up_and_again_without_the
     let recall = |text: &str| {
         let (server, vs) = (&server, &vs);
         let q = memoire_core::command::RecallQuery {
-            tenant_id: tenant.parse().expect("tenant id"),
-            user_id: "talk".into(),
-            namespaces: vec!["default".into()],
-            text: text.into(),
-            kinds: vec![],
-            tags: vec![],
-            slot: None,
-            created_after: None,
-            created_before: None,
-            as_of: None,
-            include_superseded: false,
-            include_episodes: true,
             candidates: 50,
-            min_confidence: 0.0,
+            ..memoire_core::command::RecallQuery::new(
+                tenant.parse().expect("tenant id"),
+                "talk".into(),
+                "default".into(),
+                text.into(),
+            )
         };
         async move {
             // Only a text without "Melanie" gets a vector: the vector search runs only if the

@@ -671,22 +671,18 @@ fn text_query(
     kind: Option<&str>,
 ) -> memoire_core::command::RecallQuery {
     memoire_core::command::RecallQuery {
-        tenant_id,
-        user_id: "u".into(),
-        namespaces: vec!["default".into()],
-        text: text.into(),
         kinds: kind
             .map(|k| vec![MemoryKind::parse(k).expect("kind")])
             .unwrap_or_default(),
-        tags: vec![],
-        slot: None,
-        created_after: None,
-        created_before: None,
-        as_of: None,
         include_superseded,
         include_episodes: false,
         candidates: 50,
-        min_confidence: 0.0,
+        ..memoire_core::command::RecallQuery::new(
+            tenant_id,
+            "u".into(),
+            "default".into(),
+            text.into(),
+        )
     }
 }
 
