@@ -20,6 +20,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::future::Either;
 use memoire_core::Result;
 use memoire_core::command::RecallQuery;
 use memoire_core::model::Memory;
@@ -233,6 +234,9 @@ impl StatsCache {
     /// Whether any of `candidates` is a name that an earlier query of `q`'s scope was found to
     /// name (then the query waits for its names to be looked up before it embeds).
     fn may_name_a_speaker(&self, q: &RecallQuery, candidates: &[String]) -> bool {
+        if candidates.is_empty() {
+            return false;
+        }
         let known = self
             .speakers
             .get(&scope_key(Table::Episodes, q, ""))
@@ -612,27 +616,27 @@ impl PgStore {
         // The embedding's outcome, when it came before the names.
         let mut embedded = None;
         if q.include_episodes {
-            let names = {
-                let lookup = async {
-                    let mut conn = self.read_conn(q.tenant_id).await?;
-                    let names = staged(
-                        "speaker_names",
-                        Table::Episodes,
-                        speakers_named(&mut conn, &q, &candidates),
-                    )
-                    .await?;
-                    Ok::<_, memoire_core::Error>((conn, names))
-                };
-                tokio::pin!(lookup);
-                loop {
-                    tokio::select! {
-                        found = &mut lookup => break found?,
-                        Some(out) = async { embedding.as_mut()?.await.into() },
-                            if embedded.is_none() => embedded = Some(out),
+            let lookup = Box::pin(async {
+                let mut conn = self.read_conn(q.tenant_id).await?;
+                let names = staged(
+                    "speaker_names",
+                    Table::Episodes,
+                    speakers_named(&mut conn, &q, &candidates),
+                )
+                .await?;
+                Ok::<_, memoire_core::Error>((conn, names))
+            });
+            // The embedding, when started, goes on beside the lookup.
+            let (conn, names) = match embedding.as_mut() {
+                Some(started) => match futures::future::select(lookup, started).await {
+                    Either::Left((found, _)) => found,
+                    Either::Right((out, lookup)) => {
+                        embedded = Some(out);
+                        lookup.await
                     }
-                }
-            };
-            let (conn, names) = names;
+                },
+                None => lookup.await,
+            }?;
             self.stats_cache.found_speakers(&q, &names);
             let searched = recall::without_names(&q.text, &names);
             if searched != q.text {
