@@ -280,6 +280,40 @@ impl PgStore {
         self.conn(tenant).await
     }
 
+    /// A second connection for a read of `tenant`'s, from the pool [`Self::read_conn`] would
+    /// pick, if one is idle now — `None` rather than waiting. For work that can also run on a
+    /// connection the caller already holds: a caller that held one and waited for another could
+    /// wait for ever once every connection is held by such callers.
+    pub(crate) async fn idle_read_conn(&self, tenant: Uuid) -> Option<PoolConnection<Postgres>> {
+        let (pool, target) = match &self.replica {
+            Some(replica) if replica.serves(tenant) => (&replica.pool, "replica"),
+            _ => (&self.pool, "primary"),
+        };
+        let Some(mut conn) = pool.try_acquire() else {
+            // None idle. The pool grows only when a caller waits, and these callers never do:
+            // when there is room, a task opens one for the next caller (it holds nothing else,
+            // so its wait cannot be part of a cycle).
+            if pool.size() < pool.options().get_max_connections() {
+                let pool = pool.clone();
+                tokio::spawn(async move { drop(pool.acquire().await) });
+            }
+            return None;
+        };
+        if self.scoped {
+            let set = format!(
+                "SET {TENANT_SETTING} = '{}'",
+                Rows::Tenant(tenant).setting()
+            );
+            // A connection that fails here is broken: dropped, the pool replaces it.
+            sqlx::raw_sql(AssertSqlSafe(set))
+                .execute(&mut *conn)
+                .await
+                .ok()?;
+        }
+        metrics::counter!("memoire_db_reads_total", "target" => target).increment(1);
+        Some(conn)
+    }
+
     /// Records that `tenant`'s data changed (after the write committed): its reads stay on the
     /// primary until a read replica has replayed the change.
     pub fn wrote(&self, tenant: Uuid) {

@@ -1,5 +1,6 @@
 //! Recall's candidates: BM25 full-text search and vector search over one user's scope, run
-//! concurrently, then hydrated (as of a time, when asked). Fusion and packing are `core::recall`.
+//! concurrently (on a connection each when the pool has one idle, see `search_table`), then
+//! hydrated (as of a time, when asked). Fusion and packing are `core::recall`.
 //!
 //! BM25 (k1 = 1.2, b = 0.75, `bm25.rs`) uses real statistics, read from the postings tables of
 //! migrations 0003 and 0017 (scope, lexeme → document, tf, length) with index-only scans:
@@ -17,9 +18,11 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt as _;
 use futures::future::Either;
 use memoire_core::Result;
 use memoire_core::command::RecallQuery;
@@ -422,6 +425,10 @@ async fn neighbours(
         .map_err(db_error)
 }
 
+/// A nearest neighbour: its id, its similarity, and for a conversation turn the turns said just
+/// before and after it.
+type Near = (Uuid, f32, Option<Uuid>, Option<Uuid>);
+
 /// The scope's `q.candidates` nearest neighbours of `vector`, with their similarity; with
 /// `adjacent`, each episode's turns just before and after it too (in the same statement, so that
 /// the neighbouring turns cost no round trip after the vector search).
@@ -435,7 +442,7 @@ async fn nearest(
     stats: ScopeStats,
     now: DateTime<Utc>,
     adjacent: bool,
-) -> Result<Vec<(Uuid, f32, Option<Uuid>, Option<Uuid>)>> {
+) -> Result<Vec<Near>> {
     if stats.vectors == 0 || vector.len() != settings.dims as usize {
         return Ok(Vec::new());
     }
@@ -543,16 +550,89 @@ async fn staged<T>(stage: &'static str, table: Table, work: impl Future<Output =
     out
 }
 
-/// A table's full-text side of Recall: the scope's statistics, the best matches, and (for
-/// conversation turns) their neighbouring turns.
-struct TextHits {
-    /// The connection the table's chain of queries runs on (scoped to the caller's tenant once).
-    conn: Chain,
+/// `conn` for the vector search and hydration: inside the read-only transaction of an
+/// approximate search ([`FENCE`]) when `fenced`.
+async fn chain(conn: PoolConnection<Postgres>, table: Table, fenced: bool) -> Result<Chain> {
+    Ok(if fenced {
+        Chain::Fenced(
+            staged(
+                "fence",
+                table,
+                Transaction::begin(conn, Some(FENCE.into_sql_str())),
+            )
+            .await
+            .map_err(db_error)?,
+        )
+    } else {
+        Chain::Plain(conn)
+    })
+}
+
+/// The query's vector, once embedded, and `table`'s nearest neighbours of it on `chain` (none
+/// without a vector).
+async fn vector_hits(
+    chain: &mut Chain,
+    table: Table,
+    q: &RecallQuery,
+    vector: impl Future<Output = Option<Arc<[f32]>>>,
+    vs: &SearchSettings,
     stats: ScopeStats,
-    hits: Vec<(Uuid, f32)>,
-    /// The query's terms in the scope, for the text scores of what vector search finds.
-    terms: Terms,
-    adjacent: Vec<Adjacent>,
+    now: DateTime<Utc>,
+) -> Result<(Option<Arc<[f32]>>, Vec<Near>)> {
+    let waited = Instant::now();
+    let vector = vector.await;
+    // How long the vector search, ready, still waited for the query's embedding: the
+    // embedding's share of the critical path.
+    record_stage("embedding_wait", table.name(), waited);
+    let near = match &vector {
+        Some(v) => {
+            let context = with_context(table, q);
+            staged(
+                "vector",
+                table,
+                nearest(chain.conn(), table, q, v, vs, stats, now, context),
+            )
+            .await?
+        }
+        None => Vec::new(),
+    };
+    Ok((vector, near))
+}
+
+/// The BM25 scores of the candidates `ids` the full-text search did not rank.
+async fn score_texts(
+    conn: &mut PgConnection,
+    table: Table,
+    q: &RecallQuery,
+    terms: &Terms,
+    stats: ScopeStats,
+    ids: &[Uuid],
+) -> Result<Vec<(Uuid, f32)>> {
+    staged("text_scores", table, async {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        bm25::scores_of(conn, table.postings(), q, terms, stats.corpus(), ids).await
+    })
+    .await
+}
+
+/// The rows of `ids` in `table`, with their vectors' similarity to `vector`.
+async fn hydrate(
+    conn: &mut PgConnection,
+    table: Table,
+    q: &RecallQuery,
+    ids: &[Uuid],
+    vector: Option<&[f32]>,
+    vs: &SearchSettings,
+) -> Result<Vec<(Item, Option<f32>)>> {
+    staged("hydrate", table, async {
+        match table {
+            Table::Memories => hydrate_memories(conn, q, ids, vector, vs).await,
+            Table::Episodes => hydrate_episodes(conn, q.tenant_id, ids, vector, vs).await,
+        }
+    })
+    .await
 }
 
 /// Whether `table`'s candidates bring their neighbouring turns as context: conversation turns,
@@ -647,35 +727,41 @@ impl PgStore {
             turns_conn = Some(conn);
         }
         let q = q.as_ref();
+        // Both tables' vector searches wait for the same embedding; its failure is kept for the
+        // reply, and the searches see no vector.
+        let failed = OnceLock::new();
         let vector = async {
-            match (embedded, embedding) {
+            let out = match (embedded, embedding) {
                 (Some(out), _) => out,
                 (None, Some(embedding)) => embedding.await,
                 (None, None) => embed(q.text.clone()).await,
+            };
+            match out {
+                Ok(vector) => vector.map(Arc::<[f32]>::from),
+                Err(e) => {
+                    let _ = failed.set(e);
+                    None
+                }
             }
-        };
-        let (vector, (texts, done)) = tokio::join!(vector, async {
-            let texts = futures::future::join_all(tables.iter().map(|t| {
+        }
+        .shared();
+        // The tables are searched at once: each is a chain of round trips. The embedding is
+        // awaited here too, so that it runs (and fails the Recall when it fails) whatever the
+        // tables need.
+        let (_, found) = tokio::join!(
+            vector.clone(),
+            futures::future::join_all(tables.iter().map(|t| {
                 let conn = match t {
                     Table::Episodes => turns_conn.take(),
                     Table::Memories => None,
                 };
-                self.text_hits(conn, *t, q, vs, now)
+                self.search_table(*t, conn, q, vector.clone(), vs, now)
             }))
-            .await;
-            (texts, Instant::now())
-        });
-        // How long the vector side still waited for the query's embedding once the full-text
-        // searches were done: the embedding's share of the critical path.
-        record_stage("embedding_wait", "all", done);
-        let vector = vector?;
-        let vector = vector.as_deref();
-        // The tables are searched at once: each is a chain of round trips.
-        let found =
-            futures::future::join_all(tables.iter().zip(texts).map(|(t, text)| async move {
-                self.candidates_in(*t, q, text?, vector, vs, now).await
-            }))
-            .await;
+        );
+        drop(vector);
+        if let Some(e) = failed.into_inner() {
+            return Err(e);
+        }
         let mut out = Vec::new();
         for f in found {
             out.extend(f?);
@@ -683,18 +769,24 @@ impl PgStore {
         Ok(out)
     }
 
-    /// The scope's statistics and its best full-text matches in `table`; for conversation turns
-    /// ([`with_context`]), their neighbouring turns too (while the query is still being embedded).
-    /// They run on `conn` when given, else on a new connection; it comes with them, for the rest
-    /// of the table's chain.
-    async fn text_hits(
+    /// One table's candidates. The scope's statistics, then the full-text search (with, for
+    /// conversation turns ([`with_context`]), the neighbouring turns of what it found) and the
+    /// vector search at once: the vector search on a second connection when the pool has one
+    /// idle, waiting only for the query's embedding — else after the full text, on its
+    /// connection, as the pool is busy. Then each candidate's other score and its row. The
+    /// turns' chain runs on `conn` (where their speakers' names were looked up) when given.
+    async fn search_table<V>(
         &self,
-        conn: Option<PoolConnection<Postgres>>,
         table: Table,
+        conn: Option<PoolConnection<Postgres>>,
         q: &RecallQuery,
+        vector: V,
         vs: &SearchSettings,
         now: DateTime<Utc>,
-    ) -> Result<TextHits> {
+    ) -> Result<Vec<Candidate>>
+    where
+        V: Future<Output = Option<Arc<[f32]>>> + Clone,
+    {
         let mut conn = match conn {
             Some(conn) => conn,
             None => self.read_conn(q.tenant_id).await?,
@@ -705,104 +797,58 @@ impl PgStore {
             self.stats_cache.get(&mut conn, table, q, &vs.model),
         )
         .await?;
-        let (hits, terms) = staged(
-            "full_text",
-            table,
-            bm25(
-                &mut conn,
-                &self.stats_cache,
-                table,
-                q,
-                stats,
-                vs.exact_text_max_scope,
-                now,
-            ),
-        )
-        .await?;
-        let adjacent = if with_context(table, q) {
-            let ids: Vec<Uuid> = hits.iter().map(|(id, _)| *id).collect();
-            staged(
-                "neighbours",
-                table,
-                neighbours(&mut conn, q.tenant_id, &ids),
-            )
-            .await?
-        } else {
-            Vec::new()
-        };
-        let conn = if approximate(stats, q, vs) {
-            Chain::Fenced(
-                staged(
-                    "fence",
-                    table,
-                    Transaction::begin(conn, Some(FENCE.into_sql_str())),
-                )
-                .await
-                .map_err(db_error)?,
-            )
-        } else {
-            Chain::Plain(conn)
-        };
-        Ok(TextHits {
-            conn,
-            stats,
-            hits,
-            terms,
-            adjacent,
-        })
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn candidates_in(
-        &self,
-        table: Table,
-        q: &RecallQuery,
-        text: TextHits,
-        vector: Option<&[f32]>,
-        vs: &SearchSettings,
-        now: DateTime<Utc>,
-    ) -> Result<Vec<Candidate>> {
-        let TextHits {
-            mut conn,
-            stats,
-            hits: text_all,
-            terms,
-            adjacent: text_adjacent,
-        } = text;
         let context = with_context(table, q);
-        // Fewer than the pool: every matching document is in it, and the others score 0.
-        let text_complete = text_all.len() < q.candidates;
-        // When the vector search may find documents the full-text search did not rank, their
-        // text scores need a second connection: it is taken (and scoped, one round trip) while
-        // the vector search runs, not after it.
-        // (A search without terms, or over a scope without documents, found nothing: complete.)
-        let spare_needed = !text_complete && vector.is_some() && stats.vectors > 0;
-        let (near_all, mut spare) = tokio::join!(
-            async {
-                match vector {
-                    Some(v) => {
-                        staged(
-                            "vector",
-                            table,
-                            nearest(conn.conn(), table, q, v, vs, stats, now, context),
-                        )
-                        .await
+        let fenced = approximate(stats, q, vs);
+        let (text, beside) =
+            tokio::join!(self.text_hits(&mut conn, table, q, stats, vs, now), async {
+                // Nothing to search by vector: no second connection.
+                if stats.vectors == 0 {
+                    return None;
+                }
+                let second = self.idle_read_conn(q.tenant_id).await?;
+                Some(
+                    async {
+                        let mut chain = chain(second, table, fenced).await?;
+                        let (v, near) =
+                            vector_hits(&mut chain, table, q, vector.clone(), vs, stats, now)
+                                .await?;
+                        Ok::<_, memoire_core::Error>((chain, v, near))
                     }
-                    None => Ok(Vec::new()),
-                }
-            },
-            async {
-                if spare_needed {
-                    Some(self.read_conn(q.tenant_id).await)
-                } else {
-                    None
-                }
+                    .await,
+                )
+            });
+        let (hits, terms, text_adjacent) = text?;
+        // Fewer than the pool: every matching document is in it, and the others score 0.
+        let text_complete = hits.len() < q.candidates;
+        // The full-text-only candidates' vector scores come with hydration (the same rows, one
+        // statement) on the vector search's connection; the vector-only candidates' text scores
+        // on another, when there is one: the full text's, or one idle now.
+        let (mut chain, vector, near_all, spare) = match beside {
+            Some(found) => {
+                let (chain, vector, near) = found?;
+                (chain, vector, near, Some(conn))
             }
-        );
-        let near_all = near_all?;
-        let mut text_scores: HashMap<Uuid, f32> = text_all.iter().copied().collect();
+            None => {
+                let mut chain = chain(conn, table, fenced).await?;
+                // A connection for the text scores is looked for while the vector search runs.
+                let spare_needed = !text_complete && stats.vectors > 0;
+                let (found, spare) = tokio::join!(
+                    vector_hits(&mut chain, table, q, vector, vs, stats, now),
+                    async {
+                        if spare_needed {
+                            self.idle_read_conn(q.tenant_id).await
+                        } else {
+                            None
+                        }
+                    }
+                );
+                let (v, near) = found?;
+                (chain, v, near, spare)
+            }
+        };
+        let mut text_scores: HashMap<Uuid, f32> = hits.iter().copied().collect();
         let near_hits: Vec<(Uuid, f32)> = near_all.iter().map(|(id, s, _, _)| (*id, *s)).collect();
-        let (text, near) = (ranked(&text_all), ranked(&near_hits));
+        let (text, near) = (ranked(&hits), ranked(&near_hits));
         let mut ids: Vec<Uuid> = text.keys().chain(near.keys()).copied().collect();
         ids.sort();
         ids.dedup();
@@ -843,37 +889,20 @@ impl PgStore {
                 .copied()
                 .collect()
         };
-        // The other side's vector scores come with hydration (the same rows, one statement).
         let vector = vector.filter(|v| v.len() == vs.dims as usize);
-        let (text_only, items) = tokio::join!(
-            // A connection of its own only when there is something to score.
-            staged("text_scores", table, async {
-                if no_text.is_empty() {
-                    return Ok(Vec::new());
-                }
-                let mut c = match spare.take() {
-                    Some(c) => c?,
-                    None => self.read_conn(q.tenant_id).await?,
-                };
-                bm25::scores_of(
-                    &mut c,
-                    table.postings(),
-                    q,
-                    &terms,
-                    stats.corpus(),
-                    &no_text,
-                )
-                .await
-            }),
-            staged("hydrate", table, async {
-                match table {
-                    Table::Memories => hydrate_memories(conn.conn(), q, &ids, vector, vs).await,
-                    Table::Episodes => {
-                        hydrate_episodes(conn.conn(), q.tenant_id, &ids, vector, vs).await
-                    }
-                }
-            })
-        );
+        let vector = vector.as_deref();
+        let (text_only, items) = match spare {
+            Some(mut spare) => tokio::join!(
+                score_texts(&mut spare, table, q, &terms, stats, &no_text),
+                hydrate(chain.conn(), table, q, &ids, vector, vs)
+            ),
+            // No connection to spare: one after the other.
+            None => {
+                let items = hydrate(chain.conn(), table, q, &ids, vector, vs).await;
+                let text_only = score_texts(chain.conn(), table, q, &terms, stats, &no_text).await;
+                (text_only, items)
+            }
+        };
         text_scores.extend(text_only?);
         let items = items?;
         Ok(items
@@ -898,6 +927,40 @@ impl PgStore {
                 }
             })
             .collect())
+    }
+
+    /// The best full-text matches in `table`, the query's terms in the scope, and for
+    /// conversation turns ([`with_context`]) the neighbouring turns of those matches.
+    async fn text_hits(
+        &self,
+        conn: &mut PgConnection,
+        table: Table,
+        q: &RecallQuery,
+        stats: ScopeStats,
+        vs: &SearchSettings,
+        now: DateTime<Utc>,
+    ) -> Result<(Vec<(Uuid, f32)>, Terms, Vec<Adjacent>)> {
+        let (hits, terms) = staged(
+            "full_text",
+            table,
+            bm25(
+                conn,
+                &self.stats_cache,
+                table,
+                q,
+                stats,
+                vs.exact_text_max_scope,
+                now,
+            ),
+        )
+        .await?;
+        let adjacent = if with_context(table, q) {
+            let ids: Vec<Uuid> = hits.iter().map(|(id, _)| *id).collect();
+            staged("neighbours", table, neighbours(conn, q.tenant_id, &ids)).await?
+        } else {
+            Vec::new()
+        };
+        Ok((hits, terms, adjacent))
     }
 
     /// Records that recall returned these memories (last access time, count) in

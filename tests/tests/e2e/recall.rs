@@ -888,3 +888,62 @@ async fn a_large_scope_is_searched_through_the_vector_index_whatever_the_statist
         m.teach(teach(i)).await.expect("teach after the search");
     }
 }
+
+/// A Recall never holds one pooled connection while it waits for another: the vector search
+/// runs beside the full-text search on a second connection only when one is idle, and the
+/// vector-only candidates' text scores take one only when one is idle — else each runs after
+/// the other on the connection already held. With a pool of one connection, a Recall whose
+/// full text matches more memories than the candidate pool (so that text scores are needed)
+/// answers, and ranks as a server with connections to spare does. (A Recall that waited for a
+/// second connection while holding the only one would wait until the acquire timeout.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recall_with_no_connection_to_spare_answers_and_ranks_alike() {
+    let mut ranked = Vec::new();
+    for pool in [1, 16] {
+        let server = TestServer::start_with(
+            |c| {
+                // The embedded worker keeps connections of its own.
+                c.worker_embedded = false;
+                c.database_max_connections = pool;
+                c.database_acquire_timeout_ms = 3_000;
+            },
+            None,
+        )
+        .await;
+        let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+        let mut m = client.memory();
+        let things = [
+            "sushi", "jazz", "chess", "hiking", "pottery", "tennis", "opera", "yoga",
+        ];
+        for i in 0..70 {
+            m.teach(memoire_tests::fact(
+                "u",
+                &format!("Likes {} on weekends, note {i}", things[i % things.len()]),
+            ))
+            .await
+            .expect("teach");
+        }
+        let items = m
+            .recall(pb::RecallRequest {
+                user_id: "u".into(),
+                query: "what does the user like on weekends, pottery?".into(),
+                k: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("recall with a pool of {pool}: {e}"))
+            .into_inner()
+            .items;
+        assert_eq!(items.len(), 10, "pool of {pool}");
+        ranked.push(
+            items
+                .iter()
+                .map(|i| match &i.item {
+                    Some(pb::recall_item::Item::Memory(m)) => m.content.clone(),
+                    other => panic!("not a memory: {other:?}"),
+                })
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert_eq!(ranked[0], ranked[1]);
+}
