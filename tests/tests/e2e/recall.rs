@@ -807,6 +807,11 @@ async fn hnsw_scans(server: &TestServer) -> i64 {
     .expect("index statistics")
 }
 
+/// What the taught memories of the tests below like.
+const HOBBIES: [&str; 8] = [
+    "sushi", "jazz", "chess", "hiking", "pottery", "tennis", "opera", "yoga",
+];
+
 /// A scope above `recall_exact_search_max_scope` is searched through the model's HNSW index
 /// even while the planner's statistics still say its user has a handful of memories, as after a
 /// burst of writes before the next ANALYZE. Postgres then preferred the user's index and a sort
@@ -824,9 +829,7 @@ async fn a_large_scope_is_searched_through_the_vector_index_whatever_the_statist
     .await;
     let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
     let mut m = client.memory();
-    let things = [
-        "sushi", "jazz", "chess", "hiking", "pottery", "tennis", "opera", "yoga",
-    ];
+    let things = HOBBIES;
     let cities = [
         "Dallas", "Lisbon", "Osaka", "Denver", "Nairobi", "Toronto", "Lyon",
     ];
@@ -912,9 +915,7 @@ async fn a_recall_with_no_connection_to_spare_answers_and_ranks_alike() {
         .await;
         let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
         let mut m = client.memory();
-        let things = [
-            "sushi", "jazz", "chess", "hiking", "pottery", "tennis", "opera", "yoga",
-        ];
+        let things = HOBBIES;
         for i in 0..70 {
             m.teach(memoire_tests::fact(
                 "u",
