@@ -38,7 +38,7 @@ use memoire_core::Result;
 use memoire_core::clock::{Clock, SystemClock};
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{AssertSqlSafe, PgPool, Postgres, SqlSafeStr, Transaction};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, SqlSafeStr, Transaction};
 use uuid::Uuid;
 
 pub use cache::RedisCache;
@@ -299,17 +299,8 @@ impl PgStore {
             }
             return None;
         };
-        if self.scoped {
-            let set = format!(
-                "SET {TENANT_SETTING} = '{}'",
-                Rows::Tenant(tenant).setting()
-            );
-            // A connection that fails here is broken: dropped, the pool replaces it.
-            sqlx::raw_sql(AssertSqlSafe(set))
-                .execute(&mut *conn)
-                .await
-                .ok()?;
-        }
+        // A connection that fails here is broken: dropped, the pool replaces it.
+        self.scope(&mut conn, Rows::Tenant(tenant)).await.ok()?;
         metrics::counter!("memoire_db_reads_total", "target" => target).increment(1);
         Some(conn)
     }
@@ -323,21 +314,25 @@ impl PgStore {
     }
 
     async fn conn_from(&self, pool: &PgPool, rows: Rows) -> Result<PoolConnection<Postgres>> {
-        let set = format!("SET {TENANT_SETTING} = '{}'", rows.setting());
         let mut broken = 0;
         loop {
             let mut conn = pool.acquire().await.map_err(db_error)?;
-            if !self.scoped {
-                return Ok(conn);
-            }
-            match sqlx::raw_sql(AssertSqlSafe(set.clone()))
-                .execute(&mut *conn)
-                .await
-            {
-                Ok(_) => return Ok(conn),
+            match self.scope(&mut conn, rows).await {
+                Ok(()) => return Ok(conn),
                 Err(e) => replace_broken(pool, e, &mut broken)?,
             }
         }
+    }
+
+    /// Makes a connection just taken from a pool see `rows` (one round trip), when connections
+    /// are scoped; unscoped ones see every tenant from their start.
+    async fn scope(&self, conn: &mut PgConnection, rows: Rows) -> sqlx::Result<()> {
+        if !self.scoped {
+            return Ok(());
+        }
+        let set = format!("SET {TENANT_SETTING} = '{}'", rows.setting());
+        sqlx::raw_sql(AssertSqlSafe(set)).execute(conn).await?;
+        Ok(())
     }
 
     /// A transaction that sees `rows`: the setting is local to it, sent with its BEGIN.

@@ -568,17 +568,19 @@ async fn chain(conn: PoolConnection<Postgres>, table: Table, fenced: bool) -> Re
     })
 }
 
-/// The query's vector, once embedded, and `table`'s nearest neighbours of it on `chain` (none
-/// without a vector).
+/// `table`'s vector search on `conn` (inside [`FENCE`] when approximate, begun at once): the
+/// query's vector, once embedded, and its nearest neighbours (none without a vector), with the
+/// connection for the rest of the chain.
 async fn vector_hits(
-    chain: &mut Chain,
+    conn: PoolConnection<Postgres>,
     table: Table,
     q: &RecallQuery,
     vector: impl Future<Output = Option<Arc<[f32]>>>,
     vs: &SearchSettings,
     stats: ScopeStats,
     now: DateTime<Utc>,
-) -> Result<(Option<Arc<[f32]>>, Vec<Near>)> {
+) -> Result<(Chain, Option<Arc<[f32]>>, Vec<Near>)> {
+    let mut chain = chain(conn, table, approximate(stats, q, vs)).await?;
     let waited = Instant::now();
     let vector = vector.await;
     // How long the vector search, ready, still waited for the query's embedding: the
@@ -596,7 +598,7 @@ async fn vector_hits(
         }
         None => Vec::new(),
     };
-    Ok((vector, near))
+    Ok((chain, vector, near))
 }
 
 /// The BM25 scores of the candidates `ids` the full-text search did not rank.
@@ -798,7 +800,6 @@ impl PgStore {
         )
         .await?;
         let context = with_context(table, q);
-        let fenced = approximate(stats, q, vs);
         let (text, beside) =
             tokio::join!(self.text_hits(&mut conn, table, q, stats, vs, now), async {
                 // Nothing to search by vector: no second connection.
@@ -806,16 +807,7 @@ impl PgStore {
                     return None;
                 }
                 let second = self.idle_read_conn(q.tenant_id).await?;
-                Some(
-                    async {
-                        let mut chain = chain(second, table, fenced).await?;
-                        let (v, near) =
-                            vector_hits(&mut chain, table, q, vector.clone(), vs, stats, now)
-                                .await?;
-                        Ok::<_, memoire_core::Error>((chain, v, near))
-                    }
-                    .await,
-                )
+                Some(vector_hits(second, table, q, vector.clone(), vs, stats, now).await)
             });
         let (hits, terms, text_adjacent) = text?;
         // Fewer than the pool: every matching document is in it, and the others score 0.
@@ -829,20 +821,17 @@ impl PgStore {
                 (chain, vector, near, Some(conn))
             }
             None => {
-                let mut chain = chain(conn, table, fenced).await?;
                 // A connection for the text scores is looked for while the vector search runs.
                 let spare_needed = !text_complete && stats.vectors > 0;
-                let (found, spare) = tokio::join!(
-                    vector_hits(&mut chain, table, q, vector, vs, stats, now),
-                    async {
+                let (found, spare) =
+                    tokio::join!(vector_hits(conn, table, q, vector, vs, stats, now), async {
                         if spare_needed {
                             self.idle_read_conn(q.tenant_id).await
                         } else {
                             None
                         }
-                    }
-                );
-                let (v, near) = found?;
+                    });
+                let (chain, v, near) = found?;
                 (chain, v, near, spare)
             }
         };
