@@ -10,6 +10,8 @@ use memoire_core::{Error, Result};
 use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
+#[cfg(test)]
+use crate::bert::Isa;
 use crate::bert::{Bert, Config, has_bfloat_pairs};
 
 /// sentence-transformers' `max_seq_length` for this model family: longer inputs are truncated.
@@ -309,6 +311,36 @@ mod tests {
         let batch: Vec<String> = embedder.next_batch().into_iter().map(|(t, _)| t).collect();
         assert_eq!(batch, ["first", "third"]);
         assert!(embedder.waiting().is_empty());
+    }
+
+    /// The encoder's element-wise steps compiled for each instruction set this CPU has compute
+    /// the same bits as the baseline build: vectors stored before a change of machine (or of
+    /// this code) rank exactly as those written after.
+    #[test]
+    fn every_instruction_set_computes_the_same_bits() {
+        let model = Model::load(&model_dir(), has_bfloat_pairs())
+            .expect("the model files (scripts/setup.sh installs them)");
+        let texts = [
+            "Where does the user live now?",
+            "I just moved to Lisbon. The weather is lovely, and I love the pastries — especially on Fridays!",
+            "ok",
+        ];
+        let encodings: Vec<_> = texts
+            .iter()
+            .map(|t| model.tokenizer.encode(*t, true).expect("tokenize"))
+            .collect();
+        let ids: Vec<&[u32]> = encodings.iter().map(|e| e.get_ids()).collect();
+        let baseline = model.bert.encode_on(Isa::Baseline, &ids);
+        for isa in Isa::available() {
+            let got = model.bert.encode_on(isa, &ids);
+            for (a, b) in got.iter().zip(&baseline) {
+                let (a, b): (Vec<u32>, Vec<u32>) = (
+                    a.iter().map(|v| v.to_bits()).collect(),
+                    b.iter().map(|v| v.to_bits()).collect(),
+                );
+                assert_eq!(a, b, "{isa:?}");
+            }
+        }
     }
 
     /// Both packings of the dense layers, whichever kernel this CPU runs, against
