@@ -924,6 +924,8 @@ async fn a_recall_with_no_connection_to_spare_answers_and_ranks_alike() {
             .await
             .expect("teach");
         }
+        let shared = r#"memoire_recall_vector_search_total{table="memories",connection="shared"}"#;
+        let shared_before = server.metric(shared).await;
         let items = m
             .recall(pb::RecallRequest {
                 user_id: "u".into(),
@@ -936,6 +938,11 @@ async fn a_recall_with_no_connection_to_spare_answers_and_ranks_alike() {
             .into_inner()
             .items;
         assert_eq!(items.len(), 10, "pool of {pool}");
+        if pool == 1 {
+            // The operator sees that the vector search waited for the full text's connection
+            // (at least: the metrics are the process's, other tests' recalls count too).
+            assert!(server.metric(shared).await >= shared_before + 1.0);
+        }
         ranked.push(
             items
                 .iter()
