@@ -433,9 +433,11 @@ impl Bert {
         for layer in &self.layers {
             layer.qkv.forward(&x, rows, &mut qkv);
             for &(start, len) in &spans {
-                self.attention(
+                attention(
                     &qkv[start * 3 * h..][..len * 3 * h],
                     len,
+                    h,
+                    self.heads,
                     &mut context[start * h..][..len * h],
                 );
             }
@@ -468,50 +470,6 @@ impl Bert {
             .collect()
     }
 
-    /// Self-attention over one text's `len` tokens; `qkv` holds each token's query, key and
-    /// value side by side.
-    #[inline(always)]
-    fn attention(&self, qkv: &[f32], len: usize, out: &mut [f32]) {
-        let h = self.hidden;
-        let d = h / self.heads;
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut keys = vec![0f32; len * d];
-        let mut values = vec![0f32; len * d];
-        let mut scores = vec![0f32; len];
-        for head in 0..self.heads {
-            for t in 0..len {
-                let row = &qkv[t * 3 * h..][..3 * h];
-                keys[t * d..][..d].copy_from_slice(&row[h + head * d..][..d]);
-                values[t * d..][..d].copy_from_slice(&row[2 * h + head * d..][..d]);
-            }
-            for t in 0..len {
-                let query = &qkv[t * 3 * h + head * d..][..d];
-                let mut max = f32::NEG_INFINITY;
-                for (s, key) in scores.iter_mut().zip(keys.chunks_exact(d)) {
-                    *s = dot(query, key) * scale;
-                    max = max.max(*s);
-                }
-                // Exponentials first, then their sum in order: the first loop vectorizes.
-                scores.iter_mut().for_each(|s| *s = exp(*s - max));
-                let sum: f32 = scores.iter().fold(0.0, |sum, s| sum + s);
-                scores.iter_mut().for_each(|s| *s /= sum);
-                // The probability-weighted values, 16 outputs at a time summed in registers
-                // (through memory, each sum waited on the store of the one before).
-                let o = &mut out[t * h + head * d..][..d];
-                for (c, o) in o.chunks_mut(16).enumerate() {
-                    let mut acc = [0f32; 16];
-                    for (p, value) in scores.iter().zip(values.chunks_exact(d)) {
-                        let value = &value[c * 16..][..o.len()];
-                        for (a, v) in acc.iter_mut().zip(value) {
-                            *a += p * v;
-                        }
-                    }
-                    o.copy_from_slice(&acc[..o.len()]);
-                }
-            }
-        }
-    }
-
     #[inline(always)]
     fn activate(&self, x: &mut [f32]) {
         match self.activation {
@@ -527,6 +485,61 @@ impl Bert {
             Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
         }
     }
+}
+
+/// Self-attention over one text's `len` tokens of width `h` in `heads` heads; `qkv` holds each
+/// token's query, key and value side by side.
+#[inline(always)]
+fn attention(qkv: &[f32], len: usize, h: usize, heads: usize, out: &mut [f32]) {
+    let d = h / heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    let mut scores = vec![0f32; len];
+    let rows = || qkv[..len * 3 * h].chunks_exact(3 * h);
+    for head in 0..heads {
+        let keys = || rows().map(|row| &row[h + head * d..][..d]);
+        let values = || rows().map(|row| &row[2 * h + head * d..][..d]);
+        for (t, row) in rows().enumerate() {
+            let query = &row[head * d..][..d];
+            let mut max = f32::NEG_INFINITY;
+            for (s, key) in scores.iter_mut().zip(keys()) {
+                *s = dot(query, key) * scale;
+                max = max.max(*s);
+            }
+            // Exponentials first, then their sum in order: the first loop vectorizes.
+            scores.iter_mut().for_each(|s| *s = exp(*s - max));
+            let sum: f32 = scores.iter().fold(0.0, |sum, s| sum + s);
+            scores.iter_mut().for_each(|s| *s /= sum);
+            // The probability-weighted values, 16 outputs at a time summed in registers
+            // (through memory, each sum waited on the store of the one before).
+            let o = &mut out[t * h + head * d..][..d];
+            let mut chunks = o.chunks_exact_mut(16);
+            for (c, o) in (&mut chunks).enumerate() {
+                o.copy_from_slice(&weighted::<16>(&scores, values(), c * 16));
+            }
+            let tail = chunks.into_remainder();
+            let start = d - tail.len();
+            for (i, o) in tail.iter_mut().enumerate() {
+                *o = weighted::<1>(&scores, values(), start + i)[0];
+            }
+        }
+    }
+}
+
+/// Outputs `at..at + N` of one token's attention: the values (one slice per token) weighted by
+/// the probabilities `p`, summed in order. `N` fixed, the sums stay in registers.
+#[inline(always)]
+fn weighted<'a, const N: usize>(
+    p: &[f32],
+    values: impl Iterator<Item = &'a [f32]>,
+    at: usize,
+) -> [f32; N] {
+    let mut acc = [0f32; N];
+    for (p, value) in p.iter().zip(values) {
+        for (a, v) in acc.iter_mut().zip(&value[at..][..N]) {
+            *a += p * v;
+        }
+    }
+    acc
 }
 
 /// `e^x` without branches, so that loops over it vectorize (the C library's `expf` does not):
@@ -568,16 +581,48 @@ fn erf(x: f32) -> f32 {
     (1.0 - p * t * exp(-a * a)).copysign(x)
 }
 
+/// Rows a layer norm sums at once.
+const NORM_ROWS: usize = 8;
+
 impl LayerNorm {
     #[inline(always)]
     fn apply(&self, x: &mut [f32], width: usize) {
-        for row in x.chunks_exact_mut(width) {
+        // Each row's sums are added in order, one element after the other; eight rows at a time
+        // so that eight sums progress at once (one row's waited on each addition's latency).
+        let mut blocks = x.chunks_exact_mut(width * NORM_ROWS);
+        for block in &mut blocks {
+            let rows: [&[f32]; NORM_ROWS] = std::array::from_fn(|r| &block[r * width..][..width]);
+            // `Sum` for f32 starts from -0.0, which adds nothing: so do these.
+            let mut mean = [-0.0f32; NORM_ROWS];
+            for i in 0..width {
+                for (m, row) in mean.iter_mut().zip(&rows) {
+                    *m += row[i];
+                }
+            }
+            let mean = mean.map(|m| m / width as f32);
+            let mut var = [-0.0f32; NORM_ROWS];
+            for i in 0..width {
+                for ((v, row), m) in var.iter_mut().zip(&rows).zip(&mean) {
+                    *v += (row[i] - m) * (row[i] - m);
+                }
+            }
+            for (r, row) in block.chunks_exact_mut(width).enumerate() {
+                self.finish(row, mean[r], var[r] / width as f32);
+            }
+        }
+        for row in blocks.into_remainder().chunks_exact_mut(width) {
             let mean = row.iter().sum::<f32>() / width as f32;
             let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
-            let inv = 1.0 / (var + self.eps).sqrt();
-            for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
-                *v = (*v - mean) * inv * w + b;
-            }
+            self.finish(row, mean, var);
+        }
+    }
+
+    /// Normalizes `row` given its mean and variance.
+    #[inline(always)]
+    fn finish(&self, row: &mut [f32], mean: f32, var: f32) {
+        let inv = 1.0 / (var + self.eps).sqrt();
+        for ((v, w), b) in row.iter_mut().zip(&self.weight).zip(&self.bias) {
+            *v = (*v - mean) * inv * w + b;
         }
     }
 }
@@ -587,11 +632,14 @@ fn add(x: &mut [f32], y: &[f32]) {
     x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
 }
 
-/// A dot product in eight independent lanes, which the compiler vectorizes.
+/// The independent partial sums of [`dot`].
+const LANES: usize = 8;
+
+/// A dot product in [`LANES`] independent lanes, which the compiler vectorizes.
 #[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut lanes = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ca
         .remainder()
         .iter()
@@ -599,7 +647,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         .map(|(x, y)| x * y)
         .sum();
     for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
+        for i in 0..LANES {
             lanes[i] += x[i] * y[i];
         }
     }
@@ -698,7 +746,13 @@ fn for_each_tile(w: &Linear, rows: usize, step: usize, mut tile: impl FnMut(usiz
 fn store(w: &Linear, p: usize, r: usize, sums: &[[f32; PANEL]], y: &mut [f32]) {
     let cols = (w.outputs - p * PANEL).min(PANEL);
     for (i, row) in sums.iter().enumerate() {
-        y[(r + i) * w.outputs + p * PANEL..][..cols].copy_from_slice(&row[..cols]);
+        let at = (r + i) * w.outputs + p * PANEL;
+        if cols == PANEL {
+            // A whole panel: a copy of known length, a register's store (not a call).
+            y[at..][..PANEL].copy_from_slice(row);
+        } else {
+            y[at..][..cols].copy_from_slice(&row[..cols]);
+        }
     }
 }
 
@@ -819,7 +873,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Linear, PANEL, TILE_ROWS, for_each_tile, store};
+    use super::{Linear, PANEL, for_each_tile};
 
     /// # Safety
     /// The CPU must have AVX-512F and AVX-512 BF16; `packed` is `w`'s bfloat16 pairs, `x` holds
@@ -846,26 +900,49 @@ mod avx512 {
         // query: one panel a tile was 25% slower). Each sum is the same chain of products as
         // with one panel: the same bits.
         for_each_tile(w, rows, WIDE, |p, r, n| {
-            let mut sums = [[[0f32; PANEL]; TILE_ROWS]; WIDE];
+            // Each panel's real outputs (a matrix's last panel may have fewer than PANEL).
+            let masks: [u16; WIDE] = std::array::from_fn(|j| {
+                let cols = w.outputs.saturating_sub((p + j) * PANEL).min(PANEL);
+                ((1u32 << cols) - 1) as u16
+            });
             let here = (panels - p).min(WIDE);
-            // SAFETY: each of the `here` panels has pairs × 2 × PANEL bfloat16s, rows r..r+n of
-            // `paired` exist, and the features were checked by the caller.
+            // SAFETY: each of the `here` panels has pairs × 2 × PANEL bfloat16s and PANEL
+            // biases, rows r..r+n of `paired` exist, rows r..r+n of `y` have the masked outputs
+            // of those panels, and the features were checked by the caller.
             unsafe {
-                let panel = packed.as_ptr().add(p * pairs * 2 * PANEL);
-                let bias = w.bias.as_ptr().add(p * PANEL);
-                let xs = paired.as_ptr().add(r * pairs);
-                let s = &mut sums;
+                let t = Tile {
+                    x: paired.as_ptr().add(r * pairs),
+                    pairs,
+                    panel: packed.as_ptr().add(p * pairs * 2 * PANEL),
+                    bias: w.bias.as_ptr().add(p * PANEL),
+                    y: y.as_mut_ptr().add(r * w.outputs + p * PANEL),
+                    outputs: w.outputs,
+                    masks,
+                };
                 match here {
-                    WIDE => rows_of::<WIDE>(n, xs, pairs, panel, bias, s),
-                    3 => rows_of::<3>(n, xs, pairs, panel, bias, s),
-                    2 => rows_of::<2>(n, xs, pairs, panel, bias, s),
-                    _ => rows_of::<1>(n, xs, pairs, panel, bias, s),
+                    WIDE => rows_of::<WIDE>(n, &t),
+                    3 => rows_of::<3>(n, &t),
+                    2 => rows_of::<2>(n, &t),
+                    _ => rows_of::<1>(n, &t),
                 }
             }
-            for (j, sums) in sums[..here].iter().enumerate() {
-                store(w, p + j, r, &sums[..n], y);
-            }
         });
+    }
+
+    /// Where one call of [`tile`] reads and writes.
+    struct Tile {
+        /// The first row of paired activations (row stride `pairs`).
+        x: *const u32,
+        pairs: usize,
+        /// The first panel (the others follow it).
+        panel: *const half::bf16,
+        /// Its biases (the others' follow).
+        bias: *const f32,
+        /// The first output of the first row (row stride `outputs`).
+        y: *mut f32,
+        outputs: usize,
+        /// Each panel's real outputs.
+        masks: [u16; WIDE],
     }
 
     /// Panels per tile: 6 rows × 4 panels of sums, 4 weight registers and a broadcast are 29 of
@@ -875,23 +952,16 @@ mod avx512 {
     /// [`tile`] for `n` rows.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[inline]
-    unsafe fn rows_of<const P: usize>(
-        n: usize,
-        xs: *const u32,
-        pairs: usize,
-        panel: *const half::bf16,
-        bias: *const f32,
-        s: &mut [[[f32; PANEL]; TILE_ROWS]; WIDE],
-    ) {
+    unsafe fn rows_of<const P: usize>(n: usize, t: &Tile) {
         // SAFETY: as for `tile`, which the caller guarantees.
         unsafe {
             match n {
-                6 => tile::<6, P>(xs, pairs, panel, bias, s),
-                5 => tile::<5, P>(xs, pairs, panel, bias, s),
-                4 => tile::<4, P>(xs, pairs, panel, bias, s),
-                3 => tile::<3, P>(xs, pairs, panel, bias, s),
-                2 => tile::<2, P>(xs, pairs, panel, bias, s),
-                _ => tile::<1, P>(xs, pairs, panel, bias, s),
+                6 => tile::<6, P>(t),
+                5 => tile::<5, P>(t),
+                4 => tile::<4, P>(t),
+                3 => tile::<3, P>(t),
+                2 => tile::<2, P>(t),
+                _ => tile::<1, P>(t),
             }
         }
     }
@@ -915,40 +985,36 @@ mod avx512 {
         }
     }
 
-    /// `R` rows of paired activations (row stride `pairs`) times `P` consecutive panels, plus
-    /// bias, into `sums[..P][..R]`.
+    /// `R` rows of paired activations times `P` consecutive panels, plus bias, stored to the
+    /// outputs (each panel's masked).
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[inline]
-    unsafe fn tile<const R: usize, const P: usize>(
-        x: *const u32,
-        pairs: usize,
-        panel: *const half::bf16,
-        bias: *const f32,
-        sums: &mut [[[f32; PANEL]; TILE_ROWS]; WIDE],
-    ) {
-        // SAFETY: the caller guarantees R rows of `pairs` u32 at x, and P panels of pairs × 2 ×
-        // PANEL bfloat16s at panel with their P × PANEL biases at bias.
+    unsafe fn tile<const R: usize, const P: usize>(t: &Tile) {
+        // SAFETY: the caller guarantees R rows of `pairs` u32 at x, P panels of pairs × 2 ×
+        // PANEL bfloat16s at panel with their P × PANEL biases at bias, and R rows of outputs
+        // at y, each panel's masked ones within the row.
         unsafe {
-            let stride = pairs * 2 * PANEL;
+            let stride = t.pairs * 2 * PANEL;
             let mut acc: [[__m512; R]; P] =
-                std::array::from_fn(|j| [_mm512_loadu_ps(bias.add(j * PANEL)); R]);
-            for q in 0..pairs {
+                std::array::from_fn(|j| [_mm512_loadu_ps(t.bias.add(j * PANEL)); R]);
+            for q in 0..t.pairs {
                 let wq: [__m512bh; P] = std::array::from_fn(|j| {
                     std::mem::transmute(_mm512_loadu_si512(
-                        panel.add(j * stride + q * 2 * PANEL).cast(),
+                        t.panel.add(j * stride + q * 2 * PANEL).cast(),
                     ))
                 });
                 for i in 0..R {
                     let xq: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*x.add(i * pairs + q) as i32));
+                        std::mem::transmute(_mm512_set1_epi32(*t.x.add(i * t.pairs + q) as i32));
                     for (sums, w) in acc.iter_mut().zip(&wq) {
                         sums[i] = _mm512_dpbf16_ps(sums[i], xq, *w);
                     }
                 }
             }
-            for (acc, sums) in acc.iter().zip(sums.iter_mut()) {
-                for (a, s) in acc.iter().zip(sums.iter_mut()) {
-                    _mm512_storeu_ps(s.as_mut_ptr(), *a);
+            for (j, acc) in acc.iter().enumerate() {
+                for (i, a) in acc.iter().enumerate() {
+                    let at = t.y.add(i * t.outputs + j * PANEL);
+                    _mm512_mask_storeu_ps(at, t.masks[j], *a);
                 }
             }
         }
@@ -1061,6 +1127,80 @@ mod tests {
         }
         assert_eq!(exp(-200.0), exp(-87.0));
         assert_eq!(erf(9.0), 1.0);
+    }
+
+    #[test]
+    fn a_layer_norm_of_rows_at_once_computes_the_bits_of_each_row_alone() {
+        let width = 37;
+        let norm = LayerNorm {
+            weight: values(width, 6),
+            bias: values(width, 7),
+            eps: 1e-12,
+        };
+        // Two blocks of rows and a remainder.
+        let rows = 2 * NORM_ROWS + 3;
+        let mut x: Vec<f32> = values(rows * width, 8)
+            .iter()
+            .map(|v| v * 3.0 + 0.5)
+            .collect();
+        let mut want = x.clone();
+        for row in want.chunks_exact_mut(width) {
+            let mean = row.iter().sum::<f32>() / width as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / width as f32;
+            let inv = 1.0 / (var + norm.eps).sqrt();
+            for ((v, w), b) in row.iter_mut().zip(&norm.weight).zip(&norm.bias) {
+                *v = (*v - mean) * inv * w + b;
+            }
+        }
+        norm.apply(&mut x, width);
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&x), bits(&want));
+    }
+
+    /// Attention as it was written before it summed the weighted values in registers and read
+    /// the keys and values in place.
+    fn attention_key_by_key(qkv: &[f32], len: usize, h: usize, heads: usize) -> Vec<f32> {
+        let d = h / heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let mut out = vec![0f32; len * h];
+        let mut scores = vec![0f32; len];
+        for head in 0..heads {
+            for t in 0..len {
+                let query = &qkv[t * 3 * h + head * d..][..d];
+                let mut max = f32::NEG_INFINITY;
+                for (s, score) in scores.iter_mut().enumerate() {
+                    *score = dot(query, &qkv[s * 3 * h + h + head * d..][..d]) * scale;
+                    max = max.max(*score);
+                }
+                let mut sum = 0.0;
+                for s in scores.iter_mut() {
+                    *s = exp(*s - max);
+                    sum += *s;
+                }
+                let o = &mut out[t * h + head * d..][..d];
+                for (s, score) in scores.iter().enumerate() {
+                    let p = score / sum;
+                    let value = &qkv[s * 3 * h + 2 * h + head * d..][..d];
+                    for (o, v) in o.iter_mut().zip(value) {
+                        *o += p * v;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn attention_computes_the_bits_it_computed_through_copies_and_memory() {
+        // Heads of 32 (whole lanes, as all-MiniLM-L6-v2's) and of 13 (a tail past the lanes).
+        for (h, heads, len) in [(64, 2, 9), (39, 3, 17), (32, 1, 1)] {
+            let qkv: Vec<f32> = values(len * 3 * h, 9).iter().map(|v| v * 4.0).collect();
+            let mut got = vec![f32::NAN; len * h];
+            attention(&qkv, len, h, heads, &mut got);
+            let want = attention_key_by_key(&qkv, len, h, heads);
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "h {h}, heads {heads}, len {len}");
+        }
     }
 
     #[test]
