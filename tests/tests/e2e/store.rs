@@ -930,3 +930,55 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
         "the heads' top 10 found {overlap} of the exact top 10s' {asked}"
     );
 }
+
+/// A long memory's and a long turn's vectors stay in their rows (migration 0018): out of line,
+/// in TOAST, an exact vector search fetched every vector through the TOAST index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_rows_keep_their_vectors_inline() {
+    let server = TestServer::start().await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    // Some 600 characters of words that do not repeat (compressed, repetitive text fits).
+    let long: String = (0..90)
+        .map(|i| format!("w{}x{}", i * 7919 % 1000, i * 104_729 % 997))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(long.len() > 600);
+    let mut m = client.memory();
+    m.teach(fact("u", &long)).await.expect("teach");
+    m.ingest(pb::IngestRequest {
+        user_id: "u".into(),
+        session_id: "s".into(),
+        messages: vec![pb::Message {
+            role: pb::MessageRole::User as i32,
+            content: long.clone(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+    .await
+    .expect("ingest");
+    server.wait_embedded(Duration::from_secs(30)).await;
+    for table in ["memories", "episodes"] {
+        let storage: String = sqlx::query_scalar(
+            "SELECT attstorage::text FROM pg_attribute \
+             WHERE attrelid = $1::regclass AND attname = 'embedding'",
+        )
+        .bind(table)
+        .fetch_one(server.pool())
+        .await
+        .expect("storage");
+        assert_eq!(storage, "m", "{table}.embedding is stored MAIN");
+        // The stored size of each vector: in the row, 8 bytes of header and 384 floats; out of
+        // line, what its TOAST chunks hold — the same but the 4-byte length word.
+        let sizes: Vec<i32> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT pg_column_size(embedding) FROM {table} WHERE embedding IS NOT NULL"
+        )))
+        .fetch_all(server.pool())
+        .await
+        .expect("sizes");
+        assert!(!sizes.is_empty(), "{table}: no vector");
+        for size in sizes {
+            assert_eq!(size, 8 + 384 * 4, "{table}: a vector stored out of line");
+        }
+    }
+}
