@@ -171,6 +171,8 @@ pub struct Bert {
     position: Vec<f32>,
     embedding_norm: LayerNorm,
     layers: Vec<Layer>,
+    /// What the element-wise steps run as: the widest this CPU has, found once at load.
+    isa: Isa,
 }
 
 /// Why a model directory could not be loaded.
@@ -335,6 +337,7 @@ impl Bert {
             position,
             embedding_norm,
             layers,
+            isa: Isa::best(),
         })
     }
 
@@ -360,14 +363,14 @@ impl Bert {
                 return Err(format!("token id {id} is outside the vocabulary ({vocab})"));
             }
         }
-        Ok(self.encode_on(Isa::best(), texts))
+        Ok(self.encode_on(self.isa, texts))
     }
 
     /// [`Bert::embed`]'s arithmetic, compiled for `isa` (the caller checked that the CPU has it).
     #[allow(unsafe_code)]
     pub(crate) fn encode_on(&self, isa: Isa, texts: &[&[u32]]) -> Vec<Vec<f32>> {
         match isa {
-            // SAFETY: `Isa::available` found it on this CPU (the caller's contract).
+            // SAFETY: `Isa::available` found it on this CPU (`Bert::load`'s, or the caller's).
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => unsafe { self.encode_avx512(texts) },
             // SAFETY: as above.

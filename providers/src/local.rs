@@ -10,8 +10,6 @@ use memoire_core::{Error, Result};
 use tokenizers::{Tokenizer, TruncationParams};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
-#[cfg(test)]
-use crate::bert::Isa;
 use crate::bert::{Bert, Config, has_bfloat_pairs};
 
 /// sentence-transformers' `max_seq_length` for this model family: longer inputs are truncated.
@@ -287,6 +285,7 @@ impl Embedder for LocalEmbedder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bert::Isa;
 
     fn model_dir() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models/all-MiniLM-L6-v2")

@@ -812,14 +812,14 @@ impl PgStore {
         let (hits, terms, text_adjacent) = text?;
         // Fewer than the pool: every matching document is in it, and the others score 0.
         let text_complete = hits.len() < q.candidates;
-        // The full-text-only candidates' vector scores come with hydration (the same rows, one
-        // statement) on the vector search's connection; the vector-only candidates' text scores
-        // on another, when there is one: the full text's, or one idle now.
         if stats.vectors > 0 {
             let connection = if beside.is_some() { "second" } else { "shared" };
             metrics::counter!("memoire_recall_vector_search_total", "table" => table.name(), "connection" => connection)
                 .increment(1);
         }
+        // The full-text-only candidates' vector scores come with hydration (the same rows, one
+        // statement) on the vector search's connection; the vector-only candidates' text scores
+        // on another, when there is one: the full text's, or one idle now.
         let (mut chain, vector, near_all, spare) = match beside {
             Some(found) => {
                 let (chain, vector, near) = found?;
