@@ -54,6 +54,7 @@ const ANALYZED_TABLES: &[&str] = &[
     "memories",
     "memory_access",
     "memory_terms",
+    "memory_vectors",
     "memory_versions",
 ];
 

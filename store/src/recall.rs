@@ -9,7 +9,8 @@
 //! document frequencies of scopes of 1,000 documents or more).
 //!
 //! Vector search returns the true top-k of the caller's scope: scopes with at most
-//! `exact_search_max_scope` vectors are searched exactly (the per-user index, then distances);
+//! `exact_search_max_scope` vectors are searched exactly (the per-user index, then distances;
+//! memories' from their narrow vector rows, `memory_vectors`, when the query allows);
 //! larger ones use the model's partial HNSW index with pgvector's iterative scan, so that the
 //! tenant/user filter does not starve the result (with sorts and JIT off, in a read-only
 //! transaction opened while the query embeds: the planner's statistics may lag a burst of writes,
@@ -127,25 +128,48 @@ impl Table {
     }
 }
 
-/// Pushes `FROM <table> m [version join] WHERE <scope and filters>` for `q`; with `scored`, the
-/// documents come from the `scored` CTE (`s.doc_id`).
+/// Where [`push_scope`]'s rows come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rows {
+    /// The table itself.
+    Table,
+    /// The documents of the `scored` CTE (`s.doc_id`), each by its primary key.
+    Scored,
+    /// Memories' narrow vector rows (migration 0019), for an exact vector search that
+    /// [`reads_vectors_only`].
+    Vectors,
+}
+
+/// Whether an exact vector search of memories for `q` can read `memory_vectors` instead of
+/// `memories`: it filters on nothing those rows do not hold (scope, status, expiry, confidence).
+fn reads_vectors_only(table: Table, q: &RecallQuery) -> bool {
+    table == Table::Memories
+        && q.as_of.is_none()
+        && q.kinds.is_empty()
+        && q.tags.is_empty()
+        && q.slot.is_none()
+        && q.created_after.is_none()
+        && q.created_before.is_none()
+}
+
+/// Pushes `FROM <rows> m [version join] WHERE <scope and filters>` for `q`.
 fn push_scope(
     b: &mut QueryBuilder<Postgres>,
     table: Table,
     q: &RecallQuery,
     now: DateTime<Utc>,
-    scored: bool,
+    rows: Rows,
 ) {
-    if scored {
+    match rows {
         // Each scored document by its primary key (fenced, so that stale statistics cannot turn
         // it into a scan of the scope per document).
-        b.push(format!(
+        Rows::Scored => b.push(format!(
             " FROM scored s CROSS JOIN LATERAL (SELECT * FROM {} x WHERE x.id = s.doc_id OFFSET 0) m",
             table.name()
-        ));
-    } else {
-        b.push(format!(" FROM {} m", table.name()));
-    }
+        )),
+        Rows::Table => b.push(format!(" FROM {} m", table.name())),
+        Rows::Vectors => b.push(" FROM memory_vectors m"),
+    };
     let statuses: &[&str] = if q.include_superseded {
         &["active", "superseded"]
     } else {
@@ -354,7 +378,7 @@ async fn bm25(
         None => bm25::push_full_scan(&mut b, table.postings(), q, &terms, corpus, pool),
     }
     b.push(" SELECT m.id, s.score");
-    push_scope(&mut b, table, q, now, true);
+    push_scope(&mut b, table, q, now, Rows::Scored);
     b.push(" ORDER BY s.score DESC, m.id LIMIT ")
         .push_bind(q.candidates as i64);
     let hits = b
@@ -452,7 +476,8 @@ async fn nearest(
     let model = settings.model.replace('\'', "");
     let exact = !approximate(stats, q, settings);
     let distance = if exact {
-        // Not the indexed expression: the per-user index narrows, then every distance is computed.
+        // Not the indexed expression: the scope's rows, then every distance. They are memories'
+        // narrow vector rows when the search filters on nothing else ([`reads_vectors_only`]).
         "m.embedding <=> ".to_owned()
     } else {
         format!("m.embedding::vector({dims}) <=> ")
@@ -475,7 +500,12 @@ async fn nearest(
     b.push(&distance)
         .push_bind(Vector::from(vector.to_vec()))
         .push(format!("::vector({dims})))::float4 AS sim"));
-    push_scope(&mut b, table, q, now, false);
+    let rows = if exact && reads_vectors_only(table, q) {
+        Rows::Vectors
+    } else {
+        Rows::Table
+    };
+    push_scope(&mut b, table, q, now, rows);
     b.push(format!(" AND m.embedding_model = '{model}' ORDER BY "));
     if exact {
         // By the similarity already computed for the select list: one distance per row, not

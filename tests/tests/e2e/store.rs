@@ -472,6 +472,7 @@ async fn row_level_security_is_a_wall_of_its_own() {
         "api_keys",
         "memories",
         "memory_versions",
+        "memory_vectors",
         "episodes",
     ] {
         assert!(
@@ -515,6 +516,7 @@ async fn rls_counts(
         "memory_versions",
         "episodes",
         "memory_terms",
+        "memory_vectors",
         "episode_terms",
         "audit_log",
         "edges",
@@ -931,8 +933,8 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
     );
 }
 
-/// A long memory's and a long turn's vectors stay in their rows (migration 0018): out of line,
-/// in TOAST, an exact vector search fetched every vector through the TOAST index.
+/// A long memory's and a long turn's vectors stay in their rows (migrations 0018 and 0019): out
+/// of line, in TOAST, an exact vector search fetched every vector through the TOAST index.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_rows_keep_their_vectors_inline() {
     let server = TestServer::start().await;
@@ -958,7 +960,7 @@ async fn long_rows_keep_their_vectors_inline() {
     .await
     .expect("ingest");
     server.wait_embedded(Duration::from_secs(30)).await;
-    for table in ["memories", "episodes"] {
+    for table in ["memories", "memory_vectors", "episodes"] {
         let storage: String = sqlx::query_scalar(
             "SELECT attstorage::text FROM pg_attribute \
              WHERE attrelid = $1::regclass AND attname = 'embedding'",
@@ -981,4 +983,103 @@ async fn long_rows_keep_their_vectors_inline() {
             assert_eq!(size, 8 + 384 * 4, "{table}: a vector stored out of line");
         }
     }
+}
+
+/// What `memory_vectors` holds (migration 0019) against what `memories` says it must: each
+/// memory with a vector, with its scope, status, expiry, confidence, model and vector.
+async fn vector_rows_mismatch(server: &TestServer) -> (i64, i64, i64) {
+    let columns = "id, tenant_id, user_id, namespace, status, expires_at, confidence, \
+                   embedding_model, embedding";
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT (SELECT count(*) FROM memory_vectors), \
+                (SELECT count(*) FROM (SELECT {columns} FROM memories WHERE embedding IS NOT NULL \
+                 EXCEPT SELECT {columns} FROM memory_vectors) x), \
+                (SELECT count(*) FROM (SELECT {columns} FROM memory_vectors \
+                 EXCEPT SELECT {columns} FROM memories WHERE embedding IS NOT NULL) x)"
+    )))
+    .fetch_one(server.pool())
+    .await
+    .expect("compare")
+}
+
+/// The narrow vector rows an exact search reads (migration 0019) follow their memories through
+/// every write: a new memory, a supersession, a correction of confidence and expiry, a
+/// tombstone, a purge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_vectors_follow_their_memories() {
+    let server = TestServer::start().await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let mut m = client.memory();
+    let mut taught = Vec::new();
+    for (content, slot) in [
+        ("Lives in Oslo", Some("user.home_city")),
+        ("Lives in Bergen", Some("user.home_city")),
+        ("Plays chess on Sundays", None),
+        ("Has a cat named Miso", None),
+        ("Keeps bees in the garden", None),
+    ] {
+        let r = m
+            .teach(pb::TeachRequest {
+                slot: slot.map(str::to_owned),
+                ..fact("u", content)
+            })
+            .await
+            .expect("teach")
+            .into_inner();
+        taught.push(r.memory.expect("memory").id);
+    }
+    assert_eq!(
+        vector_rows_mismatch(&server).await,
+        (5, 0, 0),
+        "after teaching"
+    );
+    let superseded: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM memory_vectors WHERE status = 'superseded'")
+            .fetch_one(server.pool())
+            .await
+            .expect("count");
+    assert_eq!(superseded, 1, "Bergen supersedes Oslo");
+
+    let tomorrow = chrono::Utc::now() + chrono::Duration::days(1);
+    m.teach(pb::TeachRequest {
+        user_id: "u".into(),
+        memory_id: Some(taught[2].clone()),
+        confidence: Some(0.25),
+        expires_at: Some(prost_types::Timestamp {
+            seconds: tomorrow.timestamp(),
+            nanos: 0,
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("correct");
+    let (confidence, expires): (f32, Option<chrono::DateTime<chrono::Utc>>) =
+        sqlx::query_as("SELECT confidence, expires_at FROM memory_vectors WHERE id = $1::uuid")
+            .bind(&taught[2])
+            .fetch_one(server.pool())
+            .await
+            .expect("row");
+    assert_eq!(
+        (confidence, expires.map(|t| t.timestamp())),
+        (0.25, Some(tomorrow.timestamp()))
+    );
+
+    m.forget(pb::ForgetRequest {
+        memory_ids: vec![taught[3].clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("tombstone");
+    m.forget(pb::ForgetRequest {
+        memory_ids: vec![taught[4].clone()],
+        mode: pb::ForgetMode::Purge as i32,
+        ..Default::default()
+    })
+    .await
+    .expect("purge");
+    assert_eq!(
+        vector_rows_mismatch(&server).await,
+        (4, 0, 0),
+        "after a correction, a tombstone and a purge"
+    );
 }
