@@ -12,7 +12,8 @@ For each scope (memories of the searched user; `--scopes 1000,10000,100000`, def
   - insert: `add` against Teach, one call each in turn, at concurrency 1;
   - search: `search(top_k=10)` against `Recall(k=10)`, in turn at concurrency 1, then in rounds at
     concurrency 4 (four threads on one system, then on the other).
-Prints p50 / p95 ms and calls/s of both, the ratio of the p95s, and results returned per k.
+Prints p50 / p95 ms and calls/s of both, the ratio of the p95s, and results returned per k; and
+where Mémoire's CPU goes per search at c=4 (its server, Postgres, this client), from /proc.
 
     make bench-peer                         # installs the peer into .venv-peer first
     make bench-peer ARGS="--scopes 1000 --queries 100"
@@ -156,16 +157,53 @@ def alternate(systems, op: str, args: list) -> dict:
     return {name: (lat, got, sum(lat)) for name, (lat, got) in out.items()}
 
 
-def rounds(systems, user: str, qs: list[str], threads: int = 4, per_round: int = 50) -> dict:
-    """Rounds of `per_round` searches from `threads` threads, one system after the other."""
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds the processes `pids` have used (those still running)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_pids() -> list[int]:
+    """The local Postgres's processes (its backends come and go with connections)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().strip() == "postgres":
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
+
+
+def rounds(systems, user: str, qs: list[str], threads: int = 4, per_round: int = 50,
+           server_pid: int | None = None, cpu: dict | None = None) -> dict:
+    """Rounds of `per_round` searches from `threads` threads, one system after the other. With
+    `cpu`, adds the CPU seconds Mémoire's rounds cost its server (`server_pid`), Postgres and this
+    process to `cpu["server"]`, `cpu["postgres"]`, `cpu["client"]`."""
     out = {name: ([], [], 0.0) for name, _ in systems}
     with cf.ThreadPoolExecutor(threads) as pool:
         for start in range(0, len(qs), per_round):
             chunk = qs[start:start + per_round]
             for name, system in systems:
+                measured = cpu is not None and name == "Mémoire"
+                if measured:
+                    pg = postgres_pids()
+                    before = (cpu_seconds([server_pid]), cpu_seconds(pg), cpu_seconds([os.getpid()]))
                 began = time.perf_counter()
                 results = list(pool.map(lambda q: timed(system.search, user, q), chunk))
                 wall = time.perf_counter() - began
+                if measured:
+                    after = (cpu_seconds([server_pid]), cpu_seconds(sorted(set(pg) | set(postgres_pids()))),
+                             cpu_seconds([os.getpid()]))
+                    for key, b, a in zip(("server", "postgres", "client"), before, after):
+                        cpu[key] = cpu.get(key, 0.0) + a - b
                 lat, got, total = out[name]
                 lat.extend(r[0] for r in results)
                 got.extend(r[1] for r in results)
@@ -275,7 +313,10 @@ def main() -> None:
                 before = server_times(srv.http)
                 lines.append(row(scope, "search", 1, alternate(systems, "search", [(user, q) for q in qs]), 10))
                 print(profile(scope, before, server_times(srv.http)), file=sys.stderr)
-                lines.append(row(scope, "search", 4, rounds(systems, user, qs), 10))
+                cpu: dict = {}
+                lines.append(row(scope, "search", 4, rounds(systems, user, qs, server_pid=srv.proc.pid, cpu=cpu), 10))
+                print(f"bench-peer: Mémoire at {scope:,}, search c=4, CPU ms per search: "
+                      + "; ".join(f"{k} {v / len(qs) * 1000:.2f}" for k, v in cpu.items()), file=sys.stderr)
                 print("\n".join(lines[-3:]), file=sys.stderr)
     finally:
         conftest.psql(f"DROP DATABASE IF EXISTS {peer_db} WITH (FORCE)")
