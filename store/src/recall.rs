@@ -141,15 +141,10 @@ enum Rows {
 }
 
 /// Whether an exact vector search of memories for `q` can read `memory_vectors` instead of
-/// `memories`: it filters on nothing those rows do not hold (scope, status, expiry, confidence).
+/// `memories`: it filters on nothing those rows do not hold (they hold the scope, status,
+/// expiry and confidence, not what [`has_filters`] looks for).
 fn reads_vectors_only(table: Table, q: &RecallQuery) -> bool {
-    table == Table::Memories
-        && q.as_of.is_none()
-        && q.kinds.is_empty()
-        && q.tags.is_empty()
-        && q.slot.is_none()
-        && q.created_after.is_none()
-        && q.created_before.is_none()
+    table == Table::Memories && !has_filters(q)
 }
 
 /// Pushes `FROM <rows> m [version join] WHERE <scope and filters>` for `q`.
