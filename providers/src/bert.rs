@@ -1024,6 +1024,12 @@ mod avx512 {
     }
 }
 
+/// Each value's bits, for tests that require the same arithmetic, not merely close results.
+#[cfg(test)]
+pub(crate) fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1156,7 +1162,6 @@ mod tests {
             }
         }
         norm.apply(&mut x, width);
-        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&x), bits(&want));
     }
 
@@ -1201,7 +1206,6 @@ mod tests {
             let mut got = vec![f32::NAN; len * h];
             attention(&qkv, len, h, heads, &mut got);
             let want = attention_key_by_key(&qkv, len, h, heads);
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&got), bits(&want), "h {h}, heads {heads}, len {len}");
         }
     }

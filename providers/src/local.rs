@@ -285,7 +285,7 @@ impl Embedder for LocalEmbedder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bert::Isa;
+    use crate::bert::{Isa, bits};
 
     fn model_dir() -> std::path::PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../.models/all-MiniLM-L6-v2")
@@ -333,11 +333,7 @@ mod tests {
         for isa in Isa::available() {
             let got = model.bert.encode_on(isa, &ids);
             for (a, b) in got.iter().zip(&baseline) {
-                let (a, b): (Vec<u32>, Vec<u32>) = (
-                    a.iter().map(|v| v.to_bits()).collect(),
-                    b.iter().map(|v| v.to_bits()).collect(),
-                );
-                assert_eq!(a, b, "{isa:?}");
+                assert_eq!(bits(a), bits(b), "{isa:?}");
             }
         }
     }
