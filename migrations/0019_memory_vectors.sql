@@ -44,8 +44,9 @@ BEGIN
     RETURN NULL;
 END;
 $$;
+-- A memory written without a vector has nothing to copy.
 CREATE TRIGGER memories_vectors_insert AFTER INSERT ON memories
-    FOR EACH ROW EXECUTE FUNCTION memoire_memory_vectors();
+    FOR EACH ROW WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION memoire_memory_vectors();
 -- Only when something the exact search reads changed (not on access statistics, importance,
 -- versions or content alone).
 CREATE TRIGGER memories_vectors_update AFTER UPDATE ON memories
