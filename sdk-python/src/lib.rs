@@ -10,6 +10,8 @@
 //! id changes (a forked child cannot use its parent's threads). [`shutdown`] stops it from
 //! Python's `atexit`, with the GIL released, before the interpreter finalizes.
 
+mod replies;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -313,6 +315,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeClient>()?;
     m.add_function(wrap_pyfunction!(shutdown, m)?)?;
     m.add_function(wrap_pyfunction!(file_descriptor_set, m)?)?;
+    m.add_function(wrap_pyfunction!(replies::decode_reply, m)?)?;
     m.add("CallError", m.py().get_type::<CallError>())?;
     Ok(())
 }

@@ -1,6 +1,6 @@
 """Type stubs of the native module (Rust, PyO3)."""
 
-from typing import Callable, Optional, Tuple, final
+from typing import Any, Callable, Dict, Optional, Tuple, final
 
 class CallError(Exception):
     """args: (kind, message, field)."""
@@ -25,3 +25,4 @@ class NativeClient:
 
 def shutdown() -> None: ...
 def file_descriptor_set() -> bytes: ...
+def decode_reply(message: str, bytes: bytes) -> Dict[str, Any]: ...

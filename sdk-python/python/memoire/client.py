@@ -275,6 +275,13 @@ def _encode(method: str, request: Dict[str, Any]) -> bytes:
         raise MemoireError(f"{method}: the request cannot be encoded: {e}") from None
 
 
+def _decode(method: str, reply: bytes) -> Dict[str, Any]:
+    try:
+        return _messages.decode(method, reply)
+    except ValueError as e:  # malformed bytes
+        raise MemoireError(f"{method}: the reply cannot be decoded: {e}") from None
+
+
 def _trace_context() -> Tuple[Optional[str], Optional[str]]:
     """The W3C trace context (traceparent, tracestate) of the caller's current OpenTelemetry span,
     so that the server traces the call under it; (None, None) without the `opentelemetry`
@@ -296,7 +303,7 @@ class Memoire(_Api):
             reply = self._native.call(path, body, _idempotent(method, request), timeout, *_trace_context())
         except _native.CallError as e:
             raise from_native(*e.args) from None
-        return _messages.decode(method, reply)
+        return _decode(method, reply)
 
 
 class AsyncMemoire(_Api):
@@ -315,9 +322,9 @@ class AsyncMemoire(_Api):
                 future.set_exception(from_native(*error))
                 return
             try:
-                future.set_result(_messages.decode(method, reply or b""))
-            except Exception as e:  # a reply that cannot be decoded
-                future.set_exception(MemoireError(f"{method}: the reply cannot be decoded: {e}"))
+                future.set_result(_decode(method, reply or b""))
+            except MemoireError as e:  # a reply that cannot be decoded
+                future.set_exception(e)
 
         def done(reply: Optional[bytes], error: Optional[tuple]) -> None:
             # On a runtime thread: hand over to the loop's thread. A closed loop has no one
