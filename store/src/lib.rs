@@ -9,12 +9,14 @@
 //! - `transfer`: export and import as JSON Lines.
 //! - `schema`: migrations and the per-model vector indexes.
 //! - `recall`: BM25 and vector candidates for Recall, hydrated as of a time.
+//! - `access`: Recall's access statistics, written behind the replies in batches.
 //! - `cache`: Redis (fred) as a best-effort cache.
 //! - `ratelimit`: the rate limits every replica shares, decided by one Lua script in Redis.
 //! - `conscious`: the working memory (essential memories, recent turns), built from Postgres and
 //!   kept in Redis under generation keys that every write bumps.
 //! - `error`: sqlx errors classified by SQLSTATE into the domain error.
 
+mod access;
 mod bm25;
 mod cache;
 mod conscious;
@@ -155,6 +157,7 @@ pub struct PgStore {
     stats_cache: Arc<recall::StatsCache>,
     principals: Arc<tenants::PrincipalCache>,
     backlogs: Arc<episodes::BacklogCache>,
+    access: Arc<access::AccessLog>,
 }
 
 impl PgStore {
@@ -227,6 +230,7 @@ impl PgStore {
             stats_cache: Arc::default(),
             principals: Arc::default(),
             backlogs: Arc::default(),
+            access: Arc::default(),
         }
     }
 

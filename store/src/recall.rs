@@ -981,31 +981,6 @@ impl PgStore {
         };
         Ok((hits, terms, adjacent))
     }
-
-    /// Records that recall returned these memories (last access time, count) in
-    /// `memory_access`, never in the memories' own rows (migration 0008). Meant to run in the
-    /// background, after the reply.
-    pub async fn touch_memories(&self, tenant_id: Uuid, ids: &[Uuid]) -> Result<()> {
-        if ids.is_empty() {
-            return Ok(());
-        }
-        // In id order, so that two recalls touching the same memories cannot deadlock; only
-        // memories that still exist (one may have been deleted since the recall).
-        sqlx::query(
-            "INSERT INTO memory_access (memory_id, last_accessed_at, hits) \
-             SELECT id, $3, 1 FROM memories WHERE tenant_id = $1 AND id = ANY($2) ORDER BY id \
-             ON CONFLICT (memory_id) DO UPDATE SET \
-               last_accessed_at = GREATEST(memory_access.last_accessed_at, EXCLUDED.last_accessed_at), \
-               hits = memory_access.hits + 1",
-        )
-        .bind(tenant_id)
-        .bind(ids)
-        .bind(self.clock.now())
-        .execute(&mut *self.conn(tenant_id).await?)
-        .await
-        .map_err(db_error)?;
-        Ok(())
-    }
 }
 
 /// A hydrated row with its cosine similarity to the query vector (when there is one and the

