@@ -169,13 +169,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_pids() -> list[int]:
-    """The local Postgres's processes (its backends come and go with connections)."""
+def pids_named(comm: str) -> list[int]:
+    """The local processes named `comm` (Postgres's backends come and go with connections)."""
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if (entry / "comm").read_text().strip() == "postgres":
+                if (entry / "comm").read_text().strip() == comm:
                     out.append(int(entry.name))
             except OSError:
                 pass
@@ -185,8 +185,8 @@ def postgres_pids() -> list[int]:
 def rounds(systems, user: str, qs: list[str], threads: int = 4, per_round: int = 50,
            server_pid: int | None = None, cpu: dict | None = None) -> dict:
     """Rounds of `per_round` searches from `threads` threads, one system after the other. With
-    `cpu`, adds the CPU seconds Mémoire's rounds cost its server (`server_pid`), Postgres and this
-    process to `cpu["server"]`, `cpu["postgres"]`, `cpu["client"]`."""
+    `cpu`, adds the CPU seconds Mémoire's rounds cost its server (`server_pid`), Postgres, Redis and this
+    process to `cpu["server"]`, `cpu["postgres"]`, `cpu["redis"]`, `cpu["client"]`."""
     out = {name: ([], [], 0.0) for name, _ in systems}
     with cf.ThreadPoolExecutor(threads) as pool:
         for start in range(0, len(qs), per_round):
@@ -194,15 +194,16 @@ def rounds(systems, user: str, qs: list[str], threads: int = 4, per_round: int =
             for name, system in systems:
                 measured = cpu is not None and name == "Mémoire"
                 if measured:
-                    pg = postgres_pids()
-                    before = (cpu_seconds([server_pid]), cpu_seconds(pg), cpu_seconds([os.getpid()]))
+                    pg, redis = pids_named("postgres"), pids_named("redis-server")
+                    before = (cpu_seconds([server_pid]), cpu_seconds(pg), cpu_seconds(redis),
+                              cpu_seconds([os.getpid()]))
                 began = time.perf_counter()
                 results = list(pool.map(lambda q: timed(system.search, user, q), chunk))
                 wall = time.perf_counter() - began
                 if measured:
-                    after = (cpu_seconds([server_pid]), cpu_seconds(sorted(set(pg) | set(postgres_pids()))),
-                             cpu_seconds([os.getpid()]))
-                    for key, b, a in zip(("server", "postgres", "client"), before, after):
+                    after = (cpu_seconds([server_pid]), cpu_seconds(sorted(set(pg) | set(pids_named("postgres")))),
+                             cpu_seconds(redis), cpu_seconds([os.getpid()]))
+                    for key, b, a in zip(("server", "postgres", "redis", "client"), before, after):
                         cpu[key] = cpu.get(key, 0.0) + a - b
                 lat, got, total = out[name]
                 lat.extend(r[0] for r in results)
