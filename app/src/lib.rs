@@ -224,6 +224,7 @@ pub async fn serve(
     }
     let uc = usecases(&config, store.clone()).await?;
     let auth = Authenticator::new(store.clone(), config.admin_key.as_deref(), dev_tenant);
+    let flush_store = store.clone();
 
     // One shutdown signal fans out to the gRPC server, the HTTP server and the worker.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -264,6 +265,10 @@ pub async fn serve(
         stopped(stop_rx.clone()),
     ));
     let served = api.serve(listeners.grpc, shutdown).await;
+    // No Recall runs any more: its access statistics still waiting for their batch are written.
+    if let Err(e) = flush_store.flush_access().await {
+        tracing::warn!(error = %e, "writing the last access statistics failed");
+    }
 
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(config.shutdown_grace_secs);

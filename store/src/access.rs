@@ -5,9 +5,9 @@
 //! instead of once per Recall (the statement, its round trips and a new row version per memory
 //! returned each time), and an idle one as soon as [`FLUSH_DELAY`] has passed.
 //!
-//! What is recorded and not yet written is lost if the process dies (at most [`FLUSH_DELAY`]
-//! plus one write's worth): these are statistics, as the spawned per-Recall writes before them
-//! were, not data.
+//! A graceful shutdown writes what is pending ([`PgStore::flush_access`]); what is recorded and
+//! not yet written is lost if the process dies (at most [`FLUSH_DELAY`] plus one write's worth):
+//! these are statistics, as the spawned per-Recall writes before them were, not data.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -85,6 +85,17 @@ impl PgStore {
                 }
             }
         });
+    }
+
+    /// Writes what is recorded and not yet written, now (at shutdown, once no Recall runs).
+    pub async fn flush_access(&self) -> Result<()> {
+        loop {
+            let batch = self.access.take();
+            if batch.is_empty() {
+                return Ok(());
+            }
+            self.write_access(&batch).await?;
+        }
     }
 
     /// One batch, in memory id order (two writers cannot deadlock), for the memories that still

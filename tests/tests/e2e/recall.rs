@@ -549,6 +549,41 @@ async fn access_statistics_of_concurrent_recalls_are_written_in_batches() {
     );
 }
 
+/// What a shutdown's flush finds recorded is written at once, not after the batch's delay; a
+/// memory deleted meanwhile is skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_writes_the_pending_access_statistics_at_once() {
+    let (server, mut m, ids) = seeded().await;
+    let tenant: uuid::Uuid = sqlx::query_scalar("SELECT tenant_id FROM memories LIMIT 1")
+        .fetch_one(server.pool())
+        .await
+        .expect("tenant");
+    m.forget(pb::ForgetRequest {
+        memory_ids: vec![ids[5].clone()],
+        mode: pb::ForgetMode::Purge as i32,
+        ..Default::default()
+    })
+    .await
+    .expect("purge");
+    // Another process's store on the same database: nothing else writes its batches.
+    let store = memoire_store::PgStore::from_pool(server.pool().clone());
+    let touched: Vec<uuid::Uuid> = ids.iter().map(|id| id.parse().expect("uuid")).collect();
+    store.touch_memories(tenant, &touched);
+    store.touch_memories(tenant, &touched[..2]);
+    store.flush_access().await.expect("flush");
+    let rows: Vec<(uuid::Uuid, i64)> =
+        sqlx::query_as("SELECT memory_id, hits FROM memory_access ORDER BY hits DESC, memory_id")
+            .fetch_all(server.pool())
+            .await
+            .expect("rows");
+    let mut want: Vec<(uuid::Uuid, i64)> = touched[..5]
+        .iter()
+        .map(|id| (*id, if touched[..2].contains(id) { 2 } else { 1 }))
+        .collect();
+    want.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    assert_eq!(rows, want);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forgotten_memories_are_never_recalled_even_in_the_past() {
     let (_server, mut m, ids) = seeded().await;
