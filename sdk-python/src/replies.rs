@@ -10,8 +10,11 @@
 //! bytes in base64; `Timestamp` and `Duration` as RFC 3339 / `"1.5s"` strings; non-finite
 //! numbers as `"NaN"` / `"Infinity"` / `"-Infinity"`. Fields set on the wire come first, by
 //! field number (as `ListFields()` orders them), then every unset field without presence at its
-//! default, in declaration order; unset fields with presence are left out. Unknown fields are
-//! skipped; a message field that occurs twice is merged, as protobuf merges it. `tests/python`
+//! default, in declaration order; unset fields with presence are left out. Unknown fields (and
+//! fields of an unexpected wire type) are skipped; a message field that occurs twice is merged,
+//! as protobuf merges it; setting a member of a oneof clears the others. Maps and groups — none
+//! in `memoire.v1` — are refused when the descriptors are read, so that adding one fails every
+//! decode (and the tests) loudly. `tests/python`
 //! checks every reply type against `MessageToDict` itself.
 
 use std::collections::HashMap;
@@ -61,6 +64,8 @@ struct Field {
     /// Explicit presence: a message, a oneof member or a proto3 `optional` field. Left out of
     /// the dict when unset.
     presence: bool,
+    /// The (real) oneof it belongs to: setting it clears the oneof's other members.
+    oneof: Option<i32>,
 }
 
 #[derive(Debug, Default)]
@@ -202,6 +207,8 @@ impl Plans {
                     kind,
                     repeated,
                     presence: !repeated && (message || f.oneof_index.is_some()),
+                    // A proto3 `optional` field's oneof is synthetic: it has no other member.
+                    oneof: f.oneof_index.filter(|_| !f.proto3_optional()),
                 });
             }
             plan.numbered = (0..plan.fields.len()).collect();
@@ -334,6 +341,13 @@ impl<'py> Decoder<'py> {
                     continue;
                 };
                 let field = &plan.fields[i];
+                if let Some(oneof) = field.oneof {
+                    for (j, other) in plan.fields.iter().enumerate() {
+                        if j != i && other.oneof == Some(oneof) {
+                            values[j] = None;
+                        }
+                    }
+                }
                 let slot = &mut values[i];
                 match (field.kind, wire_type) {
                     (Kind::String | Kind::Bytes, 2) => {
@@ -371,7 +385,8 @@ impl<'py> Decoder<'py> {
                             *slot = Some(Value::Scalar(raw));
                         }
                     }
-                    _ => return Err(malformed(&format!("{}'s wire type", field.name))),
+                    // Not the field's wire type: protobuf keeps it as an unknown field.
+                    (_, w) => wire.skip(w)?,
                 }
             }
         }

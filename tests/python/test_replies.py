@@ -133,6 +133,47 @@ def test_a_recall_reply_with_floats_timestamps_and_unknown_enums():
         same(data + b"\xa0\x3e\x05" + b"\xaa\x3e\x02hi" + b"\xad\x3e\x00\x00\x00\x00", reply_class)
 
 
+def test_the_last_member_of_a_oneof_on_the_wire_wins():
+    from google.protobuf import message_factory
+    item_class = message_factory.GetMessageClass(_messages._pool.FindMessageTypeByName("memoire.v1.RecallItem"))
+    oneof = item_class.DESCRIPTOR.oneofs[0]
+    assert len(oneof.fields) >= 2, oneof.name
+    rng = random.Random(3)
+    parts = []
+    for field in oneof.fields:
+        item = item_class()
+        fill(getattr(item, field.name), rng)
+        getattr(item, field.name).SetInParent()
+        parts.append(item.SerializeToString())
+    for data in (parts[0] + parts[1], parts[1] + parts[0], parts[0] + parts[1] + parts[0]):
+        same(data, item_class)
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            return bytes(out)
+
+
+@pytest.mark.parametrize("reply_class", REPLIES, ids=lambda c: c.DESCRIPTOR.name)
+def test_a_field_of_an_unexpected_wire_type_is_skipped_as_protobuf_skips_it(reply_class):
+    rng = random.Random(11)
+    message = reply_class()
+    fill(message, rng)
+    data = message.SerializeToString()
+    for field in reply_class.DESCRIPTOR.fields:
+        if field.type in (F.TYPE_STRING, F.TYPE_BYTES, F.TYPE_MESSAGE, F.TYPE_DOUBLE, F.TYPE_FLOAT,
+                          F.TYPE_FIXED32, F.TYPE_SFIXED32):
+            odd = _varint(field.number << 3 | 0) + b"\x07"  # a varint where it has none
+        else:
+            odd = _varint(field.number << 3 | 5) + b"\x00\x00\x80\x3f"  # 32 bits where it has a varint
+        same(data + odd, reply_class)
+        same(odd + data, reply_class)
+
+
 @pytest.mark.parametrize("data", [b"\x0a\x05ab", b"\x08", b"\x0a\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01",
                                   b"\x0b\x00"])
 def test_malformed_bytes_are_a_clear_error(data):
