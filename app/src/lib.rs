@@ -265,16 +265,28 @@ pub async fn serve(
         stopped(stop_rx.clone()),
     ));
     let served = api.serve(listeners.grpc, shutdown).await;
-    // No Recall runs any more: its access statistics still waiting for their batch are written.
-    if let Err(e) = flush_store.flush_access().await {
-        tracing::warn!(error = %e, "writing the last access statistics failed");
-    }
 
     let _ = stop_tx.send(true);
     let grace = Duration::from_secs(config.shutdown_grace_secs);
-    if let Some(worker) = worker
-        && tokio::time::timeout(grace, worker).await.is_err()
-    {
+    // No Recall runs any more: the access statistics still waiting for their batch are written
+    // while the worker stops, within the same grace period (an unreachable Postgres does not
+    // hold the exit).
+    let flushed = tokio::time::timeout(grace, flush_store.flush_access());
+    let worker_stopped = async {
+        match worker {
+            Some(worker) => tokio::time::timeout(grace, worker).await.is_ok(),
+            None => true,
+        }
+    };
+    let (flushed, worker_stopped) = tokio::join!(flushed, worker_stopped);
+    match flushed {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "writing the last access statistics failed"),
+        Err(_) => {
+            tracing::warn!("the last access statistics were not written within shutdown_grace_secs")
+        }
+    }
+    if !worker_stopped {
         tracing::warn!("the worker did not stop within shutdown_grace_secs");
     }
     let _ = tokio::time::timeout(grace, http).await;
