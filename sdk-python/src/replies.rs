@@ -14,8 +14,8 @@
 //! fields of an unexpected wire type) are skipped; a message field that occurs twice is merged,
 //! as protobuf merges it; setting a member of a oneof clears the others. Maps and groups — none
 //! in `memoire.v1` — are refused when the descriptors are read, so that adding one fails every
-//! decode (and the tests) loudly. `tests/python`
-//! checks every reply type against `MessageToDict` itself.
+//! decode (and the tests) loudly. `tests/python/test_replies.py` checks every reply type against
+//! `MessageToDict` itself.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -392,6 +392,7 @@ impl<'py> Decoder<'py> {
         }
         let py = self.py;
         let out = PyDict::new(py);
+        let mut set = vec![false; plan.fields.len()];
         // Set fields by number, as ListFields() orders them; a field without presence holding
         // its default is not set.
         for &i in &plan.numbered {
@@ -424,12 +425,15 @@ impl<'py> Decoder<'py> {
                 Some(Value::Parts(parts)) => self.nested(field.kind, &parts)?,
             };
             out.set_item(&field.name, value)?;
+            set[i] = true;
         }
         // Then every field without presence that is not set, at its default.
-        for field in plan.fields.iter().filter(|f| !f.presence) {
-            if out.contains(&field.name)? {
-                continue;
-            }
+        for (field, _) in plan
+            .fields
+            .iter()
+            .zip(set)
+            .filter(|(f, set)| !f.presence && !set)
+        {
             let default = if field.repeated {
                 PyList::empty(py).into_any()
             } else {
@@ -604,7 +608,8 @@ fn shortest(v: f32) -> Number {
     Number::Finite(exact)
 }
 
-/// A `Timestamp` as `Timestamp.ToJsonString()` writes it: UTC, 0, 3, 6 or 9 fractional digits.
+/// A `Timestamp` as `Timestamp.ToJsonString()` writes it (UTC, 0, 3, 6 or 9 fractional digits:
+/// prost-types' `Display`, within the range protobuf accepts).
 fn timestamp(seconds: i64, nanos: i32) -> PyResult<String> {
     // 0001-01-01T00:00:00Z to 9999-12-31T23:59:59Z, as protobuf checks.
     if !(-62_135_596_800..=253_402_300_799).contains(&seconds)
@@ -614,19 +619,11 @@ fn timestamp(seconds: i64, nanos: i32) -> PyResult<String> {
             "Timestamp is not valid: {seconds} s, {nanos} ns"
         )));
     }
-    let days = seconds.div_euclid(86_400);
-    let second = seconds.rem_euclid(86_400);
-    let (y, m, d) = civil(days);
-    Ok(format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}{}Z",
-        second / 3600,
-        second / 60 % 60,
-        second % 60,
-        fraction(nanos as u32)
-    ))
+    Ok(prost_types::Timestamp { seconds, nanos }.to_string())
 }
 
-/// A `Duration` as `Duration.ToJsonString()` writes it.
+/// A `Duration` as `Duration.ToJsonString()` writes it (prost-types' `Display`, within the range
+/// protobuf accepts).
 fn duration(seconds: i64, nanos: i32) -> PyResult<String> {
     if !(-315_576_000_000..=315_576_000_000).contains(&seconds)
         || nanos.unsigned_abs() >= 1_000_000_000
@@ -636,34 +633,5 @@ fn duration(seconds: i64, nanos: i32) -> PyResult<String> {
             "Duration is not valid: {seconds} s, {nanos} ns"
         )));
     }
-    let sign = if seconds < 0 || nanos < 0 { "-" } else { "" };
-    Ok(format!(
-        "{sign}{}{}s",
-        seconds.unsigned_abs(),
-        fraction(nanos.unsigned_abs())
-    ))
-}
-
-/// Nanoseconds as 0, 3, 6 or 9 fractional digits, the fewest that are exact.
-fn fraction(nanos: u32) -> String {
-    match nanos {
-        0 => String::new(),
-        n if n % 1_000_000 == 0 => format!(".{:03}", n / 1_000_000),
-        n if n % 1_000 == 0 => format!(".{:06}", n / 1_000),
-        n => format!(".{n:09}"),
-    }
-}
-
-/// The proleptic Gregorian date `days` after 1970-01-01 (Howard Hinnant's `civil_from_days`).
-fn civil(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    Ok(prost_types::Duration { seconds, nanos }.to_string())
 }

@@ -149,6 +149,17 @@ def test_the_last_member_of_a_oneof_on_the_wire_wins():
         same(data, item_class)
 
 
+def test_a_duration_renders_as_message_to_dict_does():
+    # No reply holds a Duration; a request does, and decodes the same way.
+    from google.protobuf import message_factory
+    request_class = message_factory.GetMessageClass(_messages._pool.FindMessageTypeByName("memoire.v1.IngestRequest"))
+    for seconds, nanos in [(0, 0), (5, 0), (-5, -120_000_000), (1, 1_000), (-1, -1), (0, -5),
+                           (315_576_000_000, 999_999_999), (-315_576_000_000, 0)]:
+        request = request_class()
+        request.wait_timeout.seconds, request.wait_timeout.nanos = seconds, nanos
+        same(request.SerializeToString(), request_class)
+
+
 def _varint(n: int) -> bytes:
     out = bytearray()
     while True:
