@@ -52,14 +52,13 @@ impl AccessLog {
         !std::mem::replace(&mut state.writing, true)
     }
 
-    /// The next batch, in (memory id) order; empty (and the writer done) when nothing is left.
+    /// The next batch; empty (and the writer done) when nothing is left.
     fn take(&self) -> Vec<Access> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut batch: Vec<_> = std::mem::take(&mut state.pending).into_iter().collect();
+        let batch: Vec<_> = std::mem::take(&mut state.pending).into_iter().collect();
         if batch.is_empty() {
             state.writing = false;
         }
-        batch.sort_by_key(|((_, id), _)| *id);
         batch
     }
 }
@@ -98,8 +97,9 @@ impl PgStore {
         }
     }
 
-    /// One batch, in memory id order (two writers cannot deadlock), for the memories that still
-    /// exist (one may have been deleted since it was recalled).
+    /// One batch, for the memories that still exist (one may have been deleted since it was
+    /// recalled). The statement writes them in memory id order, so that two writers (two
+    /// replicas) cannot deadlock.
     async fn write_access(&self, batch: &[Access]) -> Result<()> {
         let (mut tenants, mut ids, mut hits, mut at) = (vec![], vec![], vec![], vec![]);
         for ((tenant, id), (n, last)) in batch {
