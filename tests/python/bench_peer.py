@@ -13,7 +13,8 @@ For each scope (memories of the searched user; `--scopes 1000,10000,100000`, def
   - search: `search(top_k=10)` against `Recall(k=10)`, in turn at concurrency 1, then in rounds at
     concurrency 4 (four threads on one system, then on the other).
 Prints p50 / p95 ms and calls/s of both, the ratio of the p95s, and results returned per k; and
-where Mémoire's CPU goes per search at c=4 (its server, Postgres, this client), from /proc.
+where Mémoire's CPU goes per search at c=4 (its server, Postgres, Redis, this client), from
+/proc.
 
     make bench-peer                         # installs the peer into .venv-peer first
     make bench-peer ARGS="--scopes 1000 --queries 100"
@@ -185,8 +186,8 @@ def pids_named(comm: str) -> list[int]:
 def rounds(systems, user: str, qs: list[str], threads: int = 4, per_round: int = 50,
            server_pid: int | None = None, cpu: dict | None = None) -> dict:
     """Rounds of `per_round` searches from `threads` threads, one system after the other. With
-    `cpu`, adds the CPU seconds Mémoire's rounds cost its server (`server_pid`), Postgres, Redis and this
-    process to `cpu["server"]`, `cpu["postgres"]`, `cpu["redis"]`, `cpu["client"]`."""
+    `cpu`, adds the CPU seconds Mémoire's rounds cost its server (`server_pid`), Postgres, Redis
+    and this process to `cpu["server"]`, `cpu["postgres"]`, `cpu["redis"]`, `cpu["client"]`."""
     out = {name: ([], [], 0.0) for name, _ in systems}
     with cf.ThreadPoolExecutor(threads) as pool:
         for start in range(0, len(qs), per_round):
