@@ -377,6 +377,23 @@ impl TestServer {
         &self.inspect
     }
 
+    /// Waits until Recall's access statistics (`memory_access`, written behind the replies in
+    /// batches) add up to `hits`; panics after 5 s.
+    pub async fn wait_access_hits(&self, hits: i64) {
+        for _ in 0..200 {
+            let now: i64 =
+                sqlx::query_scalar("SELECT coalesce(sum(hits), 0)::bigint FROM memory_access")
+                    .fetch_one(self.pool())
+                    .await
+                    .expect("hits");
+            if now == hits {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("access statistics never reached {hits} hits");
+    }
+
     /// Stops the server gracefully and returns how it ended.
     pub async fn stop(mut self) -> anyhow::Result<()> {
         if let Some(tx) = self.shutdown.take() {

@@ -519,26 +519,10 @@ async fn access_statistics_of_concurrent_recalls_are_written_in_batches() {
     }
     let returned: usize = calls.join_all().await.into_iter().sum();
     assert!(returned >= recalls, "{returned}");
-    let hits = || async {
-        sqlx::query_scalar::<_, i64>("SELECT coalesce(sum(hits), 0)::bigint FROM memory_access")
-            .fetch_one(server.pool())
-            .await
-            .expect("hits")
-    };
-    let mut total = 0;
-    for _ in 0..100 {
-        total = hits().await;
-        if total >= returned as i64 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // One hit per memory returned, and no more after a while.
+    server.wait_access_hits(returned as i64).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(
-        (total, hits().await),
-        (returned as i64, returned as i64),
-        "one hit per memory returned"
-    );
+    server.wait_access_hits(returned as i64).await;
     let statements: i64 = sqlx::query_scalar("SELECT count(*) FROM access_statements")
         .fetch_one(server.pool())
         .await

@@ -132,7 +132,7 @@ async fn reads(
                     .iter()
                     .filter(|i| matches!(i.item, Some(pb::recall_item::Item::Memory(_))))
                     .count() as i64;
-                wait_hits(server, hits).await;
+                server.wait_access_hits(hits).await;
             }
             out.push(text(recalled));
         }
@@ -161,22 +161,6 @@ fn text<T: std::fmt::Debug>(reply: Result<tonic::Response<T>, tonic::Status>) ->
         Ok(r) => format!("{:?}", r.into_inner()),
         Err(e) => format!("{:?}: {}", e.code(), e.message()),
     }
-}
-
-/// Waits until Recall's access statistics add up to `hits`.
-async fn wait_hits(server: &TestServer, hits: i64) {
-    for _ in 0..200 {
-        let now: i64 =
-            sqlx::query_scalar("SELECT coalesce(sum(hits), 0)::bigint FROM memory_access")
-                .fetch_one(server.pool())
-                .await
-                .expect("hits");
-        if now == hits {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("access statistics never reached {hits} hits");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
