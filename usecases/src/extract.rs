@@ -299,8 +299,8 @@ impl UseCases {
             .await
     }
 
-    /// Embeds claimed episodes in one model call and stores their vectors; a failed call counts
-    /// as an attempt of each (dead-lettered after `policy.max_attempts`). Returns how many were
+    /// Embeds claimed episodes in one model call and stores their vectors; a failed call or
+    /// write counts as an attempt of each (dead-lettered after `policy.max_attempts`). Returns how many were
     /// embedded.
     pub async fn embed_claimed(
         &self,
@@ -308,14 +308,17 @@ impl UseCases {
         policy: &RetryPolicy,
     ) -> memoire_core::Result<usize> {
         let texts = claim.texts();
-        match self.embed(&texts).await {
-            Ok(vectors) => claim.complete(vectors, self.embedding_model()).await,
-            Err(e) => {
-                let error = e.to_string();
-                claim.fail(&error, policy).await?;
-                Err(Error::Provider(error))
-            }
-        }
+        let (message, error) = match self.embed(&texts).await {
+            Ok(vectors) => match claim.complete(vectors, self.embedding_model()).await {
+                Ok(n) => return Ok(n),
+                // Written nowhere: an attempt like a failed model call, so that the episodes
+                // are retried after the backoff instead of after the whole lease.
+                Err(e) => (e.to_string(), e),
+            },
+            Err(e) => (e.to_string(), Error::Provider(e.to_string())),
+        };
+        claim.fail(&message, policy).await?;
+        Err(error)
     }
 
     /// Expires every memory past its expiry time, in batches. Returns how many.

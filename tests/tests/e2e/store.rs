@@ -181,6 +181,95 @@ async fn an_embedding_claim_locks_no_row_while_the_model_runs_and_lapses_after_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedding_write_and_extraction_lock_a_users_turns_in_one_order() {
+    use sqlx::Connection as _;
+    let server = TestServer::start_with(no_worker, None).await;
+    let scope = scope(&server).await;
+    // Arrival order (by which a batch is claimed) and the order the turns were said in (by
+    // which extraction marks them) disagree: the turn that arrived first was said later.
+    let now = chrono::Utc::now();
+    for (content, at) in [
+        ("said later", now),
+        ("said earlier", now - chrono::TimeDelta::hours(1)),
+    ] {
+        server
+            .store
+            .ingest(Ingest {
+                scope: scope.clone(),
+                session_id: "s".into(),
+                messages: vec![NewEpisode {
+                    role: MessageRole::User,
+                    name: None,
+                    speaker_is_user: true,
+                    content: content.into(),
+                    message_id: Some(content.into()),
+                    occurred_at: Some(at),
+                }],
+            })
+            .await
+            .expect("ingest");
+    }
+    let batch = claim(&server.store, 10).await;
+    assert_eq!(batch.texts().len(), 2);
+
+    // Extraction's transaction holds the earlier turn and marks the later one next.
+    let mut conn = sqlx::PgConnection::connect(&server.database_url)
+        .await
+        .expect("connect");
+    sqlx::query("SELECT set_config('memoire.tenant', '*', false)")
+        .execute(&mut conn)
+        .await
+        .expect("every tenant's rows");
+    let mut extraction = conn.begin().await.expect("begin");
+    let lock = |content: &'static str| {
+        sqlx::query("SELECT 1 FROM episodes WHERE tenant_id = $1 AND content = $2 FOR UPDATE")
+            .bind(scope.tenant_id)
+            .bind(content)
+    };
+    lock("said earlier")
+        .execute(&mut *extraction)
+        .await
+        .expect("lock the earlier turn");
+    let write =
+        tokio::spawn(async move { batch.complete(vec![vector(1.0), vector(0.5)], "m").await });
+    // Long enough for the write to queue behind the earlier turn; in the wrong order it would
+    // hold the later one by now, and Postgres would abort one side as a deadlock after its
+    // `deadlock_timeout`.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock("said later")
+        .execute(&mut *extraction)
+        .await
+        .expect("extraction marks the later turn");
+    extraction.commit().await.expect("commit");
+    let written = write
+        .await
+        .expect("join")
+        .expect("the write waited for extraction, then completed");
+    assert_eq!(written, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_embedding_write_can_still_be_recorded_as_an_attempt() {
+    let server = TestServer::start_with(no_worker, None).await;
+    let scope = scope(&server).await;
+    ingest(&server, &scope, 2).await;
+    let store = &server.store;
+    let batch = claim(store, 10).await;
+    batch
+        .complete(vec![vec![f32::NAN; 384], vector(0.5)], "m")
+        .await
+        .expect_err("pgvector refuses NaN");
+    let policy = RetryPolicy {
+        max_attempts: 3,
+        base_delay: Duration::ZERO,
+        max_delay: Duration::ZERO,
+    };
+    batch.fail("write failed", &policy).await.expect("fail");
+    // Claimable again at once, not after the lease.
+    assert_eq!(claim(store, 10).await.texts().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_correction_that_changes_the_text_asks_for_its_vector_and_writes_nothing_until_given() {
     let server = TestServer::start_with(no_worker, None).await;
     let scope = scope(&server).await;
