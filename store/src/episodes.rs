@@ -1294,12 +1294,13 @@ impl EmbedClaim {
         self.rows.iter().map(|r| r.2.clone()).collect()
     }
 
-    /// Begins the transaction that writes the claimed rows, with them locked in the order
-    /// extraction locks them (a user's episodes by `occurred_at, seq`; extraction's transaction
-    /// holds one user's), so that the two never wait for each other in a cycle: a batch written
-    /// in another order could hold a later turn that extraction is about to mark while waiting
-    /// for an earlier one extraction holds, and Postgres would abort one of them as a deadlock.
-    async fn lock(&self) -> Result<Transaction<'static, Postgres>> {
+    /// Begins the transaction that writes the claimed rows (returned with their ids), with them
+    /// locked in the order extraction locks them (a user's episodes by `occurred_at, seq`;
+    /// extraction's transaction holds one user's), so that the two never wait for each other in a
+    /// cycle: a batch written in another order could hold a later turn that extraction is about
+    /// to mark while waiting for an earlier one extraction holds, and Postgres would abort one of
+    /// them as a deadlock.
+    async fn lock(&self) -> Result<(Transaction<'static, Postgres>, Vec<Uuid>)> {
         let ids: Vec<Uuid> = self.rows.iter().map(|r| r.0).collect();
         let mut tx = self.store.begin(Rows::All).await?;
         sqlx::query(
@@ -1310,15 +1311,14 @@ impl EmbedClaim {
         .execute(&mut *tx)
         .await
         .map_err(db_error)?;
-        Ok(tx)
+        Ok((tx, ids))
     }
 
     /// Writes one vector per episode (an episode forgotten meanwhile is skipped) and releases
     /// the claim. On an error the claim stays out: record the attempt with [`Self::fail`].
     pub async fn complete(&self, vectors: Vec<Vec<f32>>, model: &str) -> Result<usize> {
-        let ids: Vec<Uuid> = self.rows.iter().map(|r| r.0).collect();
         let vectors: Vec<Vector> = vectors.into_iter().map(Vector::from).collect();
-        let mut tx = self.lock().await?;
+        let (mut tx, ids) = self.lock().await?;
         write_vectors(&mut tx, "episodes", &ids, &vectors, model).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(self.rows.len())
@@ -1328,7 +1328,7 @@ impl EmbedClaim {
     /// and releases the claim.
     pub async fn fail(self, error: &str, policy: &RetryPolicy) -> Result<()> {
         let now = self.now;
-        let mut tx = self.lock().await?;
+        let (mut tx, _) = self.lock().await?;
         for (id, tenant_id, _, attempts) in &self.rows {
             let attempts = *attempts as u32 + 1;
             if attempts >= policy.max_attempts {

@@ -300,8 +300,8 @@ impl UseCases {
     }
 
     /// Embeds claimed episodes in one model call and stores their vectors; a failed call or
-    /// write counts as an attempt of each (dead-lettered after `policy.max_attempts`). Returns how many were
-    /// embedded.
+    /// write counts as an attempt of each (dead-lettered after `policy.max_attempts`). Returns
+    /// how many were embedded.
     pub async fn embed_claimed(
         &self,
         claim: EmbedClaim,
