@@ -29,25 +29,54 @@ async fn scope(server: &TestServer) -> Scope {
     }
 }
 
-async fn ingest(server: &TestServer, scope: &Scope, n: usize) {
+/// Ingests the user's turns `(content, message id, when said)` in one call (said on arrival when
+/// no time is given).
+async fn ingest_turns(
+    server: &TestServer,
+    scope: &Scope,
+    turns: impl IntoIterator<Item = (String, String, Option<chrono::DateTime<chrono::Utc>>)>,
+) {
     server
         .store
         .ingest(Ingest {
             scope: scope.clone(),
             session_id: "s".into(),
-            messages: (0..n)
-                .map(|i| NewEpisode {
+            messages: turns
+                .into_iter()
+                .map(|(content, message_id, occurred_at)| NewEpisode {
                     role: MessageRole::User,
                     name: None,
                     speaker_is_user: true,
-                    content: format!("turn {i}"),
-                    message_id: Some(format!("m{i}")),
-                    occurred_at: None,
+                    content,
+                    message_id: Some(message_id),
+                    occurred_at,
                 })
                 .collect(),
         })
         .await
         .expect("ingest");
+}
+
+async fn ingest(server: &TestServer, scope: &Scope, n: usize) {
+    ingest_turns(
+        server,
+        scope,
+        (0..n).map(|i| (format!("turn {i}"), format!("m{i}"), None)),
+    )
+    .await;
+}
+
+/// A connection of its own (outside the store's pool) that sees every tenant's rows.
+async fn every_tenant_conn(server: &TestServer) -> sqlx::PgConnection {
+    use sqlx::Connection as _;
+    let mut conn = sqlx::PgConnection::connect(&server.database_url)
+        .await
+        .expect("connect");
+    sqlx::query("SELECT set_config('memoire.tenant', '*', false)")
+        .execute(&mut conn)
+        .await
+        .expect("every tenant's rows");
+    conn
 }
 
 fn no_worker(c: &mut memoire_config::Config) {
@@ -126,7 +155,6 @@ async fn an_embedding_claim_hides_its_rows_and_dead_letters_after_the_last_attem
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedding_claim_locks_no_row_while_the_model_runs_and_lapses_after_its_lease() {
-    use sqlx::Connection as _;
     let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
     let server = TestServer::start_with(no_worker, Some(clock.clone() as Arc<dyn Clock>)).await;
     let scope = scope(&server).await;
@@ -137,13 +165,11 @@ async fn an_embedding_claim_locks_no_row_while_the_model_runs_and_lapses_after_i
 
     // While the claim is out (the model would be running), extraction can write the same rows:
     // with a row lock held this update would wait and hit the lock timeout.
-    let mut conn = sqlx::PgConnection::connect(&server.database_url)
-        .await
-        .expect("connect");
-    sqlx::query("SELECT set_config('lock_timeout', '500ms', false), set_config('memoire.tenant', '*', false)")
+    let mut conn = every_tenant_conn(&server).await;
+    sqlx::query("SELECT set_config('lock_timeout', '500ms', false)")
         .execute(&mut conn)
         .await
-        .expect("lock timeout, every tenant's rows");
+        .expect("lock timeout");
     let updated =
         sqlx::query("UPDATE episodes SET extract_attempts = extract_attempts WHERE tenant_id = $1")
             .bind(scope.tenant_id)
@@ -192,34 +218,18 @@ async fn an_embedding_write_and_extraction_lock_a_users_turns_in_one_order() {
         ("said later", now),
         ("said earlier", now - chrono::TimeDelta::hours(1)),
     ] {
-        server
-            .store
-            .ingest(Ingest {
-                scope: scope.clone(),
-                session_id: "s".into(),
-                messages: vec![NewEpisode {
-                    role: MessageRole::User,
-                    name: None,
-                    speaker_is_user: true,
-                    content: content.into(),
-                    message_id: Some(content.into()),
-                    occurred_at: Some(at),
-                }],
-            })
-            .await
-            .expect("ingest");
+        ingest_turns(
+            &server,
+            &scope,
+            [(content.into(), content.into(), Some(at))],
+        )
+        .await;
     }
     let batch = claim(&server.store, 10).await;
     assert_eq!(batch.texts().len(), 2);
 
     // Extraction's transaction holds the earlier turn and marks the later one next.
-    let mut conn = sqlx::PgConnection::connect(&server.database_url)
-        .await
-        .expect("connect");
-    sqlx::query("SELECT set_config('memoire.tenant', '*', false)")
-        .execute(&mut conn)
-        .await
-        .expect("every tenant's rows");
+    let mut conn = every_tenant_conn(&server).await;
     let mut extraction = conn.begin().await.expect("begin");
     let lock = |content: &'static str| {
         sqlx::query("SELECT 1 FROM episodes WHERE tenant_id = $1 AND content = $2 FOR UPDATE")
