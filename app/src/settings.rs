@@ -82,6 +82,8 @@ pub fn usecase_settings(
                 dims: config.embedding_dims,
                 exact_search_max_scope: config.recall_exact_search_max_scope,
                 exact_text_max_scope: config.recall_exact_text_max_scope,
+                vector_cache_bytes: (config.recall_vector_cache_mb as usize)
+                    .saturating_mul(1 << 20),
             },
             // A Recall with a larger k takes k (`UseCases::recall_with`): the first items
             // are the same for every k up to this.

@@ -192,6 +192,10 @@ pub const SETTINGS: &[(&str, &str)] = &[
         "scopes with at most this many documents get the exact full-text top; in larger ones a query of common words takes the best of its terms' top postings instead of scoring them all",
     ),
     (
+        "recall_vector_cache_mb",
+        "megabytes of the exactly searched scopes' vectors a server keeps in memory to search them there (0: every exact search reads them in Postgres)",
+    ),
+    (
         "recall_hnsw_ef_search",
         "hnsw.ef_search for approximate vector search (iterative scans on)",
     ),
@@ -462,6 +466,7 @@ pub struct Config {
     pub recall_recency_half_life_days: f32,
     pub recall_exact_search_max_scope: u64,
     pub recall_exact_text_max_scope: u64,
+    pub recall_vector_cache_mb: u64,
     pub recall_hnsw_ef_search: u32,
     pub log: String,
     pub log_format: LogFormat,
@@ -561,6 +566,7 @@ impl Default for Config {
             recall_recency_half_life_days: 30.0,
             recall_exact_search_max_scope: 10_000,
             recall_exact_text_max_scope: 20_000,
+            recall_vector_cache_mb: 256,
             recall_hnsw_ef_search: 100,
             log: "info,sqlx=warn".into(),
             log_format: LogFormat::Text,
@@ -989,7 +995,7 @@ impl Config {
         {
             bad("recall_recency_half_life_days", "must be positive".into());
         }
-        let ranges: [(&str, u64, u64, u64); 40] = [
+        let ranges: [(&str, u64, u64, u64); 41] = [
             (
                 "embedding_timeout_ms",
                 self.embedding_timeout_ms,
@@ -1019,6 +1025,12 @@ impl Config {
                 self.recall_candidates as u64,
                 1,
                 10_000,
+            ),
+            (
+                "recall_vector_cache_mb",
+                self.recall_vector_cache_mb,
+                0,
+                1 << 20,
             ),
             (
                 "recall_hnsw_ef_search",

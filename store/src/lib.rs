@@ -32,6 +32,7 @@ mod schema;
 mod tenants;
 mod transfer;
 mod ttl;
+mod vectors;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -155,6 +156,7 @@ pub struct PgStore {
     replica: Option<Arc<replica::Replica>>,
     clock: Arc<dyn Clock>,
     stats_cache: Arc<recall::StatsCache>,
+    vectors: Arc<vectors::VectorCache>,
     principals: Arc<tenants::PrincipalCache>,
     backlogs: Arc<episodes::BacklogCache>,
     access: Arc<access::AccessLog>,
@@ -228,6 +230,7 @@ impl PgStore {
             replica: None,
             clock: Arc::new(SystemClock),
             stats_cache: Arc::default(),
+            vectors: Arc::default(),
             principals: Arc::default(),
             backlogs: Arc::default(),
             access: Arc::default(),

@@ -39,6 +39,7 @@ use crate::episodes::session_turns;
 use crate::rows::{
     EPISODE_COLUMNS, EpisodeRow, MEMORY_COLUMNS, MemoryRow, access_count, last_accessed,
 };
+use crate::vectors::{Filter, VectorCache};
 use crate::{PgStore, db_error};
 
 /// How long scope statistics are reused. They move slowly (BM25's N and average length, and the
@@ -62,6 +63,9 @@ pub struct SearchSettings {
     /// query whose best documents the postings' heads cannot prove takes the heads' best
     /// (`bm25::best`) instead of scoring every posting.
     pub exact_text_max_scope: u64,
+    /// The server keeps copies of the exactly searched scopes' vectors up to this many bytes
+    /// (`crate::vectors`; 0: every exact search reads the vectors in Postgres).
+    pub vector_cache_bytes: usize,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -454,6 +458,7 @@ type Near = (Uuid, f32, Option<Uuid>, Option<Uuid>);
 #[allow(clippy::too_many_arguments)]
 async fn nearest(
     conn: &mut PgConnection,
+    cache: &VectorCache,
     table: Table,
     q: &RecallQuery,
     vector: &[f32],
@@ -470,6 +475,25 @@ async fn nearest(
     // expression index (they were validated at start-up: no quotes).
     let model = settings.model.replace('\'', "");
     let exact = !approximate(stats, q, settings);
+    if exact && reads_vectors_only(table, q) {
+        let filter = Filter {
+            model: &settings.model,
+            dims: dims as usize,
+            include_superseded: q.include_superseded,
+            min_confidence: q.min_confidence,
+            now,
+            limit: q.candidates,
+            budget: settings.vector_cache_bytes,
+        };
+        if let Some(hits) = cache.nearest(conn, q, vector, &filter).await? {
+            metrics::counter!("memoire_recall_vector_copies_total", "outcome" => "searched")
+                .increment(1);
+            return Ok(hits
+                .into_iter()
+                .map(|(id, s)| (id, s, None, None))
+                .collect());
+        }
+    }
     let distance = if exact {
         // Not the indexed expression: the scope's rows, then every distance. They are memories'
         // narrow vector rows when the search filters on nothing else ([`reads_vectors_only`]).
@@ -596,8 +620,10 @@ async fn chain(conn: PoolConnection<Postgres>, table: Table, fenced: bool) -> Re
 /// `table`'s vector search on `conn` (inside [`FENCE`] when approximate, begun at once): the
 /// query's vector, once embedded, and its nearest neighbours (none without a vector), with the
 /// connection for the rest of the chain.
+#[allow(clippy::too_many_arguments)]
 async fn vector_hits(
     conn: PoolConnection<Postgres>,
+    cache: &VectorCache,
     table: Table,
     q: &RecallQuery,
     vector: impl Future<Output = Option<Arc<[f32]>>>,
@@ -617,7 +643,7 @@ async fn vector_hits(
             staged(
                 "vector",
                 table,
-                nearest(chain.conn(), table, q, v, vs, stats, now, context),
+                nearest(chain.conn(), cache, table, q, v, vs, stats, now, context),
             )
             .await?
         }
@@ -832,7 +858,19 @@ impl PgStore {
                     return None;
                 }
                 let second = self.idle_read_conn(q.tenant_id).await?;
-                Some(vector_hits(second, table, q, vector.clone(), vs, stats, now).await)
+                Some(
+                    vector_hits(
+                        second,
+                        &self.vectors,
+                        table,
+                        q,
+                        vector.clone(),
+                        vs,
+                        stats,
+                        now,
+                    )
+                    .await,
+                )
             });
         let (hits, terms, text_adjacent) = text?;
         // Fewer than the pool: every matching document is in it, and the others score 0.
@@ -853,14 +891,16 @@ impl PgStore {
             None => {
                 // A connection for the text scores is looked for while the vector search runs.
                 let spare_needed = !text_complete && stats.vectors > 0;
-                let (found, spare) =
-                    tokio::join!(vector_hits(conn, table, q, vector, vs, stats, now), async {
+                let (found, spare) = tokio::join!(
+                    vector_hits(conn, &self.vectors, table, q, vector, vs, stats, now),
+                    async {
                         if spare_needed {
                             self.idle_read_conn(q.tenant_id).await
                         } else {
                             None
                         }
-                    });
+                    }
+                );
                 let (chain, v, near) = found?;
                 (chain, v, near, spare)
             }

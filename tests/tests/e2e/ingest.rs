@@ -526,6 +526,7 @@ async fn a_query_is_embedded_while_its_names_are_looked_up_and_again_without_the
         dims: server.config.embedding_dims,
         exact_search_max_scope: 10_000,
         exact_text_max_scope: 10_000,
+        vector_cache_bytes: 0,
     };
     let recall = |text: &str| {
         let (server, vs) = (&server, &vs);

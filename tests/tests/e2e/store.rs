@@ -939,6 +939,7 @@ async fn full_text_search_stops_early_yet_returns_what_scoring_every_posting_ran
         dims: 384,
         exact_search_max_scope: 10_000,
         exact_text_max_scope: 10_000,
+        vector_cache_bytes: 0,
     };
     let queries = [
         "garden",
@@ -1181,4 +1182,223 @@ async fn memory_vectors_follow_their_memories() {
         (4, 0, 0),
         "after a correction, a tombstone and a purge"
     );
+}
+
+/// The scope's generation (migration 0020): `None` when the scope has no row.
+async fn scope_generation(server: &TestServer, user: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT generation FROM memory_scopes WHERE user_id = $1")
+        .bind(user)
+        .fetch_optional(server.pool())
+        .await
+        .expect("generation")
+}
+
+/// A memory's vector as stored.
+async fn stored_vector(server: &TestServer, id: &str) -> Vec<f32> {
+    let v: pgvector::Vector =
+        sqlx::query_scalar("SELECT embedding FROM memory_vectors WHERE id = $1::uuid")
+            .bind(id)
+            .fetch_one(server.pool())
+            .await
+            .expect("vector");
+    v.to_vec()
+}
+
+/// An exact vector search answers from the server's copy of the scope's vectors once it saw
+/// the scope's generation unchanged (`crate::vectors` in the store): the same memories in the
+/// same order, with the same similarities (to the last bit or so), as Postgres's own scan. Each
+/// write — a new memory, a tombstone, a corrected vector, a purge — gives the scope a new
+/// generation in its transaction, so the very next search sees it; an expiry, which writes
+/// nothing, is applied by the copy at search time; and a purged scope leaves no row behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_of_a_scopes_vectors_rank_as_postgres_and_follow_every_write() {
+    let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+    let server = TestServer::start_with(|c| c.worker_embedded = false, Some(clock.clone())).await;
+    let (tenant, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let tenant: uuid::Uuid = tenant.parse().expect("tenant id");
+    let mut m = client.memory();
+    let mut taught = Vec::new();
+    for i in 0..40 {
+        let content = format!(
+            "Note {i}: keeps {} in the {} on {}",
+            ["bees", "books", "tools", "plants", "letters"][i % 5],
+            ["garden", "attic", "garage", "kitchen"][i % 4],
+            ["Mondays", "weekends", "holidays"][i % 3]
+        );
+        taught.push(memoire_tests::teach(&client, fact("u", &content)).await.id);
+    }
+    let in_an_hour = clock.now() + chrono::Duration::hours(1);
+    let expiring = m
+        .teach(pb::TeachRequest {
+            expires_at: Some(prost_types::Timestamp {
+                seconds: in_an_hour.timestamp(),
+                nanos: 0,
+            }),
+            ..fact("u", "Is visiting Lisbon this week")
+        })
+        .await
+        .expect("teach")
+        .into_inner()
+        .memory
+        .expect("memory")
+        .id;
+    let postgres = memoire_store::SearchSettings {
+        model: server.config.embedding_model.clone(),
+        dims: server.config.embedding_dims,
+        exact_search_max_scope: 10_000,
+        exact_text_max_scope: 10_000,
+        vector_cache_bytes: 0,
+    };
+    let copies = memoire_store::SearchSettings {
+        vector_cache_bytes: 64 << 20,
+        ..postgres.clone()
+    };
+    // The vector search's hits (no word of the query is in any memory), best first.
+    let near = |vector: Vec<f32>, vs: memoire_store::SearchSettings| {
+        let server = &server;
+        async move {
+            let q = memoire_core::command::RecallQuery {
+                candidates: 20,
+                ..memoire_core::command::RecallQuery::new(
+                    tenant,
+                    "u".into(),
+                    "default".into(),
+                    "zzyzx".into(),
+                )
+            };
+            let mut hits: Vec<(u32, String, f32)> = server
+                .store
+                .recall_candidates(&q, |_| std::future::ready(Ok(Some(vector.clone()))), &vs)
+                .await
+                .expect("recall")
+                .into_iter()
+                .filter_map(|c| {
+                    c.vector_rank
+                        .map(|r| (r, c.item.id().to_string(), c.vector_score))
+                })
+                .collect();
+            hits.sort_by_key(|h| h.0);
+            hits.into_iter()
+                .map(|(_, id, s)| (id, s))
+                .collect::<Vec<_>>()
+        }
+    };
+    let searched = r#"memoire_recall_vector_copies_total{outcome="searched"}"#;
+    let same = |a: &[(String, f32)], b: &[(String, f32)], what: &str| {
+        let ids = |x: &[(String, f32)]| x.iter().map(|h| h.0.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(a), ids(b), "{what}");
+        for (x, y) in a.iter().zip(b) {
+            assert!((x.1 - y.1).abs() <= 1e-6, "{what}: {} against {}", x.1, y.1);
+        }
+    };
+    // Queries: pseudo-random directions, and a memory's own vector.
+    let mut seed = 7u64;
+    let mut queries: Vec<Vec<f32>> = (0..3)
+        .map(|_| {
+            (0..postgres.dims)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((seed >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+                })
+                .collect()
+        })
+        .collect();
+    queries.push(stored_vector(&server, &taught[7]).await);
+    let before = server.metric(searched).await;
+    for v in &queries {
+        let truth = near(v.clone(), postgres.clone()).await;
+        assert_eq!(truth.len(), 20);
+        // The first search sees the generation, the second reads the copy, the third uses it.
+        for round in 0..3 {
+            same(
+                &near(v.clone(), copies.clone()).await,
+                &truth,
+                &format!("round {round}"),
+            );
+        }
+    }
+    assert!(
+        server.metric(searched).await >= before + 2.0 * queries.len() as f64,
+        "the copies answered"
+    );
+    let mine = stored_vector(&server, &taught[7]).await;
+    assert_eq!(near(mine.clone(), copies.clone()).await[0].0, taught[7]);
+
+    // A new memory.
+    let generation = scope_generation(&server, "u").await.expect("a row");
+    let new = memoire_tests::teach(&client, fact("u", "Collects old maps of harbours"))
+        .await
+        .id;
+    assert!(scope_generation(&server, "u").await > Some(generation));
+    let newest = stored_vector(&server, &new).await;
+    for _ in 0..3 {
+        assert_eq!(
+            near(newest.clone(), copies.clone()).await[0].0,
+            new,
+            "a new memory"
+        );
+    }
+    // A tombstone.
+    m.forget(pb::ForgetRequest {
+        memory_ids: vec![new.clone()],
+        ..Default::default()
+    })
+    .await
+    .expect("forget");
+    for _ in 0..3 {
+        let hits = near(newest.clone(), copies.clone()).await;
+        assert!(hits.iter().all(|h| h.0 != new), "a forgotten memory");
+    }
+    // A corrected text, so a new vector.
+    m.teach(pb::TeachRequest {
+        user_id: "u".into(),
+        memory_id: Some(taught[7].clone()),
+        content: "Sails a small boat around the fjord".into(),
+        ..Default::default()
+    })
+    .await
+    .expect("correct");
+    let corrected = stored_vector(&server, &taught[7]).await;
+    assert_ne!(corrected, mine);
+    for _ in 0..3 {
+        let hits = near(corrected.clone(), copies.clone()).await;
+        assert_eq!(hits[0].0, taught[7], "the corrected vector");
+        assert!(hits[0].1 > 0.999);
+        let old = near(mine.clone(), copies.clone()).await;
+        assert!(
+            old.iter().all(|h| h.0 != taught[7] || h.1 < 0.99),
+            "the old vector is gone"
+        );
+    }
+    // An expiry: nothing is written, the copy applies it.
+    let lisbon = stored_vector(&server, &expiring).await;
+    for _ in 0..3 {
+        assert_eq!(near(lisbon.clone(), copies.clone()).await[0].0, expiring);
+    }
+    let generation = scope_generation(&server, "u").await;
+    let before = server.metric(searched).await;
+    clock.advance(chrono::Duration::hours(2));
+    let hits = near(lisbon.clone(), copies.clone()).await;
+    assert!(hits.iter().all(|h| h.0 != expiring), "an expired memory");
+    assert_eq!(scope_generation(&server, "u").await, generation);
+    assert!(server.metric(searched).await > before, "from the copy");
+    for v in &queries {
+        same(
+            &near(v.clone(), copies.clone()).await,
+            &near(v.clone(), postgres.clone()).await,
+            "after the writes",
+        );
+    }
+
+    // A purge leaves no row naming the user; a new memory starts a new generation.
+    let generation = scope_generation(&server, "u").await.expect("a row");
+    m.forget(memoire_tests::purge_user("u"))
+        .await
+        .expect("purge");
+    assert_eq!(scope_generation(&server, "u").await, None);
+    assert!(near(lisbon.clone(), copies.clone()).await.is_empty());
+    memoire_tests::teach(&client, fact("u", "Starts again")).await;
+    assert!(scope_generation(&server, "u").await > Some(generation));
 }
