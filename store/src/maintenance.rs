@@ -24,6 +24,7 @@ use uuid::Uuid;
 use crate::episodes::{scopes, turns_before};
 use crate::memories::{audit, delete_episodes, expire, lock_user, record_versions};
 use crate::rows::{MEMORY_COLUMNS, MemoryRow, convert_all, last_accessed};
+use crate::vectors::{Held, writable};
 use crate::{PgStore, Rows, db_error, write_vectors};
 
 /// Which part of the data a job runs on: everything, one tenant, or one user of a tenant.
@@ -187,34 +188,61 @@ impl PgStore {
         let half_secs = half_life.as_secs_f64().max(1.0);
         let (mut decayed, mut below) = (0u64, 0u64);
         let mut changed = Scopes::new();
+        // Rows of scopes busy with a writer, left for the next run (`vectors::writable`).
+        let mut skipped: Vec<Uuid> = Vec::new();
         loop {
             let mut tx = self.begin(f.tenant_id).await?;
-            let rows: Vec<(Uuid, Uuid, String, String, f32, f32)> = sqlx::query_as(concat!(
-                "WITH batch AS ( \
-                   SELECT id, confidence AS before FROM memories \
-                   WHERE status = 'active' AND NOT pinned \
-                     AND (decayed_at IS NULL OR decayed_at < $1) \
-                     AND ($2::uuid IS NULL OR tenant_id = $2) AND ($3::text IS NULL OR user_id = $3) \
-                   ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
-                 UPDATE memories m SET decayed_at = $1, confidence = (m.confidence * power(0.5, \
-                     GREATEST(0, extract(epoch FROM ($1 - GREATEST(m.updated_at, ",
-                last_accessed!("m"),
-                ", COALESCE(m.decayed_at, m.updated_at))))) \
-                     / $5))::real \
-                 FROM batch WHERE m.id = batch.id \
-                 RETURNING m.id, m.tenant_id, m.user_id, m.namespace, batch.before, m.confidence",
-            ))
+            let held: Vec<(Uuid, Uuid, String, String, f32)> = sqlx::query_as(
+                "SELECT id, tenant_id, user_id, namespace, confidence FROM memories \
+                 WHERE status = 'active' AND NOT pinned \
+                   AND (decayed_at IS NULL OR decayed_at < $1) \
+                   AND ($2::uuid IS NULL OR tenant_id = $2) AND ($3::text IS NULL OR user_id = $3) \
+                   AND id <> ALL($5) \
+                 ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED",
+            )
             .bind(now)
             .bind(f.tenant_id)
             .bind(&f.user_id)
             .bind(BATCH)
+            .bind(&skipped)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(db_error)?;
+            if held.is_empty() {
+                tx.commit().await.map_err(db_error)?;
+                break;
+            }
+            let scoped: Vec<Held> = held
+                .iter()
+                .map(|r| (r.0, r.1, r.2.clone(), r.3.clone()))
+                .collect();
+            let ids = writable(&mut tx, &scoped).await?;
+            skipped.extend(held.iter().map(|r| r.0).filter(|id| !ids.contains(id)));
+            let after: Vec<(Uuid, f32)> = sqlx::query_as(concat!(
+                "UPDATE memories m SET decayed_at = $1, confidence = (m.confidence * power(0.5, \
+                     GREATEST(0, extract(epoch FROM ($1 - GREATEST(m.updated_at, ",
+                last_accessed!("m"),
+                ", COALESCE(m.decayed_at, m.updated_at))))) \
+                     / $3))::real \
+                 WHERE m.id = ANY($2) RETURNING m.id, m.confidence",
+            ))
+            .bind(now)
+            .bind(&ids)
             .bind(half_secs)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;
+            let after: std::collections::HashMap<Uuid, f32> = after.into_iter().collect();
+            let rows: Vec<(Uuid, Uuid, String, String, f32, f32)> = held
+                .into_iter()
+                .filter_map(|(id, t, u, n, before)| {
+                    after.get(&id).map(|a| (id, t, u, n, before, *a))
+                })
+                .collect();
             if rows.is_empty() {
+                // Every row held was a busy scope's: the next batch starts after them.
                 tx.commit().await.map_err(db_error)?;
-                break;
+                continue;
             }
             let crossed: Vec<Uuid> = rows
                 .iter()
@@ -268,6 +296,7 @@ impl PgStore {
             }
         }
         let mut by_policy = 0u64;
+        let mut skipped: Vec<Uuid> = Vec::new();
         loop {
             let mut tx = self.begin(f.tenant_id).await?;
             let rows: Vec<(Uuid, Uuid, String, String)> = sqlx::query_as(concat!(
@@ -279,12 +308,14 @@ impl PgStore {
                 ") \
                        < $1 - make_interval(days => t.memory_retention_days) \
                    AND ($2::uuid IS NULL OR m.tenant_id = $2) AND ($3::text IS NULL OR m.user_id = $3) \
+                   AND m.id <> ALL($5) \
                  ORDER BY m.id LIMIT $4 FOR UPDATE OF m SKIP LOCKED",
             ))
             .bind(now)
             .bind(f.tenant_id)
             .bind(&f.user_id)
             .bind(BATCH)
+            .bind(&skipped)
             .fetch_all(&mut *tx)
             .await
             .map_err(db_error)?;
@@ -292,7 +323,10 @@ impl PgStore {
                 tx.commit().await.map_err(db_error)?;
                 break;
             }
-            let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+            // Rows of scopes busy with a writer are left for the next run.
+            let ids = writable(&mut tx, &rows).await?;
+            skipped.extend(rows.iter().map(|r| r.0).filter(|id| !ids.contains(id)));
+            let rows: Vec<Held> = rows.into_iter().filter(|r| ids.contains(&r.0)).collect();
             expire(
                 &mut tx,
                 &ids,
@@ -396,7 +430,10 @@ impl PgStore {
         Ok(Some(VectorClaim {
             tx,
             table,
-            ids: rows.iter().map(|r| r.0).collect(),
+            rows: rows
+                .iter()
+                .map(|r| (r.0, r.1, r.2.clone(), r.3.clone()))
+                .collect(),
             texts: rows
                 .iter()
                 .map(|r| match (table, r.7) {
@@ -619,7 +656,8 @@ impl VectorTable {
 pub struct VectorClaim {
     tx: sqlx::Transaction<'static, sqlx::Postgres>,
     table: VectorTable,
-    ids: Vec<Uuid>,
+    /// Each row's id and scope.
+    rows: Vec<Held>,
     texts: Vec<String>,
     scopes: Vec<Scope>,
 }
@@ -630,21 +668,32 @@ impl VectorClaim {
         &self.texts
     }
 
-    /// Writes one vector per row (of `model`) and releases the claim. Returns how many rows, and
-    /// the users+namespaces whose memories changed (none for episodes).
+    /// Writes one vector per row (of `model`) and releases the claim. Returns how many rows were
+    /// written — not the memories of a scope a writer holds now (`vectors::writable`), which
+    /// stay stale for a later claim — and the users+namespaces whose memories changed (none for
+    /// episodes).
     pub async fn complete(
         mut self,
         vectors: Vec<Vec<f32>>,
         model: &str,
     ) -> Result<(u64, Vec<Scope>)> {
-        let vectors: Vec<pgvector::Vector> =
+        let mut vectors: Vec<pgvector::Vector> =
             vectors.into_iter().map(pgvector::Vector::from).collect();
-        write_vectors(&mut self.tx, self.table.name(), &self.ids, &vectors, model).await?;
+        let mut ids: Vec<Uuid> = self.rows.iter().map(|r| r.0).collect();
+        if self.table == VectorTable::Memories {
+            // The rows of scopes a writer holds stay stale until a later claim.
+            let writable = writable(&mut self.tx, &self.rows).await?;
+            let keep: Vec<bool> = ids.iter().map(|id| writable.contains(id)).collect();
+            let mut k = keep.iter();
+            vectors.retain(|_| *k.next().unwrap_or(&false));
+            ids.retain(|id| writable.contains(id));
+        }
+        write_vectors(&mut self.tx, self.table.name(), &ids, &vectors, model).await?;
         self.tx.commit().await.map_err(db_error)?;
         let changed = match self.table {
             VectorTable::Memories => self.scopes,
             VectorTable::Episodes => Vec::new(),
         };
-        Ok((self.ids.len() as u64, changed))
+        Ok((ids.len() as u64, changed))
     }
 }

@@ -24,6 +24,7 @@ use sqlx::{PgConnection, Postgres, QueryBuilder};
 use uuid::Uuid;
 
 use crate::rows::{MEMORY_COLUMNS, MemoryRow, VERSION_COLUMNS, VersionRow, convert_all};
+use crate::vectors::Held;
 use crate::{PgStore, Rows, db_error};
 
 /// The reason of an `expire` version when `expires_at` passed.
@@ -1081,12 +1082,13 @@ impl PgStore {
 
     /// Marks up to `batch` active memories whose expiry has passed as expired (with a version
     /// each). Returns how many; call again until it returns 0. Concurrent callers skip each
-    /// other's rows.
+    /// other's rows, and rows of a scope a writer holds (`vectors::writable`).
     pub async fn expire_due(&self, batch: i64) -> Result<u64> {
         let now = self.clock.now();
         let mut tx = self.begin(Rows::All).await?;
-        let ids: Vec<Uuid> = sqlx::query_scalar(
-            "SELECT id FROM memories WHERE status = 'active' AND expires_at <= $1 \
+        let held: Vec<Held> = sqlx::query_as(
+            "SELECT id, tenant_id, user_id, namespace FROM memories \
+             WHERE status = 'active' AND expires_at <= $1 \
              ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
         )
         .bind(now)
@@ -1094,6 +1096,8 @@ impl PgStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(db_error)?;
+        // Rows of scopes busy with a writer wait for the next sweep (a busy batch counts 0).
+        let ids = crate::vectors::writable(&mut tx, &held).await?;
         expire(&mut tx, &ids, now, EXPIRY_PASSED).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(ids.len() as u64)

@@ -271,6 +271,51 @@ async fn read(conn: &mut PgConnection, key: &Key, dims: usize) -> Result<Option<
     Ok(Some(copy))
 }
 
+/// A memory row a job holds and is about to write: its id and scope.
+pub(crate) type Held = (Uuid, Uuid, String, String);
+
+/// Of the memory rows `held` that a job holds (locked, without the user's lock) and is about
+/// to write, the ids it may write: those of the scopes whose `memory_scopes` row it locks now
+/// without waiting, and of the scopes without one. A writer under the user's lock (Teach,
+/// extraction, Forget) holds its scope's row from its first vector write to its commit and may
+/// then wait for one of the job's rows; a job that waited for that scope's row would close the
+/// cycle. So the job never waits: it leaves a busy scope's rows for its next batch or run.
+pub(crate) async fn writable(conn: &mut PgConnection, held: &[Held]) -> Result<Vec<Uuid>> {
+    let mut scopes: Vec<(Uuid, &str, &str)> = held
+        .iter()
+        .map(|(_, t, u, n)| (*t, u.as_str(), n.as_str()))
+        .collect();
+    scopes.sort();
+    scopes.dedup();
+    let t: Vec<Uuid> = scopes.iter().map(|x| x.0).collect();
+    let u: Vec<&str> = scopes.iter().map(|x| x.1).collect();
+    let n: Vec<&str> = scopes.iter().map(|x| x.2).collect();
+    let busy: Vec<(Uuid, String, String)> = sqlx::query_as(
+        "WITH k AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) k(t, u, n)), \
+              locked AS (SELECT s.tenant_id, s.user_id, s.namespace FROM memory_scopes s \
+                         WHERE (s.tenant_id, s.user_id, s.namespace) IN (SELECT t, u, n FROM k) \
+                         ORDER BY 1, 2, 3 FOR UPDATE SKIP LOCKED) \
+         SELECT tenant_id, user_id, namespace FROM memory_scopes \
+         WHERE (tenant_id, user_id, namespace) IN (SELECT t, u, n FROM k) \
+         EXCEPT ALL SELECT * FROM locked",
+    )
+    .bind(t)
+    .bind(u)
+    .bind(n)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db_error)?;
+    Ok(held
+        .iter()
+        .filter(|(_, t, u, n)| {
+            !busy
+                .iter()
+                .any(|(bt, bu, bn)| bt == t && bu == u && bn == n)
+        })
+        .map(|h| h.0)
+        .collect())
+}
+
 /// The sum of `a[i] * b[i]` in single precision, in sixteen lanes.
 fn sums(a: &[f32], b: &[f32]) -> f32 {
     let mut lanes = [0f32; 16];

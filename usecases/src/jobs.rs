@@ -174,6 +174,10 @@ impl UseCases {
             {
                 let vectors = self.embed(claim.texts()).await?;
                 let (n, scopes) = claim.complete(vectors, &model).await?;
+                if n == 0 {
+                    // Every row was a scope a writer holds (`complete`): give it a moment.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
                 counts[i] += n;
                 changed.extend(scopes);
             }

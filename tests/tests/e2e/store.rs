@@ -1402,3 +1402,67 @@ async fn copies_of_a_scopes_vectors_rank_as_postgres_and_follow_every_write() {
     memoire_tests::teach(&client, fact("u", "Starts again")).await;
     assert!(scope_generation(&server, "u").await > Some(generation));
 }
+
+/// A job that writes memories without the user's lock (expiry, decay) never waits for a scope's
+/// generation row: a writer holding that row (from its first vector write to its commit) may
+/// next wait for one of the job's rows, and a job waiting for the row would close a deadlock.
+/// The job leaves the busy scope's rows for its next run and writes the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_leave_a_scope_a_writer_holds_instead_of_waiting_for_it() {
+    use sqlx::Connection as _;
+    let server = TestServer::start_with(no_worker, None).await;
+    let (_, client) = server.tenant("t", pb::KeyRole::Writer).await;
+    let mut ids = Vec::new();
+    for (user, content) in [
+        ("busy", "Keeps bees in the garden"),
+        ("busy", "Plays chess on Sundays"),
+        ("idle", "Collects old maps"),
+    ] {
+        ids.push(memoire_tests::teach(&client, fact(user, content)).await.id);
+    }
+    // Expired an hour ago, as written by a Teach that set its expiry.
+    let mut setup = every_tenant_conn(&server).await;
+    sqlx::query(
+        "UPDATE memories SET expires_at = now() - interval '1 hour' WHERE id = ANY($1::uuid[])",
+    )
+    .bind(&ids)
+    .execute(&mut setup)
+    .await
+    .expect("expire");
+    // A writer of "busy" holds the scope's generation row (a vector write to its other memory).
+    let mut writer = every_tenant_conn(&server).await;
+    let mut tx = writer.begin().await.expect("begin");
+    sqlx::query("UPDATE memories SET confidence = 0.9 WHERE id = $1::uuid")
+        .bind(&ids[1])
+        .execute(&mut *tx)
+        .await
+        .expect("hold the scope");
+    let sweep = tokio::time::timeout(Duration::from_secs(10), server.store.expire_due(500))
+        .await
+        .expect("the sweep waited for the writer")
+        .expect("sweep");
+    assert_eq!(sweep, 1, "only the idle scope's memory");
+    let decay = tokio::time::timeout(
+        Duration::from_secs(10),
+        server.store.decay(
+            &JobScope {
+                tenant_id: None,
+                user_id: Some("busy".into()),
+            },
+            Duration::from_secs(3600),
+            0.0,
+        ),
+    )
+    .await
+    .expect("decay waited for the writer")
+    .expect("decay");
+    assert_eq!(decay.report["decayed"], 0, "{:?}", decay.report);
+    // The writer goes on to the job's row, which is free, and commits.
+    sqlx::query("UPDATE memories SET importance = 0.7 WHERE id = $1::uuid")
+        .bind(&ids[0])
+        .execute(&mut *tx)
+        .await
+        .expect("the writer's next row");
+    tx.commit().await.expect("commit");
+    assert_eq!(server.store.expire_due(500).await.expect("sweep"), 2);
+}
