@@ -25,14 +25,19 @@ CREATE POLICY tenant_rows ON memory_scopes
 
 -- The scopes a statement wrote (`written`, and for an update the rows' old scopes in
 -- `replaced`) get a new generation; they are locked in one order, so that two statements
--- writing the same scopes wait for each other instead of deadlocking.
+-- writing the same scopes wait for each other instead of deadlocking. Once per transaction:
+-- a scope's row that this transaction already renewed (its `xmin` is the transaction's) is
+-- left as it is — readers see the transaction whole or not at all, so one new generation is
+-- enough, and a bulk write (a COPY, an import: one statement here per memory, through the
+-- trigger of migration 0019) does not pile up a version of the row per memory.
 CREATE FUNCTION memoire_memory_scopes_written() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO memory_scopes (tenant_id, user_id, namespace, generation)
     SELECT w.tenant_id, w.user_id, w.namespace, nextval('memory_scope_generations')
     FROM (SELECT DISTINCT tenant_id, user_id, namespace FROM written ORDER BY 1, 2, 3) w
     ON CONFLICT (tenant_id, user_id, namespace)
-    DO UPDATE SET generation = EXCLUDED.generation;
+    DO UPDATE SET generation = EXCLUDED.generation
+    WHERE memory_scopes.xmin <> pg_current_xact_id()::xid;
     RETURN NULL;
 END;
 $$;
@@ -44,7 +49,8 @@ BEGIN
     FROM (SELECT tenant_id, user_id, namespace FROM written
           UNION SELECT tenant_id, user_id, namespace FROM replaced ORDER BY 1, 2, 3) w
     ON CONFLICT (tenant_id, user_id, namespace)
-    DO UPDATE SET generation = EXCLUDED.generation;
+    DO UPDATE SET generation = EXCLUDED.generation
+    WHERE memory_scopes.xmin <> pg_current_xact_id()::xid;
     RETURN NULL;
 END;
 $$;
@@ -60,7 +66,8 @@ BEGIN
     FOR UPDATE;
     UPDATE memory_scopes s SET generation = nextval('memory_scope_generations')
     WHERE (s.tenant_id, s.user_id, s.namespace) IN
-          (SELECT tenant_id, user_id, namespace FROM removed);
+          (SELECT tenant_id, user_id, namespace FROM removed)
+      AND s.xmin <> pg_current_xact_id()::xid;
     DELETE FROM memory_scopes s
     WHERE (s.tenant_id, s.user_id, s.namespace) IN
           (SELECT tenant_id, user_id, namespace FROM removed)
