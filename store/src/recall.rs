@@ -484,6 +484,7 @@ async fn nearest(
             now,
             limit: q.candidates,
             budget: settings.vector_cache_bytes,
+            vectors: stats.vectors,
         };
         if let Some(hits) = cache.nearest(conn, q, vector, &filter).await? {
             metrics::counter!("memoire_recall_vector_copies_total", "outcome" => "searched")

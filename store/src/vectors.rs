@@ -56,8 +56,14 @@ struct Copy {
 
 impl Copy {
     fn bytes(&self) -> usize {
-        self.vectors.len() * 4 + self.ids.len() * (16 + 1 + 16 + 4 + 4) + 128
+        bytes(self.ids.len(), self.dims)
     }
+}
+
+/// The bytes a copy of `rows` vectors of `dims` dimensions takes.
+fn bytes(rows: usize, dims: usize) -> usize {
+    rows.saturating_mul(dims * 4 + 16 + 1 + 16 + 4 + 4)
+        .saturating_add(128)
 }
 
 /// Tenant, user, namespace, model.
@@ -94,6 +100,9 @@ pub(crate) struct Filter<'a> {
     pub limit: usize,
     /// The budget in bytes (0: no copies).
     pub budget: usize,
+    /// How many vectors the scope holds (its statistics): a scope whose copy would not fit
+    /// the budget is not read.
+    pub vectors: u64,
 }
 
 impl VectorCache {
@@ -108,7 +117,7 @@ impl VectorCache {
         vector: &[f32],
         f: &Filter<'_>,
     ) -> Result<Option<Vec<Hit>>> {
-        if f.budget == 0 || vector.len() != f.dims {
+        if vector.len() != f.dims || bytes(f.vectors as usize, f.dims) > f.budget {
             return Ok(None);
         }
         let mut namespaces = q.namespaces.clone();
@@ -433,6 +442,7 @@ mod tests {
             now,
             limit,
             budget: 1,
+            vectors: 7,
         };
         let ids = |hits: Vec<Hit>| hits.iter().map(|h| h.0.as_u128()).collect::<Vec<_>>();
         let q = [3.0, 0.0];
@@ -444,6 +454,14 @@ mod tests {
         assert_eq!(ids(search(&c, &q, &f(false, 0.5, 10))), [1, 4, 7, 6]);
         assert_eq!(ids(search(&c, &q, &f(false, 0.0, 2))), [1, 4]);
         assert!(search(&c, &q, &f(false, 0.0, 0)).is_empty());
+    }
+
+    #[test]
+    fn a_copy_is_sized_by_its_rows() {
+        let c = copy(&[(1, Status::Active, None, 1.0, [1.0, 0.0])]);
+        assert_eq!(c.bytes(), bytes(1, 2));
+        assert!(bytes(10_000, 384) > 15 << 20 && bytes(10_000, 384) < 17 << 20);
+        assert_eq!(bytes(usize::MAX, 384), usize::MAX);
     }
 
     #[test]

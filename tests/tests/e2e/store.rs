@@ -1306,6 +1306,20 @@ async fn copies_of_a_scopes_vectors_rank_as_postgres_and_follow_every_write() {
         })
         .collect();
     queries.push(stored_vector(&server, &taught[7]).await);
+    // A scope larger than the budget is searched in Postgres (the process's other tests may
+    // count copies meanwhile: the answer is what is checked here).
+    let small = memoire_store::SearchSettings {
+        vector_cache_bytes: 10_000,
+        ..postgres.clone()
+    };
+    for _ in 0..3 {
+        let truth = near(queries[0].clone(), postgres.clone()).await;
+        same(
+            &near(queries[0].clone(), small.clone()).await,
+            &truth,
+            "over budget",
+        );
+    }
     let before = server.metric(searched).await;
     for v in &queries {
         let truth = near(v.clone(), postgres.clone()).await;
