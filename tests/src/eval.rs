@@ -604,6 +604,9 @@ async fn ingest(
 
 async fn wait_for_worker(server: &TestServer) -> anyhow::Result<()> {
     let started = Instant::now();
+    // Progress on stderr every ten seconds: on two cores the wait is a minute or more (the
+    // worker embeds every turn with its context), with nothing else printed.
+    let mut reported = Instant::now();
     loop {
         let pending: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM episodes WHERE (extracted_at IS NULL AND extract_dead_at IS NULL) \
@@ -618,6 +621,13 @@ async fn wait_for_worker(server: &TestServer) -> anyhow::Result<()> {
             started.elapsed() < Duration::from_secs(1800),
             "the worker did not finish"
         );
+        if reported.elapsed() >= Duration::from_secs(10) {
+            eprintln!(
+                "eval: {pending} turns still wait for extraction or their vector ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+            reported = Instant::now();
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
