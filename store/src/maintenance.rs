@@ -24,7 +24,7 @@ use uuid::Uuid;
 use crate::episodes::{scopes, turns_before};
 use crate::memories::{audit, delete_episodes, expire, lock_user, record_versions};
 use crate::rows::{MEMORY_COLUMNS, MemoryRow, convert_all, last_accessed};
-use crate::vectors::{Held, writable};
+use crate::vectors::{Held, busy_rows};
 use crate::{PgStore, Rows, db_error, write_vectors};
 
 /// Which part of the data a job runs on: everything, one tenant, or one user of a tenant.
@@ -188,7 +188,7 @@ impl PgStore {
         let half_secs = half_life.as_secs_f64().max(1.0);
         let (mut decayed, mut below) = (0u64, 0u64);
         let mut changed = Scopes::new();
-        // Rows of scopes busy with a writer, left for the next run (`vectors::writable`).
+        // Rows of scopes busy with a writer, left for the next run (`vectors::busy_rows`).
         let mut skipped: Vec<Uuid> = Vec::new();
         loop {
             let mut tx = self.begin(f.tenant_id).await?;
@@ -216,8 +216,13 @@ impl PgStore {
                 .iter()
                 .map(|r| (r.0, r.1, r.2.clone(), r.3.clone()))
                 .collect();
-            let ids = writable(&mut tx, &scoped).await?;
-            skipped.extend(held.iter().map(|r| r.0).filter(|id| !ids.contains(id)));
+            let busy = busy_rows(&mut tx, &scoped).await?;
+            let ids: Vec<Uuid> = held
+                .iter()
+                .map(|r| r.0)
+                .filter(|id| !busy.contains(id))
+                .collect();
+            skipped.extend(busy);
             let after: Vec<(Uuid, f32)> = sqlx::query_as(concat!(
                 "UPDATE memories m SET decayed_at = $1, confidence = (m.confidence * power(0.5, \
                      GREATEST(0, extract(epoch FROM ($1 - GREATEST(m.updated_at, ",
@@ -324,9 +329,10 @@ impl PgStore {
                 break;
             }
             // Rows of scopes busy with a writer are left for the next run.
-            let ids = writable(&mut tx, &rows).await?;
-            skipped.extend(rows.iter().map(|r| r.0).filter(|id| !ids.contains(id)));
-            let rows: Vec<Held> = rows.into_iter().filter(|r| ids.contains(&r.0)).collect();
+            let busy = busy_rows(&mut tx, &rows).await?;
+            let rows: Vec<Held> = rows.into_iter().filter(|r| !busy.contains(&r.0)).collect();
+            let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+            skipped.extend(busy);
             expire(
                 &mut tx,
                 &ids,
@@ -669,7 +675,7 @@ impl VectorClaim {
     }
 
     /// Writes one vector per row (of `model`) and releases the claim. Returns how many rows were
-    /// written — not the memories of a scope a writer holds now (`vectors::writable`), which
+    /// written — not the memories of a scope a writer holds now (`vectors::busy_rows`), which
     /// stay stale for a later claim — and the users+namespaces whose memories changed (none for
     /// episodes).
     pub async fn complete(
@@ -677,17 +683,19 @@ impl VectorClaim {
         vectors: Vec<Vec<f32>>,
         model: &str,
     ) -> Result<(u64, Vec<Scope>)> {
-        let mut vectors: Vec<pgvector::Vector> =
-            vectors.into_iter().map(pgvector::Vector::from).collect();
-        let mut ids: Vec<Uuid> = self.rows.iter().map(|r| r.0).collect();
-        if self.table == VectorTable::Memories {
-            // The rows of scopes a writer holds stay stale until a later claim.
-            let writable = writable(&mut self.tx, &self.rows).await?;
-            let keep: Vec<bool> = ids.iter().map(|id| writable.contains(id)).collect();
-            let mut k = keep.iter();
-            vectors.retain(|_| *k.next().unwrap_or(&false));
-            ids.retain(|id| writable.contains(id));
-        }
+        // The rows of scopes a writer holds stay stale until a later claim.
+        let busy = match self.table {
+            VectorTable::Memories => busy_rows(&mut self.tx, &self.rows).await?,
+            VectorTable::Episodes => Default::default(),
+        };
+        let (ids, vectors): (Vec<Uuid>, Vec<pgvector::Vector>) = self
+            .rows
+            .iter()
+            .map(|r| r.0)
+            .zip(vectors)
+            .filter(|(id, _)| !busy.contains(id))
+            .map(|(id, v)| (id, pgvector::Vector::from(v)))
+            .unzip();
         write_vectors(&mut self.tx, self.table.name(), &ids, &vectors, model).await?;
         self.tx.commit().await.map_err(db_error)?;
         let changed = match self.table {

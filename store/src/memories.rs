@@ -1082,7 +1082,7 @@ impl PgStore {
 
     /// Marks up to `batch` active memories whose expiry has passed as expired (with a version
     /// each). Returns how many; call again until it returns 0. Concurrent callers skip each
-    /// other's rows, and rows of a scope a writer holds (`vectors::writable`).
+    /// other's rows, and rows of a scope a writer holds (`vectors::busy_rows`).
     pub async fn expire_due(&self, batch: i64) -> Result<u64> {
         let now = self.clock.now();
         let mut tx = self.begin(Rows::All).await?;
@@ -1097,7 +1097,12 @@ impl PgStore {
         .await
         .map_err(db_error)?;
         // Rows of scopes busy with a writer wait for the next sweep (a busy batch counts 0).
-        let ids = crate::vectors::writable(&mut tx, &held).await?;
+        let busy = crate::vectors::busy_rows(&mut tx, &held).await?;
+        let ids: Vec<Uuid> = held
+            .iter()
+            .map(|r| r.0)
+            .filter(|id| !busy.contains(id))
+            .collect();
         expire(&mut tx, &ids, now, EXPIRY_PASSED).await?;
         tx.commit().await.map_err(db_error)?;
         Ok(ids.len() as u64)

@@ -19,7 +19,7 @@
 //! last bit. Ties are broken by id, as in Postgres.
 
 use std::cmp::Ordering;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -284,22 +284,21 @@ async fn read(conn: &mut PgConnection, key: &Key, dims: usize) -> Result<Option<
 pub(crate) type Held = (Uuid, Uuid, String, String);
 
 /// Of the memory rows `held` that a job holds (locked, without the user's lock) and is about
-/// to write, the ids it may write: those of the scopes whose `memory_scopes` row it locks now
-/// without waiting, and of the scopes without one. A writer under the user's lock (Teach,
-/// extraction, Forget) holds its scope's row from its first vector write to its commit and may
-/// then wait for one of the job's rows; a job that waited for that scope's row would close the
-/// cycle. So the job never waits: it leaves a busy scope's rows for its next batch or run.
-pub(crate) async fn writable(conn: &mut PgConnection, held: &[Held]) -> Result<Vec<Uuid>> {
-    let mut scopes: Vec<(Uuid, &str, &str)> = held
+/// to write, the ids it must leave: those of the scopes whose `memory_scopes` row it could not
+/// lock now without waiting (it locks the others; a scope without a row is free). A writer
+/// under the user's lock (Teach, extraction, Forget) holds its scope's row from its first
+/// vector write to its commit and may then wait for one of the job's rows; a job that waited
+/// for that scope's row would close the cycle. So the job never waits: it leaves a busy
+/// scope's rows for its next batch or run.
+pub(crate) async fn busy_rows(conn: &mut PgConnection, held: &[Held]) -> Result<HashSet<Uuid>> {
+    let scopes: BTreeSet<(Uuid, &str, &str)> = held
         .iter()
         .map(|(_, t, u, n)| (*t, u.as_str(), n.as_str()))
         .collect();
-    scopes.sort();
-    scopes.dedup();
     let t: Vec<Uuid> = scopes.iter().map(|x| x.0).collect();
     let u: Vec<&str> = scopes.iter().map(|x| x.1).collect();
     let n: Vec<&str> = scopes.iter().map(|x| x.2).collect();
-    let busy: Vec<(Uuid, String, String)> = sqlx::query_as(
+    let busy: HashSet<(Uuid, String, String)> = sqlx::query_as(
         "WITH k AS (SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[]) k(t, u, n)), \
               locked AS (SELECT s.tenant_id, s.user_id, s.namespace FROM memory_scopes s \
                          WHERE (s.tenant_id, s.user_id, s.namespace) IN (SELECT t, u, n FROM k) \
@@ -313,14 +312,12 @@ pub(crate) async fn writable(conn: &mut PgConnection, held: &[Held]) -> Result<V
     .bind(n)
     .fetch_all(&mut *conn)
     .await
-    .map_err(db_error)?;
+    .map_err(db_error)?
+    .into_iter()
+    .collect();
     Ok(held
         .iter()
-        .filter(|(_, t, u, n)| {
-            !busy
-                .iter()
-                .any(|(bt, bu, bn)| bt == t && bu == u && bn == n)
-        })
+        .filter(|(_, t, u, n)| busy.contains(&(*t, u.clone(), n.clone())))
         .map(|h| h.0)
         .collect())
 }
