@@ -13,9 +13,11 @@
 //!
 //! The dense layers' weights are kept in 16 bits and every sum in f32. On x86-64 with AVX-512
 //! BF16 (detected at run time) weights and activations are bfloat16 and one instruction adds two
-//! products to each of 16 sums; with AVX2, FMA and F16C the weights are half precision and the
-//! activations f32; elsewhere a portable kernel does the arithmetic of either. The vectors stay
-//! within cosine 0.9999 of sentence-transformers' with both (the reference-vector test).
+//! products to each of 16 sums; otherwise the weights are half precision and the activations
+//! f32, widened and multiplied 16 outputs an instruction with AVX-512F, 8 with AVX2, FMA and
+//! F16C (the same FMAs in the same order: the same bits); elsewhere a portable kernel does the
+//! arithmetic of either packing. The vectors stay within cosine 0.9999 of
+//! sentence-transformers' with both (the reference-vector test).
 
 use std::collections::HashMap;
 
@@ -28,8 +30,9 @@ const PANEL: usize = 16;
 /// panel of a weight matrix streams past them.
 const ROW_BLOCK: usize = 48;
 /// Token rows one kernel call keeps in registers. AVX2: 6 rows × 2 registers, 2 weight registers
-/// and 1 broadcast, of the 16 ymm registers. AVX-512 uses its 32 registers for 6 rows × 4 panels
-/// instead (12 rows of one panel measured no faster; 4 panels, 25% faster for a query).
+/// and 1 broadcast, of the 16 ymm registers. The AVX-512 kernels use their 32 registers for 6
+/// rows × 4 panels instead (12 rows of one panel measured no faster; 4 panels, 25% faster for a
+/// query).
 const TILE_ROWS: usize = 6;
 
 /// The fields of a Hugging Face `config.json` the encoder reads.
@@ -80,8 +83,8 @@ struct Linear {
 /// this machine's 32 MB L3; a one-query pass was bound by reading them); every sum is f32.
 enum Packed {
     /// `panels × inputs × PANEL` half floats: panel `p`, input `k`, lane `j` is weight
-    /// `[p·PANEL + j, k]`; lanes past `outputs` are zero. For the AVX2/F16C kernel, which
-    /// multiplies them with f32 activations, and the portable one.
+    /// `[p·PANEL + j, k]`; lanes past `outputs` are zero. For the AVX-512F and AVX2/F16C
+    /// kernels, which multiply them with f32 activations, and the portable one.
     Half(Vec<half::f16>),
     /// `panels × ⌈inputs / 2⌉ × PANEL × 2` bfloat16s: panel `p`, input pair `q`, lane `j` holds
     /// weights `[p·PANEL + j, 2q]` and `[p·PANEL + j, 2q + 1]` side by side (zero past the
@@ -713,6 +716,12 @@ fn matmul(w: &Linear, x: &[f32], rows: usize, y: &mut [f32]) {
             unsafe { avx512::matmul(w, packed, x, rows, y) };
             return;
         }
+        Packed::Half(packed) if std::arch::is_x86_feature_detected!("avx512f") => {
+            // SAFETY: the CPU has AVX-512F (checked); the kernel indexes within the slices'
+            // lengths, which `Linear::forward` and `Linear::packed` sized.
+            unsafe { avx512::matmul_half(w, packed, x, rows, y) };
+            return;
+        }
         Packed::Half(packed)
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
@@ -869,8 +878,11 @@ mod avx2 {
     }
 }
 
-/// The AVX-512 BF16 kernel: a panel's 16 outputs are one 512-bit register, and one `vdpbf16ps`
-/// adds two inputs' products to all 16.
+/// The AVX-512 kernels: a panel's 16 outputs are one 512-bit register. With BF16, one
+/// `vdpbf16ps` adds two inputs' products to all 16 ([`matmul`]); without it (AVX-512F alone),
+/// the half-precision weights are widened to f32 and one FMA adds one input's products
+/// ([`matmul_half`]: the same chain of FMAs per output as the AVX2 kernel, so the same bits,
+/// with half its instructions).
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx512 {
@@ -897,32 +909,22 @@ mod avx512 {
             // SAFETY: the caller checked the features.
             unsafe { pair(row, out) };
         }
-        let panels = w.outputs.div_ceil(PANEL);
         // [`WIDE`] panels per tile: each row's broadcast serves them all, and the independent
         // sums hide the latency of `vdpbf16ps` even when a tile has fewer than six rows (a short
         // query: one panel a tile was 25% slower). Each sum is the same chain of products as
         // with one panel: the same bits.
         for_each_tile(w, rows, WIDE, |p, r, n| {
-            // Each panel's real outputs (a matrix's last panel may have fewer than PANEL).
-            let masks: [u16; WIDE] = std::array::from_fn(|j| {
-                let cols = w.outputs.saturating_sub((p + j) * PANEL).min(PANEL);
-                ((1u32 << cols) - 1) as u16
-            });
-            let here = (panels - p).min(WIDE);
-            // SAFETY: each of the `here` panels has pairs × 2 × PANEL bfloat16s and PANEL
-            // biases, rows r..r+n of `paired` exist, rows r..r+n of `y` have the masked outputs
-            // of those panels, and the features were checked by the caller.
+            // SAFETY: `tile_at`'s panels have pairs × 2 × PANEL bfloat16s, rows r..r+n of
+            // `paired` exist, and the features were checked by the caller.
             unsafe {
+                let t = tile_at(w, p, packed.as_ptr(), pairs * 2 * PANEL, y);
                 let t = Tile {
                     x: paired.as_ptr().add(r * pairs),
-                    pairs,
-                    panel: packed.as_ptr().add(p * pairs * 2 * PANEL),
-                    bias: w.bias.as_ptr().add(p * PANEL),
-                    y: y.as_mut_ptr().add(r * w.outputs + p * PANEL),
-                    outputs: w.outputs,
-                    masks,
+                    depth: pairs,
+                    y: t.y.add(r * w.outputs),
+                    ..t
                 };
-                match here {
+                match (w.outputs.div_ceil(PANEL) - p).min(WIDE) {
                     WIDE => rows_of::<WIDE>(n, &t),
                     3 => rows_of::<3>(n, &t),
                     2 => rows_of::<2>(n, &t),
@@ -932,20 +934,86 @@ mod avx512 {
         });
     }
 
-    /// Where one call of [`tile`] reads and writes.
-    struct Tile {
-        /// The first row of paired activations (row stride `pairs`).
-        x: *const u32,
-        pairs: usize,
-        /// The first panel (the others follow it).
-        panel: *const half::bf16,
+    /// # Safety
+    /// The CPU must have AVX-512F; `packed` is `w`'s half-precision weights, `x` holds
+    /// `rows × w.inputs` and `y` `rows × w.outputs`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn matmul_half(
+        w: &Linear,
+        packed: &[half::f16],
+        x: &[f32],
+        rows: usize,
+        y: &mut [f32],
+    ) {
+        let k = w.inputs;
+        for_each_tile(w, rows, WIDE, |p, r, n| {
+            // SAFETY: `tile_at`'s panels have k × PANEL halves, rows r..r+n of `x` exist, and
+            // the features were checked by the caller.
+            unsafe {
+                let t = tile_at(w, p, packed.as_ptr(), k * PANEL, y);
+                let t = Tile {
+                    x: x.as_ptr().add(r * k),
+                    depth: k,
+                    y: t.y.add(r * w.outputs),
+                    ..t
+                };
+                match (w.outputs.div_ceil(PANEL) - p).min(WIDE) {
+                    WIDE => half_rows_of::<WIDE>(n, &t),
+                    3 => half_rows_of::<3>(n, &t),
+                    2 => half_rows_of::<2>(n, &t),
+                    _ => half_rows_of::<1>(n, &t),
+                }
+            }
+        });
+    }
+
+    /// Where one call of a tile kernel reads and writes: `R` rows of activations `X` times up to
+    /// [`WIDE`] consecutive panels of weights `W`.
+    struct Tile<X, W> {
+        /// The first row of activations (row stride `depth`).
+        x: *const X,
+        /// Activations per row: input pairs (bfloat16) or inputs (halves).
+        depth: usize,
+        /// The first panel (the others follow it, `stride` apart).
+        panel: *const W,
+        stride: usize,
         /// Its biases (the others' follow).
         bias: *const f32,
         /// The first output of the first row (row stride `outputs`).
         y: *mut f32,
         outputs: usize,
-        /// Each panel's real outputs.
+        /// Each panel's real outputs (a matrix's last panel may have fewer than PANEL).
         masks: [u16; WIDE],
+    }
+
+    /// The tile of panels `p..` of `w` (weights `panels`, `stride` apart), activations unset
+    /// (null, depth 0) and outputs from row 0.
+    ///
+    /// # Safety
+    /// `panels` and `y` are `w`'s packed weights and outputs.
+    unsafe fn tile_at<X, W>(
+        w: &Linear,
+        p: usize,
+        panels: *const W,
+        stride: usize,
+        y: &mut [f32],
+    ) -> Tile<X, W> {
+        // SAFETY: panel p and output column p × PANEL are within the caller's slices.
+        unsafe {
+            Tile {
+                x: std::ptr::null(),
+                depth: 0,
+                panel: panels.add(p * stride),
+                stride,
+                bias: w.bias.as_ptr().add(p * PANEL),
+                y: y.as_mut_ptr().add(p * PANEL),
+                outputs: w.outputs,
+                masks: std::array::from_fn(|j| {
+                    let cols = w.outputs.saturating_sub((p + j) * PANEL).min(PANEL);
+                    ((1u32 << cols) - 1) as u16
+                }),
+            }
+        }
     }
 
     /// Panels per tile: 6 rows × 4 panels of sums, 4 weight registers and a broadcast are 29 of
@@ -955,7 +1023,7 @@ mod avx512 {
     /// [`tile`] for `n` rows.
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[inline]
-    unsafe fn rows_of<const P: usize>(n: usize, t: &Tile) {
+    unsafe fn rows_of<const P: usize>(n: usize, t: &Tile<u32, half::bf16>) {
         // SAFETY: as for `tile`, which the caller guarantees.
         unsafe {
             match n {
@@ -965,6 +1033,23 @@ mod avx512 {
                 3 => tile::<3, P>(t),
                 2 => tile::<2, P>(t),
                 _ => tile::<1, P>(t),
+            }
+        }
+    }
+
+    /// [`half_tile`] for `n` rows.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn half_rows_of<const P: usize>(n: usize, t: &Tile<f32, half::f16>) {
+        // SAFETY: as for `half_tile`, which the caller guarantees.
+        unsafe {
+            match n {
+                6 => half_tile::<6, P>(t),
+                5 => half_tile::<5, P>(t),
+                4 => half_tile::<4, P>(t),
+                3 => half_tile::<3, P>(t),
+                2 => half_tile::<2, P>(t),
+                _ => half_tile::<1, P>(t),
             }
         }
     }
@@ -988,38 +1073,76 @@ mod avx512 {
         }
     }
 
+    /// Stores `P` panels of `R` rows of sums to the tile's outputs (each panel's masked).
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn store<X, W, const R: usize, const P: usize>(t: &Tile<X, W>, acc: &[[__m512; R]; P]) {
+        for (j, acc) in acc.iter().enumerate() {
+            for (i, a) in acc.iter().enumerate() {
+                // SAFETY: the caller guarantees R rows of outputs at y, each panel's masked
+                // ones within the row.
+                unsafe {
+                    let at = t.y.add(i * t.outputs + j * PANEL);
+                    _mm512_mask_storeu_ps(at, t.masks[j], *a);
+                }
+            }
+        }
+    }
+
     /// `R` rows of paired activations times `P` consecutive panels, plus bias, stored to the
     /// outputs (each panel's masked).
     #[target_feature(enable = "avx512f,avx512bf16")]
     #[inline]
-    unsafe fn tile<const R: usize, const P: usize>(t: &Tile) {
-        // SAFETY: the caller guarantees R rows of `pairs` u32 at x, P panels of pairs × 2 ×
+    unsafe fn tile<const R: usize, const P: usize>(t: &Tile<u32, half::bf16>) {
+        // SAFETY: the caller guarantees R rows of `depth` u32 at x, P panels of depth × 2 ×
         // PANEL bfloat16s at panel with their P × PANEL biases at bias, and R rows of outputs
         // at y, each panel's masked ones within the row.
         unsafe {
-            let stride = t.pairs * 2 * PANEL;
             let mut acc: [[__m512; R]; P] =
                 std::array::from_fn(|j| [_mm512_loadu_ps(t.bias.add(j * PANEL)); R]);
-            for q in 0..t.pairs {
+            for q in 0..t.depth {
                 let wq: [__m512bh; P] = std::array::from_fn(|j| {
                     std::mem::transmute(_mm512_loadu_si512(
-                        t.panel.add(j * stride + q * 2 * PANEL).cast(),
+                        t.panel.add(j * t.stride + q * 2 * PANEL).cast(),
                     ))
                 });
                 for i in 0..R {
                     let xq: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*t.x.add(i * t.pairs + q) as i32));
+                        std::mem::transmute(_mm512_set1_epi32(*t.x.add(i * t.depth + q) as i32));
                     for (sums, w) in acc.iter_mut().zip(&wq) {
                         sums[i] = _mm512_dpbf16_ps(sums[i], xq, *w);
                     }
                 }
             }
-            for (j, acc) in acc.iter().enumerate() {
-                for (i, a) in acc.iter().enumerate() {
-                    let at = t.y.add(i * t.outputs + j * PANEL);
-                    _mm512_mask_storeu_ps(at, t.masks[j], *a);
+            store(t, &acc);
+        }
+    }
+
+    /// `R` rows of f32 activations times `P` consecutive panels of halves, plus bias, stored to
+    /// the outputs (each panel's masked): per output, one FMA per input in order from the bias.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn half_tile<const R: usize, const P: usize>(t: &Tile<f32, half::f16>) {
+        // SAFETY: the caller guarantees R rows of `depth` floats at x, P panels of depth ×
+        // PANEL halves at panel with their P × PANEL biases at bias, and R rows of outputs at
+        // y, each panel's masked ones within the row.
+        unsafe {
+            let mut acc: [[__m512; R]; P] =
+                std::array::from_fn(|j| [_mm512_loadu_ps(t.bias.add(j * PANEL)); R]);
+            for kk in 0..t.depth {
+                let wk: [__m512; P] = std::array::from_fn(|j| {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(
+                        t.panel.add(j * t.stride + kk * PANEL).cast(),
+                    ))
+                });
+                for i in 0..R {
+                    let xv = _mm512_set1_ps(*t.x.add(i * t.depth + kk));
+                    for (sums, w) in acc.iter_mut().zip(&wk) {
+                        sums[i] = _mm512_fmadd_ps(xv, *w, sums[i]);
+                    }
                 }
             }
+            store(t, &acc);
         }
     }
 }
@@ -1061,6 +1184,38 @@ mod tests {
             .collect()
     }
 
+    /// The product by every SIMD kernel of half-precision weights this CPU runs, whichever
+    /// [`matmul`] dispatches to: each is the same chain of FMAs per output, so the same bits.
+    #[allow(unsafe_code, unused_variables, unused_mut)]
+    fn half_kernels(
+        w: &Linear,
+        packed: &[half::f16],
+        x: &[f32],
+        rows: usize,
+    ) -> Vec<(&'static str, Vec<f32>)> {
+        let mut out = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                let mut y = vec![f32::NAN; rows * w.outputs];
+                // SAFETY: the CPU has AVX-512F; the slices are sized as `Linear::forward` sizes
+                // them.
+                unsafe { avx512::matmul_half(w, packed, x, rows, &mut y) };
+                out.push(("AVX-512F", y));
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                let mut y = vec![f32::NAN; rows * w.outputs];
+                // SAFETY: the CPU has the three features; sized as above.
+                unsafe { avx2::matmul(w, packed, x, rows, &mut y) };
+                out.push(("AVX2", y));
+            }
+        }
+        out
+    }
+
     #[test]
     fn every_kernel_matches_a_plain_product_at_every_tile_and_panel_remainder() {
         // Output counts off the panel width and row counts off the tile and block sizes.
@@ -1095,6 +1250,11 @@ mod tests {
                 matmul(&linear, &x, rows, &mut fast);
                 let mut portable = vec![f32::NAN; rows * n];
                 portable_matmul(&linear, &x, rows, &mut portable);
+                if let Packed::Half(packed) = &linear.weights {
+                    for (isa, got) in half_kernels(&linear, packed, &x, rows) {
+                        assert_eq!(bits(&got), bits(&fast), "{isa} kernel, {rows}×{k}×{n}");
+                    }
+                }
                 for (i, w) in want.iter().enumerate() {
                     assert!(
                         (fast[i] - w).abs() < 1e-4,
