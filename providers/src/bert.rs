@@ -879,10 +879,10 @@ mod avx2 {
 }
 
 /// The AVX-512 kernels: a panel's 16 outputs are one 512-bit register. With BF16, one
-/// `vdpbf16ps` adds two inputs' products to all 16 ([`matmul`]); without it (AVX-512F alone),
+/// `vdpbf16ps` adds two inputs' products to all 16 ([`Bfloat`]); without it (AVX-512F alone),
 /// the half-precision weights are widened to f32 and one FMA adds one input's products
-/// ([`matmul_half`]: the same chain of FMAs per output as the AVX2 kernel, so the same bits,
-/// with half its instructions).
+/// ([`Halves`]: the same chain of FMAs per output as the AVX2 kernel, so the same bits, with
+/// half its instructions). Both walk the matrices alike ([`run`]).
 #[cfg(target_arch = "x86_64")]
 #[allow(unsafe_code)]
 mod avx512 {
@@ -909,29 +909,8 @@ mod avx512 {
             // SAFETY: the caller checked the features.
             unsafe { pair(row, out) };
         }
-        // [`WIDE`] panels per tile: each row's broadcast serves them all, and the independent
-        // sums hide the latency of `vdpbf16ps` even when a tile has fewer than six rows (a short
-        // query: one panel a tile was 25% slower). Each sum is the same chain of products as
-        // with one panel: the same bits.
-        for_each_tile(w, rows, WIDE, |p, r, n| {
-            // SAFETY: `tile_at`'s panels have pairs × 2 × PANEL bfloat16s, rows r..r+n of
-            // `paired` exist, and the features were checked by the caller.
-            unsafe {
-                let t = tile_at(w, p, packed.as_ptr(), pairs * 2 * PANEL, y);
-                let t = Tile {
-                    x: paired.as_ptr().add(r * pairs),
-                    depth: pairs,
-                    y: t.y.add(r * w.outputs),
-                    ..t
-                };
-                match (w.outputs.div_ceil(PANEL) - p).min(WIDE) {
-                    WIDE => rows_of::<WIDE>(n, &t),
-                    3 => rows_of::<3>(n, &t),
-                    2 => rows_of::<2>(n, &t),
-                    _ => rows_of::<1>(n, &t),
-                }
-            }
-        });
+        // SAFETY: as the caller guarantees, with `paired` sized for `rows`.
+        unsafe { run::<Bfloat>(w, packed, &paired, pairs, rows, y) };
     }
 
     /// # Safety
@@ -945,38 +924,40 @@ mod avx512 {
         rows: usize,
         y: &mut [f32],
     ) {
-        let k = w.inputs;
-        for_each_tile(w, rows, WIDE, |p, r, n| {
-            // SAFETY: `tile_at`'s panels have k × PANEL halves, rows r..r+n of `x` exist, and
-            // the features were checked by the caller.
-            unsafe {
-                let t = tile_at(w, p, packed.as_ptr(), k * PANEL, y);
-                let t = Tile {
-                    x: x.as_ptr().add(r * k),
-                    depth: k,
-                    y: t.y.add(r * w.outputs),
-                    ..t
-                };
-                match (w.outputs.div_ceil(PANEL) - p).min(WIDE) {
-                    WIDE => half_rows_of::<WIDE>(n, &t),
-                    3 => half_rows_of::<3>(n, &t),
-                    2 => half_rows_of::<2>(n, &t),
-                    _ => half_rows_of::<1>(n, &t),
-                }
-            }
-        });
+        // SAFETY: as the caller guarantees.
+        unsafe { run::<Halves>(w, packed, x, w.inputs, rows, y) };
     }
 
-    /// Where one call of a tile kernel reads and writes: `R` rows of activations `X` times up to
-    /// [`WIDE`] consecutive panels of weights `W`.
+    /// One kernel's types and its tile: `R` rows of activations times `P` consecutive panels,
+    /// plus bias, stored to the outputs (each panel's masked).
+    trait Kernel {
+        /// An activation step: a pair of bfloat16s (as a u32), or one f32.
+        type X;
+        /// A weight.
+        type W;
+        /// Weights per panel lane and activation step.
+        const STEP: usize;
+
+        /// # Safety
+        /// The CPU has the kernel's features; the tile's pointers cover R rows of `depth`
+        /// activations, P panels of `depth × STEP × PANEL` weights with their P × PANEL
+        /// biases, and R rows of outputs, each panel's masked ones within the row.
+        unsafe fn tile<const R: usize, const P: usize>(t: &Tile<Self::X, Self::W>);
+    }
+
+    /// Bfloat16 pairs by `vdpbf16ps`.
+    struct Bfloat;
+    /// Halves widened to f32, by FMA.
+    struct Halves;
+
+    /// Where one call of a tile kernel reads and writes.
     struct Tile<X, W> {
         /// The first row of activations (row stride `depth`).
         x: *const X,
-        /// Activations per row: input pairs (bfloat16) or inputs (halves).
+        /// Activation steps per row: input pairs (bfloat16) or inputs (halves).
         depth: usize,
-        /// The first panel (the others follow it, `stride` apart).
+        /// The first panel (the others follow it, `depth × STEP × PANEL` apart).
         panel: *const W,
-        stride: usize,
         /// Its biases (the others' follow).
         bias: *const f32,
         /// The first output of the first row (row stride `outputs`).
@@ -986,70 +967,68 @@ mod avx512 {
         masks: [u16; WIDE],
     }
 
-    /// The tile of panels `p..` of `w` (weights `panels`, `stride` apart), activations unset
-    /// (null, depth 0) and outputs from row 0.
-    ///
-    /// # Safety
-    /// `panels` and `y` are `w`'s packed weights and outputs.
-    unsafe fn tile_at<X, W>(
-        w: &Linear,
-        p: usize,
-        panels: *const W,
-        stride: usize,
-        y: &mut [f32],
-    ) -> Tile<X, W> {
-        // SAFETY: panel p and output column p × PANEL are within the caller's slices.
-        unsafe {
-            Tile {
-                x: std::ptr::null(),
-                depth: 0,
-                panel: panels.add(p * stride),
-                stride,
-                bias: w.bias.as_ptr().add(p * PANEL),
-                y: y.as_mut_ptr().add(p * PANEL),
-                outputs: w.outputs,
-                masks: std::array::from_fn(|j| {
-                    let cols = w.outputs.saturating_sub((p + j) * PANEL).min(PANEL);
-                    ((1u32 << cols) - 1) as u16
-                }),
-            }
-        }
-    }
-
     /// Panels per tile: 6 rows × 4 panels of sums, 4 weight registers and a broadcast are 29 of
-    /// the 32 zmm registers.
+    /// the 32 zmm registers. Each row's broadcast serves them all, and the independent sums hide
+    /// the latency of the products even when a tile has fewer than six rows (a short query: one
+    /// panel a tile was 25% slower). Each sum is the same chain of products as with one panel:
+    /// the same bits.
     const WIDE: usize = 4;
 
-    /// [`tile`] for `n` rows.
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    #[inline]
-    unsafe fn rows_of<const P: usize>(n: usize, t: &Tile<u32, half::bf16>) {
-        // SAFETY: as for `tile`, which the caller guarantees.
-        unsafe {
-            match n {
-                6 => tile::<6, P>(t),
-                5 => tile::<5, P>(t),
-                4 => tile::<4, P>(t),
-                3 => tile::<3, P>(t),
-                2 => tile::<2, P>(t),
-                _ => tile::<1, P>(t),
+    /// `y = x · packedᵀ + bias` by kernel `K`, tile by tile.
+    ///
+    /// # Safety
+    /// The CPU has `K`'s features; `packed` is `w`'s weights packed for `K`, `x` holds `rows ×
+    /// depth` activation steps and `y` `rows × w.outputs`.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run<K: Kernel>(
+        w: &Linear,
+        packed: &[K::W],
+        x: &[K::X],
+        depth: usize,
+        rows: usize,
+        y: &mut [f32],
+    ) {
+        let stride = depth * K::STEP * PANEL;
+        let panels = w.outputs.div_ceil(PANEL);
+        for_each_tile(w, rows, WIDE, |p, r, n| {
+            // SAFETY: panels p.. and their biases are within `packed` and `w.bias`, rows r..r+n
+            // of `x` and `y` exist, each panel's masked outputs within the row; the caller
+            // checked the features.
+            unsafe {
+                let t = Tile {
+                    x: x.as_ptr().add(r * depth),
+                    depth,
+                    panel: packed.as_ptr().add(p * stride),
+                    bias: w.bias.as_ptr().add(p * PANEL),
+                    y: y.as_mut_ptr().add(r * w.outputs + p * PANEL),
+                    outputs: w.outputs,
+                    masks: std::array::from_fn(|j| {
+                        let cols = w.outputs.saturating_sub((p + j) * PANEL).min(PANEL);
+                        ((1u32 << cols) - 1) as u16
+                    }),
+                };
+                match (panels - p).min(WIDE) {
+                    WIDE => rows_of::<K, WIDE>(n, &t),
+                    3 => rows_of::<K, 3>(n, &t),
+                    2 => rows_of::<K, 2>(n, &t),
+                    _ => rows_of::<K, 1>(n, &t),
+                }
             }
-        }
+        });
     }
 
-    /// [`half_tile`] for `n` rows.
-    #[target_feature(enable = "avx512f")]
+    /// `K`'s tile for `n` rows.
     #[inline]
-    unsafe fn half_rows_of<const P: usize>(n: usize, t: &Tile<f32, half::f16>) {
-        // SAFETY: as for `half_tile`, which the caller guarantees.
+    unsafe fn rows_of<K: Kernel, const P: usize>(n: usize, t: &Tile<K::X, K::W>) {
+        // SAFETY: as for `Kernel::tile`, which the caller guarantees.
         unsafe {
             match n {
-                6 => half_tile::<6, P>(t),
-                5 => half_tile::<5, P>(t),
-                4 => half_tile::<4, P>(t),
-                3 => half_tile::<3, P>(t),
-                2 => half_tile::<2, P>(t),
-                _ => half_tile::<1, P>(t),
+                6 => K::tile::<6, P>(t),
+                5 => K::tile::<5, P>(t),
+                4 => K::tile::<4, P>(t),
+                3 => K::tile::<3, P>(t),
+                2 => K::tile::<2, P>(t),
+                _ => K::tile::<1, P>(t),
             }
         }
     }
@@ -1073,6 +1052,14 @@ mod avx512 {
         }
     }
 
+    /// Each panel's bias, in every row's sums.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn biases<X, W, const R: usize, const P: usize>(t: &Tile<X, W>) -> [[__m512; R]; P] {
+        // SAFETY: the caller guarantees P × PANEL biases at bias.
+        std::array::from_fn(|j| [unsafe { _mm512_loadu_ps(t.bias.add(j * PANEL)) }; R])
+    }
+
     /// Stores `P` panels of `R` rows of sums to the tile's outputs (each panel's masked).
     #[target_feature(enable = "avx512f")]
     #[inline]
@@ -1089,60 +1076,66 @@ mod avx512 {
         }
     }
 
-    /// `R` rows of paired activations times `P` consecutive panels, plus bias, stored to the
-    /// outputs (each panel's masked).
-    #[target_feature(enable = "avx512f,avx512bf16")]
-    #[inline]
-    unsafe fn tile<const R: usize, const P: usize>(t: &Tile<u32, half::bf16>) {
-        // SAFETY: the caller guarantees R rows of `depth` u32 at x, P panels of depth × 2 ×
-        // PANEL bfloat16s at panel with their P × PANEL biases at bias, and R rows of outputs
-        // at y, each panel's masked ones within the row.
-        unsafe {
-            let mut acc: [[__m512; R]; P] =
-                std::array::from_fn(|j| [_mm512_loadu_ps(t.bias.add(j * PANEL)); R]);
-            for q in 0..t.depth {
-                let wq: [__m512bh; P] = std::array::from_fn(|j| {
-                    std::mem::transmute(_mm512_loadu_si512(
-                        t.panel.add(j * t.stride + q * 2 * PANEL).cast(),
-                    ))
-                });
-                for i in 0..R {
-                    let xq: __m512bh =
-                        std::mem::transmute(_mm512_set1_epi32(*t.x.add(i * t.depth + q) as i32));
-                    for (sums, w) in acc.iter_mut().zip(&wq) {
-                        sums[i] = _mm512_dpbf16_ps(sums[i], xq, *w);
+    impl Kernel for Bfloat {
+        type X = u32;
+        type W = half::bf16;
+        const STEP: usize = 2;
+
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        #[inline]
+        unsafe fn tile<const R: usize, const P: usize>(t: &Tile<u32, half::bf16>) {
+            let stride = t.depth * 2 * PANEL;
+            // SAFETY: as `Kernel::tile` requires.
+            unsafe {
+                let mut acc = biases::<_, _, R, P>(t);
+                for q in 0..t.depth {
+                    let wq: [__m512bh; P] = std::array::from_fn(|j| {
+                        std::mem::transmute(_mm512_loadu_si512(
+                            t.panel.add(j * stride + q * 2 * PANEL).cast(),
+                        ))
+                    });
+                    for i in 0..R {
+                        let xq: __m512bh = std::mem::transmute(_mm512_set1_epi32(
+                            *t.x.add(i * t.depth + q) as i32,
+                        ));
+                        for (sums, w) in acc.iter_mut().zip(&wq) {
+                            sums[i] = _mm512_dpbf16_ps(sums[i], xq, *w);
+                        }
                     }
                 }
+                store(t, &acc);
             }
-            store(t, &acc);
         }
     }
 
-    /// `R` rows of f32 activations times `P` consecutive panels of halves, plus bias, stored to
-    /// the outputs (each panel's masked): per output, one FMA per input in order from the bias.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn half_tile<const R: usize, const P: usize>(t: &Tile<f32, half::f16>) {
-        // SAFETY: the caller guarantees R rows of `depth` floats at x, P panels of depth ×
-        // PANEL halves at panel with their P × PANEL biases at bias, and R rows of outputs at
-        // y, each panel's masked ones within the row.
-        unsafe {
-            let mut acc: [[__m512; R]; P] =
-                std::array::from_fn(|j| [_mm512_loadu_ps(t.bias.add(j * PANEL)); R]);
-            for kk in 0..t.depth {
-                let wk: [__m512; P] = std::array::from_fn(|j| {
-                    _mm512_cvtph_ps(_mm256_loadu_si256(
-                        t.panel.add(j * t.stride + kk * PANEL).cast(),
-                    ))
-                });
-                for i in 0..R {
-                    let xv = _mm512_set1_ps(*t.x.add(i * t.depth + kk));
-                    for (sums, w) in acc.iter_mut().zip(&wk) {
-                        sums[i] = _mm512_fmadd_ps(xv, *w, sums[i]);
+    impl Kernel for Halves {
+        type X = f32;
+        type W = half::f16;
+        const STEP: usize = 1;
+
+        /// Per output, one FMA per input in order from the bias.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn tile<const R: usize, const P: usize>(t: &Tile<f32, half::f16>) {
+            let stride = t.depth * PANEL;
+            // SAFETY: as `Kernel::tile` requires.
+            unsafe {
+                let mut acc = biases::<_, _, R, P>(t);
+                for kk in 0..t.depth {
+                    let wk: [__m512; P] = std::array::from_fn(|j| {
+                        _mm512_cvtph_ps(_mm256_loadu_si256(
+                            t.panel.add(j * stride + kk * PANEL).cast(),
+                        ))
+                    });
+                    for i in 0..R {
+                        let xv = _mm512_set1_ps(*t.x.add(i * t.depth + kk));
+                        for (sums, w) in acc.iter_mut().zip(&wk) {
+                            sums[i] = _mm512_fmadd_ps(xv, *w, sums[i]);
+                        }
                     }
                 }
+                store(t, &acc);
             }
-            store(t, &acc);
         }
     }
 }
